@@ -1,0 +1,51 @@
+"""Every instrument, attribute and environment-variable name the package emits or reads.
+
+Nothing else in the package spells these strings: dashboards, alert rules and users depend on
+them (see DESIGN.md), so they live in one place.
+"""
+
+from __future__ import annotations
+
+INSTRUMENTATION_SCOPE = "reer_otel_memory"
+
+# Span attributes of a profiled operation.
+ATTR_OPERATION = "reer.operation"
+ATTR_RSS_START = "reer.memory.rss.start"
+ATTR_RSS_END = "reer.memory.rss.end"
+ATTR_RSS_DELTA = "reer.memory.rss.delta"
+ATTR_RSS_PEAK = "reer.memory.rss.peak"
+ATTR_HEAP_DELTA = "reer.memory.heap.delta"
+ATTR_LEVEL = "reer.memory.level"
+ATTR_FUNCTION = "code.function.name"
+ATTR_LEAK_SUSPECTED = "reer.memory.leak.suspected"
+ATTR_LEAK_BYTES_PER_CALL = "reer.memory.leak.bytes_per_call"
+EVENT_LEAK_SUSPECTED = "reer.memory.leak.suspected"
+
+# Metric attribute keys.
+LABEL_LEVEL = "level"
+LABEL_TRIGGER = "trigger"
+LABEL_OPERATION = ATTR_OPERATION
+
+# Metric instruments: name, unit, description.
+METRIC_RSS = ("reer.memory.rss", "By", "Resident set size of the process.")
+METRIC_PEAK_RSS = ("reer.memory.peak_rss", "By", "Highest resident set size of the process since it started.")
+METRIC_HEAP = ("reer.memory.heap", "By", "Bytes the C allocator has handed out and not freed.")
+METRIC_LIMIT = ("reer.memory.limit", "By", "Effective memory limit: smallest of cgroup limits and physical RAM.")
+METRIC_UTILIZATION = ("reer.memory.utilization", "1", "Resident set size as a fraction of the effective limit.")
+METRIC_THRESHOLD = ("reer.memory.threshold", "By", "Configured RSS threshold of each level.")
+METRIC_LEVEL = ("reer.memory.level", "1", "Current memory level: 0 ok, 1 alert, 2 cleanup, 3 critical.")
+METRIC_ALERTS = ("reer.memory.alerts", "1", "Upward crossings into a memory level.")
+METRIC_CLEANUPS = ("reer.memory.cleanups", "1", "Memory cleanups run, by trigger.")
+METRIC_CLEANUP_FREED = ("reer.memory.cleanup.freed", "By", "Resident bytes released by cleanups.")
+METRIC_OPERATION_PEAK = ("reer.memory.operation.peak", "By", "Peak RSS growth above the start of a profiled operation.")
+METRIC_OPERATION_NET = ("reer.memory.operation.net", "By", "Sum of RSS deltas of a profiled operation.")
+METRIC_OPERATION_DURATION = ("reer.memory.operation.duration", "s", "Duration of a profiled operation.")
+METRIC_LEAK_SUSPECTED = ("reer.memory.leak.suspected", "1", "1 while an operation is suspected of leaking memory.")
+METRIC_MONITOR_CPU = ("reer.memory.monitor.cpu", "s", "CPU time spent by the memory monitor thread.")
+
+# Environment variables.
+ENV_ALERT_MB = "REER_MEMORY_ALERT_MB"
+ENV_CLEANUP_MB = "REER_MEMORY_CLEANUP_MB"
+ENV_CRITICAL_MB = "REER_MEMORY_CRITICAL_MB"
+ENV_MONITORING_INTERVAL = "REER_MEMORY_MONITORING_INTERVAL"
+ENV_PROFILE_TARGETS = "REER_MEMORY_PROFILE_TARGETS"

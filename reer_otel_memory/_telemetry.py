@@ -1,0 +1,117 @@
+"""The tracer and instruments profiled operations report to, bound to providers.
+
+By default they are bound to the global OpenTelemetry providers (through the API's proxies, so
+an SDK configured later is picked up). :func:`configure` rebinds them to explicit providers:
+the instrumentor and :mod:`reer_otel_memory.testing` use it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Iterable
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.trace import TracerProvider
+
+from . import _names as names
+from ._version import __version__
+
+#: Histogram buckets for bytes: 64 KiB to 16 GiB in steps of 4x.
+BYTES_BUCKETS = tuple(float(64 * 1024 * 4**i) for i in range(10))
+#: Histogram buckets for operation durations, seconds.
+DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def _global_sdk_configured() -> bool:
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) or not isinstance(
+        metrics.get_meter_provider(), metrics._internal._ProxyMeterProvider  # noqa: SLF001
+    )
+
+
+class Telemetry:
+    """A tracer plus the profiled-operation instruments, from one pair of providers."""
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.tracer = trace.get_tracer(names.INSTRUMENTATION_SCOPE, __version__, tracer_provider=tracer_provider)
+        self.meter = metrics.get_meter(names.INSTRUMENTATION_SCOPE, __version__, meter_provider=meter_provider)
+        self._sdk = tracer_provider is not None or meter_provider is not None
+        name, unit, description = names.METRIC_OPERATION_PEAK
+        self.operation_peak = self.meter.create_histogram(
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=BYTES_BUCKETS
+        )
+        name, unit, description = names.METRIC_OPERATION_NET
+        self.operation_net = self.meter.create_up_down_counter(name, unit=unit, description=description)
+        name, unit, description = names.METRIC_OPERATION_DURATION
+        self.operation_duration = self.meter.create_histogram(
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=DURATION_BUCKETS
+        )
+        self._gauge_lock = threading.Lock()
+        self._registered: set[str] = set()
+
+    def recording(self) -> bool:
+        """True once an SDK is configured (global or explicit): then spans and metrics are kept."""
+        if self._sdk:
+            return True
+        if _global_sdk_configured():
+            self._sdk = True
+        return self._sdk
+
+    def observable_gauge(
+        self, metric: tuple[str, str, str], callback: Callable[[CallbackOptions], Iterable[Observation]]
+    ) -> None:
+        """Register an observable gauge once per Telemetry (later calls with the same name are ignored)."""
+        name, unit, description = metric
+        with self._gauge_lock:
+            if name in self._registered:
+                return
+            self._registered.add(name)
+        self.meter.create_observable_gauge(name, callbacks=[callback], unit=unit, description=description)
+
+    def counter(self, metric: tuple[str, str, str]):
+        name, unit, description = metric
+        return self.meter.create_counter(name, unit=unit, description=description)
+
+
+_lock = threading.Lock()
+_current = Telemetry()
+_on_change: list[Callable[[Telemetry], None]] = []
+
+
+def current() -> Telemetry:
+    """The Telemetry in force."""
+    return _current
+
+
+def configure(tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None) -> Telemetry:
+    """Bind profiled operations and package instruments to these providers (None: the global ones)."""
+    global _current
+    telemetry = Telemetry(tracer_provider, meter_provider)
+    with _lock:
+        _current = telemetry
+        listeners = list(_on_change)
+    for listener in listeners:
+        listener(telemetry)
+    return telemetry
+
+
+def restore(telemetry: Telemetry) -> None:
+    """Put back a Telemetry returned by :func:`current` earlier."""
+    global _current
+    with _lock:
+        _current = telemetry
+        listeners = list(_on_change)
+    for listener in listeners:
+        listener(telemetry)
+
+
+def on_change(listener: Callable[[Telemetry], None]) -> None:
+    """Call ``listener(telemetry)`` whenever the Telemetry in force changes (to re-register gauges)."""
+    with _lock:
+        _on_change.append(listener)

@@ -1,0 +1,379 @@
+"""Thresholds and interval from ``REER_MEMORY_*`` variables or code, and the effective memory limit.
+
+A ``*_MB`` value is a number of MB (1 MB = 1,048,576 bytes) or ``NN%`` of the effective limit:
+the smallest of the cgroup v2 ``memory.max``, the cgroup v1 ``memory.limit_in_bytes`` (both
+walked up the hierarchy) and physical RAM. Bad values raise :class:`ConfigurationError` naming
+the variable or argument, the value and what was expected.
+
+    >>> import reer_otel_memory as rom
+    >>> rom.setup_memory_limits(alert_mb=800, cleanup_mb="60%", critical_mb="80%")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping
+
+import psutil
+
+from . import _names as names
+from .errors import ConfigurationError
+from .levels import MemoryLevel
+
+MB = 1024 * 1024
+
+DEFAULT_ALERT_MB = 1000.0
+DEFAULT_CLEANUP_MB = 1500.0
+DEFAULT_CRITICAL_MB = 2000.0
+DEFAULT_MONITORING_INTERVAL_S = 30.0
+
+#: Where the kernel mounts the cgroup hierarchy; a parameter everywhere so tests build real trees.
+DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
+DEFAULT_PROC_CGROUP = "/proc/self/cgroup"
+
+# cgroup v1 reports "no limit" as a page-rounded LONG_MAX; anything this large is no limit.
+_UNLIMITED_BYTES = 1 << 62
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """The effective memory limit and which source set it."""
+
+    bytes: int
+    source: str  # "cgroup v2 <path>", "cgroup v1 <path>" or "physical RAM"
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Effective thresholds (bytes), sampling interval and where each value came from."""
+
+    alert_bytes: int
+    cleanup_bytes: int
+    critical_bytes: int
+    monitoring_interval_s: float
+    limit: MemoryLimit
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def alert_mb(self) -> float:
+        return self.alert_bytes / MB
+
+    @property
+    def cleanup_mb(self) -> float:
+        return self.cleanup_bytes / MB
+
+    @property
+    def critical_mb(self) -> float:
+        return self.critical_bytes / MB
+
+    def threshold_bytes(self, level: MemoryLevel) -> int:
+        """The RSS at which ``level`` begins (0 for ok)."""
+        if level is MemoryLevel.ALERT:
+            return self.alert_bytes
+        if level is MemoryLevel.CLEANUP:
+            return self.cleanup_bytes
+        if level is MemoryLevel.CRITICAL:
+            return self.critical_bytes
+        return 0
+
+    def level_for(self, rss_bytes: int) -> MemoryLevel:
+        """The level an RSS falls in, without hysteresis."""
+        if rss_bytes >= self.critical_bytes:
+            return MemoryLevel.CRITICAL
+        if rss_bytes >= self.cleanup_bytes:
+            return MemoryLevel.CLEANUP
+        if rss_bytes >= self.alert_bytes:
+            return MemoryLevel.ALERT
+        return MemoryLevel.OK
+
+
+# --- the effective limit -------------------------------------------------------------------
+
+
+def _read_limit_file(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if 0 < value < _UNLIMITED_BYTES else None
+
+
+def _cgroup_paths(proc_cgroup: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """(v2 path, v1 memory path) of this process from ``/proc/self/cgroup``."""
+    v2 = v1 = None
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _walk_up(base: Path, relative: str, filename: str) -> list[Path]:
+    """``filename`` in the process's cgroup directory and every ancestor up to ``base``."""
+    candidates = []
+    current = (base / relative.lstrip("/")) if relative else base
+    while True:
+        candidates.append(current / filename)
+        if current == base or base not in current.parents:
+            break
+        current = current.parent
+    if candidates[-1] != base / filename:
+        candidates.append(base / filename)
+    return candidates
+
+
+def effective_memory_limit(
+    cgroup_root: str | os.PathLike[str] = DEFAULT_CGROUP_ROOT,
+    proc_cgroup: str | os.PathLike[str] = DEFAULT_PROC_CGROUP,
+    physical_bytes: int | None = None,
+) -> MemoryLimit:
+    """Smallest of cgroup v2 ``memory.max``, cgroup v1 ``memory.limit_in_bytes`` and RAM.
+
+    Both cgroup versions are walked from the process's own cgroup up to the root, since a
+    parent's limit binds its children. Unreadable files and ``max`` mean no limit there.
+    """
+    if physical_bytes is None:
+        physical_bytes = psutil.virtual_memory().total
+    best = MemoryLimit(int(physical_bytes), "physical RAM")
+    root = Path(cgroup_root)
+    v2, v1 = _cgroup_paths(proc_cgroup)
+    if v2 is not None:
+        for path in _walk_up(root, v2, "memory.max"):
+            value = _read_limit_file(path)
+            if value is not None and value < best.bytes:
+                best = MemoryLimit(value, f"cgroup v2 {path}")
+    if v1 is not None:
+        for path in _walk_up(root / "memory", v1, "memory.limit_in_bytes"):
+            value = _read_limit_file(path)
+            if value is not None and value < best.bytes:
+                best = MemoryLimit(value, f"cgroup v1 {path}")
+    return best
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def parse_threshold_mb(name: str, value: object, limit: MemoryLimit) -> tuple[int, str]:
+    """Bytes for a ``*_mb`` value (a number of MB or ``"NN%"`` of ``limit``) and its origin.
+
+    ``name`` is the variable or argument, used in the error message.
+    """
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{name}={value!r}: expected a number of MB or a percentage like '80%'")
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                share = float(text[:-1])
+            except ValueError:
+                raise ConfigurationError(
+                    f"{name}={value!r}: expected a percentage like '80%' of the memory limit"
+                ) from None
+            if not math.isfinite(share) or share <= 0 or share > 100:
+                raise ConfigurationError(
+                    f"{name}={value!r}: a percentage must be above 0% and at most 100%"
+                )
+            return int(limit.bytes * share / 100), f"{share:g}% of {limit.bytes} bytes ({limit.source})"
+        try:
+            mb = float(text)
+        except ValueError:
+            raise ConfigurationError(
+                f"{name}={value!r}: expected a number of MB (1 MB = 1048576 bytes) or a percentage like '80%'"
+            ) from None
+    elif isinstance(value, (int, float)):
+        mb = float(value)
+    else:
+        raise ConfigurationError(
+            f"{name}={value!r}: expected a number of MB or a percentage like '80%', "
+            f"not {type(value).__name__}"
+        )
+    if not math.isfinite(mb) or mb <= 0:
+        raise ConfigurationError(f"{name}={value!r}: expected a positive number of MB")
+    return int(mb * MB), f"{mb:g} MB"
+
+
+def parse_interval_s(name: str, value: object) -> float:
+    """Seconds for a monitoring interval; must be a positive, finite number."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name}={value!r}: expected a positive number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigurationError(f"{name}={value!r}: expected a positive number of seconds")
+    return seconds
+
+
+def _check_order(config: MemoryConfig, names_by_level: Mapping[str, str]) -> None:
+    pairs = (("alert", "cleanup"), ("cleanup", "critical"))
+    values = {"alert": config.alert_bytes, "cleanup": config.cleanup_bytes, "critical": config.critical_bytes}
+    for low, high in pairs:
+        if values[low] > values[high]:
+            raise ConfigurationError(
+                f"{names_by_level[low]}={values[low] / MB:g} MB is above "
+                f"{names_by_level[high]}={values[high] / MB:g} MB: "
+                "expected alert <= cleanup <= critical"
+            )
+
+
+_ENV_NAMES = {"alert": names.ENV_ALERT_MB, "cleanup": names.ENV_CLEANUP_MB, "critical": names.ENV_CRITICAL_MB}
+_DEFAULTS = {"alert": DEFAULT_ALERT_MB, "cleanup": DEFAULT_CLEANUP_MB, "critical": DEFAULT_CRITICAL_MB}
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None,
+    *,
+    cgroup_root: str | os.PathLike[str] = DEFAULT_CGROUP_ROOT,
+    proc_cgroup: str | os.PathLike[str] = DEFAULT_PROC_CGROUP,
+    limit: MemoryLimit | None = None,
+) -> MemoryConfig:
+    """The configuration the ``REER_MEMORY_*`` variables describe, defaults for the rest.
+
+    Raises :class:`ConfigurationError` on a bad or unordered value.
+    """
+    env = os.environ if environ is None else environ
+    if limit is None:
+        limit = effective_memory_limit(cgroup_root, proc_cgroup)
+    thresholds: dict[str, int] = {}
+    sources: dict[str, str] = {}
+    for level, var in _ENV_NAMES.items():
+        raw = env.get(var)
+        if raw is None or raw.strip() == "":
+            thresholds[level] = int(_DEFAULTS[level] * MB)
+            sources[level] = f"default ({_DEFAULTS[level]:g} MB)"
+        else:
+            thresholds[level], origin = parse_threshold_mb(var, raw, limit)
+            sources[level] = f"environment {var}={raw} ({origin})"
+    raw_interval = env.get(names.ENV_MONITORING_INTERVAL)
+    if raw_interval is None or raw_interval.strip() == "":
+        interval = DEFAULT_MONITORING_INTERVAL_S
+        sources["monitoring_interval"] = f"default ({interval:g} s)"
+    else:
+        interval = parse_interval_s(names.ENV_MONITORING_INTERVAL, raw_interval)
+        sources["monitoring_interval"] = f"environment {names.ENV_MONITORING_INTERVAL}={raw_interval}"
+    config = MemoryConfig(
+        alert_bytes=thresholds["alert"],
+        cleanup_bytes=thresholds["cleanup"],
+        critical_bytes=thresholds["critical"],
+        monitoring_interval_s=interval,
+        limit=limit,
+        sources=sources,
+    )
+    _check_order(config, _ENV_NAMES)
+    return config
+
+
+def default_config(limit: MemoryLimit | None = None) -> MemoryConfig:
+    """The built-in defaults, used where a configuration cannot be read."""
+    return load_config({}, limit=limit)
+
+
+# --- the process-wide configuration --------------------------------------------------------
+
+_lock = threading.Lock()
+_current: MemoryConfig | None = None
+_listeners: list[Callable[[MemoryConfig], None]] = []
+
+
+def get_config() -> MemoryConfig:
+    """The process-wide configuration, read from the environment on first use."""
+    global _current
+    config = _current
+    if config is None:
+        with _lock:
+            if _current is None:
+                _current = load_config()
+            config = _current
+    return config
+
+
+def set_config(config: MemoryConfig) -> None:
+    """Replace the process-wide configuration and tell every listener (the monitors)."""
+    global _current
+    with _lock:
+        _current = config
+        listeners = list(_listeners)
+    for listener in listeners:
+        listener(config)
+
+
+def add_config_listener(listener: Callable[[MemoryConfig], None]) -> None:
+    """Call ``listener(config)`` whenever the process-wide configuration changes."""
+    with _lock:
+        _listeners.append(listener)
+
+
+def remove_config_listener(listener: Callable[[MemoryConfig], None]) -> None:
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+
+def setup_memory_limits(
+    alert_mb: float | str | None = None,
+    critical_mb: float | str | None = None,
+    cleanup_mb: float | str | None = None,
+    *,
+    monitoring_interval: float | None = None,
+) -> MemoryConfig:
+    """Set the process-wide thresholds (MB or ``"NN%"``); omitted ones keep their value.
+
+    Called with no arguments it re-reads the ``REER_MEMORY_*`` variables. Raises
+    :class:`ConfigurationError` naming the argument on a bad or unordered value; the previous
+    configuration then stays in force.
+    """
+    if alert_mb is None and critical_mb is None and cleanup_mb is None and monitoring_interval is None:
+        config = load_config()
+        set_config(config)
+        return config
+    base = get_config()
+    sources = dict(base.sources)
+    values = {"alert": base.alert_bytes, "cleanup": base.cleanup_bytes, "critical": base.critical_bytes}
+    for level, arg_name, given in (
+        ("alert", "alert_mb", alert_mb),
+        ("cleanup", "cleanup_mb", cleanup_mb),
+        ("critical", "critical_mb", critical_mb),
+    ):
+        if given is not None:
+            values[level], origin = parse_threshold_mb(arg_name, given, base.limit)
+            sources[level] = f"code {arg_name}={given!r} ({origin})"
+    interval = base.monitoring_interval_s
+    if monitoring_interval is not None:
+        interval = parse_interval_s("monitoring_interval", monitoring_interval)
+        sources["monitoring_interval"] = f"code monitoring_interval={monitoring_interval!r}"
+    config = replace(
+        base,
+        alert_bytes=values["alert"],
+        cleanup_bytes=values["cleanup"],
+        critical_bytes=values["critical"],
+        monitoring_interval_s=interval,
+        sources=sources,
+    )
+    _check_order(config, {"alert": "alert_mb", "cleanup": "cleanup_mb", "critical": "critical_mb"})
+    set_config(config)
+    return config
+
+
+def set_memory_limit(mb: float | str) -> MemoryConfig:
+    """Set the critical threshold (MB or ``"NN%"``); the other thresholds stay."""
+    return setup_memory_limits(critical_mb=mb)

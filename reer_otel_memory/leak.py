@@ -1,0 +1,124 @@
+"""Leak detection per profiled operation.
+
+After a warm-up, an operation is suspected of leaking when, over its recent calls, the RSS it
+retains per call is robustly positive: the median per-call delta is at least ``floor_bytes``,
+most deltas are positive, and the window's total growth agrees (so a cache that fills and is
+flushed does not count). A steady workload, whose deltas scatter around zero, is never flagged.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+
+logger = logging.getLogger("reer_otel_memory.leak")
+
+
+@dataclass(frozen=True)
+class LeakSuspect:
+    """An operation whose retained memory keeps growing."""
+
+    operation: str
+    bytes_per_call: int
+    calls_seen: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"operation": self.operation, "bytes_per_call": self.bytes_per_call, "calls_seen": self.calls_seen}
+
+
+class _OperationHistory:
+    __slots__ = ("deltas", "calls", "suspected", "bytes_per_call")
+
+    def __init__(self, window: int) -> None:
+        self.deltas: collections.deque[int] = collections.deque(maxlen=window)
+        self.calls = 0
+        self.suspected = False
+        self.bytes_per_call = 0
+
+
+class LeakDetector:
+    """Watches per-call RSS deltas of each operation; bounded to ``max_operations`` names."""
+
+    def __init__(
+        self,
+        window: int = 32,
+        warmup_calls: int = 8,
+        min_samples: int = 12,
+        floor_bytes: int = 32 * 1024,
+        positive_share: float = 0.75,
+        check_every: int = 4,
+        max_operations: int = 1000,
+    ) -> None:
+        self.window = window
+        self.warmup_calls = warmup_calls
+        self.min_samples = min_samples
+        self.floor_bytes = floor_bytes
+        self.positive_share = positive_share
+        self.check_every = check_every
+        self.max_operations = max_operations
+        self._lock = threading.Lock()
+        self._ops: collections.OrderedDict[str, _OperationHistory] = collections.OrderedDict()
+
+    def observe(self, operation: str, rss_delta: int) -> bool | None:
+        """Add one call's delta. Returns True on the call that raised the suspicion, False on
+        one that cleared it, None when nothing changed."""
+        with self._lock:
+            history = self._ops.get(operation)
+            if history is None:
+                history = self._ops[operation] = _OperationHistory(self.window)
+                if len(self._ops) > self.max_operations:
+                    self._ops.popitem(last=False)
+            history.calls += 1
+            if history.calls <= self.warmup_calls:
+                return None
+            history.deltas.append(rss_delta)
+            if len(history.deltas) < self.min_samples or history.calls % self.check_every:
+                return None
+            suspected, per_call = self._judge(history.deltas)
+            history.bytes_per_call = per_call
+            if suspected == history.suspected:
+                return None
+            history.suspected = suspected
+        if suspected:
+            logger.warning(
+                "memory leak suspected in operation %r: about %d bytes retained per call over the last %d calls",
+                operation, per_call, len(history.deltas),
+            )
+        return suspected
+
+    def _judge(self, deltas: collections.deque[int]) -> tuple[bool, int]:
+        ordered = sorted(deltas)
+        n = len(ordered)
+        median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) // 2
+        positive = sum(1 for d in ordered if d > 0)
+        total = sum(ordered)
+        suspected = median >= self.floor_bytes and positive >= self.positive_share * n and total >= median * n // 2
+        return suspected, median
+
+    def bytes_per_call(self, operation: str) -> int:
+        """The latest robust estimate of bytes retained per call (0 before the first check)."""
+        history = self._ops.get(operation)
+        return 0 if history is None else history.bytes_per_call
+
+    def is_suspected(self, operation: str) -> bool:
+        history = self._ops.get(operation)
+        return history is not None and history.suspected
+
+    def suspects(self) -> list[LeakSuspect]:
+        with self._lock:
+            return [
+                LeakSuspect(name, h.bytes_per_call, h.calls)
+                for name, h in self._ops.items()
+                if h.suspected
+            ]
+
+    def states(self) -> list[tuple[str, bool]]:
+        """(operation, suspected) for every operation seen, for the leak gauge."""
+        with self._lock:
+            return [(name, h.suspected) for name, h in self._ops.items() if h.calls > self.warmup_calls]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._ops.clear()

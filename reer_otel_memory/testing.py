@@ -1,0 +1,124 @@
+"""Helpers to assert memory telemetry in tests, with real in-memory OpenTelemetry SDK readers.
+
+    from reer_otel_memory import memory_profile
+    from reer_otel_memory.testing import capture_telemetry
+
+    def test_load_is_profiled():
+        with capture_telemetry() as telemetry:
+            load_model()
+        span = telemetry.span("load_model")
+        assert span.attributes["reer.memory.rss.delta"] < 512 * 2**20
+        assert telemetry.metric_points("reer.memory.operation.duration")
+
+Inside the block every profiled operation and package instrument reports to a fresh
+``TracerProvider`` with an ``InMemorySpanExporter`` and a ``MeterProvider`` with an
+``InMemoryMetricReader``; the previous binding is restored afterwards. The global providers
+are never touched, so it works whether or not the process configured an SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from . import _telemetry
+
+
+class TelemetryCapture:
+    """Spans and metric points recorded inside :func:`capture_telemetry`."""
+
+    def __init__(self) -> None:
+        self.span_exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
+        self.metric_reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.metric_reader])
+
+    # --- spans ---------------------------------------------------------------------------------
+
+    def spans(self, name: str | None = None) -> list[ReadableSpan]:
+        """Finished spans, oldest first; only those called ``name`` if given."""
+        spans = list(self.span_exporter.get_finished_spans())
+        return [s for s in spans if name is None or s.name == name]
+
+    def span(self, name: str) -> ReadableSpan:
+        """The one finished span called ``name``; AssertionError if there are none or several."""
+        found = self.spans(name)
+        if len(found) != 1:
+            seen = sorted({s.name for s in self.spans()})
+            raise AssertionError(f"expected one span named {name!r}, found {len(found)} (spans seen: {seen})")
+        return found[0]
+
+    # --- metrics -------------------------------------------------------------------------------
+
+    def collect(self) -> list[Any]:
+        """Collect now; every metric (name, unit, data) from every scope."""
+        data = self.metric_reader.get_metrics_data()
+        found = []
+        if data is None:
+            return found
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                found.extend(scope_metrics.metrics)
+        return found
+
+    def metric(self, name: str) -> Any | None:
+        """The collected metric called ``name`` (with ``.unit`` and ``.data``), or None."""
+        for metric in self.collect():
+            if metric.name == name:
+                return metric
+        return None
+
+    def metric_points(self, name: str, **attributes: Any) -> Sequence[Any]:
+        """Data points of metric ``name`` whose attributes include ``attributes``.
+
+        Attribute keys with dots are passed with underscores: ``reer_operation="x"`` matches
+        ``reer.operation``.
+        """
+        metric = self.metric(name)
+        if metric is None:
+            return []
+        wanted = {key.replace("_", "."): value for key, value in attributes.items()}
+        points = []
+        for point in metric.data.data_points:
+            point_attributes = dict(point.attributes or {})
+            if all(point_attributes.get(k, point_attributes.get(k.replace(".", "_"))) == v for k, v in wanted.items()):
+                points.append(point)
+        return points
+
+    def metric_value(self, name: str, **attributes: Any) -> float | None:
+        """The value (sum or gauge) of the one point matching, or None; histograms give their sum."""
+        points = self.metric_points(name, **attributes)
+        if not points:
+            return None
+        if len(points) > 1:
+            raise AssertionError(f"{len(points)} points of {name!r} match {attributes!r}; narrow the attributes")
+        point = points[0]
+        return getattr(point, "value", getattr(point, "sum", None))
+
+    def clear(self) -> None:
+        """Forget the spans recorded so far."""
+        self.span_exporter.clear()
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+@contextlib.contextmanager
+def capture_telemetry() -> Iterator[TelemetryCapture]:
+    """Bind the package to in-memory SDK providers for the block; yields a :class:`TelemetryCapture`."""
+    capture = TelemetryCapture()
+    previous = _telemetry.current()
+    _telemetry.configure(capture.tracer_provider, capture.meter_provider)
+    try:
+        yield capture
+    finally:
+        _telemetry.restore(previous)
+        capture.shutdown()

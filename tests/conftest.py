@@ -1,0 +1,45 @@
+"""Shared fixtures: real in-memory SDK providers through reer_otel_memory.testing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Callable, Iterator
+
+import pytest
+
+from reer_otel_memory import get_memory_tracker
+from reer_otel_memory.testing import TelemetryCapture, capture_telemetry
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def telemetry() -> Iterator[TelemetryCapture]:
+    """Profiled operations report to fresh in-memory providers; the tracker starts empty."""
+    get_memory_tracker().clear()
+    with capture_telemetry() as capture:
+        yield capture
+
+
+def require_binary(name: str) -> str:
+    """Path of an external binary; skip without it, except in CI where its absence is a failure."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed; .ci/run must install it")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.02, message: str = "") -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message or condition}")
+        time.sleep(interval_s)
