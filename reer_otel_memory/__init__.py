@@ -32,7 +32,49 @@ from .levels import MemoryLevel
 from .probe import PROBE, MemoryProbe
 from .tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
 
+# Heavier parts load on first use, so importing the package stays cheap for the decorator.
+_LAZY = {
+    "MemoryMonitor": "monitor",
+    "start_memory_monitoring": "monitor",
+    "stop_memory_monitoring": "monitor",
+    "get_memory_monitor": "monitor",
+    "_memory_monitor": "monitor",
+    "setup_emergency_memory_handler": "emergency",
+    "remove_emergency_memory_handler": "emergency",
+    "start_prometheus_exporter": "exporter",
+    "MemoryInstrumentor": "instrumentor",
+    "MemoryProfiler": "profiler",
+    "get_memory_profiler": "profiler",
+    "MemoryOptimizer": "optimizer",
+    "LazyModelLoader": "lazy",
+    "StreamingJSONLReader": "jsonl",
+    "MemoryResourceManager": "resources",
+    "get_resource_manager": "resources",
+    "CleanupResult": "cleanup",
+    "register_cleanup_hook": "cleanup",
+    "unregister_cleanup_hook": "cleanup",
+    "run_cleanup": "cleanup",
+    "REERTraceStore": "trace_store",
+}
+
+
+def __getattr__(name: str) -> object:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'reer_otel_memory' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    *(name for name in _LAZY if not name.startswith("_")),
     "ConfigurationError",
     "LeakDetector",
     "LeakSuspect",
