@@ -12,6 +12,7 @@ the variable or argument, the value and what was expected.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -199,7 +200,7 @@ def parse_threshold_mb(name: str, value: object, limit: MemoryLimit) -> tuple[in
             raise ConfigurationError(
                 f"{name}={value!r}: expected a number of MB (1 MB = 1048576 bytes) or a percentage like '80%'"
             ) from None
-    elif isinstance(value, (int, float)):
+    elif isinstance(value, numbers.Real):  # int, float, Fraction, numpy scalars
         mb = float(value)
     else:
         raise ConfigurationError(
@@ -224,15 +225,20 @@ def parse_interval_s(name: str, value: object) -> float:
     return seconds
 
 
-def _check_order(config: MemoryConfig, names_by_level: Mapping[str, str]) -> None:
-    pairs = (("alert", "cleanup"), ("cleanup", "critical"))
+def _check_order(config: MemoryConfig, names_by_level: Mapping[str, str], given: Mapping[str, object]) -> None:
+    """Refuse thresholds out of order; ``given`` holds the raw value of each level set explicitly."""
     values = {"alert": config.alert_bytes, "cleanup": config.cleanup_bytes, "critical": config.critical_bytes}
-    for low, high in pairs:
+
+    def describe(level: str) -> str:
+        mb = f"{values[level] / MB:g} MB"
+        if level in given:
+            return f"{names_by_level[level]}={given[level]!r} ({mb})"
+        return f"{names_by_level[level]}={mb} (unchanged)"
+
+    for low, high in (("alert", "cleanup"), ("cleanup", "critical")):
         if values[low] > values[high]:
             raise ConfigurationError(
-                f"{names_by_level[low]}={values[low] / MB:g} MB is above "
-                f"{names_by_level[high]}={values[high] / MB:g} MB: "
-                "expected alert <= cleanup <= critical"
+                f"{describe(low)} is above {describe(high)}: expected alert <= cleanup <= critical"
             )
 
 
@@ -256,12 +262,14 @@ def load_config(
         limit = effective_memory_limit(cgroup_root, proc_cgroup)
     thresholds: dict[str, int] = {}
     sources: dict[str, str] = {}
+    given: dict[str, object] = {}
     for level, var in _ENV_NAMES.items():
         raw = env.get(var)
         if raw is None or raw.strip() == "":
             thresholds[level] = int(_DEFAULTS[level] * MB)
             sources[level] = f"default ({_DEFAULTS[level]:g} MB)"
         else:
+            given[level] = raw
             thresholds[level], origin = parse_threshold_mb(var, raw, limit)
             sources[level] = f"environment {var}={raw} ({origin})"
     raw_interval = env.get(names.ENV_MONITORING_INTERVAL)
@@ -279,7 +287,7 @@ def load_config(
         limit=limit,
         sources=sources,
     )
-    _check_order(config, _ENV_NAMES)
+    _check_order(config, _ENV_NAMES, given)
     return config
 
 
@@ -349,12 +357,14 @@ def setup_memory_limits(
     base = get_config()
     sources = dict(base.sources)
     values = {"alert": base.alert_bytes, "cleanup": base.cleanup_bytes, "critical": base.critical_bytes}
+    given_by_level: dict[str, object] = {}
     for level, arg_name, given in (
         ("alert", "alert_mb", alert_mb),
         ("cleanup", "cleanup_mb", cleanup_mb),
         ("critical", "critical_mb", critical_mb),
     ):
         if given is not None:
+            given_by_level[level] = given
             values[level], origin = parse_threshold_mb(arg_name, given, base.limit)
             sources[level] = f"code {arg_name}={given!r} ({origin})"
     interval = base.monitoring_interval_s
@@ -369,7 +379,7 @@ def setup_memory_limits(
         monitoring_interval_s=interval,
         sources=sources,
     )
-    _check_order(config, {"alert": "alert_mb", "cleanup": "cleanup_mb", "critical": "critical_mb"})
+    _check_order(config, {"alert": "alert_mb", "cleanup": "cleanup_mb", "critical": "critical_mb"}, given_by_level)
     set_config(config)
     return config
 

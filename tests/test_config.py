@@ -1,0 +1,399 @@
+"""Configuration: REER_MEMORY_* variables, setup_memory_limits, NN% of the effective limit, cgroup trees."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import psutil
+import pytest
+
+from reer_otel_memory import (
+    ConfigurationError,
+    MemoryLevel,
+    MemoryLimit,
+    effective_memory_limit,
+    get_config,
+    load_config,
+    set_memory_limit,
+    setup_memory_limits,
+)
+from reer_otel_memory import config as config_module
+
+MB = 1024 * 1024
+GIB = 1024 * MB
+LIMIT_8_GIB = MemoryLimit(8 * GIB, "test limit")
+# What cgroup v1 writes for "no limit": LONG_MAX rounded down to a page.
+V1_UNLIMITED = "9223372036854771712"
+
+
+@pytest.fixture(autouse=True)
+def restore_global_config():
+    """Every test leaves the process-wide configuration as it found it."""
+    saved = config_module.get_config()
+    yield
+    config_module.set_config(saved)
+
+
+# --- environment variables -------------------------------------------------------------------
+
+
+def test_defaults_follow_the_spec():
+    config = load_config({}, limit=LIMIT_8_GIB)
+    assert config.alert_bytes == 1000 * MB
+    assert config.cleanup_bytes == 1500 * MB
+    assert config.critical_bytes == 2000 * MB
+    assert config.monitoring_interval_s == 30.0
+    assert (config.alert_mb, config.cleanup_mb, config.critical_mb) == (1000.0, 1500.0, 2000.0)
+    assert config.sources["alert"].startswith("default")
+
+
+def test_environment_sets_every_value():
+    env = {
+        "REER_MEMORY_ALERT_MB": "800",
+        "REER_MEMORY_CLEANUP_MB": " 1200.5 ",
+        "REER_MEMORY_CRITICAL_MB": "1600",
+        "REER_MEMORY_MONITORING_INTERVAL": "2.5",
+    }
+    config = load_config(env, limit=LIMIT_8_GIB)
+    assert config.alert_bytes == 800 * MB
+    assert config.cleanup_bytes == int(1200.5 * MB)
+    assert config.critical_bytes == 1600 * MB
+    assert config.monitoring_interval_s == 2.5
+    assert "REER_MEMORY_ALERT_MB=800" in config.sources["alert"]
+
+
+def test_empty_variables_mean_the_default():
+    config = load_config({"REER_MEMORY_ALERT_MB": "", "REER_MEMORY_MONITORING_INTERVAL": "  "}, limit=LIMIT_8_GIB)
+    assert config.alert_bytes == 1000 * MB
+    assert config.monitoring_interval_s == 30.0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("25%", 2 * GIB),
+        ("12.5%", GIB),
+        (" 50 % ".replace(" ", ""), 4 * GIB),
+        ("100%", 8 * GIB),
+    ],
+)
+def test_percentage_of_the_effective_limit(value, expected):
+    config = load_config(
+        {"REER_MEMORY_ALERT_MB": value, "REER_MEMORY_CLEANUP_MB": "100%", "REER_MEMORY_CRITICAL_MB": "100%"},
+        limit=LIMIT_8_GIB,
+    )
+    assert config.alert_bytes == expected
+    assert "test limit" in config.sources["alert"]
+
+
+BAD_THRESHOLDS = [
+    # (value, words the message must contain besides the name and the value)
+    ("lots", "number of MB"),
+    ("800MB", "number of MB"),
+    ("0", "positive"),
+    ("-5", "positive"),
+    ("nan", "positive"),
+    ("inf", "positive"),
+    ("%", "percentage"),
+    ("abc%", "percentage"),
+    ("150%", "at most 100%"),
+    ("0%", "above 0%"),
+    ("-10%", "above 0%"),
+    ("nan%", "percentage"),
+]
+
+
+@pytest.mark.parametrize("variable", ["REER_MEMORY_ALERT_MB", "REER_MEMORY_CLEANUP_MB", "REER_MEMORY_CRITICAL_MB"])
+@pytest.mark.parametrize(("value", "expected_words"), BAD_THRESHOLDS)
+def test_bad_threshold_variable_is_refused_with_a_clear_message(variable, value, expected_words):
+    with pytest.raises(ConfigurationError) as caught:
+        load_config({variable: value}, limit=LIMIT_8_GIB)
+    message = str(caught.value)
+    assert variable in message
+    assert repr(value) in message
+    assert expected_words in message
+
+
+@pytest.mark.parametrize(("value", "expected_words"), [("soon", "positive number of seconds"), ("0", "positive"), ("-1", "positive"), ("nan", "positive"), ("inf", "positive")])
+def test_bad_interval_variable_is_refused_with_a_clear_message(value, expected_words):
+    with pytest.raises(ConfigurationError) as caught:
+        load_config({"REER_MEMORY_MONITORING_INTERVAL": value}, limit=LIMIT_8_GIB)
+    message = str(caught.value)
+    assert "REER_MEMORY_MONITORING_INTERVAL" in message
+    assert repr(value) in message
+    assert expected_words in message
+
+
+@pytest.mark.parametrize(
+    ("env", "low", "high"),
+    [
+        ({"REER_MEMORY_ALERT_MB": "1600"}, "REER_MEMORY_ALERT_MB", "REER_MEMORY_CLEANUP_MB"),
+        ({"REER_MEMORY_CLEANUP_MB": "2500"}, "REER_MEMORY_CLEANUP_MB", "REER_MEMORY_CRITICAL_MB"),
+        ({"REER_MEMORY_ALERT_MB": "90%", "REER_MEMORY_CLEANUP_MB": "50%", "REER_MEMORY_CRITICAL_MB": "95%"}, "REER_MEMORY_ALERT_MB", "REER_MEMORY_CLEANUP_MB"),
+    ],
+)
+def test_unordered_thresholds_are_refused_naming_both(env, low, high):
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(env, limit=LIMIT_8_GIB)
+    message = str(caught.value)
+    assert low in message and high in message
+    assert "alert <= cleanup <= critical" in message
+    # The value as given appears, so a percentage is recognisable.
+    assert env.get(low, "") in message
+
+
+def test_equal_thresholds_are_allowed():
+    config = load_config({"REER_MEMORY_ALERT_MB": "1000", "REER_MEMORY_CLEANUP_MB": "1000", "REER_MEMORY_CRITICAL_MB": "1000"}, limit=LIMIT_8_GIB)
+    assert config.alert_bytes == config.cleanup_bytes == config.critical_bytes
+
+
+def test_level_for_uses_thresholds_inclusively():
+    config = load_config({"REER_MEMORY_ALERT_MB": "10", "REER_MEMORY_CLEANUP_MB": "20", "REER_MEMORY_CRITICAL_MB": "30"}, limit=LIMIT_8_GIB)
+    assert config.level_for(10 * MB - 1) is MemoryLevel.OK
+    assert config.level_for(10 * MB) is MemoryLevel.ALERT
+    assert config.level_for(20 * MB) is MemoryLevel.CLEANUP
+    assert config.level_for(30 * MB) is MemoryLevel.CRITICAL
+    assert config.threshold_bytes(MemoryLevel.CLEANUP) == 20 * MB
+    assert config.threshold_bytes(MemoryLevel.OK) == 0
+
+
+def test_levels_order_by_severity():
+    ordered = [MemoryLevel.OK, MemoryLevel.ALERT, MemoryLevel.CLEANUP, MemoryLevel.CRITICAL]
+    assert sorted(reversed(ordered)) == ordered
+    assert [level.rank for level in ordered] == [0, 1, 2, 3]
+    assert [str(level) for level in ordered] == ["ok", "alert", "cleanup", "critical"]
+    assert MemoryLevel.ALERT >= MemoryLevel.ALERT > MemoryLevel.OK
+    assert MemoryLevel("cleanup") is MemoryLevel.CLEANUP
+
+
+# --- cgroup trees ----------------------------------------------------------------------------
+
+
+def build_tree(root: Path, proc_cgroup_text: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A cgroup mount under ``root`` with ``files`` (relative path -> content) and a /proc/self/cgroup."""
+    mount = root / "cgroup"
+    mount.mkdir()
+    for relative, content in files.items():
+        path = mount / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content + "\n")
+    proc_cgroup = root / "proc_self_cgroup"
+    proc_cgroup.write_text(proc_cgroup_text)
+    return mount, proc_cgroup
+
+
+def limit_in(tmp_path: Path, proc_cgroup_text: str, files: dict[str, str], physical_bytes: int = 64 * GIB) -> MemoryLimit:
+    mount, proc_cgroup = build_tree(tmp_path, proc_cgroup_text, files)
+    return effective_memory_limit(cgroup_root=mount, proc_cgroup=proc_cgroup, physical_bytes=physical_bytes)
+
+
+def test_v2_memory_max_at_the_leaf(tmp_path):
+    limit = limit_in(tmp_path, "0::/service/worker\n", {"service/worker/memory.max": str(GIB), "service/memory.max": "max"})
+    assert limit.bytes == GIB
+    assert limit.source.startswith("cgroup v2") and "service/worker/memory.max" in limit.source
+
+
+def test_v2_memory_max_at_a_parent_binds_the_child(tmp_path):
+    limit = limit_in(tmp_path, "0::/service/worker\n", {"service/worker/memory.max": "max", "service/memory.max": str(512 * MB)})
+    assert limit.bytes == 512 * MB
+    assert limit.source.endswith("service/memory.max")
+
+
+def test_v2_smallest_along_the_path_wins(tmp_path):
+    limit = limit_in(
+        tmp_path,
+        "0::/a/b/c\n",
+        {"a/b/c/memory.max": str(3 * GIB), "a/b/memory.max": str(2 * GIB), "a/memory.max": str(5 * GIB)},
+    )
+    assert limit.bytes == 2 * GIB
+
+
+def test_v2_max_everywhere_means_physical_ram(tmp_path):
+    limit = limit_in(tmp_path, "0::/a/b\n", {"a/b/memory.max": "max", "a/memory.max": "max"}, physical_bytes=16 * GIB)
+    assert limit == MemoryLimit(16 * GIB, "physical RAM")
+
+
+def test_v1_limit_up_the_hierarchy(tmp_path):
+    limit = limit_in(
+        tmp_path,
+        "12:pids:/x\n4:memory:/docker/abc\n0::/\n",
+        {"memory/docker/abc/memory.limit_in_bytes": V1_UNLIMITED, "memory/docker/memory.limit_in_bytes": str(2 * GIB)},
+    )
+    assert limit.bytes == 2 * GIB
+    assert limit.source.startswith("cgroup v1") and limit.source.endswith("memory/docker/memory.limit_in_bytes")
+
+
+def test_v1_leaf_limit_and_combined_controllers(tmp_path):
+    limit = limit_in(tmp_path, "3:cpu,memory:/job\n", {"memory/job/memory.limit_in_bytes": str(768 * MB), "memory/memory.limit_in_bytes": V1_UNLIMITED})
+    assert limit.bytes == 768 * MB
+
+
+def test_v1_unlimited_means_physical_ram(tmp_path):
+    limit = limit_in(tmp_path, "4:memory:/job\n", {"memory/job/memory.limit_in_bytes": V1_UNLIMITED, "memory/memory.limit_in_bytes": V1_UNLIMITED}, physical_bytes=12 * GIB)
+    assert limit == MemoryLimit(12 * GIB, "physical RAM")
+
+
+def test_v1_namespaced_container_whose_leaf_is_not_mounted(tmp_path):
+    # Inside a container the mount shows the container's own cgroup as the root, while
+    # /proc/self/cgroup still names the host path: the root's limit applies.
+    limit = limit_in(tmp_path, "4:memory:/kubepods/pod1/c1\n", {"memory/memory.limit_in_bytes": str(3 * GIB)})
+    assert limit.bytes == 3 * GIB
+
+
+def test_smallest_of_v1_v2_and_ram_wins(tmp_path):
+    text = "4:memory:/app\n0::/app\n"
+    v1_smaller = {"app/memory.max": str(4 * GIB), "memory/app/memory.limit_in_bytes": str(3 * GIB)}
+    v2_smaller = {"app/memory.max": str(GIB), "memory/app/memory.limit_in_bytes": str(3 * GIB)}
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    v1_wins = limit_in(tmp_path / "a", text, v1_smaller)
+    assert v1_wins.bytes == 3 * GIB and v1_wins.source.startswith("cgroup v1")
+    v2_wins = limit_in(tmp_path / "b", text, v2_smaller)
+    assert v2_wins.bytes == GIB and v2_wins.source.startswith("cgroup v2")
+    assert limit_in(tmp_path / "c", text, v1_smaller, physical_bytes=2 * GIB) == MemoryLimit(2 * GIB, "physical RAM")
+
+
+def test_unreadable_or_garbage_files_mean_no_limit(tmp_path):
+    limit = limit_in(tmp_path, "0::/a\n", {"a/memory.max": "lots", "memory.max": ""}, physical_bytes=8 * GIB)
+    assert limit.source == "physical RAM"
+    missing = effective_memory_limit(cgroup_root=tmp_path / "nowhere", proc_cgroup=tmp_path / "no_cgroup_file", physical_bytes=5 * GIB)
+    assert missing == MemoryLimit(5 * GIB, "physical RAM")
+
+
+def test_physical_ram_by_default(tmp_path):
+    limit = effective_memory_limit(cgroup_root=tmp_path, proc_cgroup=tmp_path / "absent")
+    assert limit.bytes == psutil.virtual_memory().total
+
+
+def test_percentage_of_a_cgroup_limit_through_load_config(tmp_path):
+    mount, proc_cgroup = build_tree(tmp_path, "0::/svc\n", {"svc/memory.max": str(4 * GIB)})
+    config = load_config(
+        {"REER_MEMORY_ALERT_MB": "50%", "REER_MEMORY_CLEANUP_MB": "75%", "REER_MEMORY_CRITICAL_MB": "90%"},
+        cgroup_root=mount,
+        proc_cgroup=proc_cgroup,
+    )
+    assert config.limit.bytes == 4 * GIB
+    assert config.alert_bytes == 2 * GIB
+    assert config.cleanup_bytes == 3 * GIB
+    assert config.critical_bytes == int(4 * GIB * 0.9)
+
+
+def test_this_machine_has_a_sane_limit():
+    limit = effective_memory_limit()
+    assert 0 < limit.bytes <= psutil.virtual_memory().total
+
+
+# --- setup_memory_limits / set_memory_limit --------------------------------------------------
+
+
+def test_setup_memory_limits_sets_the_process_wide_config():
+    config = setup_memory_limits(alert_mb=800.0, critical_mb=1600.0, cleanup_mb=1200.0)
+    assert get_config() is config
+    assert (config.alert_bytes, config.cleanup_bytes, config.critical_bytes) == (800 * MB, 1200 * MB, 1600 * MB)
+    assert "alert_mb" in config.sources["alert"]
+
+
+def test_omitted_arguments_keep_their_value():
+    setup_memory_limits(alert_mb=100, cleanup_mb=200, critical_mb=300, monitoring_interval=5)
+    config = setup_memory_limits(cleanup_mb=250)
+    assert (config.alert_bytes, config.cleanup_bytes, config.critical_bytes) == (100 * MB, 250 * MB, 300 * MB)
+    assert config.monitoring_interval_s == 5.0
+
+
+def test_set_memory_limit_sets_the_critical_threshold():
+    setup_memory_limits(alert_mb=100, cleanup_mb=200, critical_mb=300)
+    config = set_memory_limit(1500.0)
+    assert config.critical_bytes == 1500 * MB
+    assert (config.alert_bytes, config.cleanup_bytes) == (100 * MB, 200 * MB)
+    assert get_config().critical_bytes == 1500 * MB
+
+
+def test_percentages_in_code_use_the_effective_limit():
+    limit_bytes = get_config().limit.bytes
+    config = setup_memory_limits(alert_mb="50%", cleanup_mb="60%", critical_mb="70%")
+    assert config.alert_bytes == limit_bytes // 2
+    assert config.critical_bytes == int(limit_bytes * 0.7)
+
+
+def test_numbers_of_any_real_type_are_accepted():
+    import fractions
+
+    config = setup_memory_limits(alert_mb=fractions.Fraction(1, 2), cleanup_mb=1, critical_mb=2.0)
+    assert config.alert_bytes == MB // 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument", "value", "expected_words"),
+    [
+        ({"alert_mb": "lots"}, "alert_mb", "'lots'", "number of MB"),
+        ({"alert_mb": 0}, "alert_mb", "0", "positive"),
+        ({"cleanup_mb": -1.0}, "cleanup_mb", "-1.0", "positive"),
+        ({"critical_mb": float("nan")}, "critical_mb", "nan", "positive"),
+        ({"critical_mb": math.inf}, "critical_mb", "inf", "positive"),
+        ({"alert_mb": True}, "alert_mb", "True", "number of MB"),
+        ({"alert_mb": "150%"}, "alert_mb", "'150%'", "at most 100%"),
+        ({"alert_mb": "%"}, "alert_mb", "'%'", "percentage"),
+        ({"alert_mb": [800]}, "alert_mb", "[800]", "not list"),
+        ({"alert_mb": 3000}, "alert_mb", "3000", "alert <= cleanup <= critical"),
+        ({"critical_mb": 100}, "critical_mb", "100", "alert <= cleanup <= critical"),
+        ({"monitoring_interval": 0}, "monitoring_interval", "0", "positive number of seconds"),
+        ({"monitoring_interval": "soon"}, "monitoring_interval", "'soon'", "positive number of seconds"),
+        ({"monitoring_interval": False}, "monitoring_interval", "False", "positive number of seconds"),
+    ],
+)
+def test_bad_argument_is_refused_and_the_previous_config_stays(kwargs, argument, value, expected_words):
+    before = setup_memory_limits(alert_mb=1000, cleanup_mb=1500, critical_mb=2000, monitoring_interval=30)
+    with pytest.raises(ConfigurationError) as caught:
+        setup_memory_limits(**kwargs)
+    message = str(caught.value)
+    assert f"{argument}={value}" in message
+    assert expected_words in message
+    assert get_config() is before
+
+
+def test_set_memory_limit_below_cleanup_is_refused():
+    before = setup_memory_limits(alert_mb=100, cleanup_mb=200, critical_mb=300)
+    with pytest.raises(ConfigurationError, match=r"critical_mb=150"):
+        set_memory_limit(150)
+    with pytest.raises(ConfigurationError, match=r"critical_mb='nope'"):
+        set_memory_limit("nope")
+    assert get_config() is before
+
+
+def test_configuration_error_is_a_value_error():
+    with pytest.raises(ValueError):
+        set_memory_limit(-1)
+
+
+def test_setup_without_arguments_rereads_the_environment(monkeypatch):
+    setup_memory_limits(alert_mb=100, cleanup_mb=200, critical_mb=300)
+    monkeypatch.setenv("REER_MEMORY_ALERT_MB", "700")
+    monkeypatch.setenv("REER_MEMORY_CLEANUP_MB", "800")
+    monkeypatch.setenv("REER_MEMORY_CRITICAL_MB", "900")
+    monkeypatch.setenv("REER_MEMORY_MONITORING_INTERVAL", "7")
+    config = setup_memory_limits()
+    assert (config.alert_bytes, config.cleanup_bytes, config.critical_bytes) == (700 * MB, 800 * MB, 900 * MB)
+    assert config.monitoring_interval_s == 7.0
+    assert get_config() is config
+
+
+def test_setup_without_arguments_refuses_a_bad_environment(monkeypatch):
+    before = setup_memory_limits(alert_mb=100, cleanup_mb=200, critical_mb=300)
+    monkeypatch.setenv("REER_MEMORY_CRITICAL_MB", "-3")
+    with pytest.raises(ConfigurationError, match="REER_MEMORY_CRITICAL_MB='-3'"):
+        setup_memory_limits()
+    assert get_config() is before
+
+
+def test_listeners_hear_every_change():
+    heard = []
+    config_module.add_config_listener(heard.append)
+    try:
+        config = setup_memory_limits(alert_mb=111, cleanup_mb=222, critical_mb=333)
+        with pytest.raises(ConfigurationError):
+            setup_memory_limits(alert_mb=-1)
+    finally:
+        config_module.remove_config_listener(heard.append)
+    setup_memory_limits(alert_mb=112)
+    assert heard == [config]
