@@ -184,7 +184,7 @@ class _Operation:
         telemetry = self.telemetry
         metric_attributes = self.metric_attributes
         telemetry.operation_duration.record(duration, metric_attributes)
-        telemetry.operation_net.add(delta, metric_attributes)
+        telemetry.add_operation_net(self.name, delta)
         if peak is not None:
             telemetry.operation_peak.record(max(0, peak - result.rss_start), metric_attributes)
         if self.owns_span and span is not None:
@@ -212,10 +212,13 @@ def _end(operation: _Operation | None, exc: BaseException | None) -> None:
 
 
 def _light(name: str, rss_start: int) -> None:
-    """No SDK: keep the tracker and leak detection fed with two RSS reads and nothing else."""
+    """No SDK: keep the tracker and leak detection fed with two RSS reads and nothing else.
+
+    About 2 us on top of the two reads.
+    """
     rss_end = PROBE.rss_bytes()
     tracker = get_memory_tracker()
-    tracker.record(MemorySnapshot(time.time(), rss_end, None, name, get_config().level_for(rss_end), None, False))
+    tracker.record(MemorySnapshot(time.time(), rss_end, None, name, get_config().level_for(rss_end)))
     tracker.leak_detector.observe(name, rss_end - rss_start)
 
 
@@ -264,13 +267,12 @@ def memory_profile(
         function = f"{getattr(func, '__module__', None) or '?'}.{getattr(func, '__qualname__', repr(func))}"
         name = operation_name or function
         metric_attributes = {names.LABEL_OPERATION: name}
-        recording = lambda: _telemetry._current.recording()  # noqa: E731
 
         if inspect.isasyncgenfunction(func):
 
             @functools.wraps(func)
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not recording():
+                if not _telemetry._current.recording():
                     rss_start = PROBE.rss_bytes()
                     try:
                         async for item in func(*args, **kwargs):
@@ -319,7 +321,7 @@ def memory_profile(
 
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not recording():
+                if not _telemetry._current.recording():
                     rss_start = PROBE.rss_bytes()
                     try:
                         return (yield from func(*args, **kwargs))
@@ -366,7 +368,7 @@ def memory_profile(
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not recording():
+                if not _telemetry._current.recording():
                     rss_start = PROBE.rss_bytes()
                     try:
                         return await func(*args, **kwargs)
@@ -390,7 +392,7 @@ def memory_profile(
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not recording():
+            if not _telemetry._current.recording():
                 rss_start = PROBE.rss_bytes()
                 try:
                     return func(*args, **kwargs)

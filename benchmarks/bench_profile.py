@@ -1,0 +1,130 @@
+"""Cost of a profiled call: decorated no-op vs a bare span with the same attributes, and with no SDK."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from benchmarks._report import Figure
+
+CALLS = 20_000
+ROUNDS = 7
+
+
+class DiscardingExporter(SpanExporter):
+    """Receives every batch like a network exporter would, then drops it."""
+
+    def export(self, spans: Sequence[object]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def per_call_us(fn: Callable[[], object], calls: int = CALLS) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], rounds: int = ROUNDS) -> dict[str, float]:
+    """Median per-call microseconds of each candidate, measured in alternating rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for fn in candidates.values():
+        per_call_us(fn, 2000)  # warm up
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            samples[name].append(per_call_us(fn))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _with_sdk() -> list[Figure]:
+    from reer_otel_memory import _telemetry, memory_profile
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(DiscardingExporter(), max_queue_size=65536))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    previous = _telemetry.current()
+    _telemetry.configure(tracer_provider, meter_provider)
+    tracer = tracer_provider.get_tracer("benchmark")
+
+    @memory_profile(operation_name="noop", heap=False)
+    def decorated() -> None:
+        pass
+
+    @memory_profile(operation_name="noop_heap", heap=True)
+    def decorated_heap() -> None:
+        pass
+
+    def bare_span() -> None:
+        with tracer.start_as_current_span("noop") as span:
+            span.set_attributes(
+                {
+                    "reer.operation": "noop",
+                    "reer.memory.rss.start": 1,
+                    "reer.memory.rss.end": 2,
+                    "reer.memory.rss.delta": 1,
+                    "reer.memory.rss.peak": 2,
+                    "reer.memory.heap.delta": 0,
+                    "reer.memory.level": "ok",
+                    "code.function.name": "benchmarks.noop",
+                }
+            )
+
+    try:
+        medians = interleaved({"bare": bare_span, "decorated": decorated, "heap": decorated_heap})
+    finally:
+        _telemetry.restore(previous)
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+    return [
+        Figure("decorated no-op, SDK configured (adaptive heap)", medians["decorated"], "us/call",
+               "bare start_as_current_span + 8 attributes", medians["bare"], "<= 1.5x"),
+        Figure("decorated no-op, heap measured on every call", medians["heap"], "us/call",
+               "bare start_as_current_span + 8 attributes", medians["bare"]),
+    ]
+
+
+_NO_SDK_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from benchmarks.bench_profile import interleaved
+from reer_otel_memory import memory_profile
+
+def plain():
+    pass
+
+@memory_profile(operation_name="noop")
+def decorated():
+    pass
+
+print(json.dumps(interleaved({"plain": plain, "decorated": decorated})))
+"""
+
+
+def _without_sdk() -> list[Figure]:
+    # A fresh interpreter: once a global SDK provider is set it cannot be unset.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _NO_SDK_SCRIPT, root], check=True, capture_output=True, text=True)
+    import json
+
+    medians = json.loads(out.stdout.strip().splitlines()[-1])
+    extra = medians["decorated"] - medians["plain"]
+    return [
+        Figure("decorated no-op, no SDK configured", medians["decorated"], "us/call",
+               "undecorated call", medians["plain"]),
+        Figure("added cost with no SDK configured", extra, "us/call", target="<= 5 us"),
+    ]
+
+
+def run() -> list[Figure]:
+    return _with_sdk() + _without_sdk()
