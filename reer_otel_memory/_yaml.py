@@ -1,0 +1,103 @@
+"""The YAML the generated deploy files need, written without a YAML library at runtime.
+
+Rule files and provisioning files are mappings, lists, strings and numbers, so a small block
+-style writer covers them: strings that could be read as something else (numbers, booleans,
+``null``, anything with YAML syntax in it) are double-quoted with JSON escapes, which YAML
+reads the same way; multi-line strings become literal blocks so PromQL stays readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+# Plain scalars: a first character that starts no YAML syntax, then printable ASCII without the
+# ": " and " #" that would end the scalar (":" and "#" are refused outright, to keep it simple).
+_PLAIN = re.compile(r"[A-Za-z_/$(][\x20-\x7e]*")
+_NOT_PLAIN = re.compile(r"[:#]")
+# Prometheus durations ("5m") read as strings in every YAML version, so they stay unquoted.
+_DURATION = re.compile(r"[0-9]+(ms|s|m|h|d|w|y)")
+_RESERVED = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+_INDENT = "  "
+
+
+def dumps(value: Any, header: str = "") -> str:
+    """``value`` as a YAML document; ``header`` lines go first as ``#`` comments."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines.extend(_block(value, 0))
+    return "\n".join(lines) + "\n"
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"value={value!r}: expected a finite number")
+        return repr(value)
+    if isinstance(value, str):
+        if _DURATION.fullmatch(value):
+            return value
+        if _PLAIN.fullmatch(value) and not _NOT_PLAIN.search(value) and value.lower() not in _RESERVED and value == value.strip():
+            return value
+        return json.dumps(value, ensure_ascii=False)
+    raise TypeError(f"value={value!r}: expected a mapping, list, string, number, bool or None")
+
+
+def _is_literal_block(value: Any) -> bool:
+    # A leading space on the first line would need an indentation indicator; quote those instead.
+    return isinstance(value, str) and "\n" in value.rstrip("\n") and not value[:1].isspace() and "\r" not in value
+
+
+def _literal(value: str, depth: int) -> list[str]:
+    chomp = "|" if value.endswith("\n") and not value.endswith("\n\n") else "|-"
+    if value.endswith("\n\n"):
+        # Keep-chomping is rare enough in generated files to quote instead.
+        return [json.dumps(value, ensure_ascii=False)]
+    body = value[:-1] if chomp == "|" else value
+    prefix = _INDENT * depth
+    return [chomp] + [f"{prefix}{line}" if line else "" for line in body.split("\n")]
+
+
+def _entry(prefix: str, value: Any, depth: int) -> list[str]:
+    """``prefix`` (``key:`` or ``-``) followed by ``value`` nested at ``depth``."""
+    if isinstance(value, dict) and value:
+        return [prefix] + _block(value, depth)
+    if isinstance(value, list) and value:
+        return [prefix] + _block(value, depth)
+    if isinstance(value, dict):
+        return [f"{prefix} {{}}"]
+    if isinstance(value, list):
+        return [f"{prefix} []"]
+    if _is_literal_block(value):
+        first, *rest = _literal(value, depth)
+        return [f"{prefix} {first}"] + rest
+    return [f"{prefix} {_scalar(value)}"]
+
+
+def _block(value: Any, depth: int) -> list[str]:
+    prefix = _INDENT * depth
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"key={key!r}: expected a string")
+            lines.extend(_entry(f"{prefix}{_scalar(key)}:", item, depth + 1))
+        return lines or [f"{prefix}{{}}"]
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and item:
+                # The first key shares the dash's line; the rest align under it.
+                nested = _block(item, depth + 1)
+                lines.append(f"{prefix}- {nested[0][len(prefix) + len(_INDENT):]}")
+                lines.extend(nested[1:])
+            else:
+                lines.extend(_entry(f"{prefix}-", item, depth + 1))
+        return lines or [f"{prefix}[]"]
+    return [prefix + _scalar(value)]
