@@ -201,16 +201,18 @@ class MemoryProbe:
                 window.hwm_start = self._hwm_bytes()
                 rss = self.rss_bytes()
             else:
-                if self._active:
-                    hwm = self._hwm_bytes()
-                    for other in self._active:
-                        if other.peak_bytes < hwm:
-                            other.peak_bytes = hwm
+                # Read the mark even with no window open: the lifetime peak must outlive the reset.
+                hwm = self._hwm_bytes()
+                for other in self._active:
+                    if other.peak_bytes < hwm:
+                        other.peak_bytes = hwm
                 os.pwrite(self._clear_refs_fd, b"5", 0)
                 if mode is _PEAK_RUSAGE:
                     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                     rss = self.rss_bytes()
-                    if maxrss > rss:
+                    # RSS may shrink a little right after the reset; only a mark above the
+                    # freshly reset VmHWM is stale.
+                    if maxrss > rss and (self._status_fd < 0 or maxrss > self._vmhwm_bytes()):
                         # A thread that exited left its high-water mark in ru_maxrss, above
                         # anything this window could see: from now on read VmHWM instead.
                         self._peak_mode = _PEAK_STATUS if self._status_fd >= 0 else _PEAK_NONE
