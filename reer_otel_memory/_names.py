@@ -53,3 +53,14 @@ ENV_EMERGENCY_SIGNAL = "REER_MEMORY_EMERGENCY_SIGNAL"
 
 # The instrumentor's entry-point name: what OTEL_PYTHON_DISABLED_INSTRUMENTATIONS lists to turn it off.
 INSTRUMENTATION_NAME = "reer_memory"
+
+# What started a cleanup: the `trigger` label of reer.memory.cleanups.
+TRIGGER_THRESHOLD = "threshold"
+TRIGGER_CRITICAL = "critical"
+TRIGGER_EMERGENCY = "emergency"
+TRIGGER_MANUAL = "manual"
+CLEANUP_TRIGGERS = (TRIGGER_THRESHOLD, TRIGGER_CRITICAL, TRIGGER_EMERGENCY, TRIGGER_MANUAL)
+
+# The Prometheus endpoint's address, as the OpenTelemetry Prometheus exporter reads it.
+ENV_PROMETHEUS_HOST = "OTEL_EXPORTER_PROMETHEUS_HOST"
+ENV_PROMETHEUS_PORT = "OTEL_EXPORTER_PROMETHEUS_PORT"

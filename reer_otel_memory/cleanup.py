@@ -2,7 +2,20 @@
 
 Other parts of the package (the resource manager, lazy models) and users plug in with
 :func:`register_cleanup_hook`; the monitor runs :func:`run_cleanup` at the cleanup and critical
-levels, on SIGUSR1 and on demand.
+levels, on the emergency signal and on demand (:meth:`MemoryMonitor.cleanup`), counts each run
+in ``reer.memory.cleanups{trigger}`` and the RSS it released in ``reer.memory.cleanup.freed``.
+
+    from reer_otel_memory import register_cleanup_hook, run_cleanup
+
+    register_cleanup_hook("feature-cache", feature_cache.clear)
+    result = run_cleanup()
+    print(result.freed_bytes, result.collected_objects)
+
+One cleanup: every hook (a hook that raises is logged and skipped), then ``gc.collect()``, then
+``malloc_trim(0)`` on glibc (:func:`trim_heap`) so memory freed by Python goes back to the OS
+and RSS really falls. Its cost is that of a full garbage collection: milliseconds in a small
+process, up to seconds with millions of container objects, which is why the monitor keeps a
+cooldown between automatic cleanups and runs them on its own thread, never in a signal handler.
 """
 
 from __future__ import annotations
@@ -16,9 +29,13 @@ from typing import Callable
 
 import psutil
 
+from . import _names as names
 from .probe import PROBE, MemoryProbe
 
 logger = logging.getLogger("reer_otel_memory.cleanup")
+
+#: The values of the ``trigger`` label: what started a cleanup.
+TRIGGERS = names.CLEANUP_TRIGGERS
 
 _heap_trim: Callable[[], object] | None = getattr(psutil, "heap_trim", None)
 
@@ -41,6 +58,7 @@ def unregister_cleanup_hook(name: str) -> bool:
 
 
 def cleanup_hook_names() -> list[str]:
+    """Names of the registered hooks, in the order they run."""
     with _lock:
         return list(_hooks)
 
@@ -75,11 +93,20 @@ class CleanupResult:
         return max(0, self.rss_before_bytes - self.rss_after_bytes)
 
 
-def run_cleanup(trigger: str = "manual", probe: MemoryProbe = PROBE) -> CleanupResult:
+def check_trigger(trigger: object) -> str:
+    """``trigger`` if it is one of :data:`TRIGGERS`; otherwise a ValueError naming it."""
+    if trigger not in TRIGGERS:
+        raise ValueError(f"trigger={trigger!r}: expected one of {', '.join(TRIGGERS)}")
+    return str(trigger)
+
+
+def run_cleanup(trigger: str = names.TRIGGER_MANUAL, probe: MemoryProbe = PROBE) -> CleanupResult:
     """Run every hook, ``gc.collect()``, and trim the heap; measure the RSS freed.
 
-    A hook that raises is logged and skipped: cleanup always completes.
+    A hook that raises is logged and skipped: cleanup always completes. ``trigger`` is one of
+    :data:`TRIGGERS` and is only recorded in the result.
     """
+    check_trigger(trigger)
     started = time.perf_counter()
     before = probe.rss_bytes()
     with _lock:

@@ -1,0 +1,213 @@
+"""The monitor's OpenTelemetry instruments: gauges read at collection time, and its counters.
+
+Gauges (read when a reader collects, so they report whether or not a monitor thread runs):
+``reer.memory.rss``, ``peak_rss``, ``heap``, ``limit``, ``utilization``, ``threshold{level}``,
+``level`` (0 ok .. 3 critical) and ``leak.suspected{reer.operation}``. They describe the
+*reporting monitor*: the monitor started most recently that is still running, else the
+process's default monitor (:func:`reer_otel_memory.monitor.get_memory_monitor`).
+
+Counters (cumulative for the process, observed at collection time so every series exists
+from the first scrape, at 0): ``reer.memory.alerts{level}``, ``reer.memory.cleanups{trigger}``,
+``reer.memory.cleanup.freed`` and ``reer.memory.monitor.cpu`` (seconds of CPU the monitor
+threads spent sampling and cleaning up). Every monitor in the process adds to them; a forked
+child starts again from 0.
+
+Each read is guarded: a source that cannot be read leaves that one metric out of this
+collection (and is logged once), it never fails the collection. Instruments are registered
+once per :class:`~reer_otel_memory._telemetry.Telemetry`, and again whenever the package is
+rebound to other providers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import Callable, Iterable, Iterator
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from . import _names as names
+from . import _telemetry
+from .levels import THRESHOLD_LEVELS, MemoryLevel
+from .tracker import get_memory_tracker
+
+logger = logging.getLogger("reer_otel_memory.monitor")
+
+
+class _Totals:
+    """Process-wide counts behind the counters; updated by every monitor."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.alerts: dict[MemoryLevel, int] = {level: 0 for level in THRESHOLD_LEVELS}
+        self.cleanups: dict[str, int] = {trigger: 0 for trigger in names.CLEANUP_TRIGGERS}
+        self.freed_bytes = 0
+        self.monitor_cpu_s = 0.0
+
+
+TOTALS = _Totals()
+
+
+def count_alert(level: MemoryLevel) -> None:
+    with TOTALS.lock:
+        TOTALS.alerts[level] += 1
+
+
+def count_cleanup(trigger: str, freed_bytes: int) -> None:
+    with TOTALS.lock:
+        TOTALS.cleanups[trigger] += 1
+        TOTALS.freed_bytes += max(0, freed_bytes)
+
+
+def add_monitor_cpu(seconds: float) -> None:
+    with TOTALS.lock:
+        TOTALS.monitor_cpu_s += max(0.0, seconds)
+
+
+def _reset_in_child() -> None:
+    # A forked child is a new process to Prometheus: its counters start from zero.
+    global TOTALS
+    TOTALS = _Totals()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
+
+
+# --- collection-time reads ---------------------------------------------------------------------
+
+
+def _monitor():
+    from .monitor import reporting_monitor
+
+    return reporting_monitor()
+
+
+def _rss() -> Iterator[Observation]:
+    yield Observation(_monitor().probe.rss_bytes())
+
+
+def _peak_rss() -> Iterator[Observation]:
+    yield Observation(_monitor().probe.lifetime_peak_bytes())
+
+
+def _heap() -> Iterator[Observation]:
+    heap_bytes = _monitor().probe.heap_bytes()
+    if heap_bytes is not None:
+        yield Observation(heap_bytes)
+
+
+def _limit() -> Iterator[Observation]:
+    yield Observation(_monitor().config.limit.bytes)
+
+
+def _utilization() -> Iterator[Observation]:
+    monitor = _monitor()
+    limit_bytes = monitor.config.limit.bytes
+    if limit_bytes > 0:
+        yield Observation(monitor.probe.rss_bytes() / limit_bytes)
+
+
+def _thresholds() -> Iterator[Observation]:
+    config = _monitor().config
+    for level in THRESHOLD_LEVELS:
+        yield Observation(config.threshold_bytes(level), {names.LABEL_LEVEL: level.value})
+
+
+def _level() -> Iterator[Observation]:
+    yield Observation(_monitor().current_level().rank)
+
+
+def _leak_suspected() -> Iterator[Observation]:
+    for operation, suspected in get_memory_tracker().leak_detector.states():
+        yield Observation(1 if suspected else 0, {names.LABEL_OPERATION: operation})
+
+
+def _alerts() -> Iterator[Observation]:
+    totals = TOTALS
+    for level in THRESHOLD_LEVELS:
+        yield Observation(totals.alerts[level], {names.LABEL_LEVEL: level.value})
+
+
+def _cleanups() -> Iterator[Observation]:
+    totals = TOTALS
+    for trigger in names.CLEANUP_TRIGGERS:
+        yield Observation(totals.cleanups[trigger], {names.LABEL_TRIGGER: trigger})
+
+
+def _cleanup_freed() -> Iterator[Observation]:
+    yield Observation(TOTALS.freed_bytes)
+
+
+def _monitor_cpu() -> Iterator[Observation]:
+    yield Observation(TOTALS.monitor_cpu_s)
+
+
+_failed_reads: set[str] = set()
+
+
+def _guarded(metric_name: str, read: Callable[[], Iterable[Observation]]) -> Callable[[CallbackOptions], list[Observation]]:
+    """A callback that returns ``read()``'s observations, or none at all when the read fails."""
+
+    def callback(options: CallbackOptions) -> list[Observation]:
+        try:
+            return list(read())
+        except Exception as exc:  # an unreadable source drops this metric, never the scrape
+            if metric_name not in _failed_reads:
+                _failed_reads.add(metric_name)
+                logger.warning("%s left out of this collection: its source could not be read: %r", metric_name, exc)
+            return []
+
+    return callback
+
+
+_GAUGES = (
+    (names.METRIC_RSS, _rss),
+    (names.METRIC_PEAK_RSS, _peak_rss),
+    (names.METRIC_HEAP, _heap),
+    (names.METRIC_LIMIT, _limit),
+    (names.METRIC_UTILIZATION, _utilization),
+    (names.METRIC_THRESHOLD, _thresholds),
+    (names.METRIC_LEVEL, _level),
+    (names.METRIC_LEAK_SUSPECTED, _leak_suspected),
+)
+_COUNTERS = (
+    (names.METRIC_ALERTS, _alerts),
+    (names.METRIC_CLEANUPS, _cleanups),
+    (names.METRIC_CLEANUP_FREED, _cleanup_freed),
+    (names.METRIC_MONITOR_CPU, _monitor_cpu),
+)
+
+_register_lock = threading.Lock()
+_registered: "weakref.WeakSet[_telemetry.Telemetry]" = weakref.WeakSet()
+
+
+def register(telemetry: _telemetry.Telemetry | None = None) -> None:
+    """Create the monitor's instruments on ``telemetry``'s meter (default: the one in force), once."""
+    if telemetry is None:
+        telemetry = _telemetry.current()
+    with _register_lock:
+        if telemetry in _registered:
+            return
+        _registered.add(telemetry)
+    meter = telemetry.meter
+    for (name, unit, description), read in _GAUGES:
+        meter.create_observable_gauge(name, callbacks=[_guarded(name, read)], unit=unit, description=description)
+    for (name, unit, description), read in _COUNTERS:
+        meter.create_observable_counter(name, callbacks=[_guarded(name, read)], unit=unit, description=description)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Register on the Telemetry in force and on every one bound later."""
+    global _installed
+    with _register_lock:
+        if _installed:
+            return
+        _installed = True
+    _telemetry.on_change(register)
+    register()

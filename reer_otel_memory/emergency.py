@@ -1,0 +1,114 @@
+"""The emergency signal: ``kill -USR1 <pid>`` asks the memory monitor for a cleanup now.
+
+    from reer_otel_memory import setup_emergency_memory_handler
+
+    setup_emergency_memory_handler()            # SIGUSR1 by default
+    # from a shell:  kill -USR1 <pid>
+    # or in code:    reer_otel_memory._memory_monitor._trigger_emergency_cleanup()
+
+The handler does nothing but wake the monitor thread, which runs the cleanup (hooks,
+``gc.collect()``, ``malloc_trim``) and counts it in ``reer.memory.cleanups{trigger="emergency"}``:
+a signal handler interrupts arbitrary code, so it must not collect garbage or take locks
+itself. Since the thread is what cleans up, installing the handler starts the monitor if it is
+not running (and removing the handler stops it again). Signals that arrive while a cleanup is
+pending are coalesced into that one cleanup.
+
+A Python handler already installed for the signal keeps working: ours calls it after waking the
+monitor. :func:`remove_emergency_memory_handler` puts it back. Both functions must be called from
+the main thread, as Python only runs signal handlers there; elsewhere they raise RuntimeError.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Callable
+
+from .monitor import MemoryMonitor, get_memory_monitor
+
+_Handler = Callable[[int, FrameType | None], Any]
+
+
+@dataclass
+class _Installed:
+    handler: _Handler
+    previous: Any
+    monitor: MemoryMonitor
+    started_monitor: bool
+    active: bool = True
+
+
+_installed: dict[int, _Installed] = {}
+
+
+def _check_signal(signum: object) -> signal.Signals:
+    try:
+        return signal.Signals(signum)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise ValueError(f"signum={signum!r}: expected a signal number such as signal.SIGUSR1") from None
+
+
+def _require_main_thread(function: str, signum: signal.Signals) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            f"{function}(signum={signum.name}) was called from thread {threading.current_thread().name!r}: "
+            "signal handlers can only be installed or removed from the main thread"
+        )
+
+
+def setup_emergency_memory_handler(signum: int = signal.SIGUSR1, monitor: MemoryMonitor | None = None) -> None:
+    """Make ``signum`` wake ``monitor`` (default: the process's monitor) for an emergency cleanup.
+
+    Starts the monitor if it is not running. Installing it again for the same signal only
+    changes the monitor it wakes.
+    """
+    sig = _check_signal(signum)
+    _require_main_thread("setup_emergency_memory_handler", sig)
+    if monitor is None:
+        monitor = get_memory_monitor()
+    current = _installed.get(int(sig))
+    if current is not None and current.active and signal.getsignal(sig) is current.handler:
+        current.monitor = monitor
+        if not monitor.is_running:
+            monitor.start_monitoring()
+            current.started_monitor = True
+        return
+    previous = signal.getsignal(sig)
+    record: _Installed
+
+    def handler(received: int, frame: FrameType | None) -> None:
+        if record.active:
+            record.monitor._trigger_emergency_cleanup(from_signal=True)
+        chained = record.previous
+        # SIG_DFL would end the process on SIGUSR1, SIG_IGN and None do nothing: only Python
+        # handlers are chained.
+        if callable(chained):
+            chained(received, frame)
+
+    record = _Installed(handler, previous, monitor, started_monitor=False)
+    signal.signal(sig, handler)
+    _installed[int(sig)] = record
+    if not monitor.is_running:
+        monitor.start_monitoring()
+        record.started_monitor = True
+
+
+def remove_emergency_memory_handler(signum: int = signal.SIGUSR1) -> bool:
+    """Put back the handler ``signum`` had before; False if ours was not installed.
+
+    If another handler was installed on top of ours since, it stays; ours then only passes the
+    signal on to the handler it had chained.
+    """
+    sig = _check_signal(signum)
+    _require_main_thread("remove_emergency_memory_handler", sig)
+    record = _installed.pop(int(sig), None)
+    if record is None:
+        return False
+    record.active = False
+    if signal.getsignal(sig) is record.handler:
+        signal.signal(sig, record.previous if record.previous is not None else signal.SIG_DFL)
+    if record.started_monitor:
+        record.monitor.stop_monitoring()
+    return True

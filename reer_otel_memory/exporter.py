@@ -1,0 +1,178 @@
+"""The Prometheus endpoint: every ``reer.memory.*`` metric on ``http://127.0.0.1:9464/metrics``.
+
+    from reer_otel_memory import start_prometheus_exporter, start_memory_monitoring
+
+    endpoint = start_prometheus_exporter()       # or port=0 for any free port
+    start_memory_monitoring()
+    print(endpoint.url)                          # http://127.0.0.1:9464/metrics
+    ...
+    endpoint.shutdown()
+
+The address comes from the arguments, else ``OTEL_EXPORTER_PROMETHEUS_HOST`` /
+``OTEL_EXPORTER_PROMETHEUS_PORT`` (the variables the OpenTelemetry Prometheus exporter reads),
+else ``127.0.0.1:9464``: loopback only unless configured otherwise. A port that is taken raises
+OSError naming the host and port.
+
+Behind it is an OpenTelemetry ``PrometheusMetricReader`` on an SDK ``MeterProvider``. While the
+global meter provider is still the API's default proxy, that provider becomes the global one,
+so other instrumentations (system metrics, HTTP servers, ...) appear on the same page. If an
+SDK provider is already installed, a reader cannot be added to it, so a private provider
+carries this package's instruments instead (the package is rebound to it). The page is served
+by ``prometheus_client`` from a registry of its own, so it holds exactly the OpenTelemetry
+metrics. Further endpoints (other ports) serve the same metrics.
+
+Every gauge is read when the page is scraped, so RSS and level are current even if no monitor
+thread runs; the counters need a running monitor to move. The HTTP server is a daemon thread
+and does not survive ``fork()``: in a pre-fork server, start the endpoint in each worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from . import _names as names
+from . import _telemetry
+from .errors import ConfigurationError
+
+logger = logging.getLogger("reer_otel_memory.exporter")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9464
+
+
+class _Pipeline:
+    """The registry every endpoint serves, and the reader and provider that fill it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reader: Any = None
+        self.provider: Any = None
+        self.owns_global = False
+        self.previous_telemetry: _telemetry.Telemetry | None = None
+        self.bound_telemetry: _telemetry.Telemetry | None = None
+        self.endpoints = 0
+
+    def connect(self) -> None:
+        from opentelemetry import metrics
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.resources import Resource
+
+        self.reader = PrometheusMetricReader(registry=self.registry)
+        self.provider = MeterProvider(metric_readers=[self.reader], resource=Resource.create())
+        if isinstance(metrics.get_meter_provider(), metrics._internal._ProxyMeterProvider):  # noqa: SLF001
+            metrics.set_meter_provider(self.provider)
+        self.owns_global = metrics.get_meter_provider() is self.provider
+        if not self.owns_global:
+            self.previous_telemetry = _telemetry.current()
+            self.bound_telemetry = _telemetry.configure(self.previous_telemetry.tracer_provider, self.provider)
+        # The monitor's gauges and counters register themselves on the Telemetry in force.
+        from . import monitor  # noqa: F401
+
+    def disconnect(self) -> None:
+        """Release a private provider (the global one stays: it cannot be uninstalled)."""
+        if self.owns_global or self.provider is None:
+            return
+        if self.previous_telemetry is not None and _telemetry.current() is self.bound_telemetry:
+            _telemetry.restore(self.previous_telemetry)
+        self.provider.shutdown()
+        self.provider = self.reader = None
+
+
+_lock = threading.Lock()
+_pipeline: _Pipeline | None = None
+
+
+class PrometheusEndpoint:
+    """A running ``/metrics`` server: where it listens, and :meth:`shutdown` to stop it."""
+
+    def __init__(self, host: str, port: int, server: Any, thread: threading.Thread) -> None:
+        self.host = host
+        #: The port actually bound (the one the system chose when asked for port 0).
+        self.port = port
+        self._server = server
+        self._thread = thread
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def shutdown(self) -> None:
+        """Stop serving and close the port; the last endpoint also releases a private provider."""
+        global _pipeline
+        with _lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._server.shutdown()
+            self._server.server_close()
+            pipeline = _pipeline
+            if pipeline is not None:
+                pipeline.endpoints -= 1
+                if pipeline.endpoints == 0 and not pipeline.owns_global:
+                    pipeline.disconnect()
+                    _pipeline = None
+        self._thread.join(5.0)
+
+    def __repr__(self) -> str:
+        return f"PrometheusEndpoint({self.url}{', stopped' if self._stopped else ''})"
+
+
+def _resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
+    if host is None:
+        host = os.environ.get(names.ENV_PROMETHEUS_HOST, "").strip() or DEFAULT_HOST
+    elif not isinstance(host, str) or not host.strip():
+        raise ValueError(f"host={host!r}: expected a host name or IP address such as '127.0.0.1'")
+    if port is None:
+        raw = os.environ.get(names.ENV_PROMETHEUS_PORT, "").strip()
+        if not raw:
+            return host, DEFAULT_PORT
+        try:
+            port = int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{names.ENV_PROMETHEUS_PORT}={raw!r}: expected a port number 0-65535") from None
+        if not 0 <= port <= 65535:
+            raise ConfigurationError(f"{names.ENV_PROMETHEUS_PORT}={raw!r}: expected a port number 0-65535")
+        return host, port
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port={port!r}: expected a port number 0-65535 (0: any free port)")
+    return host, port
+
+
+def start_prometheus_exporter(port: int | None = None, host: str | None = None) -> PrometheusEndpoint:
+    """Serve the package's metrics (and the global provider's, when it is ours) on ``/metrics``."""
+    global _pipeline
+    host, port = _resolve_address(host, port)
+    with _lock:
+        pipeline = _pipeline if _pipeline is not None else _Pipeline()
+        # Bind first: a taken port fails before any provider is touched.
+        try:
+            server, thread = start_http_server(port, addr=host, registry=pipeline.registry)
+        except socket.gaierror as exc:
+            raise OSError(f"cannot serve /metrics on {host}:{port}: unknown host {host!r} ({exc})") from exc
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; "
+                f"choose another port (port= or {names.ENV_PROMETHEUS_PORT})",
+            ) from exc
+        if pipeline.provider is None:
+            try:
+                pipeline.connect()
+            except Exception:
+                server.shutdown()
+                server.server_close()
+                raise
+        pipeline.endpoints += 1
+        _pipeline = pipeline
+    endpoint = PrometheusEndpoint(host, server.server_port, server, thread)
+    logger.info("serving memory metrics on %s", endpoint.url)
+    return endpoint

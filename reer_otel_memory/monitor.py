@@ -1,0 +1,631 @@
+"""MemoryMonitor: watches the process RSS, reports its level, alerts once per crossing, cleans up.
+
+    from reer_otel_memory import MemoryMonitor, start_memory_monitoring
+
+    start_memory_monitoring()           # the default monitor, thresholds from REER_MEMORY_*
+
+    monitor = MemoryMonitor(alert_threshold_mb=1000, critical_threshold_mb=2000,
+                            cleanup_threshold_mb=1500, monitoring_interval=30)
+    monitor.add_callback(lambda snapshot: print(snapshot.level, snapshot.process_memory_mb))
+    monitor.start_monitoring()
+
+**Levels.** Each sample compares the RSS with the thresholds: ``ok < alert < cleanup <
+critical`` (:class:`~reer_otel_memory.levels.MemoryLevel`). A level is entered as soon as the
+RSS reaches its threshold and left only once the RSS falls ``hysteresis_share`` (5%) of that
+threshold below it, so a process hovering at a threshold does not flap. Every upward crossing
+counts once in ``reer.memory.alerts{level}`` and ``alert_counts`` (a jump from ok to critical
+crosses all three thresholds) and logs one line. Callbacks get every sample's
+:class:`~reer_otel_memory.tracker.MemorySnapshot` (level, previous level, whether it crossed);
+one that raises is logged and the monitor carries on. Samples are recorded in the tracker.
+
+**Sampling.** A daemon thread samples every ``monitoring_interval`` seconds, and above the
+alert level every tenth of that (at least 0.5 s, never slower than the interval), so fast
+growth toward critical is seen in time. It waits on an event, so :meth:`stop_monitoring`
+returns at once. One sample costs a ``pread`` of ``/proc/self/statm``, the allocator heap when
+that reading is cheap, and the bookkeeping: tens of microseconds (``make bench``). Its CPU time
+is counted in ``reer.memory.monitor.cpu``.
+
+**Cleanup.** At the cleanup and critical levels the monitor runs :func:`~reer_otel_memory.cleanup.run_cleanup`
+(hooks, ``gc.collect()``, ``malloc_trim``) on its own thread, at most once per
+``cleanup_cooldown_s`` (60 s) at a level, though reaching a higher level always cleans up at
+once. :meth:`MemoryMonitor.cleanup` runs one on demand; the emergency signal
+(:mod:`reer_otel_memory.emergency`) wakes the thread for one. Each is counted in
+``reer.memory.cleanups{trigger}`` and its freed RSS in ``reer.memory.cleanup.freed``.
+
+**Configuration.** Thresholds left out (None) come from the process-wide configuration
+(:func:`reer_otel_memory.get_config`, i.e. ``REER_MEMORY_*`` or :func:`setup_memory_limits`);
+unless a ``config`` is passed, the monitor follows later changes to it. Bad or unordered
+values raise :class:`~reer_otel_memory.errors.ConfigurationError` naming the argument.
+
+**One default monitor per process** (:func:`get_memory_monitor`, also ``_memory_monitor``),
+built from ``REER_MEMORY_*``; a bad environment logs one error line and the defaults are used.
+A running monitor keeps running in a forked child (pre-fork servers), restarted there with
+fresh counters, and reports the child's own memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from dataclasses import replace
+from typing import Callable, Mapping
+
+from . import _monitor_metrics
+from . import _names as names
+from . import config as config_module
+from .cleanup import CleanupResult, check_trigger, run_cleanup
+from .config import MB, MemoryConfig, parse_interval_s, parse_threshold_mb
+from .errors import ConfigurationError
+from .levels import THRESHOLD_LEVELS, MemoryLevel
+from .probe import PROBE, MemoryProbe
+from .tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
+
+logger = logging.getLogger("reer_otel_memory.monitor")
+
+#: A level is left once RSS falls this share of its threshold below it.
+DEFAULT_HYSTERESIS_SHARE = 0.05
+#: Least time between two automatic cleanups at the same level.
+DEFAULT_CLEANUP_COOLDOWN_S = 60.0
+#: Above the alert level the monitor samples this share of the interval apart ...
+FAST_INTERVAL_SHARE = 0.1
+#: ... but never closer than this.
+MIN_FAST_INTERVAL_S = 0.5
+#: How long :meth:`MemoryMonitor.stop_monitoring` waits for a sample or cleanup in progress.
+STOP_TIMEOUT_S = 5.0
+#: A sample reads the allocator heap while one reading costs at most this (it slows down as the
+#: heap fragments); otherwise only every :data:`HEAP_RECHECK_SAMPLES` th sample, to re-measure.
+HEAP_AFFORDABLE_S = 50e-6
+HEAP_RECHECK_SAMPLES = 20
+
+Callback = Callable[[MemorySnapshot], object]
+
+_LEVEL_BELOW = {
+    MemoryLevel.ALERT: MemoryLevel.OK,
+    MemoryLevel.CLEANUP: MemoryLevel.ALERT,
+    MemoryLevel.CRITICAL: MemoryLevel.CLEANUP,
+}
+_THRESHOLD_ARGS = {"alert": "alert_threshold_mb", "cleanup": "cleanup_threshold_mb", "critical": "critical_threshold_mb"}
+_ENV_BY_LEVEL = {"alert": names.ENV_ALERT_MB, "cleanup": names.ENV_CLEANUP_MB, "critical": names.ENV_CRITICAL_MB}
+
+
+class _Run:
+    """One start of the monitor thread: its wake-up event and stop request."""
+
+    __slots__ = ("wake", "stopping", "thread", "waking")
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.stopping = False
+        self.waking = False
+        self.thread: threading.Thread | None = None
+
+
+class MemoryMonitor:
+    """Samples the process RSS on a daemon thread; levels, alerts, callbacks and cleanups.
+
+    ``probe`` reads the memory (a :class:`~reer_otel_memory.probe.MemoryProbe` pointed at another
+    ``/proc`` entry reads that one); ``tracker`` records the samples (default: the process's).
+    """
+
+    def __init__(
+        self,
+        alert_threshold_mb: float | str | None = None,
+        critical_threshold_mb: float | str | None = None,
+        cleanup_threshold_mb: float | str | None = None,
+        monitoring_interval: float | None = None,
+        *,
+        config: MemoryConfig | None = None,
+        probe: MemoryProbe = PROBE,
+        tracker: MemoryTracker | None = None,
+        hysteresis_share: float = DEFAULT_HYSTERESIS_SHARE,
+        cleanup_cooldown_s: float = DEFAULT_CLEANUP_COOLDOWN_S,
+    ) -> None:
+        if isinstance(hysteresis_share, bool) or not isinstance(hysteresis_share, (int, float)) or not 0 <= hysteresis_share < 1:
+            raise ValueError(f"hysteresis_share={hysteresis_share!r}: expected a share of the threshold from 0 up to (not including) 1")
+        if (
+            isinstance(cleanup_cooldown_s, bool)
+            or not isinstance(cleanup_cooldown_s, (int, float))
+            or not math.isfinite(cleanup_cooldown_s)
+            or cleanup_cooldown_s < 0
+        ):
+            raise ValueError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a number of seconds >= 0")
+        self._probe = probe
+        self._tracker = tracker
+        self.hysteresis_share = float(hysteresis_share)
+        self.cleanup_cooldown_s = float(cleanup_cooldown_s)
+        self._overrides: dict[str, object] = {}
+        self._set_overrides(alert_threshold_mb, critical_threshold_mb, cleanup_threshold_mb, monitoring_interval)
+        self._follows_process_config = config is None
+        self._base_config = config if config is not None else config_module.get_config()
+        self._config = self._effective(self._base_config, self._overrides)
+
+        #: The level of the latest sample.
+        self.level = MemoryLevel.OK
+        self._callbacks: list[Callback] = []
+        self._callback_failures: dict[int, int] = {}
+        self._init_process_state()
+        if self._follows_process_config:
+            config_module.add_config_listener(_follow(self))
+        _monitors.add(self)
+
+    def _init_process_state(self) -> None:
+        """Counters, locks and thread state: fresh in a new monitor and in a forked child."""
+        #: Upward crossings into each level since this monitor (or this forked child) began.
+        self.alert_counts: dict[MemoryLevel, int] = {level: 0 for level in THRESHOLD_LEVELS}
+        #: Cleanups run, in all and by trigger.
+        self.cleanup_count = 0
+        self.cleanup_counts: dict[str, int] = {trigger: 0 for trigger in names.CLEANUP_TRIGGERS}
+        #: RSS released by all cleanups, bytes.
+        self.freed_bytes_total = 0
+        self.sample_count = 0
+        self.last_snapshot: MemorySnapshot | None = None
+        self.last_cleanup: CleanupResult | None = None
+        self._last_auto_cleanup_at: float | None = None
+        self._last_auto_cleanup_level = MemoryLevel.OK
+        self._emergency_pending = False
+        self._loop_failures = 0
+        self._sample_lock = threading.Lock()
+        self._cleanup_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._run: _Run | None = None
+
+    # --- configuration ---------------------------------------------------------------------------
+
+    def _set_overrides(self, alert: object, critical: object, cleanup: object, interval: object) -> None:
+        for key, value in (("alert", alert), ("critical", critical), ("cleanup", cleanup), ("interval", interval)):
+            if value is not None:
+                self._overrides[key] = value
+
+    @staticmethod
+    def _effective(base: MemoryConfig, overrides: Mapping[str, object]) -> MemoryConfig:
+        values = {"alert": base.alert_bytes, "cleanup": base.cleanup_bytes, "critical": base.critical_bytes}
+        sources = dict(base.sources)
+        origin_names = dict(_ENV_BY_LEVEL)
+        for level, arg_name in _THRESHOLD_ARGS.items():
+            if level in overrides:
+                raw = overrides[level]
+                values[level], origin = parse_threshold_mb(arg_name, raw, base.limit)
+                sources[level] = f"code {arg_name}={raw!r} ({origin})"
+                origin_names[level] = arg_name
+        interval_s = base.monitoring_interval_s
+        if "interval" in overrides:
+            interval_s = parse_interval_s("monitoring_interval", overrides["interval"])
+            sources["monitoring_interval"] = f"code monitoring_interval={overrides['interval']!r}"
+        for low, high in (("alert", "cleanup"), ("cleanup", "critical")):
+            if values[low] > values[high]:
+                raise ConfigurationError(
+                    f"{origin_names[low]}={values[low] / MB:g} MB is above {origin_names[high]}={values[high] / MB:g} MB: "
+                    "expected alert <= cleanup <= critical"
+                )
+        return replace(
+            base,
+            alert_bytes=values["alert"],
+            cleanup_bytes=values["cleanup"],
+            critical_bytes=values["critical"],
+            monitoring_interval_s=interval_s,
+            sources=sources,
+        )
+
+    def configure(
+        self,
+        alert_threshold_mb: float | str | None = None,
+        critical_threshold_mb: float | str | None = None,
+        cleanup_threshold_mb: float | str | None = None,
+        monitoring_interval: float | None = None,
+    ) -> MemoryConfig:
+        """Change thresholds (MB or ``"NN%"``) or the interval; omitted ones stay. Applies at once.
+
+        Raises :class:`ConfigurationError` naming the argument; the monitor then keeps its settings.
+        """
+        overrides = dict(self._overrides)
+        for key, value in (
+            ("alert", alert_threshold_mb),
+            ("critical", critical_threshold_mb),
+            ("cleanup", cleanup_threshold_mb),
+            ("interval", monitoring_interval),
+        ):
+            if value is not None:
+                overrides[key] = value
+        config = self._effective(self._base_config, overrides)
+        self._overrides = overrides
+        self._config = config
+        self._wake_thread()
+        return config
+
+    def _on_process_config(self, base: MemoryConfig) -> None:
+        try:
+            config = self._effective(base, self._overrides)
+        except ConfigurationError as exc:
+            logger.error("memory monitor keeps its thresholds: the new configuration conflicts with its own: %s", exc)
+            return
+        self._base_config = base
+        self._config = config
+        self._wake_thread()
+
+    @property
+    def config(self) -> MemoryConfig:
+        """The thresholds, interval and limit in force, with where each came from."""
+        return self._config
+
+    @property
+    def probe(self) -> MemoryProbe:
+        return self._probe
+
+    @property
+    def tracker(self) -> MemoryTracker:
+        return self._tracker if self._tracker is not None else get_memory_tracker()
+
+    @property
+    def alert_threshold_mb(self) -> float:
+        return self._config.alert_bytes / MB
+
+    @alert_threshold_mb.setter
+    def alert_threshold_mb(self, value: float | str) -> None:
+        self.configure(alert_threshold_mb=value)
+
+    @property
+    def cleanup_threshold_mb(self) -> float:
+        return self._config.cleanup_bytes / MB
+
+    @cleanup_threshold_mb.setter
+    def cleanup_threshold_mb(self, value: float | str) -> None:
+        self.configure(cleanup_threshold_mb=value)
+
+    @property
+    def critical_threshold_mb(self) -> float:
+        return self._config.critical_bytes / MB
+
+    @critical_threshold_mb.setter
+    def critical_threshold_mb(self, value: float | str) -> None:
+        self.configure(critical_threshold_mb=value)
+
+    @property
+    def monitoring_interval(self) -> float:
+        """Seconds between samples at the ok level."""
+        return self._config.monitoring_interval_s
+
+    @monitoring_interval.setter
+    def monitoring_interval(self, value: float) -> None:
+        self.configure(monitoring_interval=value)
+
+    def threshold_bytes(self, level: MemoryLevel) -> int:
+        """The RSS at which ``level`` begins."""
+        return self._config.threshold_bytes(level)
+
+    # --- levels ----------------------------------------------------------------------------------
+
+    def _settle(self, current: MemoryLevel, rss_bytes: int) -> MemoryLevel:
+        """The level after ``current`` for this RSS: up at a threshold, down only below its margin."""
+        config = self._config
+        reached = config.level_for(rss_bytes)
+        if reached >= current:
+            return reached
+        level = current
+        while level > reached and rss_bytes < config.threshold_bytes(level) * (1.0 - self.hysteresis_share):
+            level = _LEVEL_BELOW[level]
+        return level
+
+    def current_level(self) -> MemoryLevel:
+        """The level now: the latest sample's while the thread runs, else settled from RSS read now."""
+        if self.is_running:
+            return self.level
+        return self._settle(self.level, self._probe.rss_bytes())
+
+    def next_wait_s(self) -> float:
+        """Seconds until the next sample: the interval, or the faster pace above the alert level."""
+        interval = self._config.monitoring_interval_s
+        if self.level is MemoryLevel.OK:
+            return interval
+        return min(interval, max(MIN_FAST_INTERVAL_S, interval * FAST_INTERVAL_SHARE))
+
+    # --- sampling --------------------------------------------------------------------------------
+
+    def _read_heap(self) -> int | None:
+        probe = self._probe
+        if probe.heap_cost_s <= HEAP_AFFORDABLE_S or self.sample_count % HEAP_RECHECK_SAMPLES == 0:
+            return probe.heap_bytes()
+        return None
+
+    def sample_once(self) -> MemorySnapshot:
+        """Take one sample now: level, alerts, a cleanup when due, callbacks. What each tick does."""
+        with self._sample_lock:
+            rss = self._probe.rss_bytes()
+            heap = self._read_heap()
+            previous = self.level
+            level = self._settle(previous, rss)
+            self.level = level
+            self.sample_count += 1
+            risen = [threshold_level for threshold_level in THRESHOLD_LEVELS if previous < threshold_level <= level]
+            for threshold_level in risen:
+                self.alert_counts[threshold_level] += 1
+                _monitor_metrics.count_alert(threshold_level)
+            snapshot = MemorySnapshot(time.time(), rss, heap, None, level, previous, level is not previous)
+            self.last_snapshot = snapshot
+        self.tracker.record(snapshot)
+        if snapshot.crossed:
+            self._log_crossing(snapshot)
+        if level >= MemoryLevel.CLEANUP:
+            self._auto_cleanup(level)
+        self._run_callbacks(snapshot)
+        return snapshot
+
+    def _log_crossing(self, snapshot: MemorySnapshot) -> None:
+        level, previous = snapshot.level, snapshot.previous_level
+        rss_mb = snapshot.rss_bytes / MB
+        if previous is not None and level < previous:
+            logger.info(
+                "memory level %s: RSS %.1f MB fell below the %s threshold of %.1f MB (was %s)",
+                level, rss_mb, previous, self.threshold_bytes(previous) / MB, previous,
+            )
+            return
+        logger.log(
+            logging.ERROR if level is MemoryLevel.CRITICAL else logging.WARNING,
+            "memory level %s: RSS %.1f MB reached the %s threshold of %.1f MB (was %s)",
+            level, rss_mb, level, self.threshold_bytes(level) / MB, previous,
+        )
+
+    def _run_callbacks(self, snapshot: MemorySnapshot) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(snapshot)
+            except Exception:
+                failures = self._callback_failures.get(id(callback), 0) + 1
+                self._callback_failures[id(callback)] = failures
+                if failures == 1:
+                    logger.exception("memory monitor callback %r raised; the monitor carries on", callback)
+                elif failures % 100 == 0:
+                    logger.error("memory monitor callback %r has raised %d times", callback, failures)
+
+    def add_callback(self, callback: Callback) -> None:
+        """Call ``callback(snapshot)`` with every sample, on the monitor thread."""
+        if not callable(callback):
+            raise TypeError(f"add_callback(callback={callback!r}): expected a callable taking a MemorySnapshot")
+        self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callback) -> bool:
+        """Stop calling ``callback``; False if it was not added."""
+        try:
+            self._callbacks.remove(callback)
+        except ValueError:
+            return False
+        self._callback_failures.pop(id(callback), None)
+        return True
+
+    # --- cleanup ---------------------------------------------------------------------------------
+
+    def _auto_cleanup(self, level: MemoryLevel) -> CleanupResult | None:
+        trigger = names.TRIGGER_CRITICAL if level is MemoryLevel.CRITICAL else names.TRIGGER_THRESHOLD
+        with self._cleanup_lock:
+            now = time.monotonic()
+            last = self._last_auto_cleanup_at
+            if last is not None and now - last < self.cleanup_cooldown_s and level <= self._last_auto_cleanup_level:
+                return None
+            self._last_auto_cleanup_at = now
+            self._last_auto_cleanup_level = level
+            return self._cleanup_locked(trigger)
+
+    def _cleanup_locked(self, trigger: str) -> CleanupResult:
+        result = run_cleanup(trigger, self._probe)
+        self.cleanup_count += 1
+        self.cleanup_counts[trigger] += 1
+        self.freed_bytes_total += result.freed_bytes
+        self.last_cleanup = result
+        _monitor_metrics.count_cleanup(trigger, result.freed_bytes)
+        logger.info(
+            "memory cleanup (%s): RSS %.1f MB -> %.1f MB, freed %.1f MB, %d objects collected in %.3f s",
+            trigger, result.rss_before_bytes / MB, result.rss_after_bytes / MB, result.freed_bytes / MB,
+            result.collected_objects, result.duration_s,
+        )
+        return result
+
+    def cleanup(self, trigger: str = names.TRIGGER_MANUAL) -> CleanupResult:
+        """Run a cleanup now, in this thread, and count it under ``trigger`` (no cooldown)."""
+        check_trigger(trigger)
+        with self._cleanup_lock:
+            return self._cleanup_locked(trigger)
+
+    def _trigger_emergency_cleanup(self, *, from_signal: bool = False) -> CleanupResult | None:
+        """Ask for an emergency cleanup; safe to call from a signal handler.
+
+        With the thread running, wake it to clean up and return None at once. Otherwise clean up
+        here and return the result, unless called from a signal handler: then the cleanup waits
+        for the thread to start (cleanup never runs inside a signal handler).
+        """
+        self._emergency_pending = True
+        if self._run is not None:
+            self._wake_thread()
+            return None
+        if from_signal:
+            return None
+        return self._run_pending_emergency()
+
+    def _run_pending_emergency(self) -> CleanupResult | None:
+        if not self._emergency_pending:
+            return None
+        with self._cleanup_lock:
+            if not self._emergency_pending:
+                return None
+            self._emergency_pending = False
+            return self._cleanup_locked(names.TRIGGER_EMERGENCY)
+
+    # --- the thread ------------------------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        """True while the monitor thread runs."""
+        run = self._run
+        return run is not None and run.thread is not None and run.thread.is_alive()
+
+    def start_monitoring(self) -> None:
+        """Start the daemon thread (a no-op while it runs); it samples at once, then every interval."""
+        with self._state_lock:
+            if self._run is not None and not self._run.stopping:
+                return
+            run = _Run()
+            run.thread = threading.Thread(target=self._loop, args=(run,), name="reer-memory-monitor", daemon=True)
+            self._run = run
+            run.thread.start()
+        _reporting_started(self)
+
+    def stop_monitoring(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop the thread and wait (up to ``timeout_s``) for a sample or cleanup in progress."""
+        with self._state_lock:
+            run, self._run = self._run, None
+        _reporting_stopped(self)
+        if run is None:
+            return
+        run.stopping = True
+        run.wake.set()
+        thread = run.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+            if thread.is_alive():
+                logger.warning("memory monitor thread still busy %.1f s after stop; it ends after its current step", timeout_s)
+
+    def _wake_thread(self) -> None:
+        run = self._run
+        if run is None or run.waking:
+            # waking: a signal arrived while this thread was inside wake.set(), which wakes the
+            # monitor anyway; setting the event again here could deadlock on its lock.
+            return
+        run.waking = True
+        try:
+            run.wake.set()
+        finally:
+            run.waking = False
+
+    def _loop(self, run: _Run) -> None:
+        while not run.stopping:
+            cpu_started_s = time.thread_time()
+            try:
+                self._run_pending_emergency()
+                self.sample_once()
+            except Exception as exc:
+                self._loop_failures += 1
+                if self._loop_failures == 1:
+                    logger.exception("memory monitor sample failed; retrying every interval")
+                elif self._loop_failures % 100 == 0:
+                    logger.error("memory monitor sample has failed %d times: %r", self._loop_failures, exc)
+            _monitor_metrics.add_monitor_cpu(time.thread_time() - cpu_started_s)
+            if run.stopping:
+                break
+            run.wake.wait(self.next_wait_s())
+            run.wake.clear()
+
+    def _after_fork_in_child(self) -> None:
+        was_running = self._run is not None
+        self._init_process_state()
+        self._callback_failures = {}
+        if was_running:
+            self.start_monitoring()
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryMonitor(alert_threshold_mb={self.alert_threshold_mb:g}, cleanup_threshold_mb={self.cleanup_threshold_mb:g}, "
+            f"critical_threshold_mb={self.critical_threshold_mb:g}, monitoring_interval={self.monitoring_interval:g}, "
+            f"level={self.level!s}, running={self.is_running})"
+        )
+
+
+def _follow(monitor: MemoryMonitor) -> Callable[[MemoryConfig], None]:
+    """A config listener that holds the monitor weakly and removes itself once it is gone."""
+    ref = weakref.ref(monitor)
+
+    def listener(config: MemoryConfig) -> None:
+        target = ref()
+        if target is None:
+            config_module.remove_config_listener(listener)
+            return
+        target._on_process_config(config)
+
+    return listener
+
+
+# --- monitors in this process ------------------------------------------------------------------
+
+_monitors: "weakref.WeakSet[MemoryMonitor]" = weakref.WeakSet()
+_reporting_lock = threading.Lock()
+_reporting: list["weakref.ref[MemoryMonitor]"] = []
+
+
+def _reporting_started(monitor: MemoryMonitor) -> None:
+    with _reporting_lock:
+        _reporting[:] = [ref for ref in _reporting if ref() not in (None, monitor)]
+        _reporting.append(weakref.ref(monitor))
+
+
+def _reporting_stopped(monitor: MemoryMonitor) -> None:
+    with _reporting_lock:
+        _reporting[:] = [ref for ref in _reporting if ref() not in (None, monitor)]
+
+
+def reporting_monitor() -> MemoryMonitor:
+    """The monitor the gauges describe: the latest started one still running, else the default."""
+    with _reporting_lock:
+        refs = list(_reporting)
+    for ref in reversed(refs):
+        monitor = ref()
+        if monitor is not None and monitor.is_running:
+            return monitor
+    return get_memory_monitor()
+
+
+def _after_fork_in_child() -> None:
+    global _reporting_lock, _default_lock
+    _reporting_lock = threading.Lock()
+    _default_lock = threading.Lock()
+    for monitor in list(_monitors):
+        monitor._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --- the default monitor -----------------------------------------------------------------------
+
+_default_lock = threading.Lock()
+_default: MemoryMonitor | None = None
+
+
+def get_memory_monitor() -> MemoryMonitor:
+    """The process's default monitor, configured from ``REER_MEMORY_*`` (created on first use)."""
+    global _default
+    monitor = _default
+    if monitor is not None:
+        return monitor
+    try:
+        config_module.get_config()
+    except ConfigurationError as exc:
+        logger.error("reer_otel_memory: %s; using the default thresholds instead", exc)
+        config_module.set_config(config_module.default_config())
+    with _default_lock:
+        if _default is None:
+            _default = MemoryMonitor()
+        return _default
+
+
+def start_memory_monitoring() -> MemoryMonitor:
+    """Start the default monitor's thread; returns the monitor."""
+    monitor = get_memory_monitor()
+    monitor.start_monitoring()
+    return monitor
+
+
+def stop_memory_monitoring() -> None:
+    """Stop the default monitor's thread, if there is a default monitor."""
+    if _default is not None:
+        _default.stop_monitoring()
+
+
+def __getattr__(name: str) -> object:
+    if name == "_memory_monitor":
+        return get_memory_monitor()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_monitor_metrics.install()
