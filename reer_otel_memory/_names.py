@@ -43,6 +43,19 @@ METRIC_OPERATION_DURATION = ("reer.memory.operation.duration", "s", "Duration of
 METRIC_LEAK_SUSPECTED = ("reer.memory.leak.suspected", "1", "1 while an operation is suspected of leaking memory.")
 METRIC_MONITOR_CPU = ("reer.memory.monitor.cpu", "s", "CPU time spent by the memory monitor thread.")
 
+# Models and managed resources.
+OPERATION_MODEL_LOAD = "model_load"
+OPERATION_MODEL_UNLOAD = "model_unload"
+ATTR_MODEL_NAME = "reer.model.name"
+ATTR_MODEL_SIZE = "reer.model.size"
+LABEL_MODEL = "model"
+LABEL_RESOURCE = "resource"
+METRIC_MODEL_SIZE = ("reer.memory.model.size", "By", "Estimated bytes held in arrays and buffers by each loaded model.")
+METRIC_MODEL_LOADS = ("reer.memory.model.loads", "1", "Model loads, by model.")
+METRIC_RESOURCES = ("reer.memory.resources", "1", "Resources registered with the resource manager and still alive.")
+METRIC_RESOURCE_SIZE = ("reer.memory.resource.size", "By", "Estimated bytes held by each managed resource, as last measured.")
+METRIC_RESOURCE_CLEANUPS = ("reer.memory.resource.cleanups", "1", "Managed resources cleaned up, by trigger (manual, limit, pressure).")
+
 # Environment variables.
 ENV_ALERT_MB = "REER_MEMORY_ALERT_MB"
 ENV_CLEANUP_MB = "REER_MEMORY_CLEANUP_MB"
