@@ -272,15 +272,10 @@ def memory_profile(
 
             @functools.wraps(func)
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not _telemetry._current.recording():
-                    rss_start = PROBE.rss_bytes()
-                    try:
-                        async for item in func(*args, **kwargs):
-                            yield item
-                    finally:
-                        _light(name, rss_start)
-                    return
-                operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
+                # Without an SDK the same loop runs, unmeasured: asend/athrow must still reach
+                # the wrapped generator (an ``async for`` here would drop them).
+                light_start = None if _telemetry._current.recording() else PROBE.rss_bytes()
+                operation = None if light_start is not None else _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 agen = func(*args, **kwargs)
                 ctx = operation.context if operation is not None else None
                 to_send: Any = None
@@ -313,7 +308,10 @@ def memory_profile(
                     failure = exc
                     raise
                 finally:
-                    _end(operation, failure)
+                    if light_start is not None:
+                        _light(name, light_start)
+                    else:
+                        _end(operation, failure)
 
             return async_gen_wrapper  # type: ignore[return-value]
 
