@@ -1,0 +1,175 @@
+"""The ``reer-otel-memory`` command (also ``python -m reer_otel_memory``).
+
+    reer-otel-memory config            # effective thresholds, interval, limit and where each came from
+    reer-otel-memory config --json     # the same, machine-readable
+    reer-otel-memory demo              # an ML-style workload climbing through the memory levels,
+                                       # /metrics on 127.0.0.1:9464, a live status line until Ctrl-C
+    reer-otel-memory --version
+
+Exit status: 0 on success, 2 on a bad configuration or bad arguments (the message names the
+variable or argument and the value it got).
+
+Each subcommand is one ``_add_<name>(subparsers)`` function that builds its parser and sets
+the function to run; :data:`SUBCOMMANDS` lists them, in the order ``--help`` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from ._version import __version__
+from .config import MB, MemoryConfig, load_config
+from .errors import ConfigurationError
+from .levels import THRESHOLD_LEVELS
+from .probe import PROBE
+
+PROG = "reer-otel-memory"
+
+#: Exit status for a bad configuration or bad arguments (argparse's own usage errors use 2 too).
+EXIT_BAD_CONFIGURATION = 2
+
+
+# --- config --------------------------------------------------------------------------------
+
+
+def _config_report(config: MemoryConfig) -> dict[str, object]:
+    rss_bytes = PROBE.rss_bytes()
+    report: dict[str, object] = {}
+    for level in THRESHOLD_LEVELS:
+        report[level.value] = {
+            "bytes": config.threshold_bytes(level),
+            "mb": config.threshold_bytes(level) / MB,
+            "source": config.sources.get(level.value, ""),
+        }
+    report["monitoring_interval"] = {
+        "seconds": config.monitoring_interval_s,
+        "source": config.sources.get("monitoring_interval", ""),
+    }
+    report["limit"] = {"bytes": config.limit.bytes, "mb": config.limit.bytes / MB, "source": config.limit.source}
+    report["rss"] = {"bytes": rss_bytes, "mb": rss_bytes / MB, "level": config.level_for(rss_bytes).value}
+    return report
+
+
+def _print_config(report: dict[str, object], out) -> None:
+    rows = []
+    for level in THRESHOLD_LEVELS:
+        entry = report[level.value]
+        rows.append((f"{level.value} threshold", f"{entry['mb']:.1f} MB ({entry['bytes']} bytes)", entry["source"]))
+    interval = report["monitoring_interval"]
+    rows.append(("monitoring interval", f"{interval['seconds']:g} s", interval["source"]))
+    limit = report["limit"]
+    rows.append(("effective limit", f"{limit['mb']:.1f} MB ({limit['bytes']} bytes)", limit["source"]))
+    rss = report["rss"]
+    rows.append(("this process", f"{rss['mb']:.1f} MB RSS", f"level {rss['level']}"))
+    label_width = max(len(row[0]) for row in rows)
+    value_width = max(len(row[1]) for row in rows)
+    print(f"{PROG} {__version__}: effective configuration", file=out)
+    for label, value, source in rows:
+        print(f"  {label:<{label_width}}  {value:<{value_width}}  {source}", file=out)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config()
+    except ConfigurationError as exc:
+        print(f"{PROG} config: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION
+    report = _config_report(config)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        _print_config(report, sys.stdout)
+    return 0
+
+
+def _add_config(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "config",
+        help="print the effective configuration and where each value came from",
+        description="Print the thresholds, the monitoring interval and the effective memory limit the "
+        "REER_MEMORY_* variables give, and where each value came from. Exits 2 on a bad value.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=_run_config)
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number 0-65535 (0: any free port)") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number 0-65535 (0: any free port)")
+    return value
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(
+        host=args.host,
+        port=args.port,
+        duration_s=args.duration,
+        interval_s=args.interval,
+        status=not args.quiet,
+    )
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    from .demo import DEFAULT_HOST, DEFAULT_INTERVAL_S, DEFAULT_PORT
+
+    parser = subparsers.add_parser(
+        "demo",
+        help="run an ML-style workload that climbs through the memory levels, with /metrics",
+        description="Build a model-sized object, process data in batches leaving garbage cycles behind, "
+        "with thresholds set above the demo's own starting RSS so it climbs through alert, cleanup and "
+        "critical; serve /metrics for Prometheus and show a live status line until Ctrl-C.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address /metrics listens on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port of /metrics, 0 for any free port (default {DEFAULT_PORT})")
+    parser.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS", help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    parser.add_argument("--interval", type=_positive_float, default=DEFAULT_INTERVAL_S, metavar="SECONDS", help=f"monitoring interval (default {DEFAULT_INTERVAL_S:g} s)")
+    parser.add_argument("--quiet", action="store_true", help="no live status line, only the start and end summaries")
+    parser.set_defaults(run=_run_demo)
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+#: Every subcommand: a function adding its parser (with ``run=``) to the subparsers.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Memory profiling, monitoring and alerting for Python services, as OpenTelemetry metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for add_subcommand in SUBCOMMANDS:
+        add_subcommand(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    args = build_parser().parse_args(argv)
+    return args.run(args)
