@@ -1,0 +1,393 @@
+"""MemoryOptimizer: release what can be released, find what cannot, and shrink numpy arrays.
+
+    from reer_otel_memory import MemoryOptimizer
+
+    report = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=10.0)
+    collected = MemoryOptimizer.force_garbage_collection()
+    weights = MemoryOptimizer.optimize_numpy_arrays(weights)
+
+What each method does, and does not do:
+
+* :meth:`MemoryOptimizer.cleanup_large_objects` cannot free an object the program still
+  references; nothing can. It releases what is held only for speed -- the caches registered
+  with :meth:`MemoryOptimizer.register_cache` and, unless ``clear_lru_caches=False``, every
+  ``functools.lru_cache`` in the process -- collects unreachable reference cycles, returns free
+  heap to the OS, and then *finds* the objects still larger than the threshold (``bytes``,
+  ``bytearray``, ``array.array``, lists, dicts, sets, tuples by their own size, numpy arrays by
+  ``nbytes``), so you can see what holds the memory. It returns a report with the RSS freed,
+  measured. It walks every object the garbage collector tracks, their direct referents and
+  the locals of every running frame: about 1 s per million objects.
+* :meth:`MemoryOptimizer.force_garbage_collection` collects each generation, trims the heap and
+  reports objects collected per generation and RSS freed.
+* :meth:`MemoryOptimizer.optimize_numpy_arrays` returns smaller copies of arrays where the
+  values are kept exactly (checked, not assumed): float64 to float32 and complex128 to
+  complex64 when every value survives the round trip (or, with ``float_rtol``, stays within
+  that relative tolerance), integers to the smallest integer type of the same signedness that
+  holds their range. A small view that pins a base at least twice its size is copied so the
+  base can be freed. A single array comes back as a new array; a list or dict is updated in
+  place and returned, so ``MemoryOptimizer.optimize_numpy_arrays(weights_by_name)`` needs no
+  assignment. numpy is imported only when an object with a ``dtype`` is passed; without numpy
+  installed that raises ImportError, and anything else passes through.
+"""
+
+from __future__ import annotations
+
+import array
+import functools
+import gc
+import math
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+from .cleanup import trim_heap
+from .config import MB
+from .probe import PROBE
+
+_LRU_WRAPPER_TYPE = type(functools.lru_cache(maxsize=1)(lambda: None))
+_MAX_NESTING = 16
+#: Elements compared per step when checking a downcast, to bound the temporary memory.
+_CHECK_CHUNK_ELEMENTS = 1 << 20
+
+_caches_lock = threading.Lock()
+_caches: dict[str, Callable[[], Any]] = {}
+
+
+def _clearer(cache: Any) -> Callable[[], Any] | None:
+    """A callable that clears ``cache`` (held weakly where possible), or None if it cannot be cleared."""
+    for method_name in ("cache_clear", "clear"):
+        if callable(getattr(cache, method_name, None)):
+            try:
+                ref = weakref.ref(cache)
+            except TypeError:
+                return getattr(cache, method_name)
+
+            def clear(ref: weakref.ReferenceType[Any] = ref, method_name: str = method_name) -> Any:
+                target = ref()
+                return None if target is None else getattr(target, method_name)()
+
+            return clear
+    if callable(cache):
+        return cache
+    return None
+
+
+def _measure_start() -> tuple[float, int, int | None]:
+    return time.perf_counter(), PROBE.rss_bytes(), PROBE.heap_bytes()
+
+
+def _measured(start: tuple[float, int, int | None], trimmed: bool) -> dict[str, Any]:
+    started, rss_before, heap_before = start
+    rss_after = PROBE.rss_bytes()
+    heap_after = PROBE.heap_bytes() if heap_before is not None else None
+    return {
+        "rss_before_bytes": rss_before,
+        "rss_after_bytes": rss_after,
+        "rss_freed_bytes": max(0, rss_before - rss_after),
+        "heap_freed_bytes": None if heap_after is None or heap_before is None else max(0, heap_before - heap_after),
+        "heap_trimmed": trimmed,
+        "duration_s": time.perf_counter() - started,
+    }
+
+
+def _check_positive(where: str, name: str, value: object, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise ValueError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
+    return float(value)
+
+
+class MemoryOptimizer:
+    """Memory-release utilities; every method is static. See the module docs for what each does."""
+
+    # --- caches ----------------------------------------------------------------------------
+
+    @staticmethod
+    def register_cache(cache: Any, name: str | None = None) -> str:
+        """Have :meth:`cleanup_large_objects` clear ``cache``; returns the name it is registered under.
+
+        ``cache`` is anything with ``cache_clear()`` or ``clear()`` (held weakly when its type
+        allows: a plain dict is held until unregistered), or a callable that clears a cache.
+        """
+        clear = _clearer(cache)
+        if clear is None:
+            raise TypeError(f"register_cache(cache={cache!r}): expected an object with cache_clear() or clear(), or a callable")
+        if name is None:
+            name = f"{type(cache).__qualname__}@{id(cache):x}"
+        elif not isinstance(name, str) or not name:
+            raise TypeError(f"register_cache(name={name!r}): expected a non-empty string or None")
+        with _caches_lock:
+            _caches[name] = clear
+        return name
+
+    @staticmethod
+    def unregister_cache(name: str) -> bool:
+        """Stop clearing the cache registered as ``name``; False if there was none."""
+        with _caches_lock:
+            return _caches.pop(name, None) is not None
+
+    @staticmethod
+    def clear_caches(clear_lru_caches: bool = True) -> tuple[int, int]:
+        """Clear the registered caches and, if asked, every non-empty lru_cache; (registered, lru) cleared."""
+        with _caches_lock:
+            clearers = list(_caches.values())
+        registered = 0
+        for clear in clearers:
+            clear()
+            registered += 1
+        lru = 0
+        if clear_lru_caches:
+            for obj in gc.get_objects():
+                if type(obj) is _LRU_WRAPPER_TYPE and obj.cache_info().currsize:
+                    obj.cache_clear()
+                    lru += 1
+        return registered, lru
+
+    # --- large objects -------------------------------------------------------------------------
+
+    @staticmethod
+    def find_large_objects(size_threshold_mb: float = 10.0, top: int = 10) -> list[dict[str, Any]]:
+        """The objects still alive above ``size_threshold_mb``, largest first (type and bytes, at most ``top``)."""
+        threshold = int(_check_positive("find_large_objects", "size_threshold_mb", size_threshold_mb, allow_zero=True) * MB)
+        return _find_large_objects(threshold)[:top]
+
+    @staticmethod
+    def cleanup_large_objects(size_threshold_mb: float = 10.0, *, clear_lru_caches: bool = True, top: int = 10) -> dict[str, Any]:
+        """Release caches and cycles, trim the heap, then report the large objects still held.
+
+        Returns ``large_objects_found`` and ``large_objects_bytes`` (objects above the
+        threshold that remain referenced), ``largest`` (up to ``top`` of them: type and
+        bytes), ``caches_cleared``, ``lru_caches_cleared``, ``collected_objects``, and the
+        measured ``rss_freed_bytes`` / ``heap_freed_bytes``.
+        """
+        threshold = int(_check_positive("cleanup_large_objects", "size_threshold_mb", size_threshold_mb, allow_zero=True) * MB)
+        start = _measure_start()
+        registered, lru = MemoryOptimizer.clear_caches(clear_lru_caches)
+        collected = gc.collect()
+        trimmed = trim_heap()
+        found = _find_large_objects(threshold)
+        report = {
+            "threshold_bytes": threshold,
+            "large_objects_found": len(found),
+            "large_objects_bytes": sum(entry["size_bytes"] for entry in found),
+            "largest": found[:top],
+            "caches_cleared": registered,
+            "lru_caches_cleared": lru,
+            "collected_objects": collected,
+        }
+        report.update(_measured(start, trimmed))
+        return report
+
+    # --- garbage collection --------------------------------------------------------------------
+
+    @staticmethod
+    def force_garbage_collection() -> dict[str, Any]:
+        """Collect generations 0, 1 and 2 in turn and trim the heap; objects collected and RSS freed."""
+        start = _measure_start()
+        by_generation = {generation: gc.collect(generation) for generation in range(3)}
+        trimmed = trim_heap()
+        report: dict[str, Any] = {
+            "collected": sum(by_generation.values()),
+            "collected_by_generation": by_generation,
+            "uncollectable": len(gc.garbage),
+        }
+        report.update(_measured(start, trimmed))
+        return report
+
+    # --- numpy arrays --------------------------------------------------------------------------
+
+    @staticmethod
+    def optimize_numpy_arrays(
+        array_or_arrays: Any,
+        *,
+        float_rtol: float = 0.0,
+        compact_views: bool = True,
+        report: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        """Shrink arrays where no value changes; see the module docs.
+
+        ``float_rtol`` > 0 accepts float downcasts within that relative tolerance (finite
+        values must stay finite). ``report``, if a list, receives one dict per array: key,
+        action (``downcast``, ``compacted`` or ``unchanged``), dtypes and bytes before/after.
+        """
+        rtol = _check_positive("optimize_numpy_arrays", "float_rtol", float_rtol, allow_zero=True)
+        if rtol >= 1.0:
+            raise ValueError(f"optimize_numpy_arrays(float_rtol={float_rtol!r}): expected a relative tolerance below 1")
+        if report is not None and not isinstance(report, list):
+            raise TypeError(f"optimize_numpy_arrays(report={report!r}): expected a list to append to, or None")
+        if not (_has_dtype(array_or_arrays) or isinstance(array_or_arrays, (list, tuple, dict))):
+            raise TypeError(
+                f"optimize_numpy_arrays({type(array_or_arrays).__name__} {array_or_arrays!r:.80}): expected an array "
+                "(an object with a dtype) or a list, tuple or dict of arrays"
+            )
+        return _optimize(array_or_arrays, None, rtol, compact_views, report, 0)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _find_large_objects(threshold_bytes: int) -> list[dict[str, Any]]:
+    numpy = sys.modules.get("numpy")
+    ndarray = getattr(numpy, "ndarray", None)
+    seen: set[int] = set()
+    found: list[dict[str, Any]] = []
+    containers = (list, dict, set, frozenset, tuple)
+    leaves = (bytes, bytearray, array.array)
+
+    def consider(obj: Any) -> None:
+        kind = type(obj)
+        if kind in leaves or kind in containers:
+            size = sys.getsizeof(obj)
+        elif ndarray is not None and isinstance(obj, ndarray):
+            if obj.base is not None:  # a view: its owner is counted instead
+                return
+            size = int(obj.nbytes)
+        else:
+            return
+        if size >= threshold_bytes and id(obj) not in seen:
+            seen.add(id(obj))
+            found.append({"type": f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__, "size_bytes": size})
+
+    tracked = gc.get_objects()
+    try:
+        for obj in tracked:
+            consider(obj)
+            for referent in gc.get_referents(obj):
+                # bytes, bytearray and numpy arrays are not tracked by gc: reach them through their holders.
+                if not gc.is_tracked(referent):
+                    consider(referent)
+    finally:
+        del tracked
+    # Locals of running functions live in frames the collector does not list.
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            for value in list(frame.f_locals.values()):
+                consider(value)
+            frame = frame.f_back
+    del frame
+    found.sort(key=lambda entry: entry["size_bytes"], reverse=True)
+    return found
+
+
+def _has_dtype(obj: Any) -> bool:
+    return not isinstance(obj, type) and getattr(obj, "dtype", None) is not None
+
+
+def _numpy_for(obj: Any) -> Any:
+    try:
+        import numpy
+    except ImportError:
+        raise ImportError(
+            f"optimize_numpy_arrays: {type(obj).__name__} with dtype {getattr(obj, 'dtype', None)} needs numpy, "
+            "which is not installed (pip install numpy)"
+        ) from None
+    return numpy
+
+
+def _optimize(value: Any, key: Any, rtol: float, compact_views: bool, report: list[dict[str, Any]] | None, depth: int) -> Any:
+    if _has_dtype(value):
+        return _optimize_array(value, key, rtol, compact_views, report)
+    if depth >= _MAX_NESTING:
+        return value
+    if isinstance(value, dict):
+        for item_key, item in list(value.items()):
+            value[item_key] = _optimize(item, item_key, rtol, compact_views, report, depth + 1)
+        return value
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            value[index] = _optimize(item, index, rtol, compact_views, report, depth + 1)
+        return value
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_optimize(item, index, rtol, compact_views, report, depth + 1) for index, item in enumerate(value))
+    return value
+
+
+def _optimize_array(obj: Any, key: Any, rtol: float, compact_views: bool, report: list[dict[str, Any]] | None) -> Any:
+    np = _numpy_for(obj)
+    is_ndarray = isinstance(obj, np.ndarray)
+    entry: dict[str, Any] = {"key": key, "action": "unchanged", "dtype_before": str(obj.dtype)}
+    try:
+        values = obj if is_ndarray else np.asarray(obj)
+    except Exception as exc:  # not convertible (say, an array on a GPU): leave it as it is
+        values = None
+        entry["reason"] = f"not convertible to a numpy array: {exc!r}"
+    result = obj
+    if values is not None:
+        entry["bytes_before"] = int(values.nbytes)
+        smaller = _downcast(np, values, rtol)
+        if smaller is not None:
+            if is_ndarray:
+                result = smaller
+            elif callable(getattr(obj, "astype", None)):
+                result = obj.astype(smaller.dtype)
+            else:
+                entry["reason"] = f"{type(obj).__name__} has no astype()"
+            if result is not obj:
+                entry["action"] = "downcast"
+        elif compact_views and is_ndarray and obj.base is not None:
+            base_bytes = _base_nbytes(np, obj)
+            if base_bytes is not None and 2 * obj.nbytes <= base_bytes:
+                result = np.array(obj, copy=True, order="C")
+                entry["action"] = "compacted"
+                entry["pinned_base_bytes"] = base_bytes
+    entry["dtype_after"] = str(result.dtype)
+    if values is not None:
+        entry["bytes_after"] = int(np.asarray(result).nbytes) if result is not obj else entry["bytes_before"]
+    if report is not None:
+        report.append(entry)
+    return result
+
+
+def _base_nbytes(np: Any, view: Any) -> int | None:
+    owner = view.base
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    if isinstance(owner, np.ndarray):
+        return int(owner.nbytes)
+    try:
+        with memoryview(owner) as buffer:
+            return buffer.nbytes
+    except TypeError:
+        return None
+
+
+def _downcast(np: Any, values: Any, rtol: float) -> Any | None:
+    """A smaller array holding the same values (within ``rtol`` for floats), or None."""
+    dtype = values.dtype
+    if dtype == np.float64 or dtype == np.complex128:
+        target = np.float32 if dtype == np.float64 else np.complex64
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf fails the check below
+            smaller = values.astype(target, order="C")
+        return smaller if _same_values(np, values, smaller, rtol) else None
+    if dtype.kind in "iu" and dtype.itemsize > 1:
+        candidates = (np.int8, np.int16, np.int32) if dtype.kind == "i" else (np.uint8, np.uint16, np.uint32)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        for candidate in candidates:
+            info = np.iinfo(candidate)
+            if np.dtype(candidate).itemsize < dtype.itemsize and info.min <= low and high <= info.max:
+                return values.astype(candidate, order="C")
+    return None
+
+
+def _same_values(np: Any, original: Any, smaller: Any, rtol: float) -> bool:
+    """Compare chunk by chunk along the first axis, so the check's temporaries stay small."""
+    if original.ndim == 0:
+        return _chunk_matches(np, original, smaller, rtol)
+    row_elements = max(1, original.size // max(1, original.shape[0]))
+    rows = max(1, _CHECK_CHUNK_ELEMENTS // row_elements)
+    for start in range(0, original.shape[0], rows):
+        if not _chunk_matches(np, original[start : start + rows], smaller[start : start + rows], rtol):
+            return False
+    return True
+
+
+def _chunk_matches(np: Any, original: Any, smaller: Any, rtol: float) -> bool:
+    if rtol == 0.0:
+        return bool(np.array_equal(smaller, original, equal_nan=True))
+    if not np.array_equal(np.isfinite(smaller), np.isfinite(original)):
+        return False
+    return bool(np.allclose(smaller, original, rtol=rtol, atol=0.0, equal_nan=True))
