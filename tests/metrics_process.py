@@ -1,0 +1,153 @@
+"""A small service using the package, for a real Prometheus to scrape.
+
+Run as a script (``python tests/metrics_process.py``) it starts the Prometheus endpoint on a
+free port and the default memory monitor (thresholds and interval from ``REER_MEMORY_*``),
+prints one JSON line ``{"port": ..., "pid": ..., "rss_bytes": ...}``, then keeps running
+profiled operations:
+
+- ``load_batch``: builds and drops a list each call (duration and peak-growth histograms);
+- ``cache_fill``: keeps 64 KiB more per call for its first calls, so leak detection has
+  something to suspect, then is no longer called (what it kept stays at a few MB).
+
+Commands on stdin, one per line, each answered with one JSON line:
+
+- ``grow <bytes>``: allocate and hold that many bytes, every page touched so RSS includes it;
+- ``cleanup``: run one manual cleanup through the monitor;
+- ``exit``: stop.
+
+Tests start it with :class:`MetricsProcess`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+LEAK_CALLS = 40
+LEAK_BYTES_PER_CALL = 64 * 1024
+OPERATION_PERIOD_S = 0.05
+#: Fast sampling, so the monitor's counters move during a test.
+MONITORING_INTERVAL_S = "0.5"
+
+
+# --- the service (child side) --------------------------------------------------------------
+
+
+def _reply(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    from reer_otel_memory import PROBE, memory_context, memory_profile, start_memory_monitoring, start_prometheus_exporter
+
+    held: list[bytearray] = []
+    cache: list[bytes] = []
+
+    @memory_profile(operation_name="load_batch")
+    def load_batch() -> int:
+        batch = [index * 2 for index in range(20_000)]
+        return len(batch)
+
+    def cache_fill() -> None:
+        with memory_context("cache_fill"):
+            cache.append(b"\x01" * LEAK_BYTES_PER_CALL)
+
+    endpoint = start_prometheus_exporter(port=0)
+    monitor = start_memory_monitoring()
+    stop = threading.Event()
+
+    def commands() -> None:
+        for line in sys.stdin:
+            command, _, argument = line.strip().partition(" ")
+            if command == "grow":
+                # bytearray(n) alone may map untouched zero pages; filling touches every page.
+                block = bytearray(int(argument))
+                block[:] = b"\x01" * len(block)
+                held.append(block)
+                _reply({"rss_bytes": PROBE.rss_bytes()})
+            elif command == "cleanup":
+                result = monitor.cleanup()
+                _reply({"freed_bytes": result.freed_bytes})
+            elif command == "exit":
+                break
+        stop.set()
+
+    threading.Thread(target=commands, daemon=True).start()
+    _reply({"port": endpoint.port, "pid": os.getpid(), "rss_bytes": PROBE.rss_bytes()})
+    calls = 0
+    # Paces the workload; the test side polls Prometheus and never waits on this.
+    while not stop.wait(OPERATION_PERIOD_S):
+        load_batch()
+        if calls < LEAK_CALLS:
+            cache_fill()
+        calls += 1
+    monitor.stop_monitoring()
+    endpoint.shutdown()
+
+
+# --- the launcher (test side) --------------------------------------------------------------
+
+
+class MetricsProcess:
+    """This script as a child process; ``target`` is its ``host:port`` for Prometheus."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        child_env = {**os.environ, "REER_MEMORY_MONITORING_INTERVAL": MONITORING_INTERVAL_S, **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env,
+        )
+        first = self._read()
+        self.port: int = first["port"]
+        self.pid: int = first["pid"]
+        self.start_rss_bytes: int = first["rss_bytes"]
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"metrics process exited with status {self.process.wait(timeout=10)} before answering")
+        return json.loads(line)
+
+    def command(self, text: str) -> dict[str, Any]:
+        """Send one command and return its answer."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            try:
+                self.process.stdin.write("exit\n")
+                self.process.stdin.close()
+                self.process.wait(timeout=10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def __enter__(self) -> MetricsProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    main()
