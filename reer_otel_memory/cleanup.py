@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,16 @@ _heap_trim: Callable[[], object] | None = getattr(psutil, "heap_trim", None)
 
 _lock = threading.Lock()
 _hooks: dict[str, Callable[[], object]] = {}
+
+
+def _reinit_lock_in_child() -> None:
+    # A fork taken while another thread held the lock would leave it held forever in the child.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_lock_in_child)
 
 
 def register_cleanup_hook(name: str, hook: Callable[[], object]) -> None:
