@@ -1,0 +1,367 @@
+"""MemoryResourceManager: named resources with cleanup callbacks, size estimates and memory limits.
+
+    from reer_otel_memory import get_resource_manager
+
+    manager = get_resource_manager()
+    manager.register_resource("my_resource", resource_object, cleanup_callback=cleanup_func, memory_limit_mb=100.0)
+    cleaned = manager.cleanup_all_resources()   # number of resources cleaned up
+
+**Cleaning up** a resource removes it from the manager and calls its ``cleanup_callback``
+(with no argument, or with the resource if the callback takes one). Without a callback it only
+drops the manager's reference. :meth:`cleanup_resource` lets a callback's exception through;
+:meth:`cleanup_all_resources` and the cleanup hook log it and go on.
+
+**Lifetime.** The manager holds a resource weakly when its type allows, so it never keeps a
+resource alive beyond its owner: once the program drops it, the entry disappears (without a
+callback: there is nothing left to clean). A ``cleanup_callback`` that is a bound method of
+the resource (``resource.close``) is held weakly too; any other callback that references the
+resource keeps it alive. ``keep_alive=True`` holds the resource strongly, and so are types that
+cannot be weakly referenced (dict, list, bytes, ...).
+
+**Sizes and limits.** Each resource's size is estimated at registration and on every
+:meth:`check_limits` (bytes in arrays and buffers, by a walk bounded to ``max_size_objects``;
+see :mod:`reer_otel_memory._sizing`). :meth:`check_limits` cleans up every resource whose
+estimate exceeds its ``memory_limit_mb`` (trigger ``limit``).
+
+**Under memory pressure** the monitor's cleanup (:func:`reer_otel_memory.run_cleanup`) runs
+the manager's cleanup hook: limits are checked, then every resource registered with
+``release_on_pressure=True`` (the default) is cleaned up (trigger ``pressure``).
+
+Metrics: ``reer.memory.resources`` (gauge, resources alive), ``reer.memory.resource.size
+{resource}`` (gauge, bytes, as last estimated), ``reer.memory.resource.cleanups{trigger}``
+(counter; trigger ``manual``, ``limit`` or ``pressure``). Thread-safe; a weakly held resource
+that dies is forgotten at the manager's next call.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from . import _names as names
+from . import _telemetry
+from ._sizing import estimate_size
+from .cleanup import register_cleanup_hook
+from .config import MB
+
+logger = logging.getLogger("reer_otel_memory.resources")
+
+#: The name of the cleanup hook that releases managed resources.
+CLEANUP_HOOK_NAME = "reer.resources"
+DEFAULT_MAX_SIZE_OBJECTS = 20_000
+
+TRIGGER_MANUAL = "manual"
+TRIGGER_LIMIT = "limit"
+TRIGGER_PRESSURE = "pressure"
+
+
+def _callback_wants_resource(callback: Callable[..., Any]) -> bool:
+    """True if ``callback`` must be called with the resource, False if with nothing."""
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):  # a builtin without a signature: call it as documented, bare
+        return False
+    try:
+        signature.bind()
+        return False
+    except TypeError:
+        pass
+    try:
+        signature.bind(None)
+        return True
+    except TypeError:
+        raise TypeError(
+            f"register_resource(cleanup_callback={callback!r}): expected a callable taking no argument "
+            f"or the resource, got signature {signature}"
+        ) from None
+
+
+class _Entry:
+    __slots__ = ("name", "strong", "ref", "callback", "callback_ref", "wants_resource", "limit_bytes", "release_on_pressure", "size_bytes", "size_truncated", "size_measured_at", "registered_at", "type_name")
+
+    def get(self) -> Any:
+        return self.strong if self.ref is None else self.ref()
+
+    def get_callback(self) -> Callable[..., Any] | None:
+        return self.callback_ref() if self.callback_ref is not None else self.callback
+
+
+class MemoryResourceManager:
+    """Named resources, cleaned up on demand, over their limit, or under memory pressure."""
+
+    def __init__(self, max_size_objects: int = DEFAULT_MAX_SIZE_OBJECTS) -> None:
+        if not isinstance(max_size_objects, int) or isinstance(max_size_objects, bool) or max_size_objects <= 0:
+            raise ValueError(f"MemoryResourceManager(max_size_objects={max_size_objects!r}): expected a positive integer")
+        self.max_size_objects = max_size_objects
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Entry] = {}
+        # Weakref callbacks only queue the dead entry: they may run inside gc, on any thread.
+        self._dead: collections.deque[_Entry] = collections.deque()
+        _managers.add(self)
+        register_cleanup_hook(CLEANUP_HOOK_NAME, release_resources_under_pressure)
+
+    # --- registration --------------------------------------------------------------------------
+
+    def register_resource(
+        self,
+        name: str,
+        resource: Any,
+        cleanup_callback: Callable[..., Any] | None = None,
+        memory_limit_mb: float | None = None,
+        *,
+        keep_alive: bool = False,
+        release_on_pressure: bool = True,
+    ) -> None:
+        """Manage ``resource`` under ``name`` (replacing, without cleaning it, any resource of that name)."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"register_resource(name={name!r}): expected a non-empty string")
+        if resource is None:
+            raise TypeError(f"register_resource({name!r}, resource=None): expected the resource object")
+        if cleanup_callback is not None and not callable(cleanup_callback):
+            raise TypeError(f"register_resource({name!r}, cleanup_callback={cleanup_callback!r}): expected a callable or None")
+        limit_bytes = None
+        if memory_limit_mb is not None:
+            if (
+                not isinstance(memory_limit_mb, (int, float))
+                or isinstance(memory_limit_mb, bool)
+                or not math.isfinite(memory_limit_mb)
+                or memory_limit_mb <= 0
+            ):
+                raise ValueError(f"register_resource({name!r}, memory_limit_mb={memory_limit_mb!r}): expected a finite number of MB > 0, or None")
+            limit_bytes = int(memory_limit_mb * MB)
+
+        entry = _Entry()
+        entry.name = name
+        entry.wants_resource = cleanup_callback is not None and _callback_wants_resource(cleanup_callback)
+        entry.limit_bytes = limit_bytes
+        entry.release_on_pressure = bool(release_on_pressure)
+        entry.registered_at = time.time()
+        entry.type_name = type(resource).__qualname__
+        entry.callback = cleanup_callback
+        entry.callback_ref = None
+        entry.strong = None
+        entry.ref = None
+        if not keep_alive:
+            dead = self._dead
+            try:
+                entry.ref = weakref.ref(resource, lambda _ref, entry=entry: dead.append(entry))
+            except TypeError:
+                entry.ref = None
+        if entry.ref is None:
+            entry.strong = resource
+        elif inspect.ismethod(cleanup_callback) and cleanup_callback.__self__ is resource:
+            entry.callback_ref = weakref.WeakMethod(cleanup_callback)
+            entry.callback = None
+        size = estimate_size(resource, self.max_size_objects)
+        entry.size_bytes, entry.size_truncated, entry.size_measured_at = size.bytes, size.truncated, time.time()
+        with self._lock:
+            self._purge()
+            self._entries[name] = entry
+
+    def unregister_resource(self, name: str) -> bool:
+        """Forget ``name`` without cleaning it up; False if it was not registered."""
+        with self._lock:
+            self._purge()
+            return self._entries.pop(name, None) is not None
+
+    def _purge(self) -> None:
+        """Drop entries whose resource was collected (caller holds the lock)."""
+        while self._dead:
+            entry = self._dead.popleft()
+            if self._entries.get(entry.name) is entry:
+                del self._entries[entry.name]
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def get_resource(self, name: str) -> Any | None:
+        """The resource registered as ``name``, or None (not registered, or collected)."""
+        with self._lock:
+            self._purge()
+            entry = self._entries.get(name)
+        return None if entry is None else entry.get()
+
+    def resource_names(self) -> list[str]:
+        with self._lock:
+            self._purge()
+            return [name for name, entry in self._entries.items() if entry.get() is not None]
+
+    def __len__(self) -> int:
+        return len(self.resource_names())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get_resource(name) is not None
+
+    def get_resource_stats(self) -> dict[str, dict[str, Any]]:
+        """Per resource: how it is held, its last size estimate and its limit."""
+        with self._lock:
+            self._purge()
+            entries = list(self._entries.values())
+        stats = {}
+        for entry in entries:
+            if entry.get() is None:
+                continue
+            stats[entry.name] = {
+                "type": entry.type_name,
+                "held": "weak" if entry.ref is not None else "strong",
+                "size_bytes": entry.size_bytes,
+                "size_mb": entry.size_bytes / MB,
+                "size_truncated": entry.size_truncated,
+                "size_measured_at": entry.size_measured_at,
+                "memory_limit_bytes": entry.limit_bytes,
+                "memory_limit_mb": None if entry.limit_bytes is None else entry.limit_bytes / MB,
+                "over_limit": entry.limit_bytes is not None and entry.size_bytes > entry.limit_bytes,
+                "release_on_pressure": entry.release_on_pressure,
+                "registered_at": entry.registered_at,
+            }
+        return stats
+
+    # --- cleaning up ---------------------------------------------------------------------------
+
+    def cleanup_resource(self, name: str, *, trigger: str = TRIGGER_MANUAL) -> bool:
+        """Remove ``name`` and run its callback; False if it was not registered or already collected."""
+        with self._lock:
+            self._purge()
+            entry = self._entries.pop(name, None)
+        if entry is None:
+            return False
+        resource = entry.get()
+        if resource is None:
+            return False
+        callback = entry.get_callback()
+        if callback is not None:
+            if entry.wants_resource:
+                callback(resource)
+            else:
+                callback()
+        del resource
+        try:
+            _cleanups_counter().add(1, {names.LABEL_TRIGGER: trigger})
+        except Exception as exc:  # a metrics failure must not fail the cleanup
+            logger.debug("could not count the cleanup of %r: %r", name, exc)
+        return True
+
+    def _cleanup_logged(self, name: str, trigger: str) -> bool:
+        try:
+            return self.cleanup_resource(name, trigger=trigger)
+        except Exception:
+            logger.exception("cleanup of resource %r failed", name)
+            return False
+
+    def cleanup_all_resources(self) -> int:
+        """Clean up every resource; the number cleaned (a failing callback is logged, not counted)."""
+        return sum(self._cleanup_logged(name, TRIGGER_MANUAL) for name in self.resource_names())
+
+    def check_limits(self) -> list[str]:
+        """Re-estimate every resource's size; clean up those over their limit. Returns their names."""
+        with self._lock:
+            self._purge()
+            entries = list(self._entries.values())
+        over = []
+        for entry in entries:
+            resource = entry.get()
+            if resource is None:
+                continue
+            size = estimate_size(resource, self.max_size_objects)
+            del resource
+            entry.size_bytes, entry.size_truncated, entry.size_measured_at = size.bytes, size.truncated, time.time()
+            if entry.limit_bytes is not None and size.bytes > entry.limit_bytes:
+                over.append(entry.name)
+        return [name for name in over if self._cleanup_logged(name, TRIGGER_LIMIT)]
+
+    def release_under_pressure(self) -> int:
+        """What the cleanup hook does: :meth:`check_limits`, then clean up every ``release_on_pressure`` resource."""
+        cleaned = len(self.check_limits())
+        with self._lock:
+            self._purge()
+            releasable = [name for name, entry in self._entries.items() if entry.release_on_pressure]
+        return cleaned + sum(self._cleanup_logged(name, TRIGGER_PRESSURE) for name in releasable)
+
+    def _alive_entries(self) -> list[_Entry]:
+        with self._lock:
+            self._purge()
+            return [entry for entry in self._entries.values() if entry.get() is not None]
+
+
+_managers: "weakref.WeakSet[MemoryResourceManager]" = weakref.WeakSet()
+
+
+def release_resources_under_pressure() -> int:
+    """The cleanup hook: :meth:`MemoryResourceManager.release_under_pressure` on every manager."""
+    return sum(manager.release_under_pressure() for manager in list(_managers))
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+_counter_lock = threading.Lock()
+_counter_binding: tuple[_telemetry.Telemetry, Any] | None = None
+
+
+def _cleanups_counter() -> Any:
+    """The resource-cleanups counter on the Telemetry in force (created once per Telemetry)."""
+    global _counter_binding
+    telemetry = _telemetry.current()
+    binding = _counter_binding
+    if binding is None or binding[0] is not telemetry:
+        with _counter_lock:
+            binding = _counter_binding
+            if binding is None or binding[0] is not telemetry:
+                binding = _counter_binding = (telemetry, telemetry.counter(names.METRIC_RESOURCE_CLEANUPS))
+    return binding[1]
+
+
+def _observe_count(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(sum(len(manager._alive_entries()) for manager in list(_managers)))]
+
+
+def _observe_sizes(options: CallbackOptions) -> Iterable[Observation]:
+    return [
+        Observation(entry.size_bytes, {names.LABEL_RESOURCE: entry.name})
+        for manager in list(_managers)
+        for entry in manager._alive_entries()
+    ]
+
+
+def _register_gauges(telemetry: _telemetry.Telemetry) -> None:
+    telemetry.observable_gauge(names.METRIC_RESOURCES, _observe_count)
+    telemetry.observable_gauge(names.METRIC_RESOURCE_SIZE, _observe_sizes)
+
+
+_register_gauges(_telemetry.current())
+_telemetry.on_change(_register_gauges)
+
+
+def _reset_locks_in_child() -> None:
+    # A fork while another thread held a lock would leave it held forever in the child.
+    global _counter_lock, _default_lock
+    _counter_lock = threading.Lock()
+    _default_lock = threading.Lock()
+    for manager in list(_managers):
+        manager._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
+
+_default_lock = threading.Lock()
+_default: MemoryResourceManager | None = None
+
+
+def get_resource_manager() -> MemoryResourceManager:
+    """The process-wide resource manager."""
+    global _default
+    manager = _default
+    if manager is None:
+        with _default_lock:
+            if _default is None:
+                _default = MemoryResourceManager()
+            manager = _default
+    return manager
