@@ -77,3 +77,22 @@ CLEANUP_TRIGGERS = (TRIGGER_THRESHOLD, TRIGGER_CRITICAL, TRIGGER_EMERGENCY, TRIG
 # The Prometheus endpoint's address, as the OpenTelemetry Prometheus exporter reads it.
 ENV_PROMETHEUS_HOST = "OTEL_EXPORTER_PROMETHEUS_HOST"
 ENV_PROMETHEUS_PORT = "OTEL_EXPORTER_PROMETHEUS_PORT"
+
+# Trace store (reer_otel_memory.trace_store): operations, span attributes, gauges.
+OPERATION_TRACE_STORE_ADD_TRACE = "trace_store_add_trace"
+OPERATION_TRACE_STORE_ADD_TRACES = "trace_store_add_traces"
+OPERATION_TRACE_STORE_LAZY_QUERY = "trace_store_lazy_query"
+OPERATION_TRACE_STORE_STREAM_FILTERED = "trace_store_stream_filtered"
+OPERATION_TRACE_STORE_GET_TRACE = "trace_store_get_trace"
+OPERATION_TRACE_STORE_STATS = "trace_store_stats"
+OPERATION_TRACE_STORE_OPTIMIZE = "trace_store_optimize"
+ATTR_TRACE_STORE_PATH = "reer.trace_store.path"
+ATTR_TRACE_STORE_RECORDS_SCANNED = "reer.trace_store.records_scanned"
+ATTR_TRACE_STORE_BYTES_READ = "reer.trace_store.bytes_read"
+ATTR_TRACE_STORE_RECORDS_RETURNED = "reer.trace_store.records_returned"
+ATTR_TRACE_STORE_MALFORMED_LINES = "reer.trace_store.malformed_lines"
+ATTR_TRACE_STORE_RECORDS_WRITTEN = "reer.trace_store.records_written"
+ATTR_TRACE_STORE_BYTES_WRITTEN = "reer.trace_store.bytes_written"
+LABEL_TRACE_STORE_PATH = ATTR_TRACE_STORE_PATH
+METRIC_TRACE_STORE_SIZE = ("reer.trace_store.size", "By", "Size of each trace store's file.")
+METRIC_TRACE_STORE_TRACES = ("reer.trace_store.traces", "1", "Complete trace records in each trace store, as of its latest read or write.")

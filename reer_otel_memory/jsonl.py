@@ -1,0 +1,108 @@
+"""Constant-memory JSONL reading: one record at a time, whatever the file size.
+
+    from reer_otel_memory import StreamingJSONLReader
+
+    reader = StreamingJSONLReader(file_path, chunk_size=8192)
+    for record in reader:
+        process_record(record)
+    print(reader.stats.records, reader.stats.malformed_lines, reader.stats.malformed_line_numbers)
+
+    async for record in StreamingJSONLReader(file_path):   # reads in a worker thread
+        await process(record)
+
+Each pass reads the file in chunks of ``chunk_size`` bytes (default 1 MiB; any size works, a
+line longer than a chunk included, larger chunks read faster) and parses every line with the
+C JSON scanner: results equal ``json.loads`` per line at about 1.7x its speed. Blank lines are
+skipped; malformed lines are skipped and counted with their line numbers (``skip_malformed=False``
+raises :class:`~reer_otel_memory.errors.MalformedLineError` instead).
+
+A last line without a trailing newline is returned if it is valid JSON (hand-written files often
+end that way); otherwise it is taken for a record still being written, or cut short by a killed
+writer, and reported as ``stats.torn_tail_offset`` / ``torn_tail_bytes`` rather than as
+malformed. ``parse_unterminated_tail=False`` never returns it, as
+:class:`~reer_otel_memory.trace_store.REERTraceStore` does.
+
+Every ``for`` or ``async for`` is a new pass from the start of the file; :attr:`stats`
+describes the latest one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, AsyncIterator, Iterator
+
+from ._jsonl import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
+
+#: Records handed from the worker thread to the event loop at a time by ``async for``.
+ASYNC_BATCH_RECORDS = 1024
+#: Bytes one hop to the worker thread reads at most, so a cancelled ``async for`` stops soon.
+ASYNC_HOP_BYTES = 8 << 20
+
+__all__ = ["StreamingJSONLReader", "ScanStats"]
+
+
+class StreamingJSONLReader:
+    """Iterate the records of a JSONL file in constant memory (``for`` and ``async for``)."""
+
+    def __init__(
+        self,
+        file_path: str | os.PathLike[str],
+        chunk_size: int = DEFAULT_CHUNK_BYTES,
+        *,
+        skip_malformed: bool = True,
+        parse_unterminated_tail: bool = True,
+        max_reported_malformed: int = MAX_REPORTED_MALFORMED,
+    ) -> None:
+        try:
+            self.file_path = os.fspath(file_path)
+        except TypeError:
+            raise TypeError(f"StreamingJSONLReader(file_path={file_path!r}): expected a path (str or os.PathLike)") from None
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"StreamingJSONLReader(chunk_size={chunk_size!r}): expected a positive number of bytes")
+        if isinstance(max_reported_malformed, bool) or not isinstance(max_reported_malformed, int) or max_reported_malformed < 0:
+            raise ValueError(
+                f"StreamingJSONLReader(max_reported_malformed={max_reported_malformed!r}): expected a non-negative integer"
+            )
+        self.chunk_size = chunk_size
+        self.skip_malformed = skip_malformed
+        self.parse_unterminated_tail = parse_unterminated_tail
+        self.max_reported_malformed = max_reported_malformed
+        self._scan: JSONLScan | None = None
+
+    @property
+    def stats(self) -> ScanStats:
+        """Lines, records, bytes, blank and malformed lines, torn tail of the latest pass."""
+        if self._scan is None:
+            return ScanStats(0, self.max_reported_malformed)
+        return self._scan.stats
+
+    def _new_scan(self) -> JSONLScan:
+        self._scan = JSONLScan(
+            self.file_path,
+            chunk_bytes=self.chunk_size,
+            parse_unterminated_tail=self.parse_unterminated_tail,
+            strict=not self.skip_malformed,
+            max_reported_malformed=self.max_reported_malformed,
+        )
+        return self._scan
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._new_scan().records()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._aiter(self._new_scan())
+
+    async def _aiter(self, scan: JSONLScan) -> AsyncIterator[Any]:
+        run = AsyncPass(scan)
+        try:
+            exhausted = False
+            while not exhausted:
+                batch, exhausted = await run.hop(take, scan.stats, ASYNC_BATCH_RECORDS, ASYNC_HOP_BYTES)
+                for record in batch:
+                    yield record
+                del batch
+        finally:
+            run.close()
+
+    def __repr__(self) -> str:
+        return f"StreamingJSONLReader({self.file_path!r}, chunk_size={self.chunk_size})"

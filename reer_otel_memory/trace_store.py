@@ -1,0 +1,826 @@
+"""A memory-efficient, crash-safe JSONL store of reasoning traces, with async streaming queries.
+
+    from reer_otel_memory.trace_store import REERTraceStore
+
+    store = REERTraceStore("traces.jsonl")
+    trace_id = await store.add_trace({"query": "...", "score": 0.82, "steps": [...]})
+    async for trace in store.lazy_query_traces(min_score=0.5, limit=1000):
+        process_trace(trace)
+    async for chunk in store.stream_traces_filtered(lambda t: t.get("score", 0) > 0.7, chunk_size=1000):
+        process_chunk(chunk)
+    trace = await store.get_trace(trace_id)
+    stats = await store.get_memory_efficient_stats()   # total_traces, malformed_lines, score_*, ...
+    store.optimize_memory_usage()                      # {"memory_freed_mb": ..., ...}
+
+**File.** One JSON object per line, with a string ``trace_id``, a numeric ``score`` and any
+other fields; created (with its directory) on the first write. A trace keeps its fields and
+their order; a missing ``trace_id`` is generated (``uuid4().hex``) and put first.
+
+**Writes.** Each ``add_trace`` / ``add_traces`` batch is appended under an advisory lock
+(``flock``) with one ``write`` of whole lines to an ``O_APPEND`` descriptor, so any number of
+processes and threads can write one file. When the call returns the lines are in the file and
+survive the process being killed; ``durable=True`` also ``fsync``\\ s them (power loss).
+``add_traces`` validates every trace before writing any. A trace that is not a JSON object
+with string keys, whose score is not a finite number, or that does not serialise to strict
+JSON raises :class:`~reer_otel_memory.errors.TraceStoreError` naming it and its value.
+
+**Crash safety.** A writer killed mid-record leaves a last line without its newline (a *torn
+tail*). Reads never return it and report it (``torn_tail`` in the stats); the next append first
+writes a newline, so the torn bytes become one malformed line and no complete record is ever
+lost or corrupted. Malformed lines are skipped and counted with their line numbers.
+
+**Reads** stream through the package's chunked JSONL core (:mod:`reer_otel_memory._jsonl`,
+shared with :class:`~reer_otel_memory.jsonl.StreamingJSONLReader`) in a worker thread, in hops
+of at most 8 MiB, so the event loop never blocks and memory does not grow with the file.
+``lazy_query_traces`` stops reading once it has ``limit`` traces. ``get_trace`` looks ids up in
+an index of byte offsets built on first use: an open-addressing table of two ``int64`` arrays
+(16 bytes a slot, about 32 MiB for a million traces, where a dict would take about five
+times as much), kept current with this store's own appends and extended with other processes'
+appends (noticed by the file size) on the next lookup. When an id appears more than once, the
+latest record wins. ``optimize_memory_usage()`` and the package's memory cleanups (a cleanup
+hook; see :mod:`reer_otel_memory.cleanup`) drop the index; it is rebuilt when next needed.
+
+**Telemetry.** Every operation is a profiled operation (``trace_store_*``, see
+:mod:`reer_otel_memory._names`) whose span also carries ``reer.trace_store.path``,
+``.records_scanned``, ``.bytes_read`` and, where they apply, ``.records_returned``,
+``.malformed_lines``, ``.records_written`` and ``.bytes_written``. Gauges:
+``reer.trace_store.size`` (bytes of the file) and ``reer.trace_store.traces`` (records, as of
+the store's latest full read plus its own appends; absent until known), by
+``reer.trace_store.path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import threading
+import uuid
+import weakref
+from array import array
+from collections.abc import Mapping
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+
+from opentelemetry import trace as otel_trace
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from . import _names as names
+from . import _telemetry
+from ._jsonl import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
+from ._profile import memory_context, memory_profile
+from .cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
+from .errors import TraceStoreError
+from .probe import PROBE
+
+try:
+    import fcntl
+except ImportError:  # no advisory locks (Windows): appends are exclusive within this process only
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["REERTraceStore"]
+
+_MB = 1 << 20
+#: Bytes one hop to the worker thread reads at most: bounds the work a cancelled query leaves behind.
+HOP_BYTES = 8 << 20
+#: Traces handed from the worker thread to the event loop at a time by ``lazy_query_traces``.
+QUERY_BATCH_RECORDS = 1024
+#: Bytes of lines written per lock and ``write`` by ``add_traces``.
+WRITE_BATCH_BYTES = 1 << 20
+_MISSING = object()
+
+
+def _number(value: object) -> bool:
+    return (type(value) is float and value - value == 0.0) or type(value) is int  # finite, not bool
+
+
+def _encode_trace(trace: object, where: str) -> tuple[bytes, str]:
+    """One trace as a line of strict, ASCII JSON, and its id; TraceStoreError if unacceptable."""
+    if not isinstance(trace, Mapping):
+        raise TraceStoreError(f"{where}={_short(trace)}: expected a JSON object (a dict), got {type(trace).__name__}")
+    for key in trace:
+        if type(key) is not str:
+            raise TraceStoreError(f"{where} has key {key!r} ({type(key).__name__}): JSON object keys must be strings")
+    score = trace.get("score", _MISSING)
+    if score is _MISSING:
+        raise TraceStoreError(f"{where}={_short(trace)}: has no 'score'; expected a finite number")
+    if not _number(score):
+        raise TraceStoreError(f"{where}['score']={score!r}: expected a finite number")
+    trace_id = trace.get("trace_id")
+    if trace_id is None:
+        trace_id = uuid.uuid4().hex
+        record: Mapping[str, Any] = {"trace_id": trace_id, **{k: v for k, v in trace.items() if k != "trace_id"}}
+    elif not isinstance(trace_id, str) or not trace_id:
+        raise TraceStoreError(f"{where}['trace_id']={trace_id!r}: expected a non-empty string")
+    else:
+        record = trace if type(trace) is dict else dict(trace)
+    try:
+        # ASCII output keeps byte offsets equal to character offsets (the reading core's fast path).
+        text = json.dumps(record, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TraceStoreError(f"{where} (trace_id {trace_id!r}) is not serialisable as strict JSON: {exc}") from None
+    return text.encode("ascii") + b"\n", trace_id
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _key(trace_id: str) -> int:
+    """The index key of an id: its (per-process) hash; 0 marks an empty slot, so it becomes 1."""
+    return hash(trace_id) or 1
+
+
+class _OffsetIndex:
+    """trace_id -> byte offset of its latest record: linear probing over two int64 arrays.
+
+    Keys are 64-bit hashes; a lookup reads the record and checks its id, so a collision only
+    costs a fallback scan. 16 bytes a slot, at most 60% full.
+    """
+
+    __slots__ = ("keys", "offsets", "mask", "entries", "file_id", "indexed_through", "lines_through")
+
+    def __init__(self, file_id: tuple[int, int], capacity: int = 1 << 12) -> None:
+        self.keys = array("q", bytes(8 * capacity))
+        self.offsets = array("q", bytes(8 * capacity))
+        self.mask = capacity - 1
+        self.entries = 0
+        self.file_id = file_id
+        #: Offset just past the last complete line indexed; lines up to there.
+        self.indexed_through = 0
+        self.lines_through = 0
+
+    @property
+    def nbytes(self) -> int:
+        return 16 * (self.mask + 1)
+
+    def put_many(self, pairs: Iterable[tuple[int, int]]) -> None:
+        keys, offsets, mask = self.keys, self.offsets, self.mask
+        limit = int(0.6 * (mask + 1))
+        for key, offset in pairs:
+            slot = key & mask
+            while True:
+                found = keys[slot]
+                if found == key:
+                    offsets[slot] = offset
+                    break
+                if found == 0:
+                    keys[slot] = key
+                    offsets[slot] = offset
+                    self.entries += 1
+                    break
+                slot = (slot + 1) & mask
+            if self.entries > limit:
+                self._grow()
+                keys, offsets, mask = self.keys, self.offsets, self.mask
+                limit = int(0.6 * (mask + 1))
+
+    def get(self, key: int) -> int:
+        keys, mask = self.keys, self.mask
+        slot = key & mask
+        while True:
+            found = keys[slot]
+            if found == key:
+                return self.offsets[slot]
+            if found == 0:
+                return -1
+            slot = (slot + 1) & mask
+
+    def _grow(self) -> None:
+        old_keys, old_offsets = self.keys, self.offsets
+        capacity = 2 * (self.mask + 1)
+        self.keys = array("q", bytes(8 * capacity))
+        self.offsets = array("q", bytes(8 * capacity))
+        self.mask = capacity - 1
+        self.entries = 0
+        self.put_many((key, old_offsets[slot]) for slot, key in enumerate(old_keys) if key)
+
+
+class _Writer:
+    """The append descriptor, owned by one process (a forked child opens its own: flock locks
+    belong to the open file, which a child would otherwise share with its parent)."""
+
+    __slots__ = ("fd", "pid")
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        if self.fd >= 0 and self.pid == os.getpid():
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+        self.fd = -1
+
+
+class _ScoreStats:
+    """Running count, sum, min and max of the numeric scores seen by a stats pass."""
+
+    __slots__ = ("count", "total", "low", "high")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.low: float | None = None
+        self.high: float | None = None
+
+    def consume(self, records: Iterator[dict], stats: ScanStats, max_bytes: int) -> bool:
+        """Fold records in until ``max_bytes`` more are read; True once the pass is exhausted."""
+        byte_limit = stats.bytes_read + max_bytes
+        count, total, low, high = self.count, self.total, self.low, self.high
+        if low is None:
+            low, high = float("inf"), float("-inf")
+        exhausted = True
+        for record in records:
+            score = record.get("score")
+            if (type(score) is float and score - score == 0.0) or type(score) is int:
+                count += 1
+                total += score
+                if score < low:
+                    low = score
+                if score > high:
+                    high = score
+            if stats.bytes_read >= byte_limit:
+                exhausted = False
+                break
+        self.count, self.total = count, total
+        self.low, self.high = (low, high) if count else (None, None)
+        return exhausted
+
+
+_live_stores: "weakref.WeakSet[REERTraceStore]" = weakref.WeakSet()
+
+
+def _observe_sizes(options: CallbackOptions) -> list[Observation]:
+    sizes: dict[str, int] = {}
+    for store in list(_live_stores):
+        try:
+            sizes[store.path] = os.stat(store.path).st_size
+        except OSError:
+            continue
+    return [Observation(size, {names.LABEL_TRACE_STORE_PATH: path}) for path, size in sizes.items()]
+
+
+def _observe_counts(options: CallbackOptions) -> list[Observation]:
+    counts: dict[str, int] = {}
+    for store in list(_live_stores):
+        known = store._known_traces
+        if known is not None:
+            counts[store.path] = known
+    return [Observation(count, {names.LABEL_TRACE_STORE_PATH: path}) for path, count in counts.items()]
+
+
+def _register_gauges(telemetry: _telemetry.Telemetry) -> None:
+    telemetry.observable_gauge(names.METRIC_TRACE_STORE_SIZE, _observe_sizes)
+    telemetry.observable_gauge(names.METRIC_TRACE_STORE_TRACES, _observe_counts)
+
+
+_telemetry.on_change(_register_gauges)
+
+
+def _release_hook(ref: "weakref.ref[REERTraceStore]") -> Callable[[], object]:
+    def release() -> object:
+        store = ref()
+        return None if store is None else store._release_caches()
+
+    return release
+
+
+def _forget(writer: _Writer, hook_name: str) -> None:
+    writer.close()
+    unregister_cleanup_hook(hook_name)
+
+
+class REERTraceStore:
+    """Reasoning traces in an append-only JSONL file; see the module docs.
+
+    ``path``: the file. ``durable``: fsync each append. ``chunk_bytes``: read size of scans.
+    ``max_reported_malformed``: malformed line numbers kept in the stats.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durable: bool = False,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_reported_malformed: int = MAX_REPORTED_MALFORMED,
+    ) -> None:
+        try:
+            self.path = os.fspath(path)
+        except TypeError:
+            raise TraceStoreError(f"REERTraceStore(path={path!r}): expected a file path (str or os.PathLike)") from None
+        if not self.path:
+            raise TraceStoreError("REERTraceStore(path=''): expected a file path")
+        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise TraceStoreError(f"REERTraceStore(chunk_bytes={chunk_bytes!r}): expected a positive number of bytes")
+        if isinstance(max_reported_malformed, bool) or not isinstance(max_reported_malformed, int) or max_reported_malformed < 0:
+            raise TraceStoreError(
+                f"REERTraceStore(max_reported_malformed={max_reported_malformed!r}): expected a non-negative integer"
+            )
+        self.durable = bool(durable)
+        self.chunk_bytes = chunk_bytes
+        self.max_reported_malformed = max_reported_malformed
+        self._span_attributes = {names.ATTR_TRACE_STORE_PATH: self.path}
+        self._pid = os.getpid()
+        self._new_locks()
+        self._writer = _Writer()
+        self._index: _OffsetIndex | None = None
+        self._index_generation = 0
+        #: Complete records in the file up to ``_known_through``, once a read or write learned it.
+        self._known_traces: int | None = None
+        self._known_through = 0
+
+        _live_stores.add(self)
+        _register_gauges(_telemetry.current())
+        self._hook_name = f"trace_store:{self.path}:{id(self):x}"
+        register_cleanup_hook(self._hook_name, _release_hook(weakref.ref(self)))
+        self._finalizer = weakref.finalize(self, _forget, self._writer, self._hook_name)
+
+    def _new_locks(self) -> None:
+        #: Guards the index and the known count (held briefly).
+        self._state_lock = threading.Lock()
+        #: One index build or extension at a time.
+        self._index_lock = threading.Lock()
+        #: One writer thread at a time: flock does not exclude threads sharing a descriptor.
+        self._write_lock = threading.Lock()
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks (a parent thread may have held one) and descriptor."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._new_locks()
+            if self._writer.fd >= 0:
+                # The parent's open file: the child must not lock through it (flock locks
+                # belong to the open file). Closing the child's copy leaves the parent's lock.
+                try:
+                    os.close(self._writer.fd)
+                except OSError:
+                    pass
+            self._writer.fd = -1
+            self._writer.pid = self._pid
+
+    def close(self) -> None:
+        """Close the append descriptor and leave the cleanup hooks; reads and writes reopen it."""
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        return f"REERTraceStore({self.path!r})"
+
+    # --- writes --------------------------------------------------------------------------------
+
+    async def add_trace(self, trace: Mapping[str, Any]) -> str:
+        """Append one trace; returns its ``trace_id`` once the line is in the file."""
+        self._after_fork()
+        with memory_context(names.OPERATION_TRACE_STORE_ADD_TRACE, attributes=self._span_attributes) as operation:
+            line, trace_id = _encode_trace(trace, "trace")
+            await asyncio.to_thread(self._append, [line], [trace_id])
+            operation.set_attribute(names.ATTR_TRACE_STORE_RECORDS_WRITTEN, 1)
+            operation.set_attribute(names.ATTR_TRACE_STORE_BYTES_WRITTEN, len(line))
+        return trace_id
+
+    async def add_traces(self, traces: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Append many traces (all validated before any is written); returns their ids in order."""
+        self._after_fork()
+        with memory_context(names.OPERATION_TRACE_STORE_ADD_TRACES, attributes=self._span_attributes) as operation:
+            if isinstance(traces, (Mapping, str, bytes)) or not isinstance(traces, Iterable):
+                raise TraceStoreError(f"add_traces(traces={_short(traces)}): expected an iterable of trace objects")
+            lines: list[bytes] = []
+            trace_ids: list[str] = []
+            for position, trace in enumerate(traces):
+                line, trace_id = _encode_trace(trace, f"traces[{position}]")
+                lines.append(line)
+                trace_ids.append(trace_id)
+            if lines:
+                await asyncio.to_thread(self._append, lines, trace_ids)
+            operation.set_attribute(names.ATTR_TRACE_STORE_RECORDS_WRITTEN, len(lines))
+            operation.set_attribute(names.ATTR_TRACE_STORE_BYTES_WRITTEN, sum(map(len, lines)))
+        return trace_ids
+
+    def _append(self, lines: list[bytes], trace_ids: list[str]) -> None:
+        """Write the lines in batches of whole lines, then note them in the index and count."""
+        start = 0
+        while start < len(lines):
+            stop, batch_bytes = start, 0
+            while stop < len(lines) and (stop == start or batch_bytes + len(lines[stop]) <= WRITE_BATCH_BYTES):
+                batch_bytes += len(lines[stop])
+                stop += 1
+            batch = lines[start:stop]
+            size_before, first_offset = self._write(b"".join(batch))
+            offsets, offset = [], first_offset
+            for line in batch:
+                offsets.append(offset)
+                offset += len(line)
+            self._note_append(size_before, offset, trace_ids[start:stop], offsets)
+            start = stop
+
+    def _write(self, payload: bytes) -> tuple[int, int]:
+        """Append ``payload`` (whole lines) under the locks; the file size before and where it went."""
+        with self._write_lock:
+            fd = self._locked_writer_fd()
+            try:
+                size = os.fstat(fd).st_size
+                fresh_line = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+                if fresh_line:
+                    payload = b"\n" + payload  # a torn tail: start on a fresh line
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            if self.durable:
+                os.fsync(fd)
+        return size, size + fresh_line
+
+    def _locked_writer_fd(self) -> int:
+        """The append descriptor, exclusively flocked, still naming the file at ``path``."""
+        writer = self._writer
+        for _ in range(3):
+            if writer.fd < 0:
+                writer.fd = self._open_for_append()
+                writer.pid = os.getpid()
+            if fcntl is not None:
+                fcntl.flock(writer.fd, fcntl.LOCK_EX)
+            try:
+                on_disk = os.stat(self.path)
+            except FileNotFoundError:
+                on_disk = None
+            opened = os.fstat(writer.fd)
+            if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino):
+                return writer.fd
+            # The file was removed or replaced since it was opened: append to the one at path.
+            writer.close()
+        raise TraceStoreError(f"REERTraceStore({self.path!r}): the file keeps being replaced; cannot append")
+
+    def _open_for_append(self) -> int:
+        flags = os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(self.path, flags)
+        except FileNotFoundError:
+            pass
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return os.open(self.path, flags)
+        if self.durable:  # make the new directory entry durable too
+            directory_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(directory_fd)
+            finally:
+                os.close(directory_fd)
+        return fd
+
+    def _note_append(self, size_before: int, end: int, trace_ids: list[str], offsets: list[int]) -> None:
+        """Our lines landed at ``offsets``: extend the index and count if they were up to date."""
+        with self._state_lock:
+            index = self._index
+            if index is not None and index.indexed_through == size_before:
+                index.put_many(zip(map(_key, trace_ids), offsets))
+                index.indexed_through = end
+                index.lines_through += len(offsets)
+            if size_before == 0 and self._known_traces is None:
+                self._known_traces, self._known_through = 0, 0
+            if self._known_traces is not None and self._known_through == size_before:
+                self._known_traces += len(offsets)
+                self._known_through = end
+
+    def _learn_count(self, start: int, end: int, records: int) -> None:
+        """A pass counted ``records`` complete records between ``start`` and ``end``."""
+        with self._state_lock:
+            if start == 0 and (self._known_traces is None or end >= self._known_through):
+                self._known_traces, self._known_through = records, end
+            elif start > 0 and self._known_traces is not None and start == self._known_through:
+                self._known_traces += records
+                self._known_through = end
+
+    # --- streaming reads -----------------------------------------------------------------------
+
+    def _scan(self, **options: Any) -> JSONLScan:
+        return JSONLScan(
+            self.path,
+            chunk_bytes=self.chunk_bytes,
+            objects_only=True,
+            max_reported_malformed=self.max_reported_malformed,
+            **options,
+        )
+
+    def lazy_query_traces(
+        self,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        limit: int | None = None,
+        **equals: Any,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Traces with ``min_score <= score <= max_score`` and ``trace[field] == value`` for each
+        ``field=value``, in file order; reading stops once ``limit`` traces were yielded.
+
+        A bound on the score skips traces without a numeric score.
+        """
+        for name, bound in (("min_score", min_score), ("max_score", max_score)):
+            if bound is not None and not _number(bound):
+                raise TraceStoreError(f"lazy_query_traces({name}={bound!r}): expected a finite number or None")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise TraceStoreError(f"lazy_query_traces(limit={limit!r}): expected a non-negative integer or None")
+        return self._lazy_query(_query_predicate(min_score, max_score, equals), limit)
+
+    @memory_profile(operation_name=names.OPERATION_TRACE_STORE_LAZY_QUERY)
+    async def _lazy_query(self, predicate: Callable[[dict], bool] | None, limit: int | None) -> AsyncIterator[dict[str, Any]]:
+        # An async generator keeps its span current only while it runs (memory_profile), so
+        # the consumer's work between items is not attributed to the query.
+        span = otel_trace.get_current_span()
+        span.set_attributes(self._span_attributes)
+        self._after_fork()
+        scan = self._scan()
+        run = AsyncPass(scan)
+        returned = 0
+        try:
+            exhausted = limit == 0
+            while not exhausted:
+                wanted = QUERY_BATCH_RECORDS if limit is None else min(QUERY_BATCH_RECORDS, limit - returned)
+                batch, exhausted = await run.hop(_take_existing, scan.stats, wanted, predicate)
+                for trace in batch:
+                    returned += 1
+                    yield trace
+                del batch
+                if limit is not None and returned >= limit:
+                    break
+        finally:
+            run.close()
+            self._set_read_attributes(span, scan.stats, returned)
+
+    def stream_traces_filtered(
+        self, filter_func: Callable[[dict[str, Any]], object] | None = None, chunk_size: int = 1000
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Lists of up to ``chunk_size`` traces for which ``filter_func(trace)`` is true (all
+        traces without one), in file order; the last list may be shorter.
+
+        ``filter_func`` runs in the worker thread that reads the file.
+        """
+        if filter_func is not None and not callable(filter_func):
+            raise TraceStoreError(f"stream_traces_filtered(filter_func={filter_func!r}): expected a callable or None")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise TraceStoreError(f"stream_traces_filtered(chunk_size={chunk_size!r}): expected a positive integer")
+        return self._stream_filtered(filter_func, chunk_size)
+
+    @memory_profile(operation_name=names.OPERATION_TRACE_STORE_STREAM_FILTERED)
+    async def _stream_filtered(
+        self, filter_func: Callable[[dict[str, Any]], object] | None, chunk_size: int
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        span = otel_trace.get_current_span()
+        span.set_attributes(self._span_attributes)
+        self._after_fork()
+        scan = self._scan()
+        run = AsyncPass(scan)
+        returned = 0
+        chunk: list[dict[str, Any]] = []
+        try:
+            exhausted = False
+            while not exhausted:
+                batch, exhausted = await run.hop(_take_existing, scan.stats, chunk_size - len(chunk), filter_func)
+                chunk.extend(batch)
+                del batch
+                if len(chunk) >= chunk_size or (exhausted and chunk):
+                    returned += len(chunk)
+                    full, chunk = chunk, []
+                    yield full
+                    del full
+        finally:
+            run.close()
+            self._set_read_attributes(span, scan.stats, returned)
+
+    def _set_read_attributes(self, span: otel_trace.Span, stats: ScanStats, returned: int | None) -> None:
+        attributes = {
+            names.ATTR_TRACE_STORE_RECORDS_SCANNED: stats.records,
+            names.ATTR_TRACE_STORE_BYTES_READ: stats.bytes_read,
+            names.ATTR_TRACE_STORE_MALFORMED_LINES: stats.malformed_lines,
+        }
+        if returned is not None:
+            attributes[names.ATTR_TRACE_STORE_RECORDS_RETURNED] = returned
+        span.set_attributes(attributes)
+
+    async def get_memory_efficient_stats(self) -> dict[str, Any]:
+        """Counts, malformed lines, torn tail, file size, process RSS and score min/mean/max,
+        from one streaming pass.
+
+        Keys: ``total_traces``, ``malformed_lines``, ``malformed_line_numbers`` (the first
+        ``max_reported_malformed``), ``blank_lines``, ``torn_tail`` (None, or ``offset`` and
+        ``bytes`` of an unterminated last line), ``file_size_bytes``, ``file_size_mb``,
+        ``memory_usage_mb`` (process RSS), ``scored_traces``, ``score_min``, ``score_mean``,
+        ``score_max`` (None without scores), ``index_entries``, ``index_memory_mb``, ``bytes_read``.
+        """
+        self._after_fork()
+        with memory_context(names.OPERATION_TRACE_STORE_STATS, attributes=self._span_attributes) as operation:
+            scan = self._scan()
+            scores = _ScoreStats()
+            run = AsyncPass(scan)
+            exhausted = False
+            try:
+                while not exhausted:
+                    exhausted = await run.hop(scores.consume, scan.stats, HOP_BYTES)
+            except FileNotFoundError:
+                pass  # no file yet: an empty store
+            finally:
+                run.close()
+            stats = scan.stats
+            if exhausted:
+                self._learn_count(0, stats.end_offset, stats.records)
+            try:
+                file_size = os.stat(self.path).st_size
+            except FileNotFoundError:
+                file_size = 0
+            index = self._index
+            self._set_read_attributes(operation.span, stats, None)
+            return {
+                "path": self.path,
+                "total_traces": stats.records,
+                "malformed_lines": stats.malformed_lines,
+                "malformed_line_numbers": list(stats.malformed_line_numbers),
+                "blank_lines": stats.blank_lines,
+                "torn_tail": None
+                if stats.torn_tail_offset is None
+                else {"offset": stats.torn_tail_offset, "bytes": stats.torn_tail_bytes},
+                "file_size_bytes": file_size,
+                "file_size_mb": file_size / _MB,
+                "memory_usage_mb": PROBE.rss_bytes() / _MB,
+                "scored_traces": scores.count,
+                "score_min": scores.low,
+                "score_mean": scores.total / scores.count if scores.count else None,
+                "score_max": scores.high,
+                "index_entries": index.entries if index is not None else 0,
+                "index_memory_mb": index.nbytes / _MB if index is not None else 0.0,
+                "bytes_read": stats.bytes_read,
+            }
+
+    # --- lookups by id -------------------------------------------------------------------------
+
+    async def get_trace(self, trace_id: str) -> dict[str, Any] | None:
+        """The latest trace with this ``trace_id``, or None."""
+        if not isinstance(trace_id, str) or not trace_id:
+            raise TraceStoreError(f"get_trace(trace_id={trace_id!r}): expected a non-empty string")
+        self._after_fork()
+        with memory_context(names.OPERATION_TRACE_STORE_GET_TRACE, attributes=self._span_attributes) as operation:
+            found, scanned, bytes_read = await asyncio.to_thread(self._get_trace, trace_id)
+            operation.set_attribute(names.ATTR_TRACE_STORE_RECORDS_SCANNED, scanned)
+            operation.set_attribute(names.ATTR_TRACE_STORE_BYTES_READ, bytes_read)
+            operation.set_attribute(names.ATTR_TRACE_STORE_RECORDS_RETURNED, 0 if found is None else 1)
+            return found
+
+    def _get_trace(self, trace_id: str) -> tuple[dict[str, Any] | None, int, int]:
+        """(trace or None, records scanned, bytes read), in a worker thread."""
+        index, scanned, bytes_read = self._current_index()
+        if index is None:
+            return None, scanned, bytes_read
+        with self._state_lock:
+            offset = index.get(_key(trace_id))
+        if offset < 0:
+            return None, scanned, bytes_read
+        record, line_bytes = self._read_record_at(offset)
+        bytes_read += line_bytes
+        if record is not None and record.get("trace_id") == trace_id:
+            return record, scanned + 1, bytes_read
+        # A hash collision, or the file was rewritten under us: find it the slow way.
+        record, stats = self._find_by_scan(trace_id)
+        return record, scanned + stats.records, bytes_read + stats.bytes_read
+
+    def _current_index(self) -> tuple[_OffsetIndex | None, int, int]:
+        """The index, built or extended to the end of the file; (index, records, bytes) scanned."""
+        with self._index_lock:
+            try:
+                on_disk = os.stat(self.path)
+            except FileNotFoundError:
+                return None, 0, 0
+            file_id = (on_disk.st_dev, on_disk.st_ino)
+            with self._state_lock:
+                index = self._index
+                generation = self._index_generation
+            if index is None or index.file_id != file_id or on_disk.st_size < index.indexed_through:
+                index = _OffsetIndex(file_id)
+            elif on_disk.st_size == index.indexed_through:
+                return index, 0, 0
+            start = index.indexed_through
+            scan = self._scan(start_offset=start, first_line_number=index.lines_through + 1, with_offsets=True)
+            pending: list[tuple[int, int]] = []
+            for offset, record in scan.records():
+                trace_id = record.get("trace_id")
+                if type(trace_id) is str:
+                    pending.append((_key(trace_id), offset))
+                    if len(pending) >= 4096:
+                        with self._state_lock:
+                            index.put_many(pending)
+                        pending.clear()
+            stats = scan.stats
+            with self._state_lock:
+                index.put_many(pending)
+                index.indexed_through = stats.end_offset
+                index.lines_through += stats.lines_read
+                if self._index_generation == generation:
+                    self._index = index
+            self._learn_count(start, stats.end_offset, stats.records)
+            return index, stats.records, stats.bytes_read
+
+    def _read_record_at(self, offset: int) -> tuple[dict[str, Any] | None, int]:
+        """The record of the line starting at ``offset`` (None if not a JSON object), bytes read."""
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            pieces: list[bytes] = []
+            position, size = offset, 4096
+            while True:
+                data = os.pread(fd, size, position)
+                if not data:
+                    return None, sum(map(len, pieces))
+                end = data.find(b"\n")
+                if end >= 0:
+                    pieces.append(data[:end])
+                    break
+                pieces.append(data)
+                position += len(data)
+                size = min(size * 2, DEFAULT_CHUNK_BYTES)
+        finally:
+            os.close(fd)
+        line = b"".join(pieces)
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            return None, len(line) + 1
+        return (record if type(record) is dict else None), len(line) + 1
+
+    def _find_by_scan(self, trace_id: str) -> tuple[dict[str, Any] | None, ScanStats]:
+        scan = self._scan()
+        found = None
+        for record in scan.records():
+            if record.get("trace_id") == trace_id:
+                found = record
+        return found, scan.stats
+
+    # --- memory --------------------------------------------------------------------------------
+
+    def _release_caches(self) -> dict[str, Any]:
+        """Drop the offset index (rebuilt on the next lookup); what was released."""
+        with self._state_lock:
+            index, self._index = self._index, None
+            self._index_generation += 1
+        return {
+            "index_entries_released": index.entries if index is not None else 0,
+            "index_memory_released_mb": index.nbytes / _MB if index is not None else 0.0,
+        }
+
+    def optimize_memory_usage(self) -> dict[str, Any]:
+        """Drop the index, collect garbage and trim the heap; the RSS freed and what was released.
+
+        Keys: ``memory_freed_mb``, ``rss_before_mb``, ``rss_after_mb``,
+        ``index_entries_released``, ``index_memory_released_mb``, ``gc_collected_objects``,
+        ``heap_trimmed``.
+        """
+        with memory_context(names.OPERATION_TRACE_STORE_OPTIMIZE, attributes=self._span_attributes):
+            rss_before = PROBE.rss_bytes()
+            released = self._release_caches()
+            collected = gc.collect()
+            trimmed = trim_heap()
+            rss_after = PROBE.rss_bytes()
+        return {
+            "memory_freed_mb": max(0, rss_before - rss_after) / _MB,
+            "rss_before_mb": rss_before / _MB,
+            "rss_after_mb": rss_after / _MB,
+            **released,
+            "gc_collected_objects": collected,
+            "heap_trimmed": trimmed,
+        }
+
+
+def _take_existing(
+    records: Iterator[dict], stats: ScanStats, max_items: int, predicate: Callable[[dict], object] | None
+) -> tuple[list[dict], bool]:
+    """One hop of a query: ``take`` with the store's byte budget; a missing file is an empty store."""
+    try:
+        return take(records, stats, max_items, HOP_BYTES, predicate)
+    except FileNotFoundError:
+        return [], True
+
+
+def _query_predicate(
+    min_score: float | None, max_score: float | None, equals: Mapping[str, Any]
+) -> Callable[[dict], bool] | None:
+    if min_score is None and max_score is None and not equals:
+        return None
+    low = float("-inf") if min_score is None else min_score
+    high = float("inf") if max_score is None else max_score
+    by_score = min_score is not None or max_score is not None
+    wanted = list(equals.items())
+
+    def predicate(trace: dict) -> bool:
+        if by_score:
+            score = trace.get("score")
+            if not ((type(score) is float or type(score) is int) and low <= score <= high):
+                return False
+        for field, value in wanted:
+            if trace.get(field, _MISSING) != value:
+                return False
+        return True
+
+    return predicate
