@@ -85,7 +85,7 @@ class LazyModelLoader:
         self._lock = threading.Lock()
         self._model_name = model_name
         self._idle_timeout_s = idle_timeout_s
-        self._profiler = profiler
+        self._profiler = profiler if profiler is not None else get_memory_profiler()
         self._last_used_s = time.monotonic()
         self._last_unload_freed_bytes: int | None = None
         _loaders.add(self)
@@ -115,9 +115,6 @@ class LazyModelLoader:
         """RSS the last :meth:`unload` released, as measured; None before any unload."""
         return self._last_unload_freed_bytes
 
-    def _profiler_in_use(self) -> MemoryProfiler:
-        return self._profiler if self._profiler is not None else get_memory_profiler()
-
     # --- loading -------------------------------------------------------------------------------
 
     def _call_loader(self) -> Any:
@@ -132,12 +129,11 @@ class LazyModelLoader:
             with self._lock:
                 model = self._model
                 if model is _UNLOADED:
-                    profiler = self._profiler_in_use()
-                    model = profiler.profile_model_loading(self._model_name, self._call_loader)
-                    profiler.track_usage(self._model_name)
+                    model = self._profiler.profile_model_loading(self._model_name, self._call_loader)
+                    self._profiler.track_usage(self._model_name)
                     self._model = model
-        self._last_used_s = time.monotonic()
-        self._profiler_in_use().record_model_use(self._model_name)
+        now = self._last_used_s = time.monotonic()
+        self._profiler.record_model_use(self._model_name, now)
         return model
 
     def unload(self, collect: bool = True) -> int:
@@ -161,7 +157,7 @@ class LazyModelLoader:
         _, result = run_profiled(names.OPERATION_MODEL_UNLOAD, {names.ATTR_MODEL_NAME: self._model_name}, drop)
         freed = max(0, -result.rss_delta)
         self._last_unload_freed_bytes = freed
-        self._profiler_in_use().record_model_unload(self._model_name, freed)
+        self._profiler.record_model_unload(self._model_name, freed)
         return freed
 
     def _unload_if_idle(self, now_s: float) -> bool:

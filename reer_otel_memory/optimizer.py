@@ -274,7 +274,14 @@ def _find_large_objects(threshold_bytes: int) -> list[dict[str, Any]]:
 
 
 def _has_dtype(obj: Any) -> bool:
-    return not isinstance(obj, type) and getattr(obj, "dtype", None) is not None
+    # Looked up on the type (or the instance dict) so a proxy's __getattr__, such as a
+    # LazyModelLoader's, is never triggered into loading.
+    if isinstance(obj, type):
+        return False
+    if hasattr(type(obj), "dtype"):
+        return True
+    attributes = getattr(obj, "__dict__", None)
+    return isinstance(attributes, dict) and attributes.get("dtype") is not None
 
 
 def _numpy_for(obj: Any) -> Any:

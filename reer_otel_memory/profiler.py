@@ -250,11 +250,11 @@ class MemoryProfiler:
         oldest = min(candidates, key=lambda s: s.loaded_at)
         del self._models[oldest.name]
 
-    def record_model_use(self, model_name: str) -> None:
-        """Note that ``model_name`` was just used (for the ``idle`` recommendation). About 0.2 us."""
+    def record_model_use(self, model_name: str, now_monotonic: float | None = None) -> None:
+        """Note that ``model_name`` was used at ``now_monotonic`` (default: now), for the ``idle`` recommendation."""
         stats = self._models.get(model_name)
         if stats is not None:
-            stats.last_used_monotonic = time.monotonic()
+            stats.last_used_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
             stats.usage_tracked = True
 
     def track_usage(self, model_name: str) -> None:

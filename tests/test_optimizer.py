@@ -236,6 +236,16 @@ def test_array_likes_with_dtype_keep_their_type():
     assert isinstance(result, Column) and result.dtype == np.float32
 
 
+def test_proxies_in_containers_are_not_touched():
+    from reer_otel_memory import LazyModelLoader, MemoryProfiler
+
+    loads = []
+    lazy_model = LazyModelLoader(lambda: loads.append(1) or np.ones(3), profiler=MemoryProfiler())
+    arrays = {"lazy": lazy_model, "w": np.ones(3)}
+    MemoryOptimizer.optimize_numpy_arrays(arrays)
+    assert arrays["lazy"] is lazy_model and not lazy_model.is_loaded and loads == []
+
+
 def test_bad_array_inputs_raise_clear_errors():
     with pytest.raises(TypeError, match=r"optimize_numpy_arrays\(int 5\).*object with a dtype.*list, tuple or dict"):
         MemoryOptimizer.optimize_numpy_arrays(5)
