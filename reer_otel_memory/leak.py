@@ -4,6 +4,10 @@ After a warm-up, an operation is suspected of leaking when, over its recent call
 retains per call is robustly positive: the median per-call delta is at least ``floor_bytes``,
 most deltas are positive, and the window's total growth agrees (so a cache that fills and is
 flushed does not count). A steady workload, whose deltas scatter around zero, is never flagged.
+
+The first judgement waits for ``min_samples`` calls after the warm-up (call 32 by default), so
+a bounded cache that fills over its first couple of dozen calls and then evicts is seen to stop
+growing before it could look like a leak; a real leak is flagged on that call.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class LeakDetector:
         self,
         window: int = 32,
         warmup_calls: int = 8,
-        min_samples: int = 12,
+        min_samples: int = 24,
         floor_bytes: int = 32 * 1024,
         positive_share: float = 0.75,
         check_every: int = 4,

@@ -1,0 +1,171 @@
+"""Leak detection per operation: a real leak is flagged quickly, steady workloads never."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+
+import pytest
+
+from reer_otel_memory import LeakDetector, LeakSuspect, get_memory_tracker, memory_context, memory_profile
+
+KiB = 1024
+MiB = 1024 * KiB
+LEAK_LOGGER = "reer_otel_memory.leak"
+
+
+def touched(n_bytes: int) -> bytearray:
+    buffer = bytearray(n_bytes)
+    buffer[::4096] = b"x" * len(range(0, n_bytes, 4096))
+    return buffer
+
+
+def leak_warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LEAK_LOGGER and r.levelno == logging.WARNING]
+
+
+def test_retaining_256_kib_per_call_is_flagged_within_40_calls(telemetry, caplog):
+    caplog.set_level(logging.WARNING, logger=LEAK_LOGGER)
+    retained: list[bytearray] = []
+
+    @memory_profile(operation_name="leaky_handler")
+    def leaky_handler() -> None:
+        retained.append(touched(256 * KiB))
+
+    for _ in range(40):
+        leaky_handler()
+    spans = telemetry.spans("leaky_handler")
+    retained.clear()
+    assert len(spans) == 40
+
+    flags = [bool(span.attributes.get("reer.memory.leak.suspected")) for span in spans]
+    assert any(flags), "a 256 KiB-per-call leak went unnoticed for 40 calls"
+    first = flags.index(True)
+    assert all(flags[first:]), "the suspicion must hold while the leak goes on"
+
+    raised = [i for i, span in enumerate(spans) if any(e.name == "reer.memory.leak.suspected" for e in span.events)]
+    assert raised == [first], "one span event, on the call that raised the suspicion"
+    (event,) = [e for e in spans[first].events if e.name == "reer.memory.leak.suspected"]
+    assert event.attributes["reer.operation"] == "leaky_handler"
+    assert event.attributes["reer.memory.leak.bytes_per_call"] == pytest.approx(256 * KiB, rel=0.1)
+
+    (warning,) = leak_warnings(caplog)
+    assert "leaky_handler" in warning.getMessage()
+
+    (suspect,) = get_memory_tracker().leak_suspects()
+    assert suspect.operation == "leaky_handler"
+    assert suspect.bytes_per_call == pytest.approx(256 * KiB, rel=0.1)
+    assert suspect.calls_seen == 40
+    assert suspect.as_dict() == {"operation": "leaky_handler", "bytes_per_call": suspect.bytes_per_call, "calls_seen": 40}
+    stats = get_memory_tracker().get_memory_stats()
+    assert [s["operation"] for s in stats["leak_suspects"]] == ["leaky_handler"]
+    print(f"leak flagged on call {first + 1}, {suspect.bytes_per_call / KiB:.1f} KiB per call")
+
+
+def test_a_leaking_block_is_flagged_too(telemetry):
+    retained: list[bytearray] = []
+    for _ in range(40):
+        with memory_context("leaky_block"):
+            retained.append(touched(256 * KiB))
+    retained.clear()
+    assert telemetry.spans("leaky_block")[-1].attributes.get("reer.memory.leak.suspected") is True
+
+
+def assert_never_flagged(telemetry, caplog, operation: str) -> None:
+    spans = telemetry.spans(operation)
+    assert len(spans) == 500
+    flagged = [i for i, span in enumerate(spans) if "reer.memory.leak.suspected" in span.attributes or span.events]
+    assert flagged == [], f"steady workload flagged on calls {flagged[:5]}"
+    assert leak_warnings(caplog) == []
+    assert get_memory_tracker().leak_suspects() == []
+
+
+def test_allocate_and_free_each_call_is_never_flagged(telemetry, caplog):
+    caplog.set_level(logging.WARNING, logger=LEAK_LOGGER)
+
+    @memory_profile(operation_name="transient_batch")
+    def transient_batch() -> int:
+        scratch = touched(MiB)
+        return len(scratch)
+
+    for _ in range(500):
+        transient_batch()
+    assert_never_flagged(telemetry, caplog, "transient_batch")
+
+
+def test_a_bounded_cache_that_fills_then_evicts_is_never_flagged(telemetry, caplog):
+    caplog.set_level(logging.WARNING, logger=LEAK_LOGGER)
+    capacity = 16
+    cache: collections.OrderedDict[int, bytearray] = collections.OrderedDict()
+    rng = random.Random(7)
+
+    @memory_profile(operation_name="cached_lookup")
+    def cached_lookup(key: int) -> int:
+        if key in cache:
+            cache.move_to_end(key)
+        else:
+            cache[key] = touched(256 * KiB)
+            if len(cache) > capacity:
+                cache.popitem(last=False)
+        return len(cache[key])
+
+    for _ in range(500):
+        cached_lookup(rng.randrange(48))
+    assert len(cache) == capacity
+    assert_never_flagged(telemetry, caplog, "cached_lookup")
+
+
+# --- the detector on its own -----------------------------------------------------------------
+
+
+def feed(detector: LeakDetector, operation: str, deltas) -> list[bool | None]:
+    return [detector.observe(operation, delta) for delta in deltas]
+
+
+def test_suspicion_is_raised_once_and_cleared_when_the_growth_stops():
+    detector = LeakDetector()
+    changes = feed(detector, "op", [300 * KiB] * 40)
+    assert changes.count(True) == 1 and False not in changes
+    assert detector.is_suspected("op")
+    changes = feed(detector, "op", [0] * 40)
+    assert changes.count(False) == 1 and True not in changes
+    assert not detector.is_suspected("op")
+    assert detector.suspects() == []
+
+
+def test_nothing_is_judged_during_warm_up():
+    detector = LeakDetector(warmup_calls=8, min_samples=12, check_every=4)
+    changes = feed(detector, "op", [MiB] * 19)
+    assert set(changes) == {None}
+    assert detector.states() == [("op", False)]
+    assert feed(detector, "op", [MiB]) == [True]
+
+
+def test_occasional_spikes_are_not_a_leak():
+    detector = LeakDetector()
+    deltas = [0, 4 * KiB, -4 * KiB, 0, 132 * KiB, 0, -128 * KiB, 8 * KiB] * 40
+    assert True not in feed(detector, "op", deltas)
+
+
+def test_growth_below_the_floor_is_not_a_leak():
+    detector = LeakDetector(floor_bytes=32 * KiB)
+    assert True not in feed(detector, "op", [16 * KiB] * 200)
+
+
+def test_bytes_per_call_is_robust_to_outliers():
+    detector = LeakDetector()
+    deltas = [256 * KiB] * 30 + [64 * MiB, -64 * MiB]
+    feed(detector, "op", deltas)
+    assert detector.is_suspected("op")
+    assert detector.bytes_per_call("op") == 256 * KiB
+    assert detector.suspects() == [LeakSuspect("op", 256 * KiB, 32)]
+
+
+def test_operations_are_bounded():
+    detector = LeakDetector(max_operations=50)
+    for i in range(500):
+        detector.observe(f"op-{i}", 0)
+    assert len(detector.states()) <= 50
+    assert detector.bytes_per_call("op-0") == 0
+    assert not detector.is_suspected("never-seen")
