@@ -1,0 +1,131 @@
+"""The monitor's metrics as DESIGN.md names them: gauges read at collection time, and counters."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from _children import MB
+from _procfs import ProcDir
+from conftest import wait_for
+from reer_otel_memory import MemoryMonitor, MemoryTracker, get_memory_monitor, get_memory_tracker
+from reer_otel_memory import _monitor_metrics
+from reer_otel_memory.testing import capture_telemetry
+
+GAUGES = {
+    "reer.memory.rss": "By",
+    "reer.memory.peak_rss": "By",
+    "reer.memory.heap": "By",
+    "reer.memory.limit": "By",
+    "reer.memory.utilization": "1",
+    "reer.memory.threshold": "By",
+    "reer.memory.level": "1",
+}
+COUNTERS = {
+    "reer.memory.alerts": "1",
+    "reer.memory.cleanups": "1",
+    "reer.memory.cleanup.freed": "By",
+    "reer.memory.monitor.cpu": "s",
+}
+
+
+@pytest.fixture
+def proc(tmp_path):
+    proc_dir = ProcDir(tmp_path)
+    yield proc_dir
+    proc_dir.close()
+
+
+def running_monitor(proc: ProcDir, *thresholds_mb: float) -> MemoryMonitor:
+    """A started monitor over ``proc`` (so it is the one the gauges describe), sampling hourly."""
+    monitor = MemoryMonitor(*thresholds_mb, 3600, probe=proc.probe, tracker=MemoryTracker(10, probe=proc.probe), cleanup_cooldown_s=3600)
+    monitor.start_monitoring()
+    wait_for(lambda: monitor.sample_count >= 1, message="first sample")
+    return monitor
+
+
+def test_every_instrument_has_its_design_name_kind_and_unit(telemetry):
+    metrics = {metric.name: metric for metric in telemetry.collect()}
+    for name, unit in {**GAUGES, **COUNTERS}.items():
+        assert name in metrics, f"{name} missing; collected: {sorted(metrics)}"
+        assert metrics[name].unit == unit
+    for name in GAUGES:
+        assert type(metrics[name].data).__name__ == "Gauge", name
+    for name in COUNTERS:
+        data = metrics[name].data
+        assert type(data).__name__ == "Sum" and data.is_monotonic, name
+
+
+def test_gauges_read_the_process_at_collection_time_without_a_running_thread(telemetry):
+    monitor = get_memory_monitor()
+    assert not monitor.is_running
+    rss = telemetry.metric_value("reer.memory.rss")
+    assert rss == pytest.approx(psutil.Process().memory_info().rss, rel=0.10)
+    assert telemetry.metric_value("reer.memory.peak_rss") >= rss * 0.99
+    assert telemetry.metric_value("reer.memory.heap") > 0
+    limit = telemetry.metric_value("reer.memory.limit")
+    assert limit == monitor.config.limit.bytes
+    assert telemetry.metric_value("reer.memory.utilization") == pytest.approx(rss / limit, rel=0.10)
+    for level in ("alert", "cleanup", "critical"):
+        assert telemetry.metric_value("reer.memory.threshold", level=level) == getattr(monitor.config, f"{level}_bytes")
+    assert telemetry.metric_value("reer.memory.level") == monitor.current_level().rank
+
+
+def test_the_gauges_describe_the_latest_started_monitor(telemetry, proc):
+    proc.set_rss(250 * MB)
+    monitor = running_monitor(proc, 100, 300, 200)
+    try:
+        assert telemetry.metric_value("reer.memory.rss") == 250 * MB
+        assert telemetry.metric_value("reer.memory.level") == 2
+        assert telemetry.metric_value("reer.memory.threshold", level="cleanup") == 200 * MB
+        proc.set_rss(400 * MB)
+        monitor.sample_once()
+        assert telemetry.metric_value("reer.memory.level") == 3
+    finally:
+        monitor.stop_monitoring()
+    # Stopped, it no longer reports: the default monitor does.
+    assert telemetry.metric_value("reer.memory.threshold", level="cleanup") == get_memory_monitor().config.cleanup_bytes
+
+
+def test_an_unreadable_source_leaves_its_metric_out_and_the_rest_in(telemetry, proc):
+    monitor = running_monitor(proc, 100, 300, 200)
+    try:
+        proc.break_statm()
+        metrics = {metric.name for metric in telemetry.collect()}  # collection itself does not fail
+    finally:
+        monitor.stop_monitoring()
+    assert "reer.memory.rss" not in metrics and "reer.memory.utilization" not in metrics
+    assert {"reer.memory.threshold", "reer.memory.limit", "reer.memory.alerts"} <= metrics
+
+
+def test_counters_start_at_zero_for_every_label_and_count_what_monitors_do(telemetry, proc):
+    for level in ("alert", "cleanup", "critical"):
+        assert telemetry.metric_value("reer.memory.alerts", level=level) is not None
+    for trigger in ("threshold", "critical", "emergency", "manual"):
+        assert telemetry.metric_value("reer.memory.cleanups", trigger=trigger) is not None
+    before_alerts = telemetry.metric_value("reer.memory.alerts", level="alert")
+    before_threshold = telemetry.metric_value("reer.memory.cleanups", trigger="threshold")
+    before_cpu = telemetry.metric_value("reer.memory.monitor.cpu")
+    proc.set_rss(250 * MB)
+    monitor = running_monitor(proc, 100, 300, 200)
+    monitor.stop_monitoring()
+    assert telemetry.metric_value("reer.memory.alerts", level="alert") == before_alerts + 1
+    assert telemetry.metric_value("reer.memory.cleanups", trigger="threshold") == before_threshold + 1
+    assert telemetry.metric_value("reer.memory.monitor.cpu") > before_cpu
+
+
+def test_leak_gauge_is_one_while_an_operation_is_suspected(telemetry):
+    detector = get_memory_tracker().leak_detector
+    for _ in range(64):
+        detector.observe("grows_cache", 256 * 1024)
+        detector.observe("steady", 0)
+    assert telemetry.metric_value("reer.memory.leak.suspected", reer_operation="grows_cache") == 1
+    assert telemetry.metric_value("reer.memory.leak.suspected", reer_operation="steady") == 0
+
+
+def test_instruments_register_once_per_telemetry_and_again_after_rebinding(telemetry):
+    _monitor_metrics.register()  # again on the same Telemetry: no second instrument
+    assert len(telemetry.metric_points("reer.memory.rss")) == 1
+    with capture_telemetry() as other:
+        assert other.metric_value("reer.memory.rss") > 0
+    assert len(telemetry.metric_points("reer.memory.rss")) == 1
