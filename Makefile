@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench demo install clean
+.PHONY: test bench demo deploy install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m reer_otel_memory demo $(DEMO_ARGS)
+
+# The shipped alert rules, dashboard and examples under deploy/, from the generators.
+deploy: $(STAMP)
+	$(PY) -c 'from reer_otel_memory import dashboards, rules; rules.write_deploy_files("deploy"); dashboards.write_deploy_files("deploy")'
 
 clean:
 	rm -rf $(VENV) build *.egg-info

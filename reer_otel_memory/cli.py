@@ -4,6 +4,8 @@
     reer-otel-memory config --json     # the same, machine-readable
     reer-otel-memory demo              # an ML-style workload climbing through the memory levels,
                                        # /metrics on 127.0.0.1:9464, a live status line until Ctrl-C
+    reer-otel-memory rules [--static] [--output FILE]   # Prometheus alerting rules
+    reer-otel-memory dashboards [--output FILE]         # the Grafana dashboard JSON
     reer-otel-memory --version
 
 Exit status: 0 on success, 2 on a bad configuration or bad arguments (the message names the
@@ -150,10 +152,67 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_demo)
 
 
+# --- rules and dashboards -------------------------------------------------------------------
+
+
+def _emit(text: str, output: str | None, command: str) -> int:
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as exc:
+        print(f"{PROG} {command}: cannot write --output {output!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_rules(args: argparse.Namespace) -> int:
+    from .rules import render_rules
+
+    try:
+        text = render_rules(static=True, config=load_config()) if args.static else render_rules()
+    except ConfigurationError as exc:
+        print(f"{PROG} rules: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION
+    return _emit(text, args.output, "rules")
+
+
+def _add_rules(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "rules",
+        help="print the Prometheus alerting rules",
+        description="Print the ReerMemory* alerting rules as a Prometheus rule file. By default each rule "
+        "compares a process's RSS with the thresholds that process exports; --static bakes in the "
+        "thresholds the REER_MEMORY_* variables give here (exits 2 on a bad value).",
+    )
+    parser.add_argument("--static", action="store_true", help="bake in this environment's thresholds")
+    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    parser.set_defaults(run=_run_rules)
+
+
+def _run_dashboards(args: argparse.Namespace) -> int:
+    from .dashboards import render_dashboard
+
+    return _emit(render_dashboard(), args.output, "dashboards")
+
+
+def _add_dashboards(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "dashboards",
+        help="print the Grafana dashboard JSON",
+        description="Print the Reer memory Grafana dashboard (datasource, job and instance variables), "
+        "ready to import or provision.",
+    )
+    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    parser.set_defaults(run=_run_dashboards)
+
+
 # --- the parser ----------------------------------------------------------------------------
 
 #: Every subcommand: a function adding its parser (with ``run=``) to the subparsers.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_demo]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_demo, _add_rules, _add_dashboards]
 
 
 def build_parser() -> argparse.ArgumentParser:

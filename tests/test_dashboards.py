@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -142,6 +144,15 @@ def test_deploy_files_are_the_generator_output() -> None:
         path = ROOT / "deploy" / relative
         assert path.exists(), f"{path} is missing: run `make deploy`"
         assert path.read_text() == text, f"{path} differs from the generator output: run `make deploy`"
+
+
+def test_dashboards_command_writes_the_dashboard(tmp_path: Path) -> None:
+    output = tmp_path / "board.json"
+    subprocess.run(
+        [sys.executable, "-m", "reer_otel_memory", "dashboards", "--output", str(output)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert output.read_text() == dashboards.render_dashboard()
 
 
 def test_provisioning_examples_point_at_the_dashboard() -> None:

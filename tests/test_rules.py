@@ -315,24 +315,32 @@ def test_static_rules_bake_in_the_configured_thresholds(tmp_path: Path) -> None:
     assert_passed(run_promtool_tests(tmp_path, text, tests))
 
 
-def test_static_rules_read_the_environment() -> None:
-    env = {
-        **os.environ,
-        names.ENV_ALERT_MB: "512",
-        names.ENV_CLEANUP_MB: "768",
-        names.ENV_CRITICAL_MB: "1024",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", "from reer_otel_memory.rules import render_rules; print(render_rules(static=True), end='')"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    exprs = [rule["expr"] for rule in yaml.safe_load(result.stdout)["groups"][0]["rules"]]
+def test_rules_command_bakes_in_the_environment(tmp_path: Path) -> None:
+    env = {**os.environ, names.ENV_ALERT_MB: "512", names.ENV_CLEANUP_MB: "768", names.ENV_CRITICAL_MB: "1024"}
+    output = tmp_path / "static.yml"
+    subprocess.run(
+        [sys.executable, "-m", "reer_otel_memory", "rules", "--static", "--output", str(output)],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    text = output.read_text()
+    exprs = [rule["expr"] for rule in yaml.safe_load(text)["groups"][0]["rules"]]
     assert exprs[:3] == [f"{series.RSS} >= {mb * MB}" for mb in (512, 768, 1024)]
-    assert "512 MB (REER_MEMORY_ALERT_MB" in result.stdout
+    assert "512 MB (REER_MEMORY_ALERT_MB" in text
+    assert promtool("check", "rules", output).returncode == 0
+
+
+def test_rules_command_prints_the_dynamic_rules_and_refuses_a_bad_environment() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "reer_otel_memory", "rules"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout == rules.render_rules()
+    bad = {**os.environ, names.ENV_ALERT_MB: "lots"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "reer_otel_memory", "rules", "--static"], env=bad, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "REER_MEMORY_ALERT_MB='lots'" in refused.stderr
+    assert refused.stdout == ""
 
 
 # --- shipped files -----------------------------------------------------------------------------
