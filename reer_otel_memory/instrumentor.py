@@ -1,0 +1,468 @@
+"""Auto-instrumentation: memory monitoring and profiling of a service without code changes.
+
+With ``opentelemetry-distro`` installed, ``opentelemetry-instrument`` finds this instrumentor
+through the ``opentelemetry_instrumentor`` entry point named ``reer_memory``::
+
+    OTEL_METRICS_EXPORTER=prometheus OTEL_TRACES_EXPORTER=none \\
+    REER_MEMORY_ALERT_MB=800 REER_MEMORY_CLEANUP_MB=1200 REER_MEMORY_CRITICAL_MB=1600 \\
+    REER_MEMORY_PROFILE_TARGETS="myservice.model:load_model,myservice.api:Handler.predict" \\
+        opentelemetry-instrument python -m myservice
+
+``instrument()`` then
+
+* binds the package's spans and instruments to the given ``tracer_provider`` /
+  ``meter_provider`` (default: the global ones), so the ``reer.memory.*`` gauges and counters
+  of DESIGN.md appear on whatever exporter the service configured;
+* starts the default memory monitor (thresholds from ``REER_MEMORY_*``);
+* wraps every callable named in ``REER_MEMORY_PROFILE_TARGETS`` with
+  :func:`~reer_otel_memory.memory_profile`, so each call is a profiled operation named
+  ``<module>.<qualified name>``;
+* with ``REER_MEMORY_EMERGENCY_SIGNAL`` set (``USR1``, ``SIGUSR2``, a number; off by default),
+  installs the emergency handler on that signal.
+
+``uninstrument()`` undoes all of it: wrappers removed, handler removed, the monitor stopped if
+``instrument()`` started it, and the previous provider binding restored. Turn the whole thing
+off with ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=reer_memory``.
+
+Profile targets are ``module:function``, ``module:Class.method`` (plain, static, class and
+async methods, generators; inherited methods are wrapped on the named class) or
+``module:Outer.Inner.method``, separated by commas. A target whose module is already imported
+is wrapped at once; any other is wrapped the moment its module is imported (a post-import
+hook; the module is never imported by the instrumentor). Wrapping replaces the attribute on
+its module or class: code that copied the function earlier (``from mod import func`` run
+before instrumentation) keeps the original, which is why ``opentelemetry-instrument``, which
+instruments before the service imports anything, is the way to use it.
+
+A service must never fail because of its instrumentation: a bad ``REER_MEMORY_*`` value or a
+bad target from the environment logs one error line naming it and falls back to the default
+for that value (or to all defaults if the remaining ones are out of order) or skips that
+target. Bad arguments given to ``instrument()`` in code raise :class:`ConfigurationError`.
+
+In code::
+
+    from reer_otel_memory.instrumentor import MemoryInstrumentor
+
+    MemoryInstrumentor().instrument(meter_provider=meter_provider, profile_targets="app.jobs:run")
+    ...
+    MemoryInstrumentor().uninstrument()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Iterable, Mapping
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from wrapt import register_post_import_hook
+
+from . import _names as names
+from . import _telemetry
+from ._profile import memory_profile
+from .config import (
+    MemoryConfig,
+    default_config,
+    effective_memory_limit,
+    get_config,
+    load_config,
+    parse_interval_s,
+    parse_threshold_mb,
+    set_config,
+)
+from .errors import ConfigurationError
+from .package import _instruments
+
+logger = logging.getLogger(__name__)
+
+_LOG_PREFIX = "reer_otel_memory instrumentation"
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Marks a wrapper this module installed, holding the target it was installed for.
+_TARGET_MARK = "__reer_memory_target__"
+_OFF_WORDS = frozenset({"", "0", "off", "none", "false", "no"})
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileTarget:
+    """One ``module:qualified.name`` to wrap with :func:`memory_profile`."""
+
+    module: str
+    qualname: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.module}:{self.qualname}"
+
+    @property
+    def operation_name(self) -> str:
+        """The operation (span and ``reer.operation`` label) its calls are recorded as."""
+        return f"{self.module}.{self.qualname}"
+
+
+def parse_profile_targets(value: str | Iterable[str], name: str = names.ENV_PROFILE_TARGETS) -> tuple[list[ProfileTarget], list[str]]:
+    """The targets in ``value`` (comma-separated string or strings) and one error per bad entry.
+
+    ``name`` is the variable or argument, used in the errors. Duplicates are dropped.
+    """
+    entries = value.split(",") if isinstance(value, str) else list(value)
+    targets: list[ProfileTarget] = []
+    errors: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            errors.append(f"{name}: target {entry!r} is not a string; expected 'module:function' or 'module:Class.method'")
+            continue
+        text = entry.strip()
+        if not text:
+            continue
+        module, colon, qualname = text.partition(":")
+        module, qualname = module.strip(), qualname.strip()
+        if not colon or not _DOTTED.match(module) or not _DOTTED.match(qualname):
+            errors.append(
+                f"{name}: target {text!r} is not 'module:function' or 'module:Class.method' "
+                "(dotted Python names either side of one colon)"
+            )
+            continue
+        target = ProfileTarget(module, qualname)
+        if target not in targets:
+            targets.append(target)
+    return targets, errors
+
+
+def parse_signal(value: object, name: str = names.ENV_EMERGENCY_SIGNAL) -> signal.Signals | None:
+    """The signal ``value`` names (``USR1``, ``SIGUSR1``, ``10``, a ``Signals``), None for off."""
+    if value is None or isinstance(value, bool):
+        if value is True:
+            return signal.SIGUSR1
+        return None
+    if isinstance(value, signal.Signals):
+        found: signal.Signals | None = value
+    elif isinstance(value, int):
+        try:
+            found = signal.Signals(value)
+        except ValueError:
+            found = None
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lower() in _OFF_WORDS:
+            return None
+        if text.isdigit():
+            try:
+                found = signal.Signals(int(text))
+            except ValueError:
+                found = None
+        else:
+            upper = text.upper()
+            found = getattr(signal.Signals, upper if upper.startswith("SIG") else "SIG" + upper, None)
+    else:
+        found = None
+    if found is None or found in (signal.SIGKILL, signal.SIGSTOP):
+        raise ConfigurationError(
+            f"{name}={value!r}: expected a catchable signal name or number such as USR1, SIGUSR2 or "
+            f"{int(signal.SIGUSR1)}, or 'off'"
+        )
+    return found
+
+
+def _config_with_fallbacks(environ: Mapping[str, str]) -> tuple[MemoryConfig, str | None]:
+    """The configuration ``environ`` describes, bad values replaced by defaults, and what was wrong."""
+    try:
+        return load_config(environ), None
+    except ConfigurationError as exc:
+        first_error = exc
+    limit = effective_memory_limit()
+    problems: list[str] = []
+    usable = dict(environ)
+    for var in (names.ENV_ALERT_MB, names.ENV_CLEANUP_MB, names.ENV_CRITICAL_MB, names.ENV_MONITORING_INTERVAL):
+        raw = environ.get(var)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            if var == names.ENV_MONITORING_INTERVAL:
+                parse_interval_s(var, raw)
+            else:
+                parse_threshold_mb(var, raw, limit)
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+            usable.pop(var)
+    if problems:
+        replaced = sorted(set(environ) - set(usable))
+        try:
+            config = load_config(usable, limit=limit)
+            return config, "; ".join(problems) + f"; using the default for {' and '.join(replaced)} instead"
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+    else:
+        problems.append(str(first_error))
+    return default_config(limit), "; ".join(problems) + "; using the default thresholds and interval instead"
+
+
+# --- wrapping ------------------------------------------------------------------------------
+
+
+class _TargetError(Exception):
+    """A target that cannot be wrapped; the message says why."""
+
+
+@dataclass
+class _Installed:
+    """A wrapper put in place, and what to put back."""
+
+    target: ProfileTarget
+    container: Any  # the module or class holding the attribute
+    attribute: str
+    original: Any  # the raw object from the container's __dict__ (None if it was inherited)
+    owned: bool  # the container had its own attribute (else the wrapper shadows a base class's)
+    installed: Any
+
+
+def _profiled(function: Callable[..., Any], target: ProfileTarget) -> Callable[..., Any]:
+    wrapper = memory_profile(operation_name=target.operation_name)(function)
+    setattr(wrapper, _TARGET_MARK, target.spec)
+    return wrapper
+
+
+def _wrap(module: types.ModuleType, target: ProfileTarget) -> _Installed | None:
+    """Put the profiled wrapper in place; None if this target is already wrapped."""
+    *outer, attribute = target.qualname.split(".")
+    container: Any = module
+    walked = [target.module]
+    for part in outer:
+        try:
+            container = getattr(container, part)
+        except AttributeError:
+            raise _TargetError(f"{'.'.join(walked)} has no attribute {part!r}") from None
+        walked.append(part)
+        if not isinstance(container, type):
+            raise _TargetError(f"{'.'.join(walked)} is a {type(container).__name__}, expected a class")
+    if isinstance(container, type):
+        owned = attribute in container.__dict__
+        raw = next((klass.__dict__[attribute] for klass in container.__mro__ if attribute in klass.__dict__), None)
+    else:
+        owned = attribute in vars(container)
+        raw = vars(container).get(attribute)
+    if raw is None:
+        raise _TargetError(f"{'.'.join(walked)} has no attribute {attribute!r}")
+    if isinstance(raw, (staticmethod, classmethod)):
+        inner = raw.__func__
+        if getattr(inner, _TARGET_MARK, None) is not None:
+            if owned:
+                return None
+            inner = inner.__wrapped__  # a base class's target: one span per call, not two
+        installed: Any = type(raw)(_profiled(inner, target))
+    elif isinstance(raw, type):
+        raise _TargetError(f"{target.operation_name} is a class; name one of its methods, like module:Class.method")
+    elif isinstance(raw, property) or (not callable(raw) and hasattr(raw, "__get__")):
+        raise _TargetError(f"{target.operation_name} is a {type(raw).__name__}, expected a function or method")
+    elif not callable(raw):
+        raise _TargetError(f"{target.operation_name} is a {type(raw).__name__}, not callable")
+    else:
+        if getattr(raw, _TARGET_MARK, None) is not None:
+            if owned:
+                return None
+            raw = raw.__wrapped__  # a base class's target: one span per call, not two
+        installed = _profiled(raw, target)
+    setattr(container, attribute, installed)
+    return _Installed(target, container, attribute, raw if owned else None, owned, installed)
+
+
+def _unwrap(record: _Installed) -> bool:
+    """Put the original back; False if someone replaced the wrapper since (then it stays)."""
+    holder = record.container.__dict__ if isinstance(record.container, type) else vars(record.container)
+    if holder.get(record.attribute) is not record.installed:
+        return False
+    if record.owned:
+        setattr(record.container, record.attribute, record.original)
+    else:
+        delattr(record.container, record.attribute)
+    return True
+
+
+# --- the instrumentor ----------------------------------------------------------------------
+
+
+class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Memory monitoring, profiled targets and the emergency handler for the whole process.
+
+    Keyword arguments of :meth:`instrument`: ``tracer_provider``, ``meter_provider`` (default:
+    the global ones), ``profile_targets`` (a comma-separated string or a list; default
+    ``REER_MEMORY_PROFILE_TARGETS``), ``emergency_signal`` (a signal, name or number, or None
+    for off; default ``REER_MEMORY_EMERGENCY_SIGNAL``), ``start_monitor`` (default True).
+    """
+
+    def __init__(self) -> None:
+        # BaseInstrumentor is a singleton: __init__ runs on every MemoryInstrumentor() call.
+        if not hasattr(self, "_state_lock"):
+            self._state_lock = threading.RLock()
+            self._generation = 0
+            self._installed: list[_Installed] = []
+            self._pending: set[ProfileTarget] = set()
+            self._previous_telemetry: _telemetry.Telemetry | None = None
+            self._started_monitor = None
+            self._emergency_signal: signal.Signals | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    # --- what is in force --------------------------------------------------------------------
+
+    @property
+    def wrapped_targets(self) -> list[str]:
+        """Targets wrapped right now, as ``module:qualname``."""
+        with self._state_lock:
+            return [record.target.spec for record in self._installed]
+
+    @property
+    def pending_targets(self) -> list[str]:
+        """Targets waiting for their module to be imported."""
+        with self._state_lock:
+            return sorted(target.spec for target in self._pending)
+
+    @property
+    def emergency_signal(self) -> signal.Signals | None:
+        """The signal the emergency handler was installed on, or None."""
+        return self._emergency_signal
+
+    # --- instrument / uninstrument -----------------------------------------------------------
+
+    def _instrument(self, **kwargs: Any) -> None:
+        # Arguments given in code are checked before anything changes, and raise.
+        explicit_targets = kwargs.get("profile_targets")
+        targets: list[ProfileTarget] = []
+        if explicit_targets is not None:
+            targets, errors = parse_profile_targets(explicit_targets, "profile_targets")
+            if errors:
+                raise ConfigurationError("; ".join(errors))
+        if "emergency_signal" in kwargs:
+            emergency_signal = parse_signal(kwargs["emergency_signal"], "emergency_signal")
+        else:
+            emergency_signal = self._signal_from_environment()
+        if explicit_targets is None:
+            targets = self._targets_from_environment()
+
+        self._ensure_config()
+        with self._state_lock:
+            self._generation += 1
+            generation = self._generation
+            self._previous_telemetry = _telemetry.current()
+        _telemetry.configure(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
+        self._start_monitor(bool(kwargs.get("start_monitor", True)))
+        if emergency_signal is not None:
+            self._install_emergency_handler(emergency_signal)
+        source = "profile_targets" if explicit_targets is not None else names.ENV_PROFILE_TARGETS
+        for target in targets:
+            self._watch(target, generation, source)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        with self._state_lock:
+            self._generation += 1  # pending post-import hooks of the last instrument() go quiet
+            installed, self._installed = self._installed, []
+            self._pending.clear()
+            previous, self._previous_telemetry = self._previous_telemetry, None
+            monitor, self._started_monitor = self._started_monitor, None
+            emergency_signal, self._emergency_signal = self._emergency_signal, None
+        for record in reversed(installed):
+            if not _unwrap(record):
+                logger.warning(
+                    "%s: %s was replaced after it was wrapped; leaving the replacement in place",
+                    _LOG_PREFIX,
+                    record.target.spec,
+                )
+        if emergency_signal is not None:
+            try:
+                from .emergency import remove_emergency_memory_handler
+
+                remove_emergency_memory_handler(emergency_signal)
+            except Exception as exc:  # never break the host's shutdown
+                logger.error("%s: removing the emergency handler failed: %r", _LOG_PREFIX, exc)
+        if monitor is not None:
+            try:
+                monitor.stop_monitoring()
+            except Exception as exc:
+                logger.error("%s: stopping the memory monitor failed: %r", _LOG_PREFIX, exc)
+        if previous is not None:
+            _telemetry.restore(previous)
+
+    # --- parts -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _signal_from_environment() -> signal.Signals | None:
+        try:
+            return parse_signal(os.environ.get(names.ENV_EMERGENCY_SIGNAL))
+        except ConfigurationError as exc:
+            logger.error("%s: %s; the emergency handler stays off", _LOG_PREFIX, exc)
+            return None
+
+    @staticmethod
+    def _targets_from_environment() -> list[ProfileTarget]:
+        targets, errors = parse_profile_targets(os.environ.get(names.ENV_PROFILE_TARGETS, ""))
+        if errors:
+            logger.error("%s: %s; skipping %s", _LOG_PREFIX, "; ".join(errors), "it" if len(errors) == 1 else "them")
+        return targets
+
+    @staticmethod
+    def _ensure_config() -> None:
+        """Make sure the process-wide configuration is usable before the monitor reads it."""
+        try:
+            get_config()
+        except ConfigurationError:
+            config, problem = _config_with_fallbacks(os.environ)
+            logger.error("%s: %s", _LOG_PREFIX, problem)
+            set_config(config)
+
+    def _start_monitor(self, start: bool) -> None:
+        try:
+            # Importing the monitor registers its gauges and counters on the Telemetry in force
+            # (and on every one bound later), so they appear even when the thread is not started.
+            from .monitor import get_memory_monitor
+
+            monitor = get_memory_monitor()
+            if start and not monitor.is_running:
+                monitor.start_monitoring()
+                with self._state_lock:
+                    self._started_monitor = monitor
+        except Exception as exc:
+            logger.error("%s: the memory monitor could not start: %r", _LOG_PREFIX, exc)
+
+    def _install_emergency_handler(self, signum: signal.Signals) -> None:
+        try:
+            from .emergency import setup_emergency_memory_handler
+
+            setup_emergency_memory_handler(signum)
+        except Exception as exc:  # e.g. not the main thread: the service runs on without it
+            logger.error("%s: emergency handler on %s not installed: %s", _LOG_PREFIX, signum.name, exc)
+            return
+        self._emergency_signal = signum
+
+    def _watch(self, target: ProfileTarget, generation: int, source: str) -> None:
+        """Wrap ``target`` now if its module is imported, else when it is."""
+        with self._state_lock:
+            self._pending.add(target)
+
+        def on_import(module: types.ModuleType) -> None:
+            # Runs inside the service's import statement: it must never raise.
+            try:
+                self._wrap_on_import(module, target, generation, source)
+            except Exception as exc:
+                logger.error("%s: %s could not be wrapped: %r; skipping it", _LOG_PREFIX, target.spec, exc)
+
+        register_post_import_hook(on_import, target.module)
+
+    def _wrap_on_import(self, module: types.ModuleType, target: ProfileTarget, generation: int, source: str) -> None:
+        with self._state_lock:
+            if generation != self._generation:
+                return
+            self._pending.discard(target)
+            try:
+                record = _wrap(module, target)
+            except _TargetError as exc:
+                logger.error("%s: %s target %r cannot be wrapped: %s; skipping it", _LOG_PREFIX, source, target.spec, exc)
+                return
+            if record is not None:
+                self._installed.append(record)
