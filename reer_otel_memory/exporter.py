@@ -19,7 +19,11 @@ so other instrumentations (system metrics, HTTP servers, ...) appear on the same
 SDK provider is already installed, a reader cannot be added to it, so a private provider
 carries this package's instruments instead (the package is rebound to it). The page is served
 by ``prometheus_client`` from a registry of its own, so it holds exactly the OpenTelemetry
-metrics. Further endpoints (other ports) serve the same metrics.
+metrics, without ``otel_scope_*`` labels. Further endpoints (other ports) serve the same metrics.
+
+A scrape costs the SDK's collection plus ``prometheus_client``'s text formatting, about 10 us
+per exposed line: with 100 profiled operations (about 3,000 lines, mostly histogram buckets)
+that is tens of milliseconds on a small machine (``make bench``).
 
 Every gauge is read when the page is scraped, so RSS and level are current even if no monitor
 thread runs; the counters need a running monitor to move. The HTTP server is a daemon thread
@@ -64,7 +68,10 @@ class _Pipeline:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.resources import Resource
 
-        self.reader = PrometheusMetricReader(registry=self.registry)
+        # Without otel_scope_* labels every series carries exactly the labels DESIGN.md lists,
+        # and a scrape is half the size and about a third faster; metric names are already
+        # unique across the instrumentation scopes that share this page.
+        self.reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
         self.provider = MeterProvider(metric_readers=[self.reader], resource=Resource.create())
         if isinstance(metrics.get_meter_provider(), metrics._internal._ProxyMeterProvider):  # noqa: SLF001
             metrics.set_meter_provider(self.provider)

@@ -1,0 +1,147 @@
+"""Monitor overhead: CPU at a 1 s interval vs a bare psutil sample; /metrics scrape vs bare prometheus_client.
+
+Two figures the issue sets targets for:
+
+* **Monitor CPU.** A monitor samples this otherwise idle process every second for
+  ``MONITOR_WINDOW_S`` (60 s; ``BENCH_MONITOR_SECONDS`` shortens it). Reported: the process CPU
+  over the window as % of one core (everything the monitor thread costs, wake-ups included;
+  target <= 0.05%), and the thread's own CPU per sample as the ``reer.memory.monitor.cpu``
+  counter measures it (target <= 0.5 ms). Baseline: CPU of one bare
+  ``psutil.Process().memory_info()`` call, the least a sampling monitor can do.
+* **Scrape.** In a child process (so this one's global meter provider stays untouched):
+  ``start_prometheus_exporter`` with the default monitor, 100 profiled operations recorded,
+  then ``/metrics`` fetched over HTTP, median wall time per scrape (target <= 10 ms). Baseline:
+  a bare ``prometheus_client`` registry holding the same series (two histograms with the same
+  buckets and a gauge, 100 operations each) served and fetched the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from benchmarks._report import Figure
+
+MONITOR_WINDOW_S = float(os.environ.get("BENCH_MONITOR_SECONDS", "60"))
+MONITOR_INTERVAL_S = 1.0
+BARE_SAMPLES = 5_000
+OPERATIONS = 100
+SCRAPES = 60
+WARMUP_SCRAPES = 5
+
+
+def bare_psutil_sample_cpu_s() -> float:
+    import psutil
+
+    process = psutil.Process()
+    process.memory_info()
+    started = time.process_time()
+    for _ in range(BARE_SAMPLES):
+        process.memory_info()
+    return (time.process_time() - started) / BARE_SAMPLES
+
+
+def monitor_cpu() -> dict[str, float]:
+    from reer_otel_memory import MemoryMonitor, MemoryTracker, _monitor_metrics
+
+    monitor = MemoryMonitor(monitoring_interval=MONITOR_INTERVAL_S, tracker=MemoryTracker())
+    idle = threading.Event()
+    thread_cpu_before = _monitor_metrics.TOTALS.monitor_cpu_s
+    process_cpu_before = time.process_time()
+    wall_before = time.monotonic()
+    monitor.start_monitoring()
+    idle.wait(MONITOR_WINDOW_S)  # the measured window: this thread does nothing meanwhile
+    monitor.stop_monitoring()
+    wall_s = time.monotonic() - wall_before
+    process_cpu_s = time.process_time() - process_cpu_before
+    thread_cpu_s = _monitor_metrics.TOTALS.monitor_cpu_s - thread_cpu_before
+    return {
+        "wall_s": wall_s,
+        "samples": monitor.sample_count,
+        "process_cpu_s": process_cpu_s,
+        "thread_cpu_s": thread_cpu_s,
+    }
+
+
+def _fetch_ms(url: str) -> float:
+    for _ in range(WARMUP_SCRAPES):
+        urllib.request.urlopen(url, timeout=10).read()
+    times = []
+    for _ in range(SCRAPES):
+        started = time.perf_counter()
+        urllib.request.urlopen(url, timeout=10).read()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
+def scrape_child() -> None:
+    """Runs in a child: prints the median scrape times of both endpoints as JSON."""
+    from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+
+    from reer_otel_memory import memory_context, start_memory_monitoring, start_prometheus_exporter
+    from reer_otel_memory._telemetry import BYTES_BUCKETS, DURATION_BUCKETS
+
+    endpoint = start_prometheus_exporter(port=0)
+    start_memory_monitoring()
+    for index in range(OPERATIONS):
+        for _ in range(3):
+            with memory_context(f"operation_{index:03d}"):
+                pass
+    ours_ms = _fetch_ms(endpoint.url)
+    size_bytes = len(urllib.request.urlopen(endpoint.url, timeout=10).read())
+
+    registry = CollectorRegistry()
+    peak = Histogram("bare_operation_peak_bytes", "Peak growth.", ["operation"], buckets=BYTES_BUCKETS, registry=registry)
+    duration = Histogram("bare_operation_duration_seconds", "Duration.", ["operation"], buckets=DURATION_BUCKETS, registry=registry)
+    net = Gauge("bare_operation_net_bytes", "Net bytes.", ["operation"], registry=registry)
+    for index in range(OPERATIONS):
+        name = f"operation_{index:03d}"
+        peak.labels(name).observe(4096)
+        duration.labels(name).observe(0.001)
+        net.labels(name).set(0)
+    server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+    bare_ms = _fetch_ms(f"http://127.0.0.1:{server.server_port}/metrics")
+    print(json.dumps({"ours_ms": ours_ms, "bare_ms": bare_ms, "size_bytes": size_bytes}), flush=True)
+
+
+def scrape_times() -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, "-c", "from benchmarks.bench_monitor import scrape_child; scrape_child()"],
+        capture_output=True, text=True, check=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def run() -> list[Figure]:
+    bare_s = bare_psutil_sample_cpu_s()
+    measured = monitor_cpu()
+    samples = max(1, int(measured["samples"]))
+    core_share_pct = measured["process_cpu_s"] / measured["wall_s"] * 100
+    bare_core_share_pct = bare_s / MONITOR_INTERVAL_S * 100
+    scrape = scrape_times()
+    return [
+        Figure(
+            f"monitor CPU at a {MONITOR_INTERVAL_S:g} s interval, {measured['wall_s']:.0f} s, % of one core",
+            core_share_pct, "%", "bare psutil sample every second", bare_core_share_pct, target="<= 0.05 %",
+        ),
+        Figure(
+            f"monitor thread CPU per sample ({samples} samples)",
+            measured["thread_cpu_s"] / samples * 1e3, "ms", "bare psutil memory_info()", bare_s * 1e3, target="<= 0.5 ms",
+        ),
+        Figure(
+            f"/metrics scrape, {OPERATIONS} profiled operations ({scrape['size_bytes'] / 1024:.0f} KiB), median",
+            scrape["ours_ms"], "ms", "bare prometheus_client registry, same series", scrape["bare_ms"], target="<= 10 ms",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    for figure in run():
+        print(figure.line())
