@@ -1,0 +1,160 @@
+"""StreamingJSONLReader: same records as json.loads per line, in constant memory, any chunk size."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reer_otel_memory import StreamingJSONLReader
+from reer_otel_memory.errors import MalformedLineError
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def write_lines(path, lines: list[bytes]) -> None:
+    with open(path, "wb") as f:
+        f.write(b"".join(lines))
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(json_values, max_size=30), ascii_only=st.booleans(), chunk_size=st.sampled_from([1, 3, 16, 4096, 1 << 20]))
+def test_records_equal_json_loads_per_line_for_any_chunk_size(tmp_path_factory, values, ascii_only, chunk_size):
+    path = tmp_path_factory.mktemp("jsonl") / "values.jsonl"
+    write_lines(path, [json.dumps(v, ensure_ascii=ascii_only).encode() + b"\n" for v in values])
+    reader = StreamingJSONLReader(path, chunk_size=chunk_size)
+    assert list(reader) == values
+    assert reader.stats.records == len(values)
+    assert reader.stats.bytes_read == os.path.getsize(path)
+    assert reader.stats.malformed_lines == 0
+
+
+def test_spec_usage_with_chunk_size_8192(tmp_path):
+    path = tmp_path / "records.jsonl"
+    records = [{"id": i, "text": "x" * (i % 50_000)} for i in range(0, 200_000, 997)]  # lines longer than a chunk
+    write_lines(path, [json.dumps(r).encode() + b"\n" for r in records])
+    reader = StreamingJSONLReader(str(path), chunk_size=8192)
+    seen = []
+    for record in reader:
+        seen.append(record)
+    assert seen == records
+    assert list(reader) == records  # every iteration is a new pass
+
+
+def test_malformed_and_blank_lines_are_skipped_and_counted_with_line_numbers(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    write_lines(
+        path,
+        [
+            b'{"a": 1}\n',  # 1
+            b"\n",  # 2 blank
+            b'  {"b": 2}  \r\n',  # 3 whitespace and CRLF: valid
+            b"not json\n",  # 4
+            b'{"c": "\xc3\xa9"}\n',  # 5 UTF-8
+            b'{"d":\n',  # 6 a value spread over two lines is two malformed lines
+            b"1}\n",  # 7
+            b"1, 2\n",  # 8 two values on one line
+            b"\xff\xfe\n",  # 9 invalid UTF-8
+            b'{"e": 5} {"f": 6}\n',  # 10
+            b"[1, 2]\n",  # 11 any JSON value is a record
+        ],
+    )
+    for chunk_size in (5, 1 << 20):
+        reader = StreamingJSONLReader(path, chunk_size=chunk_size)
+        assert list(reader) == [{"a": 1}, {"b": 2}, {"c": "é"}, [1, 2]]
+        stats = reader.stats
+        assert stats.malformed_lines == 6
+        assert stats.malformed_line_numbers == [4, 6, 7, 8, 9, 10]
+        assert stats.blank_lines == 1
+        assert stats.lines_read == 11
+
+
+def test_reported_malformed_line_numbers_are_bounded_and_the_count_exact(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    write_lines(path, [b"{bad\n" if i % 2 else b"{}\n" for i in range(1000)])
+    reader = StreamingJSONLReader(path, max_reported_malformed=10)
+    assert len(list(reader)) == 500
+    assert reader.stats.malformed_lines == 500
+    assert reader.stats.malformed_line_numbers == list(range(2, 21, 2))
+
+
+def test_skip_malformed_false_raises_naming_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    write_lines(path, [b'{"ok": 1}\n', b'{"ok": 2}\n', b"{oops\n", b'{"ok": 3}\n'])
+    reader = StreamingJSONLReader(path, skip_malformed=False)
+    seen = []
+    with pytest.raises(MalformedLineError) as raised:
+        for record in reader:
+            seen.append(record)
+    assert seen == [{"ok": 1}, {"ok": 2}]
+    assert raised.value.line_number == 3
+    assert raised.value.line_offset == 20
+    assert "line 3" in str(raised.value) and str(path) in str(raised.value)
+
+
+def test_unterminated_last_line_returned_if_valid_else_reported_as_torn(tmp_path):
+    path = tmp_path / "tail.jsonl"
+    write_lines(path, [b'{"a": 1}\n', b'{"b": 2}'])
+    assert list(StreamingJSONLReader(path)) == [{"a": 1}, {"b": 2}]
+    strict = StreamingJSONLReader(path, parse_unterminated_tail=False)
+    assert list(strict) == [{"a": 1}]
+    assert (strict.stats.torn_tail_offset, strict.stats.torn_tail_bytes) == (9, 8)
+
+    write_lines(path, [b'{"a": 1}\n', b'{"b": 2, "c'])  # a writer cut short
+    reader = StreamingJSONLReader(path)
+    assert list(reader) == [{"a": 1}]
+    assert reader.stats.torn_tail_offset == 9
+    assert reader.stats.malformed_lines == 0
+
+
+def test_async_for_yields_the_same_records_and_stats(tmp_path):
+    path = tmp_path / "records.jsonl"
+    records = [{"i": i} for i in range(5000)]
+    write_lines(path, [json.dumps(r).encode() + b"\n" for r in records] + [b"{torn"])
+    reader = StreamingJSONLReader(path, chunk_size=4096)
+
+    async def main() -> list:
+        return [record async for record in reader]
+
+    assert asyncio.run(main()) == records
+    assert reader.stats.records == 5000
+    assert reader.stats.torn_tail_offset == os.path.getsize(path) - 5
+
+
+def test_breaking_out_early_closes_the_file(tmp_path):
+    path = tmp_path / "records.jsonl"
+    write_lines(path, [b'{"i": %d}\n' % i for i in range(10_000)])
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for record in StreamingJSONLReader(path, chunk_size=1024):
+        if record["i"] == 10:
+            break
+    assert open_fds() == before
+
+    async def partial() -> None:
+        async for record in StreamingJSONLReader(path, chunk_size=1024):
+            if record["i"] == 10:
+                break
+
+    asyncio.run(partial())
+    assert open_fds() == before
+
+
+def test_bad_arguments_and_missing_file_raise_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r"chunk_size=0"):
+        StreamingJSONLReader(tmp_path / "x.jsonl", chunk_size=0)
+    with pytest.raises(TypeError, match=r"file_path=42"):
+        StreamingJSONLReader(42)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        list(StreamingJSONLReader(tmp_path / "missing.jsonl"))
