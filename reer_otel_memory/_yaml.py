@@ -2,13 +2,12 @@
 
 Rule files and provisioning files are mappings, lists, strings and numbers, so a small block
 -style writer covers them: strings that could be read as something else (numbers, booleans,
-``null``, anything with YAML syntax in it) are double-quoted with JSON escapes, which YAML
-reads the same way; multi-line strings become literal blocks so PromQL stays readable.
+``null``, anything with YAML syntax in it) are double-quoted, with escapes for whatever YAML
+does not allow as is; multi-line strings become literal blocks so PromQL stays readable.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
@@ -40,26 +39,65 @@ def _scalar(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"value={value!r}: expected a finite number")
-        return repr(value)
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        # YAML 1.1 reads a float only with a dot in it: 1e+20 would come back as a string.
+        return f"{mantissa}.0{e}{exponent}" if e and "." not in mantissa else text
     if isinstance(value, str):
         if _DURATION.fullmatch(value):
             return value
         if _PLAIN.fullmatch(value) and not _NOT_PLAIN.search(value) and value.lower() not in _RESERVED and value == value.strip():
             return value
-        return json.dumps(value, ensure_ascii=False)
+        return _quote(value)
     raise TypeError(f"value={value!r}: expected a mapping, list, string, number, bool or None")
+
+
+def _printable(char: str) -> bool:
+    """Whether YAML allows ``char`` as is inside a scalar (other line breaks and the BOM excluded)."""
+    code = ord(char)
+    return (
+        0x20 <= code <= 0x7E
+        or 0xA0 <= code <= 0xD7FF
+        or (0xE000 <= code <= 0xFFFD and code not in (0x2028, 0x2029, 0xFEFF))
+        or code >= 0x10000
+    )
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t"}
+
+
+def _quote(value: str) -> str:
+    """A double-quoted scalar: anything not printable as is goes in as an escape."""
+    parts = []
+    for char in value:
+        if char in _ESCAPES:
+            parts.append(_ESCAPES[char])
+        elif _printable(char):
+            parts.append(char)
+        elif ord(char) <= 0xFF:
+            parts.append(f"\\x{ord(char):02x}")
+        elif ord(char) <= 0xFFFF:
+            parts.append(f"\\u{ord(char):04x}")
+        else:
+            parts.append(f"\\U{ord(char):08x}")
+    return '"' + "".join(parts) + '"'
 
 
 def _is_literal_block(value: Any) -> bool:
     # A leading space on the first line would need an indentation indicator; quote those instead.
-    return isinstance(value, str) and "\n" in value.rstrip("\n") and not value[:1].isspace() and "\r" not in value
+    return (
+        isinstance(value, str)
+        and "\n" in value.rstrip("\n")
+        and not value[:1].isspace()
+        and all(char == "\n" or char == "\t" or _printable(char) for char in value)
+    )
 
 
 def _literal(value: str, depth: int) -> list[str]:
     chomp = "|" if value.endswith("\n") and not value.endswith("\n\n") else "|-"
     if value.endswith("\n\n"):
         # Keep-chomping is rare enough in generated files to quote instead.
-        return [json.dumps(value, ensure_ascii=False)]
+        return [_quote(value)]
     body = value[:-1] if chomp == "|" else value
     prefix = _INDENT * depth
     return [chomp] + [f"{prefix}{line}" if line else "" for line in body.split("\n")]

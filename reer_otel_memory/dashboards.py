@@ -15,6 +15,7 @@ Rows:
   histograms), net bytes per operation, leak suspects.
 - **Models and resources**: bytes held per model and per managed resource, model loads,
   resource count and resource cleanups.
+- **Trace stores**: file size and trace records of each ``REERTraceStore``.
 
 Firing ``ReerMemory*`` alerts show as annotations. Render it with
 ``reer-otel-memory dashboards [--output FILE]`` or::
@@ -33,7 +34,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import _names as names
 from . import _series as series
 from . import _yaml
 from .levels import THRESHOLD_LEVELS
@@ -281,8 +281,8 @@ def _operations_row() -> list[dict[str, Any]]:
 
 
 def _models_row() -> list[dict[str, Any]]:
-    model = series.label_name(names.LABEL_MODEL)
-    resource = series.label_name(names.LABEL_RESOURCE)
+    model = series.LABEL_MODEL
+    resource = series.LABEL_RESOURCE
     by_model = f"{{{{instance}}}} {{{{{model}}}}}"
     return [
         _timeseries(
@@ -320,6 +320,26 @@ def _models_row() -> list[dict[str, Any]]:
             "Managed resources cleaned up per second, by trigger (manual, limit, pressure).",
             "ops",
             [_target("A", _rate(series.RESOURCE_CLEANUPS, series.LABEL_TRIGGER), "{{instance}} {{trigger}}")],
+        ),
+    ]
+
+
+def _trace_store_row() -> list[dict[str, Any]]:
+    path = series.LABEL_TRACE_STORE_PATH
+    by_path = f"{{{{instance}}}} {{{{{path}}}}}"
+    return [
+        _timeseries(
+            "Trace store file size",
+            "Bytes of each trace store's JSONL file.",
+            "bytes",
+            [_target("A", f"sum by (job, instance, {path}) ({_select(series.TRACE_STORE_SIZE)})", by_path)],
+        ),
+        _timeseries(
+            "Traces per store",
+            "Complete trace records in each trace store, as of its latest read or write. Trace store "
+            "operations (trace_store_*) appear in the Operations row.",
+            "short",
+            [_target("A", f"sum by (job, instance, {path}) ({_select(series.TRACE_STORE_TRACES)})", by_path)],
         ),
     ]
 
@@ -388,6 +408,7 @@ def dashboard() -> dict[str, Any]:
             ("Alerts and cleanups", _alerts_row()),
             ("Operations", _operations_row()),
             ("Models and resources", _models_row()),
+            ("Trace stores", _trace_store_row()),
         ]
     )
     return {

@@ -9,6 +9,10 @@ profiled operations:
 - ``cache_fill``: keeps 64 KiB more per call for its first calls, so leak detection has
   something to suspect, then is no longer called (what it kept stays at a few MB).
 
+At start it also loads a small model through the memory profiler, registers two managed
+resources and cleans one up, and writes a few traces to a trace store at the path given as
+its first argument, so the model, resource and trace-store series exist.
+
 Commands on stdin, one per line, each answered with one JSON line:
 
 - ``grow <bytes>``: allocate and hold that many bytes, every page touched so RSS includes it;
@@ -43,6 +47,24 @@ def _reply(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _use_models_resources_and_trace_store(trace_store_path: str) -> list[object]:
+    """Exercise the optional parts once; returns what must stay alive."""
+    import asyncio
+
+    from reer_otel_memory import get_memory_profiler, get_resource_manager
+    from reer_otel_memory.trace_store import REERTraceStore
+
+    model = get_memory_profiler().profile_model_loading("tiny_model", lambda: bytearray(256 * 1024))
+    manager = get_resource_manager()
+    embeddings = bytearray(128 * 1024)
+    manager.register_resource("embeddings", embeddings, keep_alive=True, release_on_pressure=False)
+    manager.register_resource("scratch", bytearray(64 * 1024), keep_alive=True)
+    manager.cleanup_resource("scratch")
+    store = REERTraceStore(trace_store_path)
+    asyncio.run(store.add_traces([{"query": f"q{index}", "score": index / 4} for index in range(4)]))
+    return [model, embeddings, store]
+
+
 def main() -> None:
     from reer_otel_memory import PROBE, memory_context, memory_profile, start_memory_monitoring, start_prometheus_exporter
 
@@ -60,6 +82,7 @@ def main() -> None:
 
     endpoint = start_prometheus_exporter(port=0)
     monitor = start_memory_monitoring()
+    kept = _use_models_resources_and_trace_store(sys.argv[1])
     stop = threading.Event()
 
     def commands() -> None:
@@ -89,6 +112,7 @@ def main() -> None:
         calls += 1
     monitor.stop_monitoring()
     endpoint.shutdown()
+    del kept
 
 
 # --- the launcher (test side) --------------------------------------------------------------
@@ -97,10 +121,11 @@ def main() -> None:
 class MetricsProcess:
     """This script as a child process; ``target`` is its ``host:port`` for Prometheus."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, env: Mapping[str, str] | None = None) -> None:
         child_env = {**os.environ, "REER_MEMORY_MONITORING_INTERVAL": MONITORING_INTERVAL_S, **(env or {})}
+        self.trace_store_path = Path(workdir) / "traces.jsonl"
         self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve())],
+            [sys.executable, str(Path(__file__).resolve()), str(self.trace_store_path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

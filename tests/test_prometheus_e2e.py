@@ -32,8 +32,8 @@ def test_alert_fires_when_the_process_crosses_its_alert_threshold(tmp_path: Path
     binary = require_binary("prometheus")
     # for: 2s keeps the pending phase observable at a 1 s evaluation interval.
     rules_text = rules.render_rules(for_s=2)
-    with MetricsProcess(THRESHOLDS_ENV) as service, PrometheusServer(
-        tmp_path, [service.target], rules_text, binary=binary
+    with MetricsProcess(tmp_path / "service", THRESHOLDS_ENV) as service, PrometheusServer(
+        tmp_path / "prometheus", [service.target], rules_text, binary=binary
     ) as prom:
         selector = f'{{job="{prom.job}",instance="{service.target}"}}'
         # The process's own threshold reaches Prometheus, and its RSS is below it.

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reer_otel_memory import _names as names
 from reer_otel_memory import _series as series
-from reer_otel_memory import rules
+from reer_otel_memory import _yaml, rules
 from reer_otel_memory.config import MB, load_config
 
 from conftest import require_binary
@@ -359,3 +361,27 @@ def test_example_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     result = promtool("check", "config", tmp_path / rules.PROMETHEUS_CONFIG_FILENAME)
     assert_passed(result)
     assert "4 rules found" in result.stdout
+
+
+# --- the YAML writer ---------------------------------------------------------------------------
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+    st.sampled_from(["yes", "No", "null", "~", "5m", "1.5", "0x1F", "- item", "a: b", "#c", "'q'", '"q"', "{a}", "[1]",
+                     "line\nline", " lead\nx", "trail\n", "x\n\n", "&anchor", "*alias", "!tag", "%", "@", "`", "|", ">"]),
+)  # fmt: skip
+_documents = st.recursive(
+    _scalars,
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=12), children, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.dictionaries(st.text(max_size=12), _documents, max_size=5), st.lists(_documents, max_size=5)))
+def test_yaml_writer_round_trips_through_a_yaml_parser(document: object) -> None:
+    assert yaml.safe_load(_yaml.dumps(document)) == document
