@@ -7,6 +7,7 @@ the instrumentor and :mod:`reer_otel_memory.testing` use it.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable, Iterable
 
@@ -109,6 +110,15 @@ class Telemetry:
 
 
 _lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it when the process forked
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 _current = Telemetry()
 _on_change: list[Callable[[Telemetry], None]] = []
 

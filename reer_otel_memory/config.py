@@ -299,6 +299,15 @@ def default_config(limit: MemoryLimit | None = None) -> MemoryConfig:
 # --- the process-wide configuration --------------------------------------------------------
 
 _lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it when the process forked
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 _current: MemoryConfig | None = None
 _listeners: list[Callable[[MemoryConfig], None]] = []
 

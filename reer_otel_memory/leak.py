@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
+import weakref
 from dataclasses import dataclass
 
 logger = logging.getLogger("reer_otel_memory.leak")
@@ -64,6 +66,16 @@ class LeakDetector:
         self.max_operations = max_operations
         self._lock = threading.Lock()
         self._ops: collections.OrderedDict[str, _OperationHistory] = collections.OrderedDict()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+
+            def _new_lock_in_child() -> None:
+                # Another thread may have held the lock when the process forked.
+                detector = ref()
+                if detector is not None:
+                    detector._lock = threading.Lock()
+
+            os.register_at_fork(after_in_child=_new_lock_in_child)
 
     def observe(self, operation: str, rss_delta: int) -> bool | None:
         """Add one call's delta. Returns True on the call that raised the suspicion, False on

@@ -115,6 +115,9 @@ class MemoryProbe:
                 except OSError:
                     pass
         self._lock = threading.Lock()
+        # Windows of other threads never end in the child; the forking thread's own windows
+        # still end correctly without being in the set.
+        self._active = set()
         self._open()
 
     def close(self) -> None:
