@@ -56,9 +56,18 @@ def test_every_instrument_has_its_design_name_kind_and_unit(telemetry):
         assert type(data).__name__ == "Sum" and data.is_monotonic, name
 
 
-def test_gauges_read_the_process_at_collection_time_without_a_running_thread(telemetry):
+@pytest.fixture
+def default_monitor_stopped():
     monitor = get_memory_monitor()
-    assert not monitor.is_running
+    was_running = monitor.is_running
+    monitor.stop_monitoring()
+    yield monitor
+    if was_running:
+        monitor.start_monitoring()
+
+
+def test_gauges_read_the_process_at_collection_time_without_a_running_thread(telemetry, default_monitor_stopped):
+    monitor = default_monitor_stopped
     rss = telemetry.metric_value("reer.memory.rss")
     assert rss == pytest.approx(psutil.Process().memory_info().rss, rel=0.10)
     assert telemetry.metric_value("reer.memory.peak_rss") >= rss * 0.99
