@@ -301,6 +301,7 @@ def test_emergency_handler_outside_the_main_thread_is_logged_not_raised(instrume
 
 CHILD_SOURCE = '''
 import asyncio
+import select
 import sys
 
 from opentelemetry import metrics
@@ -314,7 +315,11 @@ for _ in range(3):
 asyncio.run({service}.Model().apredict(1))
 metrics.get_meter("child").create_counter("child.ready").add(1)
 print("ready", flush=True)
-sys.stdin.read()  # serve until the test closes stdin
+# Serve until the test closes stdin, waking twice a second as a server loop does: CPython runs a
+# signal handler in the main thread between bytecodes, so a main thread blocked in a system call
+# with no timeout would hold the emergency signal back until the call returned.
+while not select.select([sys.stdin], [], [], 0.5)[0] or sys.stdin.read(1):
+    pass
 '''
 
 
