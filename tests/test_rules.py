@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from reer_otel_memory import _names as names
 from reer_otel_memory import _series as series
 from reer_otel_memory import _yaml, rules
-from reer_otel_memory.config import MB, load_config
+from reer_otel_memory.config import MB, get_config, load_config
 
 from conftest import require_binary
 
@@ -315,6 +315,13 @@ def test_static_rules_bake_in_the_configured_thresholds(tmp_path: Path) -> None:
         }
     ]
     assert_passed(run_promtool_tests(tmp_path, text, tests))
+
+
+def test_static_rules_default_to_the_process_configuration() -> None:
+    config = get_config()
+    exprs = [rule["expr"] for rule in rules.rule_groups(static=True)["groups"][0]["rules"]]
+    assert exprs[:3] == [f"{series.RSS} >= {value}" for value in (config.alert_bytes, config.cleanup_bytes, config.critical_bytes)]
+    assert f"alert {config.alert_mb:g} MB" in rules.render_rules(static=True).splitlines()[0]
 
 
 def test_rules_command_bakes_in_the_environment(tmp_path: Path) -> None:
