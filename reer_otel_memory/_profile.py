@@ -152,7 +152,7 @@ class _Operation:
 
         tracker = get_memory_tracker()
         tracker.record(MemorySnapshot(time.time(), rss_end, None, self.name, level, None, False))
-        raised = tracker.leak_detector.observe(self.name, delta)
+        raised = tracker.leak_detector.observe(self.name, delta, result.heap_delta)
         suspected = result.leak_suspected = tracker.leak_detector.is_suspected(self.name)
 
         span = self.span

@@ -35,13 +35,14 @@ class LeakSuspect:
 
 
 class _OperationHistory:
-    __slots__ = ("deltas", "calls", "suspected", "bytes_per_call")
+    __slots__ = ("deltas", "calls", "suspected", "bytes_per_call", "heap")
 
     def __init__(self, window: int) -> None:
         self.deltas: collections.deque[int] = collections.deque(maxlen=window)
         self.calls = 0
         self.suspected = False
         self.bytes_per_call = 0
+        self.heap = False  # whether ``deltas`` hold heap deltas (True) or RSS deltas
 
 
 class LeakDetector:
@@ -77,10 +78,13 @@ class LeakDetector:
 
             os.register_at_fork(after_in_child=_new_lock_in_child)
 
-    def observe(self, operation: str, rss_delta: int) -> bool | None:
+    def observe(self, operation: str, rss_delta: int, heap_delta: int | None = None) -> bool | None:
         """Add one call's delta. Returns True on the call that raised the suspicion, False on
         one that cleared it, None when nothing changed.
 
+        The allocator heap delta, where the call measured it, is the better signal: it is
+        exact to the byte and is not blurred by which call happens to touch new pages. The
+        window holds one kind of delta; when the kind changes it starts over.
         About 0.5 us: the lock is taken only to add an operation and on every
         ``check_every``-th call, when the window is judged.
         """
@@ -92,11 +96,21 @@ class LeakDetector:
                     history = self._ops[operation] = _OperationHistory(self.window)
                     if len(self._ops) > self.max_operations:
                         self._ops.popitem(last=False)
+        if heap_delta is not None:
+            delta = heap_delta
+            if not history.heap:
+                history.heap = True
+                history.deltas.clear()
+        else:
+            delta = rss_delta
+            if history.heap:
+                history.heap = False
+                history.deltas.clear()
         history.calls += 1  # a lost increment under a race only shifts when the next check runs
         calls = history.calls
         if calls <= self.warmup_calls:
             return None
-        history.deltas.append(rss_delta)
+        history.deltas.append(delta)
         if calls % self.check_every or len(history.deltas) < self.min_samples:
             return None
         with self._lock:
