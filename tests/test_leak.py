@@ -8,17 +8,10 @@ import random
 
 import pytest
 
+from _buffers import KiB, MiB, release_free_memory, touched
 from reer_otel_memory import LeakDetector, LeakSuspect, get_memory_tracker, memory_context, memory_profile
 
-KiB = 1024
-MiB = 1024 * KiB
 LEAK_LOGGER = "reer_otel_memory.leak"
-
-
-def touched(n_bytes: int) -> bytearray:
-    buffer = bytearray(n_bytes)
-    buffer[::4096] = b"x" * len(range(0, n_bytes, 4096))
-    return buffer
 
 
 def leak_warnings(caplog) -> list[logging.LogRecord]:
@@ -33,6 +26,7 @@ def test_retaining_256_kib_per_call_is_flagged_within_40_calls(telemetry, caplog
     def leaky_handler() -> None:
         retained.append(touched(256 * KiB))
 
+    release_free_memory()  # a leak shows in RSS once freed memory is used up; start from none
     for _ in range(40):
         leaky_handler()
     spans = telemetry.spans("leaky_handler")
@@ -65,6 +59,7 @@ def test_retaining_256_kib_per_call_is_flagged_within_40_calls(telemetry, caplog
 
 def test_a_leaking_block_is_flagged_too(telemetry):
     retained: list[bytearray] = []
+    release_free_memory()
     for _ in range(40):
         with memory_context("leaky_block"):
             retained.append(touched(256 * KiB))

@@ -12,18 +12,17 @@ import threading
 import psutil
 import pytest
 
+from _buffers import MiB, release_free_memory, touched
 from reer_otel_memory import PROBE, MemoryProbe
 
-MiB = 1024 * 1024
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
-def touched(n_bytes: int) -> bytearray:
-    """A buffer whose every page is resident (bytearray(n) zero-fills, and we write each page)."""
-    buffer = bytearray(n_bytes)
-    buffer[::4096] = b"x" * len(range(0, n_bytes, 4096))
-    return buffer
+@pytest.fixture(autouse=True)
+def nothing_to_reuse():
+    """Every allocation below gets new pages, so RSS grows by what it touches."""
+    release_free_memory()
 
 
 def vmhwm_bytes() -> int:
@@ -220,6 +219,8 @@ def test_closed_probe_falls_back_to_psutil():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_reads_its_own_memory():
+    # (The autouse fixture released free memory: a child would inherit it resident, and
+    # reusing it there would grow no RSS.)
     parent_before = PROBE.rss_bytes()
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -10,6 +10,8 @@ import time
 
 import psutil
 import pytest
+from _buffers import MiB as MB
+from _buffers import release_free_memory, touched
 
 from reer_otel_memory import (
     MemoryLevel,
@@ -24,14 +26,7 @@ from reer_otel_memory import (
 from reer_otel_memory import _profile, _telemetry
 from reer_otel_memory import config as config_module
 
-MB = 1024 * 1024
 STATS_KEYS = {"current_memory_mb", "peak_memory_mb", "baseline_memory_mb", "snapshot_count", "growth_rate_mb_per_min"}
-
-
-def touched(n_bytes: int) -> bytearray:
-    buffer = bytearray(n_bytes)
-    buffer[::4096] = b"x" * len(range(0, n_bytes, 4096))
-    return buffer
 
 
 @pytest.fixture
@@ -132,6 +127,7 @@ def snapshots_while(tracker: MemoryTracker, step, count: int) -> None:
 
 
 def test_growth_rate_is_positive_while_memory_grows():
+    release_free_memory()
     tracker = MemoryTracker(max_snapshots=200)
     held: list[bytearray] = []
     snapshots_while(tracker, lambda: held.append(touched(2 * MB)), count=25)
