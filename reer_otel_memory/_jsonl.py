@@ -7,7 +7,7 @@ once and parses them with the C JSON scanner straight out of the decoded chunk: 
 ``bytes`` or ``str`` objects, no per-line ``json.loads`` call. A value must end exactly at its
 line's newline, so a line holding two values, or a value spread over two lines, is malformed.
 Lines that miss the fast path (surrounding whitespace, ``\\r\\n``, invalid UTF-8) go through
-``json.loads`` one by one, so results equal a ``json.loads`` per line, at about 1.7x its speed
+``json.loads`` one by one, so results equal a ``json.loads`` per line, at about 1.5x its speed
 (``python -m benchmarks jsonl``).
 
 Memory is constant in the file size: one chunk of bytes, its decoded text, and the record being
@@ -18,7 +18,8 @@ A last line without its newline is a *torn tail*: a writer was killed mid-record
 writing it. It is not returned (unless ``parse_unterminated_tail`` asks for a valid one to be)
 and is reported in :attr:`ScanStats.torn_tail_offset` / ``torn_tail_bytes``.
 
-Costs: about 2.3 us per 250-byte record, 0.25 us of it reading and splitting.
+Costs: about 3 us per 250-byte trace record, a quarter of a microsecond of it reading and
+splitting; the rest is building the Python objects.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 
 Each pass reads the file in chunks of ``chunk_size`` bytes (default 1 MiB; any size works, a
 line longer than a chunk included, larger chunks read faster) and parses every line with the
-C JSON scanner: results equal ``json.loads`` per line at about 1.7x its speed. Blank lines are
+C JSON scanner: results equal ``json.loads`` per line at about 1.5x its speed. Blank lines are
 skipped; malformed lines are skipped and counted with their line numbers (``skip_malformed=False``
 raises :class:`~reer_otel_memory.errors.MalformedLineError` instead).
 
