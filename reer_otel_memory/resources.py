@@ -25,7 +25,9 @@ estimate exceeds its ``memory_limit_mb`` (trigger ``limit``).
 
 **Under memory pressure** the monitor's cleanup (:func:`reer_otel_memory.run_cleanup`) runs
 the manager's cleanup hook: limits are checked, then every resource registered with
-``release_on_pressure=True`` (the default) is cleaned up (trigger ``pressure``).
+``release_on_pressure=True`` is cleaned up (trigger ``pressure``). That is opt-in: a resource
+the program is still using (a model, a connection pool) must not vanish because memory ran
+high, so by default only its ``memory_limit_mb`` and explicit cleanups release it.
 
 Metrics: ``reer.memory.resources`` (gauge, resources alive), ``reer.memory.resource.size
 {resource}`` (gauge, bytes, as last estimated), ``reer.memory.resource.cleanups{trigger}``
@@ -119,7 +121,7 @@ class MemoryResourceManager:
         memory_limit_mb: float | None = None,
         *,
         keep_alive: bool = False,
-        release_on_pressure: bool = True,
+        release_on_pressure: bool = False,
     ) -> None:
         """Manage ``resource`` under ``name`` (replacing, without cleaning it, any resource of that name)."""
         if not isinstance(name, str) or not name:

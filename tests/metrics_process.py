@@ -58,7 +58,7 @@ def _use_models_resources_and_trace_store(trace_store_path: str) -> list[object]
     manager = get_resource_manager()
     embeddings = bytearray(128 * 1024)
     manager.register_resource("embeddings", embeddings, keep_alive=True, release_on_pressure=False)
-    manager.register_resource("scratch", bytearray(64 * 1024), keep_alive=True)
+    manager.register_resource("scratch", bytearray(64 * 1024), keep_alive=True, release_on_pressure=True)
     manager.cleanup_resource("scratch")
     store = REERTraceStore(trace_store_path)
     asyncio.run(store.add_traces([{"query": f"q{index}", "score": index / 4} for index in range(4)]))

@@ -98,11 +98,11 @@ def test_sizes_are_estimated_and_limits_enforced_on_check(telemetry):
     assert telemetry.metric_value("reer.memory.resources") == others
 
 
-def test_memory_cleanup_releases_resources_unless_exempted(telemetry):
+def test_memory_cleanup_releases_only_resources_that_opted_in(telemetry):
     manager = MemoryResourceManager()
     cache, pool = Resource(), Resource()
-    manager.register_resource("cache", cache, cleanup_callback=cache.cleanup)
-    manager.register_resource("pool", pool, cleanup_callback=pool.cleanup, release_on_pressure=False)
+    manager.register_resource("cache", cache, cleanup_callback=cache.cleanup, release_on_pressure=True)
+    manager.register_resource("pool", pool, cleanup_callback=pool.cleanup)  # in use: kept by default
 
     result = run_cleanup("manual")
     assert CLEANUP_HOOK_NAME in result.hooks_run
