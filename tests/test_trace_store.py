@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -330,6 +331,45 @@ def test_stream_traces_filtered_yields_full_chunks_and_runs_the_filter_off_the_l
     assert [len(chunk) for chunk in chunks] == [10, 10, 9]
     assert [t["trace_id"] for chunk in chunks for t in chunk] == [f"t{i}" for i in range(71, 100)]
     assert filter_threads and loop_thread not in filter_threads
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_leaving_a_query_early_or_cancelling_it_closes_the_file(tmp_path, telemetry):
+    path = tmp_path / "traces.jsonl"
+    store = REERTraceStore(path, chunk_bytes=64 * 1024)
+    run(store.add_traces([{"trace_id": f"t{i}", "score": i % 100 / 100, "pad": "z" * 200} for i in range(60_000)]))
+    before = open_fds()
+
+    async def leave_early():
+        async with contextlib.aclosing(store.lazy_query_traces()) as traces:
+            async for trace in traces:
+                assert trace["trace_id"] == "t0"
+                break
+
+    run(leave_early())
+    assert open_fds() == before
+    span = telemetry.span("trace_store_lazy_query")
+    assert span.attributes["reer.trace_store.records_returned"] == 1
+    assert span.attributes["reer.trace_store.bytes_read"] < path.stat().st_size
+
+    async def cancel_a_stream():
+        async def consume():
+            async for _chunk in store.stream_traces_filtered(lambda t: False):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancel_a_stream())  # returns once the worker thread let go of the pass
+    gc.collect()
+    assert open_fds() == before
+    assert telemetry.spans("trace_store_stream_filtered")
 
 
 def test_a_missing_file_is_an_empty_store_created_on_first_write(tmp_path):
