@@ -369,8 +369,10 @@ class REERTraceStore:
             self._writer.pid = self._pid
 
     def close(self) -> None:
-        """Close the append descriptor and leave the cleanup hooks; reads and writes reopen it."""
-        self._finalizer()
+        """Close the append descriptor now (the next write reopens it; collection also closes it)."""
+        self._after_fork()
+        with self._write_lock:
+            self._writer.close()
 
     def __repr__(self) -> str:
         return f"REERTraceStore({self.path!r})"
