@@ -30,6 +30,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from . import _telemetry
 
 
+_MISSING = object()
+
+
 class TelemetryCapture:
     """Spans and metric points recorded inside :func:`capture_telemetry`."""
 
@@ -79,16 +82,21 @@ class TelemetryCapture:
         """Data points of metric ``name`` whose attributes include ``attributes``.
 
         Attribute keys with dots are passed with underscores: ``reer_operation="x"`` matches
-        ``reer.operation``.
+        ``reer.operation`` (and ``reer.trace_store.path`` is ``reer_trace_store_path``), as in
+        the Prometheus label names.
         """
         metric = self.metric(name)
         if metric is None:
             return []
-        wanted = {key.replace("_", "."): value for key, value in attributes.items()}
+
+        def label(key: str) -> str:
+            return key.replace(".", "_")
+
+        wanted = {label(key): value for key, value in attributes.items()}
         points = []
         for point in metric.data.data_points:
-            point_attributes = dict(point.attributes or {})
-            if all(point_attributes.get(k, point_attributes.get(k.replace(".", "_"))) == v for k, v in wanted.items()):
+            point_attributes = {label(key): value for key, value in (point.attributes or {}).items()}
+            if all(point_attributes.get(k, _MISSING) == v for k, v in wanted.items()):
                 points.append(point)
         return points
 
