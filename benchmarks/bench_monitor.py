@@ -92,7 +92,7 @@ def _cpu_ms(action) -> float:
 
 def scrape_child() -> None:
     """Runs in a child: prints the median scrape times of both endpoints as JSON."""
-    from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+    from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, start_http_server
 
     from reer_otel_memory import memory_context, start_memory_monitoring, start_prometheus_exporter
     from reer_otel_memory._telemetry import BYTES_BUCKETS, DURATION_BUCKETS
@@ -121,6 +121,8 @@ def scrape_child() -> None:
     collect_ms = _cpu_ms(lambda: list(registry_ours.collect()))
     format_ms = _cpu_ms(lambda: generate_latest(Families()))
 
+    # Same lines as ours: without the *_created series prometheus_client adds by default.
+    disable_created_metrics()
     registry = CollectorRegistry()
     peak = Histogram("bare_operation_peak_bytes", "Peak growth.", ["operation"], buckets=BYTES_BUCKETS, registry=registry)
     duration = Histogram("bare_operation_duration_seconds", "Duration.", ["operation"], buckets=DURATION_BUCKETS, registry=registry)
