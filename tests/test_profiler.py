@@ -57,7 +57,7 @@ def test_load_is_one_span_with_model_name_size_and_memory(telemetry):
     assert stats["load_heap_delta_bytes"] == attributes["reer.memory.heap.delta"]
     assert stats["load_duration_s"] > 0
     # The touched 8 MB are resident and in the heap after the load.
-    assert stats["load_heap_delta_bytes"] >= 8 * MB
+    assert stats["load_heap_delta_bytes"] >= 0.98 * 8 * MB  # other frees may land inside the load
 
     assert telemetry.metric_value("reer.memory.model.loads", model="ranker") == 1
     assert telemetry.metric_value("reer.memory.model.size", model="ranker") == 8 * MB
