@@ -1,9 +1,14 @@
 """Leak detection per profiled operation.
 
-After a warm-up, an operation is suspected of leaking when, over its recent calls, the RSS it
+After a warm-up, an operation is suspected of leaking when, over its recent calls, the memory it
 retains per call is robustly positive: the median per-call delta is at least ``floor_bytes``,
 most deltas are positive, and the window's total growth agrees (so a cache that fills and is
 flushed does not count). A steady workload, whose deltas scatter around zero, is never flagged.
+
+Two windows are judged, and either can raise the suspicion: RSS deltas, which every call has
+and which see everything resident, Python's own small-object arenas included; and allocator
+heap deltas, from the calls that measured them, which see native allocations to the byte even
+before their pages are touched, but not those arenas (they are mapped outside ``malloc``).
 
 The first judgement waits for ``min_samples`` calls after the warm-up (call 32 by default), so
 a bounded cache that fills over its first couple of dozen calls and then evicts is seen to stop
@@ -35,14 +40,14 @@ class LeakSuspect:
 
 
 class _OperationHistory:
-    __slots__ = ("deltas", "calls", "suspected", "bytes_per_call", "heap")
+    __slots__ = ("deltas", "heap_deltas", "calls", "suspected", "bytes_per_call")
 
     def __init__(self, window: int) -> None:
-        self.deltas: collections.deque[int] = collections.deque(maxlen=window)
+        self.deltas: collections.deque[int] = collections.deque(maxlen=window)  # RSS, every call
+        self.heap_deltas: collections.deque[int] | None = None  # heap, once a call measures it
         self.calls = 0
         self.suspected = False
         self.bytes_per_call = 0
-        self.heap = False  # whether ``deltas`` hold heap deltas (True) or RSS deltas
 
 
 class LeakDetector:
@@ -82,9 +87,8 @@ class LeakDetector:
         """Add one call's delta. Returns True on the call that raised the suspicion, False on
         one that cleared it, None when nothing changed.
 
-        The allocator heap delta, where the call measured it, is the better signal: it is
-        exact to the byte and is not blurred by which call happens to touch new pages. The
-        window holds one kind of delta; when the kind changes it starts over.
+        ``heap_delta``, where the call measured it, goes to a second window judged alongside
+        the RSS one (see the module docs): neither signal alone sees every leak.
         About 0.5 us: the lock is taken only to add an operation and on every
         ``check_every``-th call, when the window is judged.
         """
@@ -96,25 +100,26 @@ class LeakDetector:
                     history = self._ops[operation] = _OperationHistory(self.window)
                     if len(self._ops) > self.max_operations:
                         self._ops.popitem(last=False)
-        if heap_delta is not None:
-            delta = heap_delta
-            if not history.heap:
-                history.heap = True
-                history.deltas.clear()
-        else:
-            delta = rss_delta
-            if history.heap:
-                history.heap = False
-                history.deltas.clear()
         history.calls += 1  # a lost increment under a race only shifts when the next check runs
         calls = history.calls
         if calls <= self.warmup_calls:
             return None
-        history.deltas.append(delta)
+        history.deltas.append(rss_delta)
+        if heap_delta is not None:
+            heap_deltas = history.heap_deltas
+            if heap_deltas is None:
+                heap_deltas = history.heap_deltas = collections.deque(maxlen=self.window)
+            heap_deltas.append(heap_delta)
         if calls % self.check_every or len(history.deltas) < self.min_samples:
             return None
         with self._lock:
             suspected, per_call = self._judge(history.deltas)
+            heap_deltas = history.heap_deltas
+            if heap_deltas is not None and len(heap_deltas) >= self.min_samples:
+                heap_suspected, heap_per_call = self._judge(heap_deltas)
+                # Each signal misses some memory the other sees: the larger estimate is closer.
+                if heap_suspected and (not suspected or heap_per_call > per_call):
+                    suspected, per_call = True, heap_per_call
             history.bytes_per_call = per_call
             if suspected == history.suspected:
                 return None

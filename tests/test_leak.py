@@ -57,6 +57,40 @@ def test_retaining_256_kib_per_call_is_flagged_within_40_calls(telemetry, caplog
     print(f"leak flagged on call {first + 1}, {suspect.bytes_per_call / KiB:.1f} KiB per call")
 
 
+@pytest.mark.parametrize("heap", [False, True], ids=["rss_only", "heap_measured"])
+def test_retained_small_python_objects_are_flagged(telemetry, heap):
+    # Small objects live in Python's own arenas, which the C heap does not count: RSS sees them.
+    retained: list[list[dict[str, int]]] = []
+
+    @memory_profile(operation_name="small_object_leak", heap=heap)
+    def small_object_leak() -> None:
+        retained.append([{"row": i} for i in range(1200)])
+
+    release_free_memory()
+    for _ in range(40):
+        small_object_leak()
+    (suspect,) = get_memory_tracker().leak_suspects()
+    retained.clear()
+    assert suspect.operation == "small_object_leak"
+    assert suspect.bytes_per_call >= 128 * KiB
+
+
+def test_retained_untouched_native_memory_is_flagged_through_the_heap(telemetry):
+    # calloc'd and never written: no page is resident, so only the heap delta sees it.
+    retained: list[bytes] = []
+
+    @memory_profile(operation_name="untouched_leak", heap=True)
+    def untouched_leak() -> None:
+        retained.append(bytes(256 * KiB))
+
+    for _ in range(40):
+        untouched_leak()
+    (suspect,) = get_memory_tracker().leak_suspects()
+    retained.clear()
+    assert suspect.operation == "untouched_leak"
+    assert suspect.bytes_per_call == pytest.approx(256 * KiB, rel=0.05)
+
+
 def test_a_leaking_block_is_flagged_too(telemetry):
     retained: list[bytearray] = []
     release_free_memory()
@@ -76,10 +110,11 @@ def assert_never_flagged(telemetry, caplog, operation: str) -> None:
     assert get_memory_tracker().leak_suspects() == []
 
 
-def test_allocate_and_free_each_call_is_never_flagged(telemetry, caplog):
+@pytest.mark.parametrize("heap", [False, True], ids=["rss_only", "heap_measured"])
+def test_allocate_and_free_each_call_is_never_flagged(telemetry, caplog, heap):
     caplog.set_level(logging.WARNING, logger=LEAK_LOGGER)
 
-    @memory_profile(operation_name="transient_batch")
+    @memory_profile(operation_name="transient_batch", heap=heap)
     def transient_batch() -> int:
         scratch = touched(MiB)
         return len(scratch)
@@ -89,13 +124,14 @@ def test_allocate_and_free_each_call_is_never_flagged(telemetry, caplog):
     assert_never_flagged(telemetry, caplog, "transient_batch")
 
 
-def test_a_bounded_cache_that_fills_then_evicts_is_never_flagged(telemetry, caplog):
+@pytest.mark.parametrize("heap", [False, True], ids=["rss_only", "heap_measured"])
+def test_a_bounded_cache_that_fills_then_evicts_is_never_flagged(telemetry, caplog, heap):
     caplog.set_level(logging.WARNING, logger=LEAK_LOGGER)
     capacity = 16
     cache: collections.OrderedDict[int, bytearray] = collections.OrderedDict()
     rng = random.Random(7)
 
-    @memory_profile(operation_name="cached_lookup")
+    @memory_profile(operation_name="cached_lookup", heap=heap)
     def cached_lookup(key: int) -> int:
         if key in cache:
             cache.move_to_end(key)
@@ -146,6 +182,25 @@ def test_occasional_spikes_are_not_a_leak():
 def test_growth_below_the_floor_is_not_a_leak():
     detector = LeakDetector(floor_bytes=32 * KiB)
     assert True not in feed(detector, "op", [16 * KiB] * 200)
+
+
+def test_either_window_raises_the_suspicion():
+    rss_leak, heap_leak = LeakDetector(), LeakDetector()
+    for _ in range(40):
+        rss_leak.observe("op", 300 * KiB, 0)
+        heap_leak.observe("op", 0, 300 * KiB)
+    assert rss_leak.is_suspected("op") and heap_leak.is_suspected("op")
+    both = LeakDetector()
+    for _ in range(40):
+        both.observe("op", 100 * KiB, 300 * KiB)
+    assert both.bytes_per_call("op") == 300 * KiB
+
+
+def test_calls_without_a_heap_reading_still_count():
+    detector = LeakDetector()
+    for call in range(40):
+        detector.observe("op", 300 * KiB, None if call % 2 else 0)
+    assert detector.is_suspected("op")
 
 
 def test_bytes_per_call_is_robust_to_outliers():
