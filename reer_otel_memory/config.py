@@ -193,7 +193,10 @@ def parse_threshold_mb(name: str, value: object, limit: MemoryLimit) -> tuple[in
                 raise ConfigurationError(
                     f"{name}={value!r}: a percentage must be above 0% and at most 100%"
                 )
-            return int(limit.bytes * share / 100), f"{share:g}% of {limit.bytes} bytes ({limit.source})"
+            threshold_bytes = int(limit.bytes * share / 100)
+            if threshold_bytes < 1:
+                raise ConfigurationError(f"{name}={value!r}: is less than one byte of the {limit.bytes}-byte limit; expected a larger percentage")
+            return threshold_bytes, f"{share:g}% of {limit.bytes} bytes ({limit.source})"
         try:
             mb = float(text)
         except ValueError:
@@ -209,6 +212,8 @@ def parse_threshold_mb(name: str, value: object, limit: MemoryLimit) -> tuple[in
         )
     if not math.isfinite(mb) or mb <= 0:
         raise ConfigurationError(f"{name}={value!r}: expected a positive number of MB")
+    if int(mb * MB) < 1:
+        raise ConfigurationError(f"{name}={value!r}: is less than one byte; expected a positive number of MB (1 MB = 1048576 bytes)")
     return int(mb * MB), f"{mb:g} MB"
 
 

@@ -101,6 +101,8 @@ BAD_THRESHOLDS = [
     ("0%", "above 0%"),
     ("-10%", "above 0%"),
     ("nan%", "percentage"),
+    ("1e-9", "less than one byte"),
+    ("0.00000000001%", "less than one byte"),
 ]
 
 
