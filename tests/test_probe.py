@@ -14,6 +14,7 @@ import pytest
 
 from _buffers import MiB, release_free_memory, touched
 from reer_otel_memory import PROBE, MemoryProbe
+from reer_otel_memory import probe as probe_module
 
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -159,7 +160,7 @@ def test_status_mode_peaks_are_exact():
     # Kernels that keep an exited thread's mark in ru_maxrss switch the probe to VmHWM; this one
     # may not, so select that mode directly to measure with it.
     probe = MemoryProbe()
-    probe._peak_mode = "status"
+    probe._peak_mode = probe_module._PEAK_STATUS
     outer, outer_start = probe.begin_peak()
     spike = touched(64 * MiB)
     del spike
