@@ -211,15 +211,16 @@ def _end(operation: _Operation | None, exc: BaseException | None) -> None:
         _log_failure("finishing a profiled operation", failure)
 
 
-def _light(name: str, rss_start: int) -> None:
+def _light(name: str, rss_start: int) -> int:
     """No SDK: keep the tracker and leak detection fed with two RSS reads and nothing else.
 
-    About 2 us on top of the two reads.
+    About 2 us on top of the two reads. Returns the RSS at the end.
     """
     rss_end = PROBE.rss_bytes()
     tracker = get_memory_tracker()
     tracker.record(MemorySnapshot(time.time(), rss_end, None, name, get_config().level_for(rss_end)))
     tracker.leak_detector.observe(name, rss_end - rss_start)
+    return rss_end
 
 
 @overload
@@ -423,7 +424,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     measurements. ``op.set_attribute(key, value)`` adds attributes to the span.
     """
 
-    __slots__ = ("name", "heap", "annotate_current", "attributes", "_operation", "_token", "_light_start", "result")
+    __slots__ = ("name", "heap", "annotate_current", "attributes", "_operation", "_token", "_light_start", "_light_started", "result")
 
     def __init__(
         self,
@@ -456,6 +457,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
 
     def __enter__(self) -> "memory_context":
         if not _telemetry._current.recording():
+            self._light_started = time.perf_counter()
             self._light_start = PROBE.rss_bytes()
             return self
         self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes)
@@ -465,8 +467,14 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if self._light_start is not None:
-            _light(self.name, self._light_start)
-            self._light_start = None
+            rss_start, self._light_start = self._light_start, None
+            rss_end = _light(self.name, rss_start)
+            # Without an SDK the block still gets its result: code written against it must
+            # not break where no SDK is configured. Peak and heap are not measured here.
+            result = self.result = OperationResult()
+            result.operation, result.rss_start, result.rss_end = self.name, rss_start, rss_end
+            result.level = get_config().level_for(rss_end)
+            result.duration_s = time.perf_counter() - self._light_started
             return
         if self._token is not None:
             otel_context.detach(self._token)

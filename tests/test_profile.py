@@ -6,6 +6,7 @@ import asyncio
 import gc
 import inspect
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -710,8 +711,9 @@ NO_SDK_SCRIPT = textwrap.dedent(
         "same_error": same_error,
     }
     with memory_context("block") as block:
-        pass
+        kept = bytearray(8 * 2**20)
     results["span_recording"] = block.span.is_recording()
+    results["block_result"] = [block.result.operation, block.result.rss_delta, block.result.level.value, block.result.duration_s > 0, block.result.rss_peak]
     results["proxy_provider"] = isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
     for _ in range(20):
         plain(1)
@@ -724,7 +726,9 @@ NO_SDK_SCRIPT = textwrap.dedent(
 
 
 def test_without_an_sdk_results_are_unchanged_and_the_tracker_is_fed():
-    completed = subprocess.run([sys.executable, "-c", NO_SDK_SCRIPT], capture_output=True, text=True, timeout=60)
+    # A fresh process with none of the test run's REER_MEMORY_* or OTEL_* settings.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("REER_MEMORY_", "OTEL_"))}
+    completed = subprocess.run([sys.executable, "-c", NO_SDK_SCRIPT], capture_output=True, text=True, timeout=60, env=env)
     assert completed.returncode == 0, completed.stderr
     results = json.loads(completed.stdout.strip().splitlines()[-1])
     assert results["plain"] is True
@@ -736,6 +740,9 @@ def test_without_an_sdk_results_are_unchanged_and_the_tracker_is_fed():
     assert results["send_throw"] == [0, 5, 105]
     assert results["same_error"] is True
     assert results["span_recording"] is False
+    operation, rss_delta, level, timed, peak = results["block_result"]
+    assert (operation, level, timed, peak) == ("block", "ok", True, None)
+    assert rss_delta >= 7 * MiB
     assert results["proxy_provider"] is True
     assert results["snapshots"] == ["accumulator", "async_accumulator", "async_generator", "block", "coroutine", "failing", "generator", "plain"]
     assert results["plain_snapshots"] == 21
