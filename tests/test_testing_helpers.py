@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -143,7 +144,8 @@ GLOBAL_SDK_SCRIPT = textwrap.dedent(
 
 
 def test_works_alongside_a_global_sdk_and_leaves_it_alone():
-    completed = subprocess.run([sys.executable, "-c", GLOBAL_SDK_SCRIPT], capture_output=True, text=True, timeout=60)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("REER_MEMORY_", "OTEL_"))}
+    completed = subprocess.run([sys.executable, "-c", GLOBAL_SDK_SCRIPT], capture_output=True, text=True, timeout=60, env=env)
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result == {"global": ["global_before", "global_after"], "captured": ["captured"], "same_provider": True}
