@@ -9,7 +9,7 @@ This is the hot path of everything else, so each read is a single cheap system c
   every call (:attr:`MemoryProbe.heap_cost_s`) so callers can decide whether it is affordable.
 * **Peak** -- the kernel's RSS high-water mark, reset by writing ``5`` to a kept
   ``/proc/self/clear_refs`` descriptor (under 1 us) and read with ``getrusage().ru_maxrss``
-  (about 1 us). Before each reset the high-water mark is folded into every peak window still
+  (about 0.5 us). The reset is skipped when the mark already equals the RSS. Before each reset the high-water mark is folded into every peak window still
   open, so nested and concurrent operations all get exact peaks. ``ru_maxrss`` also keeps the
   high-water mark of threads that have exited, which ``clear_refs`` does not reset: whenever
   a reading would raise a peak, the probe checks it against ``VmHWM`` in
@@ -33,6 +33,17 @@ from typing import Callable
 import psutil
 
 _heap_info: Callable[[], object] | None = getattr(psutil, "heap_info", None)
+
+# The kernel reports the same process-wide ru_maxrss (the mm's high-water mark) for
+# RUSAGE_THREAD as for RUSAGE_SELF, at half the cost: RUSAGE_SELF also sums every thread's CPU
+# times. Checked once at import; RUSAGE_SELF where the two disagree or RUSAGE_THREAD is missing.
+_RUSAGE_WHO = resource.RUSAGE_SELF
+if hasattr(resource, "RUSAGE_THREAD"):
+    try:
+        if resource.getrusage(resource.RUSAGE_THREAD).ru_maxrss == resource.getrusage(resource.RUSAGE_SELF).ru_maxrss:
+            _RUSAGE_WHO = resource.RUSAGE_THREAD
+    except (OSError, ValueError):
+        pass
 
 
 class PeakWindow:
@@ -162,7 +173,7 @@ class MemoryProbe:
     def _hwm_bytes(self) -> int:
         """The kernel's RSS high-water mark since the last reset (caller holds the lock)."""
         if self._peak_mode is _PEAK_RUSAGE:
-            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            hwm = resource.getrusage(_RUSAGE_WHO).ru_maxrss * 1024
         else:
             hwm = self._vmhwm_bytes()
         if hwm > self._lifetime_peak_bytes:
@@ -206,8 +217,8 @@ class MemoryProbe:
     def begin_peak(self) -> tuple[PeakWindow, int]:
         """Open a peak window; returns it and the RSS at its start.
 
-        About 3.5 us: read the high-water mark and fold it into every open window, reset it,
-        read RSS.
+        About 3 us: read the high-water mark and fold it into every open window, read RSS,
+        and reset the mark when it is above the RSS.
         """
         window = PeakWindow()
         mode = self._peak_mode
@@ -218,19 +229,23 @@ class MemoryProbe:
         with self._lock:
             if mode is _PEAK_NORESET:
                 window.hwm_start = self._hwm_bytes()
+                rss = self.rss_bytes()
             else:
                 # Read before every reset, even with no window open: the lifetime peak
                 # (the peak_rss gauge) would otherwise lose what the reset clears.
                 hwm = self._hwm_bytes()
                 active = self._active
-                if active:
-                    if hwm > min(other.peak_bytes for other in active):
-                        hwm = self._verified_hwm(hwm)
-                        for other in active:
-                            if other.peak_bytes < hwm:
-                                other.peak_bytes = hwm
-                os.pwrite(self._clear_refs_fd, b"5", 0)
-            rss = self.rss_bytes()
+                if active and hwm > min(other.peak_bytes for other in active):
+                    hwm = self._verified_hwm(hwm)
+                    for other in active:
+                        if other.peak_bytes < hwm:
+                            other.peak_bytes = hwm
+                rss = self.rss_bytes()
+                if hwm > rss:
+                    # The mark is above the RSS now, so it says nothing about this window:
+                    # reset it. When it equals the RSS (nothing was freed since the mark was
+                    # set) it already measures from here, and the reset is skipped.
+                    os.pwrite(self._clear_refs_fd, b"5", 0)
             window.peak_bytes = rss
             self._active.add(window)
         return window, rss
