@@ -4,6 +4,10 @@ A buffer only adds to RSS if its pages are new: memory a previous test freed may
 resident in the allocator's free lists, and a later allocation that reuses it grows nothing.
 Tests that assert RSS growth call :func:`release_free_memory` first, which hands the free
 lists back to the OS (``malloc_trim``), so every page they touch afterwards is a new one.
+
+Python's small objects come from its own arenas, which ``malloc_trim`` does not touch: a test
+that retains small objects first fills the free room in those arenas with
+:func:`fill_free_small_object_memory`, so what it retains afterwards lands on new pages.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import gc
 
 import psutil
+
+from reer_otel_memory import PROBE
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -30,3 +36,22 @@ def release_free_memory() -> None:
     heap_trim = getattr(psutil, "heap_trim", None)
     if heap_trim is not None:
         heap_trim()
+
+
+def small_objects() -> list[dict[str, int]]:
+    """About 220 KiB of small Python objects (each well under pymalloc's 512-byte limit)."""
+    return [{"row": i} for i in range(1200)]
+
+
+def fill_free_small_object_memory(max_chunks: int = 2000) -> list[object]:
+    """Allocate small objects until RSS grows with every chunk; keep the result alive meanwhile."""
+    ballast: list[object] = []
+    growing_in_a_row = 0
+    rss = PROBE.rss_bytes()
+    while growing_in_a_row < 4:
+        assert len(ballast) < max_chunks, "Python's free small-object memory never ran out"
+        ballast.append(small_objects())
+        now = PROBE.rss_bytes()
+        growing_in_a_row = growing_in_a_row + 1 if now > rss else 0
+        rss = now
+    return ballast

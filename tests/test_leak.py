@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from _buffers import KiB, MiB, release_free_memory, touched
+from _buffers import KiB, MiB, fill_free_small_object_memory, release_free_memory, small_objects, touched
 from reer_otel_memory import LeakDetector, LeakSuspect, get_memory_tracker, memory_context, memory_profile
 
 LEAK_LOGGER = "reer_otel_memory.leak"
@@ -64,13 +64,14 @@ def test_retained_small_python_objects_are_flagged(telemetry, heap):
 
     @memory_profile(operation_name="small_object_leak", heap=heap)
     def small_object_leak() -> None:
-        retained.append([{"row": i} for i in range(1200)])
+        retained.append(small_objects())
 
-    release_free_memory()
+    ballast = fill_free_small_object_memory()
     for _ in range(40):
         small_object_leak()
     (suspect,) = get_memory_tracker().leak_suspects()
     retained.clear()
+    del ballast
     assert suspect.operation == "small_object_leak"
     assert suspect.bytes_per_call >= 128 * KiB
 
