@@ -30,7 +30,7 @@ from . import _names as names
 from . import _telemetry
 from .config import get_config
 from .probe import PROBE, PeakWindow
-from .tracker import MemorySnapshot, get_memory_tracker
+from .tracker import get_memory_tracker
 
 logger = logging.getLogger("reer_otel_memory")
 
@@ -151,7 +151,7 @@ class _Operation:
         _remember_duration(self.name, duration)
 
         tracker = get_memory_tracker()
-        tracker.record(MemorySnapshot(time.time(), rss_end, None, self.name, level, None, False))
+        tracker.record_operation(self.name, rss_end, level)
         raised = tracker.leak_detector.observe(self.name, delta, result.heap_delta)
         suspected = result.leak_suspected = tracker.leak_detector.is_suspected(self.name)
 
@@ -218,7 +218,7 @@ def _light(name: str, rss_start: int) -> int:
     """
     rss_end = PROBE.rss_bytes()
     tracker = get_memory_tracker()
-    tracker.record(MemorySnapshot(time.time(), rss_end, None, name, get_config().level_for(rss_end)))
+    tracker.record_operation(name, rss_end, get_config().level_for(rss_end))
     tracker.leak_detector.observe(name, rss_end - rss_start)
     return rss_end
 

@@ -85,6 +85,15 @@ class MemoryTracker:
         if snapshot.rss_bytes > self._peak_rss_bytes:
             self._peak_rss_bytes = snapshot.rss_bytes
 
+    def record_operation(self, operation: str, rss_bytes: int, level: MemoryLevel) -> None:
+        """Add the end-of-operation snapshot of a profiled call. About 0.2 us.
+
+        The ring holds a plain tuple; :attr:`snapshots` turns it into a MemorySnapshot.
+        """
+        self._snapshots.append((time.time(), rss_bytes, None, operation, level, None, False))
+        if rss_bytes > self._peak_rss_bytes:
+            self._peak_rss_bytes = rss_bytes
+
     def take_snapshot(self, operation: str | None = None) -> MemorySnapshot:
         """Measure now (RSS and heap) and record the result."""
         rss = self._probe.rss_bytes()
@@ -97,7 +106,8 @@ class MemoryTracker:
     @property
     def snapshots(self) -> list[MemorySnapshot]:
         """The snapshots held now, oldest first (a copy)."""
-        return list(self._snapshots)
+        make = MemorySnapshot._make
+        return [s if type(s) is MemorySnapshot else make(s) for s in list(self._snapshots)]
 
     def clear(self) -> None:
         """Forget every snapshot and leak statistic; the baseline becomes the RSS now."""
@@ -114,7 +124,7 @@ class MemoryTracker:
     def get_memory_stats(self) -> dict[str, Any]:
         """Current, peak and baseline RSS, growth rate over the ring, and leak suspects."""
         current = self._probe.rss_bytes()
-        snapshots = list(self._snapshots)
+        snapshots = self.snapshots
         peak = max(self._peak_rss_bytes, current, self._probe.lifetime_peak_bytes())
         recent = [(s.timestamp, s.rss_bytes) for s in snapshots] + [(time.time(), current)]
         suspects = self.leak_suspects()
