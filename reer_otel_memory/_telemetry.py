@@ -63,6 +63,7 @@ class Telemetry:
         # Net bytes per operation are summed here and observed at collection time: one
         # synchronous instrument fewer on the hot path (each record costs about 2 us in the SDK).
         self.operation_net_bytes: dict[str, int] = {}
+        self._net_lock = threading.Lock()
         name, unit, description = names.METRIC_OPERATION_NET
         self.meter.create_observable_up_down_counter(
             name, callbacks=[self._observe_operation_net], unit=unit, description=description
@@ -77,10 +78,11 @@ class Telemetry:
     def add_operation_net(self, operation: str, delta_bytes: int) -> None:
         """Add one call's RSS delta to its operation's running sum (bounded to 1000 operations)."""
         net = self.operation_net_bytes
-        previous = net.get(operation)
-        if previous is None and len(net) >= _MAX_OPERATIONS:
-            return
-        net[operation] = (previous or 0) + delta_bytes
+        with self._net_lock:  # a read-modify-write: two threads must not lose an update
+            previous = net.get(operation)
+            if previous is None and len(net) >= _MAX_OPERATIONS:
+                return
+            net[operation] = (previous or 0) + delta_bytes
 
     def _observe_operation_net(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(value, {names.LABEL_OPERATION: op}) for op, value in list(self.operation_net_bytes.items())]

@@ -158,7 +158,9 @@ def effective_memory_limit(
     root = Path(cgroup_root)
     v2, v1 = _cgroup_paths(proc_cgroup)
     if v2 is not None:
-        for path in _walk_up(root, v2, "memory.max"):
+        # In the hybrid layout the v2 hierarchy is mounted at <root>/unified.
+        v2_root = root / "unified" if (root / "unified" / "cgroup.controllers").exists() else root
+        for path in _walk_up(v2_root, v2, "memory.max"):
             value = _read_limit_file(path)
             if value is not None and value < best.bytes:
                 best = MemoryLimit(value, f"cgroup v2 {path}")

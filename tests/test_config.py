@@ -268,6 +268,12 @@ def test_physical_ram_by_default(tmp_path):
     assert limit.bytes == psutil.virtual_memory().total
 
 
+def test_hybrid_layout_reads_cgroup_v2_under_unified(tmp_path):
+    files = {"unified/cgroup.controllers": "memory pids", "unified/svc/memory.max": str(3 * GIB), "memory.max": str(GIB)}
+    limit = limit_in(tmp_path, "4:memory:/\n0::/svc\n", files, physical_bytes=16 * GIB)
+    assert limit.bytes == 3 * GIB and limit.source.startswith("cgroup v2 ") and "unified" in limit.source
+
+
 def test_percentage_of_a_cgroup_limit_through_load_config(tmp_path):
     mount, proc_cgroup = build_tree(tmp_path, "0::/svc\n", {"svc/memory.max": str(4 * GIB)})
     config = load_config(
