@@ -16,6 +16,10 @@ pending are coalesced into that one cleanup.
 A Python handler already installed for the signal keeps working: ours calls it after waking the
 monitor. :func:`remove_emergency_memory_handler` puts it back. Both functions must be called from
 the main thread, as Python only runs signal handlers there; elsewhere they raise RuntimeError.
+Python runs the handler when the main thread next executes Python code: a main thread that
+sits in one long C call (a blocking read without a timeout, a large native computation) delays
+the cleanup until that call returns, which event loops and server loops that wake regularly
+never do.
 """
 
 from __future__ import annotations
