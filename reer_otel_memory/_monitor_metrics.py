@@ -21,7 +21,6 @@ rebound to other providers.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from typing import Callable, Iterable, Iterator
@@ -30,6 +29,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import _names as names
 from . import _telemetry
+from ._process import after_fork_in_child
 from .levels import THRESHOLD_LEVELS, MemoryLevel
 from .tracker import get_memory_tracker
 
@@ -72,8 +72,7 @@ def _reset_in_child() -> None:
     TOTALS = _Totals()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_in_child)
+after_fork_in_child(_reset_in_child)
 
 
 # --- collection-time reads ---------------------------------------------------------------------

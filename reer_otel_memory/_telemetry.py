@@ -7,7 +7,6 @@ the instrumentor and :mod:`reer_otel_memory.testing` use it.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Callable, Iterable
 
@@ -18,6 +17,7 @@ from opentelemetry.trace import TracerProvider
 from opentelemetry.metrics import _internal as _metrics_internal
 
 from . import _names as names
+from ._process import after_fork_in_child
 from ._version import __version__
 
 #: Histogram buckets for bytes: 64 KiB to 16 GiB in steps of 4x.
@@ -119,8 +119,7 @@ def _new_lock_in_child() -> None:
     _lock = threading.Lock()  # another thread may have held it when the process forked
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
+after_fork_in_child(_new_lock_in_child)
 _current = Telemetry()
 _on_change: list[Callable[[Telemetry], None]] = []
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Callable
 import psutil
 
 from . import _names as names
+from ._process import after_fork_in_child
 from .probe import PROBE, MemoryProbe
 
 logger = logging.getLogger("reer_otel_memory.cleanup")
@@ -50,8 +50,7 @@ def _reinit_lock_in_child() -> None:
     _lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_lock_in_child)
+after_fork_in_child(_reinit_lock_in_child)
 
 
 def register_cleanup_hook(name: str, hook: Callable[[], object]) -> None:

@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 import psutil
 
 from . import _names as names
+from ._process import after_fork_in_child
 from .errors import ConfigurationError
 from .levels import MemoryLevel
 
@@ -313,8 +314,7 @@ def _new_lock_in_child() -> None:
     _lock = threading.Lock()  # another thread may have held it when the process forked
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
+after_fork_in_child(_new_lock_in_child)
 _current: MemoryConfig | None = None
 _listeners: list[Callable[[MemoryConfig], None]] = []
 

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import threading
 import time
 import weakref
 from typing import Any, Callable
 
 from . import _names as names
+from ._process import after_fork_in_child
 from .cleanup import register_cleanup_hook, trim_heap
 from .profiler import MemoryProfiler, get_memory_profiler, run_profiled
 
@@ -219,5 +219,4 @@ def _reset_locks_in_child() -> None:
         loader._lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks_in_child)
+after_fork_in_child(_reset_locks_in_child)

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
-import weakref
 from dataclasses import dataclass
+
+from ._process import after_fork_in_child_call
 
 logger = logging.getLogger("reer_otel_memory.leak")
 
@@ -72,16 +72,11 @@ class LeakDetector:
         self.max_operations = max_operations
         self._lock = threading.Lock()
         self._ops: collections.OrderedDict[str, _OperationHistory] = collections.OrderedDict()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
+        after_fork_in_child_call(self, "_new_lock")
 
-            def _new_lock_in_child() -> None:
-                # Another thread may have held the lock when the process forked.
-                detector = ref()
-                if detector is not None:
-                    detector._lock = threading.Lock()
-
-            os.register_at_fork(after_in_child=_new_lock_in_child)
+    def _new_lock(self) -> None:
+        # Another thread may have held the lock when the process forked.
+        self._lock = threading.Lock()
 
     def observe(self, operation: str, rss_delta: int, heap_delta: int | None = None) -> bool | None:
         """Add one call's delta. Returns True on the call that raised the suspicion, False on

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -58,6 +57,7 @@ from typing import Callable, Mapping
 from . import _monitor_metrics
 from . import _names as names
 from . import config as config_module
+from ._process import after_fork_in_child
 from .cleanup import CleanupResult, check_trigger, run_cleanup
 from .config import MB, MemoryConfig, parse_interval_s, parse_threshold_mb
 from .errors import ConfigurationError
@@ -583,8 +583,7 @@ def _after_fork_in_child() -> None:
         monitor._after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+after_fork_in_child(_after_fork_in_child)
 
 
 # --- the default monitor -----------------------------------------------------------------------

@@ -27,10 +27,11 @@ import resource
 import sys
 import threading
 import time
-import weakref
 from typing import Callable
 
 import psutil
+
+from ._process import after_fork_in_child_call
 
 _heap_info: Callable[[], object] | None = getattr(psutil, "heap_info", None)
 
@@ -80,15 +81,7 @@ class MemoryProbe:
         self.heap_cost_s = 0.0
         self._statm_fd = self._clear_refs_fd = self._status_fd = -1
         self._open()
-        ref = weakref.ref(self)
-
-        def _reopen_in_child() -> None:
-            probe = ref()
-            if probe is not None:
-                probe._reopen()
-
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_reopen_in_child)
+        after_fork_in_child_call(self, "_reopen")
 
     # --- descriptors -------------------------------------------------------------------------
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -56,6 +55,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import _names as names
 from . import _profile, _telemetry
+from ._process import ProcessDefault, after_fork_in_child
 from ._profile import OperationResult
 from ._sizing import SizeEstimate, estimate_size
 from .config import MB, get_config
@@ -426,27 +426,17 @@ _telemetry.on_change(_register_gauges)
 
 def _reset_locks_in_child() -> None:
     # A fork while another thread held a lock would leave it held forever in the child.
-    global _counter_lock, _default_lock
+    global _counter_lock
     _counter_lock = threading.Lock()
-    _default_lock = threading.Lock()
     for profiler in list(_profilers):
         profiler._lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks_in_child)
+after_fork_in_child(_reset_locks_in_child)
 
-_default_lock = threading.Lock()
-_default: MemoryProfiler | None = None
+_default = ProcessDefault(MemoryProfiler)
 
 
 def get_memory_profiler() -> MemoryProfiler:
     """The process-wide profiler that :class:`~reer_otel_memory.LazyModelLoader` reports to by default."""
-    global _default
-    profiler = _default
-    if profiler is None:
-        with _default_lock:
-            if _default is None:
-                _default = MemoryProfiler()
-            profiler = _default
-    return profiler
+    return _default.get()

@@ -41,7 +41,6 @@ import collections
 import inspect
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -51,6 +50,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import _names as names
 from . import _telemetry
+from ._process import ProcessDefault, after_fork_in_child
 from ._sizing import estimate_size
 from .cleanup import register_cleanup_hook
 from .config import MB
@@ -343,27 +343,17 @@ _telemetry.on_change(_register_gauges)
 
 def _reset_locks_in_child() -> None:
     # A fork while another thread held a lock would leave it held forever in the child.
-    global _counter_lock, _default_lock
+    global _counter_lock
     _counter_lock = threading.Lock()
-    _default_lock = threading.Lock()
     for manager in list(_managers):
         manager._lock = threading.RLock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks_in_child)
+after_fork_in_child(_reset_locks_in_child)
 
-_default_lock = threading.Lock()
-_default: MemoryResourceManager | None = None
+_default = ProcessDefault(MemoryResourceManager)
 
 
 def get_resource_manager() -> MemoryResourceManager:
     """The process-wide resource manager."""
-    global _default
-    manager = _default
-    if manager is None:
-        with _default_lock:
-            if _default is None:
-                _default = MemoryResourceManager()
-            manager = _default
-    return manager
+    return _default.get()

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from ._process import ProcessDefault
 from .config import MB, get_config
 from .leak import LeakDetector, LeakSuspect
 from .levels import MemoryLevel
@@ -142,17 +143,9 @@ class MemoryTracker:
         }
 
 
-_tracker_lock = threading.Lock()
-_tracker: MemoryTracker | None = None
+_default = ProcessDefault(MemoryTracker)
 
 
 def get_memory_tracker() -> MemoryTracker:
     """The process-wide tracker that profiled operations and the default monitor feed."""
-    global _tracker
-    tracker = _tracker
-    if tracker is None:
-        with _tracker_lock:
-            if _tracker is None:
-                _tracker = MemoryTracker()
-            tracker = _tracker
-    return tracker
+    return _default.get()
