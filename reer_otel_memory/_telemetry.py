@@ -8,7 +8,7 @@ the instrumentor and :mod:`reer_otel_memory.testing` use it.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -74,6 +74,7 @@ class Telemetry:
         )
         self._gauge_lock = threading.Lock()
         self._registered: set[str] = set()
+        self._counters: dict[str, Any] = {}
 
     def add_operation_net(self, operation: str, delta_bytes: int) -> None:
         """Add one call's RSS delta to its operation's running sum (bounded to 1000 operations)."""
@@ -106,9 +107,16 @@ class Telemetry:
             self._registered.add(name)
         self.meter.create_observable_gauge(name, callbacks=[callback], unit=unit, description=description)
 
-    def counter(self, metric: tuple[str, str, str]):
+    def counter(self, metric: tuple[str, str, str]) -> Any:
+        """The counter for ``metric`` on this Telemetry's meter, created on first use."""
         name, unit, description = metric
-        return self.meter.create_counter(name, unit=unit, description=description)
+        counter = self._counters.get(name)
+        if counter is None:
+            with self._gauge_lock:
+                counter = self._counters.get(name)
+                if counter is None:
+                    counter = self._counters[name] = self.meter.create_counter(name, unit=unit, description=description)
+        return counter
 
 
 _lock = threading.Lock()

@@ -237,7 +237,7 @@ class MemoryProfiler:
             stats.size_truncated = size.truncated
             stats.model_ref = model_ref
         try:
-            _loads_counter().add(1, {names.LABEL_MODEL: model_name})
+            _telemetry.current().counter(names.METRIC_MODEL_LOADS).add(1, {names.LABEL_MODEL: model_name})
         except Exception as exc:  # a metrics failure must not fail the load
             logger.debug("could not count the load of %r: %r", model_name, exc)
         return model
@@ -391,21 +391,6 @@ def _check_number(name: str, value: object, minimum: float, exclusive: bool = Fa
 # --- metrics -----------------------------------------------------------------------------------
 
 _profilers: "weakref.WeakSet[MemoryProfiler]" = weakref.WeakSet()
-_counter_lock = threading.Lock()
-_counter_binding: tuple[_telemetry.Telemetry, Any] | None = None
-
-
-def _loads_counter() -> Any:
-    """The model-loads counter on the Telemetry in force (created once per Telemetry)."""
-    global _counter_binding
-    telemetry = _telemetry.current()
-    binding = _counter_binding
-    if binding is None or binding[0] is not telemetry:
-        with _counter_lock:
-            binding = _counter_binding
-            if binding is None or binding[0] is not telemetry:
-                binding = _counter_binding = (telemetry, telemetry.counter(names.METRIC_MODEL_LOADS))
-    return binding[1]
 
 
 def _observe_model_sizes(options: CallbackOptions) -> Iterable[Observation]:
@@ -426,8 +411,6 @@ _telemetry.on_change(_register_gauges)
 
 def _reset_locks_in_child() -> None:
     # A fork while another thread held a lock would leave it held forever in the child.
-    global _counter_lock
-    _counter_lock = threading.Lock()
     for profiler in list(_profilers):
         profiler._lock = threading.Lock()
 

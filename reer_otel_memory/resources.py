@@ -246,7 +246,7 @@ class MemoryResourceManager:
                 callback()
         del resource
         try:
-            _cleanups_counter().add(1, {names.LABEL_TRIGGER: trigger})
+            _telemetry.current().counter(names.METRIC_RESOURCE_CLEANUPS).add(1, {names.LABEL_TRIGGER: trigger})
         except Exception as exc:  # a metrics failure must not fail the cleanup
             logger.debug("could not count the cleanup of %r: %r", name, exc)
         return True
@@ -303,22 +303,6 @@ def release_resources_under_pressure() -> int:
 
 # --- metrics -----------------------------------------------------------------------------------
 
-_counter_lock = threading.Lock()
-_counter_binding: tuple[_telemetry.Telemetry, Any] | None = None
-
-
-def _cleanups_counter() -> Any:
-    """The resource-cleanups counter on the Telemetry in force (created once per Telemetry)."""
-    global _counter_binding
-    telemetry = _telemetry.current()
-    binding = _counter_binding
-    if binding is None or binding[0] is not telemetry:
-        with _counter_lock:
-            binding = _counter_binding
-            if binding is None or binding[0] is not telemetry:
-                binding = _counter_binding = (telemetry, telemetry.counter(names.METRIC_RESOURCE_CLEANUPS))
-    return binding[1]
-
 
 def _observe_count(options: CallbackOptions) -> Iterable[Observation]:
     return [Observation(sum(len(manager._alive_entries()) for manager in list(_managers)))]
@@ -343,8 +327,6 @@ _telemetry.on_change(_register_gauges)
 
 def _reset_locks_in_child() -> None:
     # A fork while another thread held a lock would leave it held forever in the child.
-    global _counter_lock
-    _counter_lock = threading.Lock()
     for manager in list(_managers):
         manager._lock = threading.RLock()
 
