@@ -137,59 +137,62 @@ class _Operation:
         self.started = time.perf_counter()
 
     def finish(self, exc: BaseException | None) -> OperationResult:
-        duration = time.perf_counter() - self.started
-        result = self.result
-        if self.heap_start is not None:
-            heap_end = PROBE.heap_bytes()
-            if heap_end is not None:
-                result.heap_delta = heap_end - self.heap_start
-        rss_end = result.rss_end = PROBE.rss_bytes()
-        peak = result.rss_peak = PROBE.end_peak(self.window, rss_end)
-        level = result.level = get_config().level_for(rss_end)
-        result.duration_s = duration
-        delta = rss_end - result.rss_start
-        _remember_duration(self.name, duration)
-
-        tracker = get_memory_tracker()
-        tracker.record_operation(self.name, rss_end, level)
-        raised = tracker.leak_detector.observe(self.name, delta, result.heap_delta)
-        suspected = result.leak_suspected = tracker.leak_detector.is_suspected(self.name)
-
         span = self.span
-        if span is not None and span.is_recording():
-            attributes = {
-                names.ATTR_OPERATION: self.name,
-                names.ATTR_RSS_START: result.rss_start,
-                names.ATTR_RSS_END: rss_end,
-                names.ATTR_RSS_DELTA: delta,
-                names.ATTR_LEVEL: level.value,
-            }
-            if self.function is not None:
-                attributes[names.ATTR_FUNCTION] = self.function
+        try:
+            duration = time.perf_counter() - self.started
+            result = self.result
+            if self.heap_start is not None:
+                heap_end = PROBE.heap_bytes()
+                if heap_end is not None:
+                    result.heap_delta = heap_end - self.heap_start
+            rss_end = result.rss_end = PROBE.rss_bytes()
+            peak = result.rss_peak = PROBE.end_peak(self.window, rss_end)
+            level = result.level = get_config().level_for(rss_end)
+            result.duration_s = duration
+            delta = rss_end - result.rss_start
+            _remember_duration(self.name, duration)
+
+            tracker = get_memory_tracker()
+            tracker.record_operation(self.name, rss_end, level)
+            raised = tracker.leak_detector.observe(self.name, delta, result.heap_delta)
+            suspected = result.leak_suspected = tracker.leak_detector.is_suspected(self.name)
+
+            if span is not None and span.is_recording():
+                attributes = {
+                    names.ATTR_OPERATION: self.name,
+                    names.ATTR_RSS_START: result.rss_start,
+                    names.ATTR_RSS_END: rss_end,
+                    names.ATTR_RSS_DELTA: delta,
+                    names.ATTR_LEVEL: level.value,
+                }
+                if self.function is not None:
+                    attributes[names.ATTR_FUNCTION] = self.function
+                if peak is not None:
+                    attributes[names.ATTR_RSS_PEAK] = peak
+                if result.heap_delta is not None:
+                    attributes[names.ATTR_HEAP_DELTA] = result.heap_delta
+                if suspected:
+                    attributes[names.ATTR_LEAK_SUSPECTED] = True
+                span.set_attributes(attributes)
+                if raised:
+                    span.add_event(
+                        names.EVENT_LEAK_SUSPECTED,
+                        {names.ATTR_OPERATION: self.name, names.ATTR_LEAK_BYTES_PER_CALL: tracker.leak_detector.bytes_per_call(self.name)},
+                    )
+                if exc is not None:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            telemetry = self.telemetry
+            metric_attributes = self.metric_attributes
+            telemetry.operation_duration.record(duration, metric_attributes)
+            telemetry.add_operation_net(self.name, delta)
             if peak is not None:
-                attributes[names.ATTR_RSS_PEAK] = peak
-            if result.heap_delta is not None:
-                attributes[names.ATTR_HEAP_DELTA] = result.heap_delta
-            if suspected:
-                attributes[names.ATTR_LEAK_SUSPECTED] = True
-            span.set_attributes(attributes)
-            if raised:
-                span.add_event(
-                    names.EVENT_LEAK_SUSPECTED,
-                    {names.ATTR_OPERATION: self.name, names.ATTR_LEAK_BYTES_PER_CALL: tracker.leak_detector.bytes_per_call(self.name)},
-                )
-            if exc is not None:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        telemetry = self.telemetry
-        metric_attributes = self.metric_attributes
-        telemetry.operation_duration.record(duration, metric_attributes)
-        telemetry.add_operation_net(self.name, delta)
-        if peak is not None:
-            telemetry.operation_peak.record(max(0, peak - result.rss_start), metric_attributes)
-        if self.owns_span and span is not None:
-            span.end()
-        return result
+                telemetry.operation_peak.record(max(0, peak - result.rss_start), metric_attributes)
+        finally:
+            # Even if a measurement failed, the span must end, or it never reaches an exporter.
+            if self.owns_span and span is not None:
+                span.end()
+        return self.result
 
 
 def _begin(name: str, function: str | None, metric_attributes: Mapping[str, str], heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None) -> _Operation | None:
@@ -211,16 +214,31 @@ def _end(operation: _Operation | None, exc: BaseException | None) -> None:
         _log_failure("finishing a profiled operation", failure)
 
 
+def _light_start() -> int:
+    """RSS at the start of an operation measured without an SDK (0 if it cannot be read)."""
+    try:
+        return PROBE.rss_bytes()
+    except Exception as exc:  # instrumentation must never break the host's call
+        _log_failure("reading RSS", exc)
+        return 0
+
+
 def _light(name: str, rss_start: int) -> int:
     """No SDK: keep the tracker and leak detection fed with two RSS reads and nothing else.
 
-    About 2 us on top of the two reads. Returns the RSS at the end.
+    About 2 us on top of the two reads. Returns the RSS at the end (the start if unreadable).
+    Runs in ``finally`` blocks, so it never raises.
     """
-    rss_end = PROBE.rss_bytes()
-    tracker = get_memory_tracker()
-    tracker.record_operation(name, rss_end, get_config().level_for(rss_end))
-    tracker.leak_detector.observe(name, rss_end - rss_start)
-    return rss_end
+    try:
+        rss_end = PROBE.rss_bytes()
+        if rss_start:
+            tracker = get_memory_tracker()
+            tracker.record_operation(name, rss_end, get_config().level_for(rss_end))
+            tracker.leak_detector.observe(name, rss_end - rss_start)
+        return rss_end
+    except Exception as exc:
+        _log_failure("recording a profiled operation", exc)
+        return rss_start
 
 
 @overload
@@ -275,7 +293,7 @@ def memory_profile(
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 # Without an SDK the same loop runs, unmeasured: asend/athrow must still reach
                 # the wrapped generator (an ``async for`` here would drop them).
-                light_start = None if _telemetry._current.recording() else PROBE.rss_bytes()
+                light_start = None if _telemetry._current.recording() else _light_start()
                 operation = None if light_start is not None else _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 agen = func(*args, **kwargs)
                 ctx = operation.context if operation is not None else None
@@ -321,7 +339,7 @@ def memory_profile(
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if not _telemetry._current.recording():
-                    rss_start = PROBE.rss_bytes()
+                    rss_start = _light_start()
                     try:
                         return (yield from func(*args, **kwargs))
                     finally:
@@ -368,7 +386,7 @@ def memory_profile(
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if not _telemetry._current.recording():
-                    rss_start = PROBE.rss_bytes()
+                    rss_start = _light_start()
                     try:
                         return await func(*args, **kwargs)
                     finally:
@@ -392,7 +410,7 @@ def memory_profile(
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not _telemetry._current.recording():
-                rss_start = PROBE.rss_bytes()
+                rss_start = _light_start()
                 try:
                     return func(*args, **kwargs)
                 finally:
@@ -458,7 +476,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     def __enter__(self) -> "memory_context":
         if not _telemetry._current.recording():
             self._light_started = time.perf_counter()
-            self._light_start = PROBE.rss_bytes()
+            self._light_start = _light_start()
             return self
         self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes)
         if self._operation is not None and self._operation.context is not None:

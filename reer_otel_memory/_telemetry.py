@@ -17,7 +17,7 @@ from opentelemetry.trace import TracerProvider
 from opentelemetry.metrics import _internal as _metrics_internal
 
 from . import _names as names
-from ._process import after_fork_in_child
+from ._process import after_fork_in_child, after_fork_in_child_call
 from ._version import __version__
 
 #: Histogram buckets for bytes: 64 KiB to 16 GiB in steps of 4x.
@@ -75,6 +75,12 @@ class Telemetry:
         self._gauge_lock = threading.Lock()
         self._registered: set[str] = set()
         self._counters: dict[str, Any] = {}
+        after_fork_in_child_call(self, "_new_locks")
+
+    def _new_locks(self) -> None:
+        # Another thread may have held one when the process forked.
+        self._gauge_lock = threading.Lock()
+        self._net_lock = threading.Lock()
 
     def add_operation_net(self, operation: str, delta_bytes: int) -> None:
         """Add one call's RSS delta to its operation's running sum (bounded to 1000 operations)."""

@@ -11,6 +11,7 @@ the variable or argument, the value and what was expected.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -25,6 +26,8 @@ from . import _names as names
 from ._process import after_fork_in_child
 from .errors import ConfigurationError
 from .levels import MemoryLevel
+
+logger = logging.getLogger("reer_otel_memory.config")
 
 MB = 1024 * 1024
 
@@ -319,14 +322,58 @@ _current: MemoryConfig | None = None
 _listeners: list[Callable[[MemoryConfig], None]] = []
 
 
+def load_config_with_fallbacks(environ: Mapping[str, str] | None = None) -> tuple[MemoryConfig, str | None]:
+    """The configuration ``environ`` describes, bad values replaced by defaults, and what was wrong.
+
+    Never raises: for code that must not stop its host (the decorator, auto-instrumentation).
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        return load_config(environ), None
+    except ConfigurationError as exc:
+        first_error = exc
+    limit = effective_memory_limit()
+    problems: list[str] = []
+    usable = dict(environ)
+    for var in (names.ENV_ALERT_MB, names.ENV_CLEANUP_MB, names.ENV_CRITICAL_MB, names.ENV_MONITORING_INTERVAL):
+        raw = environ.get(var)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            if var == names.ENV_MONITORING_INTERVAL:
+                parse_interval_s(var, raw)
+            else:
+                parse_threshold_mb(var, raw, limit)
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+            usable.pop(var)
+    if problems:
+        replaced = sorted(set(environ) - set(usable))
+        try:
+            config = load_config(usable, limit=limit)
+            return config, "; ".join(problems) + f"; using the default for {' and '.join(replaced)} instead"
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+    else:
+        problems.append(str(first_error))
+    return default_config(limit), "; ".join(problems) + "; using the default thresholds and interval instead"
+
+
 def get_config() -> MemoryConfig:
-    """The process-wide configuration, read from the environment on first use."""
+    """The process-wide configuration, read from the environment on first use.
+
+    Profiled calls and the monitor read it, so it never raises: a bad ``REER_MEMORY_*`` value
+    logs one error line naming it and falls back to the default for that value (or for all of
+    them when the rest are out of order). :func:`load_config` raises instead.
+    """
     global _current
     config = _current
     if config is None:
         with _lock:
             if _current is None:
-                _current = load_config()
+                _current, problem = load_config_with_fallbacks()
+                if problem is not None:
+                    logger.error("reer_otel_memory: %s", problem)
             config = _current
     return config
 

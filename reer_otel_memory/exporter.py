@@ -54,6 +54,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReade
 from . import _names as names
 from . import _telemetry
 from ._exposition import CONTENT_TYPE, OpenTelemetryText
+from ._process import after_fork_in_child
 from .errors import ConfigurationError
 
 logger = logging.getLogger("reer_otel_memory.exporter")
@@ -140,6 +141,18 @@ class _Pipeline:
 
 _lock = threading.Lock()
 _pipeline: _Pipeline | None = None
+
+
+def _after_fork_in_child() -> None:
+    # The /metrics threads are gone in a child; the locks may have been held by them.
+    global _lock
+    _lock = threading.Lock()
+    pipeline = _pipeline
+    if pipeline is not None and pipeline.reader is not None:
+        pipeline.reader._lock = threading.Lock()
+
+
+after_fork_in_child(_after_fork_in_child)
 
 
 class _MetricsServer(ThreadingHTTPServer):

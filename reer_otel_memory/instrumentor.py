@@ -56,7 +56,7 @@ import signal
 import threading
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Mapping
+from typing import Any, Callable, Collection, Iterable
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from wrapt import register_post_import_hook
@@ -64,16 +64,7 @@ from wrapt import register_post_import_hook
 from . import _names as names
 from . import _telemetry
 from ._profile import memory_profile
-from .config import (
-    MemoryConfig,
-    default_config,
-    effective_memory_limit,
-    get_config,
-    load_config,
-    parse_interval_s,
-    parse_threshold_mb,
-    set_config,
-)
+from .config import get_config
 from .errors import ConfigurationError
 from .package import _instruments
 
@@ -168,39 +159,6 @@ def parse_signal(value: object, name: str = names.ENV_EMERGENCY_SIGNAL) -> signa
             f"{int(signal.SIGUSR1)}, or 'off'"
         )
     return found
-
-
-def _config_with_fallbacks(environ: Mapping[str, str]) -> tuple[MemoryConfig, str | None]:
-    """The configuration ``environ`` describes, bad values replaced by defaults, and what was wrong."""
-    try:
-        return load_config(environ), None
-    except ConfigurationError as exc:
-        first_error = exc
-    limit = effective_memory_limit()
-    problems: list[str] = []
-    usable = dict(environ)
-    for var in (names.ENV_ALERT_MB, names.ENV_CLEANUP_MB, names.ENV_CRITICAL_MB, names.ENV_MONITORING_INTERVAL):
-        raw = environ.get(var)
-        if raw is None or not raw.strip():
-            continue
-        try:
-            if var == names.ENV_MONITORING_INTERVAL:
-                parse_interval_s(var, raw)
-            else:
-                parse_threshold_mb(var, raw, limit)
-        except ConfigurationError as exc:
-            problems.append(str(exc))
-            usable.pop(var)
-    if problems:
-        replaced = sorted(set(environ) - set(usable))
-        try:
-            config = load_config(usable, limit=limit)
-            return config, "; ".join(problems) + f"; using the default for {' and '.join(replaced)} instead"
-        except ConfigurationError as exc:
-            problems.append(str(exc))
-    else:
-        problems.append(str(first_error))
-    return default_config(limit), "; ".join(problems) + "; using the default thresholds and interval instead"
 
 
 # --- wrapping ------------------------------------------------------------------------------
@@ -409,12 +367,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     @staticmethod
     def _ensure_config() -> None:
         """Make sure the process-wide configuration is usable before the monitor reads it."""
-        try:
-            get_config()
-        except ConfigurationError:
-            config, problem = _config_with_fallbacks(os.environ)
-            logger.error("%s: %s", _LOG_PREFIX, problem)
-            set_config(config)
+        get_config()  # a bad REER_MEMORY_* logs one line and falls back (see config.get_config)
 
     def _start_monitor(self, start: bool) -> None:
         try:

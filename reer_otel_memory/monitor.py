@@ -598,11 +598,7 @@ def get_memory_monitor() -> MemoryMonitor:
     monitor = _default
     if monitor is not None:
         return monitor
-    try:
-        config_module.get_config()
-    except ConfigurationError as exc:
-        logger.error("reer_otel_memory: %s; using the default thresholds instead", exc)
-        config_module.set_config(config_module.default_config())
+    config_module.get_config()  # a bad REER_MEMORY_* logs one line and falls back to defaults
     with _default_lock:
         if _default is None:
             _default = MemoryMonitor()

@@ -16,6 +16,13 @@ This is the hot path of everything else, so each read is a single cheap system c
   ``/proc/self/status`` (about 7 us), and once it finds a stale value it reads ``VmHWM``
   from then on. Where no peak can be measured, :meth:`end_peak` returns ``None``.
 
+Resetting the mark is visible to the whole process: ``VmHWM``, ``getrusage().ru_maxrss`` and
+a parent's ``wait4()`` (``/usr/bin/time -v``) then report the peak since the latest reset.
+``reer.memory.peak_rss`` keeps the true lifetime peak. Where something depends on the kernel's
+own figure, ``REER_MEMORY_RESET_PEAK=0`` (or ``MemoryProbe(reset_high_water=False)``) leaves
+it alone; peaks are then reported only where they are still exact (an operation that set a
+new high-water mark, or never rose above its start and end).
+
 Elsewhere the probe uses psutil and reports no peak. Descriptors are reopened in a forked
 child, so a child reads its own memory.
 """
@@ -27,10 +34,11 @@ import resource
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import psutil
 
+from . import _names as names
 from ._process import after_fork_in_child_call
 
 _heap_info: Callable[[], object] | None = getattr(psutil, "heap_info", None)
@@ -71,8 +79,9 @@ class MemoryProbe:
     tests and unusual systems can point it elsewhere.
     """
 
-    def __init__(self, proc_self: str = "/proc/self") -> None:
+    def __init__(self, proc_self: str = "/proc/self", *, reset_high_water: bool = True) -> None:
         self._proc_self = proc_self
+        self._reset_high_water = reset_high_water
         self._page_size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self._lock = threading.Lock()
         self._active: set[PeakWindow] = set()
@@ -94,8 +103,17 @@ class MemoryProbe:
 
         self._statm_fd = try_open("statm", os.O_RDONLY)
         self._status_fd = try_open("status", os.O_RDONLY)
-        self._clear_refs_fd = try_open("clear_refs", os.O_WRONLY)
+        self._clear_refs_fd = try_open("clear_refs", os.O_WRONLY) if self._reset_high_water else -1
         if self._clear_refs_fd >= 0:
+            # The test write below resets the mark: keep what the process reached before it,
+            # so the lifetime peak (the peak_rss gauge) covers the time before this probe.
+            try:
+                before = resource.getrusage(_RUSAGE_WHO).ru_maxrss * 1024
+                if self._status_fd >= 0:
+                    before = min(before, self._vmhwm_bytes())  # ru_maxrss may hold a stale thread peak
+                self._lifetime_peak_bytes = max(self._lifetime_peak_bytes, before)
+            except (OSError, ValueError):
+                pass
             try:
                 os.pwrite(self._clear_refs_fd, b"5", 0)
             except OSError:
@@ -119,6 +137,7 @@ class MemoryProbe:
                 except OSError:
                     pass
         self._lock = threading.Lock()
+        self._lifetime_peak_bytes = 0  # the child's own, seeded again by _open()
         # Windows of other threads never end in the child; the forking thread's own windows
         # still end correctly without being in the set.
         self._active = set()
@@ -269,5 +288,10 @@ class MemoryProbe:
         return hwm if hwm > floor else floor
 
 
-#: The process-wide probe.
-PROBE = MemoryProbe()
+def _reset_wanted(environ: Mapping[str, str]) -> bool:
+    raw = environ.get(names.ENV_RESET_PEAK, "").strip().lower()
+    return raw not in ("0", "false", "no", "off")
+
+
+#: The process-wide probe (``REER_MEMORY_RESET_PEAK=0``: never reset the kernel's mark).
+PROBE = MemoryProbe(reset_high_water=_reset_wanted(os.environ))

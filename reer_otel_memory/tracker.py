@@ -66,8 +66,8 @@ class MemoryTracker:
     """Keeps recent snapshots and per-operation leak statistics for one process."""
 
     def __init__(self, max_snapshots: int = 1000, probe: MemoryProbe = PROBE, leak_detector: LeakDetector | None = None) -> None:
-        if max_snapshots <= 0:
-            raise ValueError(f"max_snapshots={max_snapshots!r}: expected a positive number of snapshots")
+        if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int) or max_snapshots <= 0:
+            raise ValueError(f"MemoryTracker(max_snapshots={max_snapshots!r}): expected a whole number of snapshots >= 1")
         self._probe = probe
         self._snapshots: collections.deque[MemorySnapshot] = collections.deque(maxlen=max_snapshots)
         self._lock = threading.Lock()
