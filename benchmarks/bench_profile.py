@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import statistics
 import subprocess
@@ -90,10 +91,22 @@ def _with_sdk(with_metrics: bool) -> dict[str, float]:
     return medians
 
 
+def _in_fresh_interpreter(expression: str) -> dict[str, float]:
+    """Evaluate ``expression`` (medians as a dict) in a new interpreter.
+
+    A fresh heap for every figure: the heap read costs more the more fragmented the heap is,
+    and earlier benchmarks in this process would leave theirs behind.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = f"import json, sys; sys.path.insert(0, {root!r}); from benchmarks import bench_profile as b; print(json.dumps({expression}))"
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _sdk_figures() -> list[Figure]:
     bare = "bare start_as_current_span + 8 attributes"
-    tracing = _with_sdk(with_metrics=False)
-    both = _with_sdk(with_metrics=True)
+    tracing = _in_fresh_interpreter("b._with_sdk(with_metrics=False)")
+    both = _in_fresh_interpreter("b._with_sdk(with_metrics=True)")
     return [
         Figure("decorated no-op, tracing SDK (adaptive heap)", tracing["decorated"], "us/call",
                bare, tracing["bare"], "<= 1.5x"),
@@ -105,30 +118,22 @@ def _sdk_figures() -> list[Figure]:
     ]
 
 
-_NO_SDK_SCRIPT = r"""
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from benchmarks.bench_profile import interleaved
-from reer_otel_memory import memory_profile
+def _no_sdk_medians() -> dict[str, float]:
+    from reer_otel_memory import memory_profile
 
-def plain():
-    pass
+    def plain() -> None:
+        pass
 
-@memory_profile(operation_name="noop")
-def decorated():
-    pass
+    @memory_profile(operation_name="noop")
+    def decorated() -> None:
+        pass
 
-print(json.dumps(interleaved({"plain": plain, "decorated": decorated})))
-"""
+    return interleaved({"plain": plain, "decorated": decorated})
 
 
 def _without_sdk() -> list[Figure]:
     # A fresh interpreter: once a global SDK provider is set it cannot be unset.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", _NO_SDK_SCRIPT, root], check=True, capture_output=True, text=True)
-    import json
-
-    medians = json.loads(out.stdout.strip().splitlines()[-1])
+    medians = _in_fresh_interpreter("b._no_sdk_medians()")
     extra = medians["decorated"] - medians["plain"]
     return [
         Figure("decorated no-op, no SDK configured", medians["decorated"], "us/call",
