@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 # The shipped alert rules, dashboard and examples under deploy/, from the generators.
 deploy: $(STAMP)
-	$(PY) -c 'from reer_otel_memory import dashboards, rules; rules.write_deploy_files("deploy"); dashboards.write_deploy_files("deploy")'
+	$(PY) -c 'from reer_otel_memory import deploy; deploy.write_deploy_files("deploy")'
 
 clean:
 	rm -rf $(VENV) build *.egg-info

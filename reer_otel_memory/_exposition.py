@@ -31,22 +31,22 @@ _label_blocks: dict[tuple[tuple[str, str], ...], str] = {}
 _label_names: dict[str, str] = {}
 
 
-def _metric_name(name: str) -> str:
-    escaped = _metric_names.get(name)
+def _escaped(cache: dict[str, str], escape: Any, name: str) -> str:
+    """``escape(name)`` as prometheus_client does it, remembered (names repeat on every line)."""
+    escaped = cache.get(name)
     if escaped is None:
-        escaped = _openmetrics.escape_metric_name(name, _openmetrics.UNDERSCORES)
-        if len(_metric_names) < _MAX_CACHED_NAMES:
-            _metric_names[name] = escaped
+        escaped = escape(name, _openmetrics.UNDERSCORES)
+        if len(cache) < _MAX_CACHED_NAMES:
+            cache[name] = escaped
     return escaped
+
+
+def _metric_name(name: str) -> str:
+    return _escaped(_metric_names, _openmetrics.escape_metric_name, name)
 
 
 def _label_name(name: str) -> str:
-    escaped = _label_names.get(name)
-    if escaped is None:
-        escaped = _openmetrics.escape_label_name(name, _openmetrics.UNDERSCORES)
-        if len(_label_names) < _MAX_CACHED_NAMES:
-            _label_names[name] = escaped
-    return escaped
+    return _escaped(_label_names, _openmetrics.escape_label_name, name)
 
 
 def _go_float(value: float) -> str:

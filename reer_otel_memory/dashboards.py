@@ -24,14 +24,12 @@ Firing ``ReerMemory*`` alerts show as annotations. Render it with
     open("reer-memory-dashboard.json", "w").write(render_dashboard())
 
 ``deploy/grafana/`` holds the rendered dashboard and provisioning examples; ``make deploy``
-regenerates them (:func:`write_deploy_files`).
+regenerates them (:func:`reer_otel_memory.deploy.write_deploy_files`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any, Iterable
 
 from . import _series as series
@@ -511,14 +509,3 @@ def deploy_files() -> dict[str, str]:
     files = {f"grafana/{DASHBOARD_FILENAME}": render_dashboard()}
     files.update({f"grafana/{path}": text for path, text in provisioning_files().items()})
     return files
-
-
-def write_deploy_files(deploy_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write :func:`deploy_files` under ``deploy_dir``; returns the paths written."""
-    written = []
-    for relative, text in deploy_files().items():
-        path = Path(deploy_dir) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written

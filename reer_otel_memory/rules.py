@@ -34,14 +34,12 @@ Render them with ``reer-otel-memory rules [--static] [--output FILE]`` or::
     open("reer-memory-rules.yml", "w").write(render_rules())
 
 ``deploy/prometheus/`` holds the rendered rules and an example ``prometheus.yml``;
-``make deploy`` regenerates them (:func:`write_deploy_files`).
+``make deploy`` regenerates them (:func:`reer_otel_memory.deploy.write_deploy_files`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import _names as names
@@ -283,14 +281,3 @@ def deploy_files() -> dict[str, str]:
             alertmanagers=("127.0.0.1:9093",),
         ),
     }
-
-
-def write_deploy_files(deploy_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write :func:`deploy_files` under ``deploy_dir``; returns the paths written."""
-    written = []
-    for relative, text in deploy_files().items():
-        path = Path(deploy_dir) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written
