@@ -183,11 +183,12 @@ class _Operation:
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             telemetry = self.telemetry
-            metric_attributes = self.metric_attributes
-            telemetry.operation_duration.record(duration, metric_attributes)
-            telemetry.add_operation_net(self.name, delta)
-            if peak is not None:
-                telemetry.operation_peak.record(max(0, peak - result.rss_start), metric_attributes)
+            if telemetry.metrics_recording():
+                metric_attributes = self.metric_attributes
+                telemetry.operation_duration.record(duration, metric_attributes)
+                telemetry.add_operation_net(self.name, delta)
+                if peak is not None:
+                    telemetry.operation_peak.record(max(0, peak - result.rss_start), metric_attributes)
         finally:
             # Even if a measurement failed, the span must end, or it never reaches an exporter.
             if self.owns_span and span is not None:

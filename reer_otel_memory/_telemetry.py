@@ -43,6 +43,13 @@ def _global_sdk_configured() -> bool:
     return tracer_provider is not None or meter_provider is not None
 
 
+def _global_meter_configured() -> bool:
+    meter_provider = getattr(_metrics_internal, "_METER_PROVIDER", _MISSING)
+    if meter_provider is _MISSING:
+        return not isinstance(metrics.get_meter_provider(), _metrics_internal._ProxyMeterProvider)  # noqa: SLF001
+    return meter_provider is not None
+
+
 class Telemetry:
     """A tracer plus the profiled-operation instruments, from one pair of providers."""
 
@@ -56,6 +63,7 @@ class Telemetry:
         self.tracer = trace.get_tracer(names.INSTRUMENTATION_SCOPE, __version__, tracer_provider=tracer_provider)
         self.meter = metrics.get_meter(names.INSTRUMENTATION_SCOPE, __version__, meter_provider=meter_provider)
         self._sdk = tracer_provider is not None or meter_provider is not None
+        self._metrics = meter_provider is not None
         name, unit, description = names.METRIC_OPERATION_PEAK
         self.operation_peak = self.meter.create_histogram(
             name, unit=unit, description=description, explicit_bucket_boundaries_advisory=BYTES_BUCKETS
@@ -93,6 +101,17 @@ class Telemetry:
 
     def _observe_operation_net(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(value, {names.LABEL_OPERATION: op}) for op, value in list(self.operation_net_bytes.items())]
+
+    def metrics_recording(self) -> bool:
+        """True once this Telemetry's meter is a real SDK meter (explicit, or the global one set).
+
+        Until then the instruments are the API's no-op proxies: the hot path skips them.
+        """
+        if self._metrics:
+            return True
+        if self.meter_provider is not None or _global_meter_configured():
+            self._metrics = True
+        return self._metrics
 
     def recording(self) -> bool:
         """True once an SDK is configured (global or explicit): then spans and metrics are kept."""
