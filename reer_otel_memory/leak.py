@@ -124,6 +124,10 @@ class LeakDetector:
         if calls % self.check_every or len(history.deltas) < self.min_samples:
             return None
         with self._lock:
+            if operation in self._ops:
+                # Operations still being called move to the back, so eviction (past
+                # max_operations names) drops the ones not seen for longest.
+                self._ops.move_to_end(operation)
             suspected, per_call = self._judge(history.deltas)
             heap_deltas = history.heap_deltas
             if heap_deltas is not None and len(heap_deltas) >= self.min_samples:

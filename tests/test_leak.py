@@ -220,3 +220,12 @@ def test_operations_are_bounded():
     assert len(detector.states()) <= 50
     assert detector.bytes_per_call("op-0") == 0
     assert not detector.is_suspected("never-seen")
+
+
+def test_an_operation_still_being_called_survives_a_stream_of_new_names():
+    detector = LeakDetector(max_operations=50)
+    for call in range(400):
+        detector.observe("hot", 256 * KiB)
+        detector.observe(f"one-off-{call}", 0)
+    assert detector.is_suspected("hot")  # its history was never evicted by the one-off names
+    assert len(detector.states()) <= 50
