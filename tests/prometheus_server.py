@@ -4,6 +4,8 @@
         wait_for(lambda: prom.query("reer_memory_rss_bytes"))
         prom.alerts()
 
+``alertmanagers`` (``host:port`` strings) adds an ``alerting`` section sending alerts there.
+
 The configuration comes from :func:`reer_otel_memory.rules.render_prometheus_config`, so the
 example configuration the package ships is the one exercised here.
 """
@@ -52,6 +54,7 @@ class PrometheusServer:
         binary: str = "prometheus",
         job: str = JOB,
         interval_s: float = INTERVAL_S,
+        alertmanagers: Sequence[str] = (),
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +73,7 @@ class PrometheusServer:
                 job=job,
                 scrape_interval_s=interval_s,
                 evaluation_interval_s=interval_s,
+                alertmanagers=list(alertmanagers),
             )
         )
         self.port = 0
