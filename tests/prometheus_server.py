@@ -42,70 +42,42 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class PrometheusServer:
-    """One ``prometheus`` process scraping ``targets`` with ``rules_text`` loaded."""
+class ServerProcess:
+    """A server binary on a reserved loopback port: started with retries, ready once
+    ``/-/ready`` answers (polled with a deadline), stopped on exit. Subclasses give the command."""
 
-    def __init__(
-        self,
-        workdir: Path,
-        targets: Sequence[str],
-        rules_text: str | None = None,
-        *,
-        binary: str = "prometheus",
-        job: str = JOB,
-        interval_s: float = INTERVAL_S,
-        alertmanagers: Sequence[str] = (),
-    ) -> None:
+    name = "server"
+
+    def __init__(self, workdir: Path, binary: str) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.binary = binary
-        self.job = job
-        rule_files: list[str] = []
-        if rules_text is not None:
-            rules_path = self.workdir / "rules.yml"
-            rules_path.write_text(rules_text)
-            rule_files.append(str(rules_path))
-        self.config_path = self.workdir / "prometheus.yml"
-        self.config_path.write_text(
-            render_prometheus_config(
-                list(targets),
-                rule_files=rule_files,
-                job=job,
-                scrape_interval_s=interval_s,
-                evaluation_interval_s=interval_s,
-                alertmanagers=list(alertmanagers),
-            )
-        )
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = self.workdir / "prometheus.log"
+        self.log_path = self.workdir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        """The command line for ``self.port``."""
+        raise NotImplementedError
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}"
 
-    def start(self) -> PrometheusServer:
-        """Start and wait (polling ``/-/ready``) until it serves queries."""
-        for _attempt in range(3):
+    def start(self) -> Any:
+        """Start and wait (polling ``/-/ready``) until it serves requests."""
+        for _attempt in range(3):  # the reserved port may be taken before the server binds it
             self.port = _free_port()
-            storage = self.workdir / f"data-{self.port}"
-            log = open(self.log_path, "ab")
-            self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    f"--config.file={self.config_path}",
-                    f"--storage.tsdb.path={storage}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            log.close()
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
             if self._wait_ready():
                 return self
             self.stop()
-        raise PrometheusError(f"prometheus did not become ready; log:\n{self.log_text()}")
+        raise PrometheusError(f"{self.name} did not become ready; log:\n{self.log_text()}")
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -133,14 +105,59 @@ class PrometheusServer:
             process.kill()
             process.wait(timeout=10)
 
-    def __enter__(self) -> PrometheusServer:
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Any:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+class PrometheusServer(ServerProcess):
+    """One ``prometheus`` process scraping ``targets`` with ``rules_text`` loaded."""
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        workdir: Path,
+        targets: Sequence[str],
+        rules_text: str | None = None,
+        *,
+        binary: str = "prometheus",
+        job: str = JOB,
+        interval_s: float = INTERVAL_S,
+        alertmanagers: Sequence[str] = (),
+    ) -> None:
+        super().__init__(workdir, binary)
+        self.job = job
+        rule_files: list[str] = []
+        if rules_text is not None:
+            rules_path = self.workdir / "rules.yml"
+            rules_path.write_text(rules_text)
+            rule_files.append(str(rules_path))
+        self.config_path = self.workdir / "prometheus.yml"
+        self.config_path.write_text(
+            render_prometheus_config(
+                list(targets),
+                rule_files=rule_files,
+                job=job,
+                scrape_interval_s=interval_s,
+                evaluation_interval_s=interval_s,
+                alertmanagers=list(alertmanagers),
+            )
+        )
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.workdir / f'data-{self.port}'}",
+            f"--web.listen-address={self.address}",
+            "--log.level=warn",
+        ]
 
     # --- HTTP API ---------------------------------------------------------------------------
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
-import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 from conftest import require_binary, wait_for
 from metrics_process import MetricsProcess
-from prometheus_server import PrometheusServer, _free_port
+from prometheus_server import PrometheusServer, ServerProcess
 
 from reer_otel_memory import _names as names
 from reer_otel_memory import rules
@@ -33,7 +31,6 @@ THRESHOLDS_ENV = {names.ENV_ALERT_MB: "1", names.ENV_CLEANUP_MB: "2", names.ENV_
 #: evaluation has reached Alertmanager (and its inhibitor) before the first group is flushed.
 GROUP_WAIT_S = 1.0
 GROUP_INTERVAL_S = 1.0
-READY_TIMEOUT_S = 30.0
 
 
 def amtool_check(config_path: Path) -> subprocess.CompletedProcess[str]:
@@ -112,74 +109,30 @@ class WebhookReceiver:
         self.thread.join(timeout=10)
 
 
-class AlertmanagerServer:
-    """One Alertmanager on an ephemeral 127.0.0.1 port, clustering off, temporary storage."""
+class AlertmanagerServer(ServerProcess):
+    """One ``alertmanager`` process with ``config_text``, clustering off, storage under ``workdir``."""
+
+    name = "alertmanager"
 
     def __init__(self, binary: str, workdir: Path, config_text: str) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / rules.ALERTMANAGER_CONFIG_FILENAME
+        super().__init__(workdir, binary)
+        self.config_path = self.workdir / rules.ALERTMANAGER_CONFIG_FILENAME
         self.config_path.write_text(config_text)
-        self.log_path = workdir / "alertmanager.log"
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> AlertmanagerServer:
-        for _attempt in range(3):  # the reserved port may be taken before Alertmanager binds it
-            self.port = _free_port()
-            with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    [
-                        self.binary,
-                        f"--config.file={self.config_path}",
-                        f"--storage.path={self.workdir / f'data-{self.port}'}",
-                        f"--web.listen-address={self.address}",
-                        "--cluster.listen-address=",
-                        "--log.level=warn",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            if self._wait_ready():
-                return self
-            self.stop()
-        raise RuntimeError(f"alertmanager did not become ready; log:\n{self.log_path.read_text(errors='replace')}")
-
-    def _wait_ready(self) -> bool:
-        assert self.process is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return True
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.05)
-        return False
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.workdir / f'data-{self.port}'}",
+            f"--web.listen-address={self.address}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ]
 
     def alerts(self) -> list[dict[str, Any]]:
         """``/api/v2/alerts``: every alert it holds, active, inhibited or silenced."""
-        with urllib.request.urlopen(f"http://{self.address}/api/v2/alerts", timeout=10) as response:
+        with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=10) as response:
             return json.load(response)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture
