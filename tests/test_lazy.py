@@ -13,19 +13,12 @@ import weakref
 
 import pytest
 
+from _buffers import touched
 from conftest import wait_for
 from reer_otel_memory import LazyModelLoader, MemoryProfiler, run_cleanup
 from reer_otel_memory.lazy import CLEANUP_HOOK_NAME, unload_idle_models
 
 MB = 1024 * 1024
-PAGE = 4096
-
-
-def touched(size_bytes: int) -> bytearray:
-    buffer = bytearray(size_bytes)
-    for offset in range(0, size_bytes, PAGE):
-        buffer[offset] = 1
-    return buffer
 
 
 class Model:

@@ -11,17 +11,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from _buffers import touched
 from reer_otel_memory import MemoryOptimizer
 
 MB = 1024 * 1024
-PAGE = 4096
-
-
-def touched(size_bytes: int) -> bytearray:
-    buffer = bytearray(size_bytes)
-    for offset in range(0, size_bytes, PAGE):
-        buffer[offset] = 1
-    return buffer
 
 
 class Node:

@@ -12,19 +12,11 @@ import numpy as np
 import pytest
 from opentelemetry.trace import StatusCode
 
+from _buffers import touched
 from reer_otel_memory import MemoryProfiler, PROBE, get_memory_profiler
 from reer_otel_memory._sizing import estimate_size
 
 MB = 1024 * 1024
-PAGE = 4096
-
-
-def touched(size_bytes: int) -> bytearray:
-    """A bytearray whose pages are all written, so it is resident."""
-    buffer = bytearray(size_bytes)
-    for offset in range(0, size_bytes, PAGE):
-        buffer[offset] = 1
-    return buffer
 
 
 class Model:
