@@ -16,10 +16,13 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 MB = 1024 * 1024
 
@@ -32,9 +35,22 @@ def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def free_port() -> int:
+    """A loopback port free now, for a server that cannot report the one it picked itself."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def scrape(url: str) -> dict[str, dict[frozenset, float]]:
+    """A ``/metrics`` page parsed: sample name -> {labels (without otel_scope ones): value}."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, dict[frozenset, float]] = defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = frozenset((k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope"))
+            samples[sample.name][labels] = sample.value
+    return samples
 
 
 class Child:

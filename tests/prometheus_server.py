@@ -13,7 +13,6 @@ example configuration the package ships is the one exercised here.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,6 +20,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
+
+from _children import free_port
 
 from reer_otel_memory.rules import render_prometheus_config
 
@@ -32,14 +33,6 @@ JOB = "reer-test"
 
 class PrometheusError(RuntimeError):
     """Prometheus did not start, or answered a query with an error."""
-
-
-def _free_port() -> int:
-    # Prometheus cannot report a port it picked itself, so reserve one and hand it over; the
-    # start is retried if another process takes it in between.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerProcess:
@@ -71,7 +64,7 @@ class ServerProcess:
     def start(self) -> Any:
         """Start and wait (polling ``/-/ready``) until it serves requests."""
         for _attempt in range(3):  # the reserved port may be taken before the server binds it
-            self.port = _free_port()
+            self.port = free_port()
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
             if self._wait_ready():

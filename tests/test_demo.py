@@ -7,14 +7,11 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.request
-from collections import defaultdict
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from reer_otel_memory import _names as names
 from reer_otel_memory._series import COUNTER, HISTOGRAM, label_name, series_name
 
+from _children import scrape
 from conftest import wait_for
 
 ALERTS = series_name(names.METRIC_ALERTS, COUNTER)
@@ -63,18 +60,6 @@ class Demo:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-
-
-def scrape(url: str) -> dict[str, dict[frozenset, float]]:
-    """Sample name -> {labels (without the otel_scope ones): value}."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, dict[frozenset, float]] = defaultdict(dict)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = frozenset((k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope"))
-            samples[sample.name][labels] = sample.value
-    return samples
 
 
 def total(samples: dict[str, dict[frozenset, float]], name: str) -> float:

@@ -7,18 +7,14 @@ import importlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import urllib.request
 import uuid
-from collections import defaultdict
 from pathlib import Path
 
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from reer_otel_memory import _names as names
 from reer_otel_memory import _telemetry
@@ -29,6 +25,7 @@ from reer_otel_memory.instrumentor import MemoryInstrumentor
 from reer_otel_memory.monitor import get_memory_monitor, stop_memory_monitoring
 from reer_otel_memory.testing import TelemetryCapture
 
+from _children import free_port, scrape
 from conftest import wait_for
 
 RSS = series_name(names.METRIC_RSS)
@@ -320,23 +317,6 @@ print("ready", flush=True)
 while not select.select([sys.stdin], [], [], 0.5)[0] or sys.stdin.read(1):
     pass
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def scrape(url: str) -> dict[str, dict[frozenset, float]]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, dict[frozenset, float]] = defaultdict(dict)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = frozenset((k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope"))
-            samples[sample.name][labels] = sample.value
-    return samples
 
 
 class InstrumentedChild:
