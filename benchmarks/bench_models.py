@@ -36,7 +36,7 @@ def _median_us(fn: Callable[[], object], calls: int = CALLS) -> float:
 
 def run() -> list[Figure]:
     from reer_otel_memory import LazyModelLoader, MemoryProfiler
-    from reer_otel_memory._sizing import estimate_size
+    from reer_otel_memory.ml.sizing import estimate_size
 
     model = Model()
     lazy_model = LazyModelLoader(lambda: model, profiler=MemoryProfiler())

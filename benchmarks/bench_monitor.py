@@ -48,7 +48,8 @@ def bare_psutil_sample_cpu_s() -> float:
 
 
 def monitor_cpu() -> dict[str, float]:
-    from reer_otel_memory import MemoryMonitor, MemoryTracker, _monitor_metrics
+    from reer_otel_memory import MemoryMonitor, MemoryTracker
+    from reer_otel_memory.monitoring import metrics as _monitor_metrics
 
     monitor = MemoryMonitor(monitoring_interval=MONITOR_INTERVAL_S, tracker=MemoryTracker())
     idle = threading.Event()
@@ -110,8 +111,8 @@ def scrape_child() -> None:
     from opentelemetry.exporter.prometheus import _CustomCollector
     from prometheus_client.exposition import generate_latest
 
-    from reer_otel_memory import exporter
-    from reer_otel_memory._exposition import OpenTelemetryText
+    from reer_otel_memory.export import endpoint as exporter
+    from reer_otel_memory.export.exposition import OpenTelemetryText
 
     reader = exporter._pipeline.reader
     collect_ms = _cpu_ms(reader.collect)

@@ -15,7 +15,7 @@ Each profiled operation becomes a span with ``reer.memory.*`` attributes and fee
 
 from __future__ import annotations
 
-from ._profile import OperationResult, memory_context, memory_profile
+from .profiling.operations import OperationResult, memory_context, memory_profile
 from ._version import __version__
 from .config import (
     MemoryConfig,
@@ -27,33 +27,37 @@ from .config import (
     setup_memory_limits,
 )
 from .errors import ConfigurationError, ReerMemoryError, TraceStoreError
-from .leak import LeakDetector, LeakSuspect
+from .profiling.leak import LeakDetector, LeakSuspect
 from .levels import MemoryLevel
-from .probe import PROBE, MemoryProbe
-from .tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
+from .profiling.leak import LeakDetector, LeakSuspect
+from .profiling.operations import OperationResult, memory_context, memory_profile
+from .profiling.probe import PROBE, MemoryProbe
+from .profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
+from .profiling.probe import PROBE, MemoryProbe
+from .profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
 
 # Heavier parts load on first use, so importing the package stays cheap for the decorator.
 _LAZY = {
-    "MemoryMonitor": "monitor",
-    "start_memory_monitoring": "monitor",
-    "stop_memory_monitoring": "monitor",
-    "get_memory_monitor": "monitor",
-    "_memory_monitor": "monitor",
-    "setup_emergency_memory_handler": "emergency",
-    "remove_emergency_memory_handler": "emergency",
-    "start_prometheus_exporter": "exporter",
-    "MemoryInstrumentor": "instrumentor",
-    "MemoryProfiler": "profiler",
-    "get_memory_profiler": "profiler",
-    "MemoryOptimizer": "optimizer",
-    "LazyModelLoader": "lazy",
-    "StreamingJSONLReader": "jsonl",
-    "MemoryResourceManager": "resources",
-    "get_resource_manager": "resources",
-    "CleanupResult": "cleanup",
-    "register_cleanup_hook": "cleanup",
-    "unregister_cleanup_hook": "cleanup",
-    "run_cleanup": "cleanup",
+    "MemoryMonitor": "monitoring.monitor",
+    "start_memory_monitoring": "monitoring.monitor",
+    "stop_memory_monitoring": "monitoring.monitor",
+    "get_memory_monitor": "monitoring.monitor",
+    "_memory_monitor": "monitoring.monitor",
+    "setup_emergency_memory_handler": "monitoring.emergency",
+    "remove_emergency_memory_handler": "monitoring.emergency",
+    "start_prometheus_exporter": "export.endpoint",
+    "MemoryInstrumentor": "instrumentation",
+    "MemoryProfiler": "ml.profiler",
+    "get_memory_profiler": "ml.profiler",
+    "MemoryOptimizer": "ml.optimizer",
+    "LazyModelLoader": "ml.lazy",
+    "StreamingJSONLReader": "trace_store.jsonl",
+    "MemoryResourceManager": "ml.resources",
+    "get_resource_manager": "ml.resources",
+    "CleanupResult": "monitoring.cleanup",
+    "register_cleanup_hook": "monitoring.cleanup",
+    "unregister_cleanup_hook": "monitoring.cleanup",
+    "run_cleanup": "monitoring.cleanup",
     "REERTraceStore": "trace_store",
 }
 

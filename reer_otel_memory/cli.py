@@ -26,7 +26,7 @@ from ._version import __version__
 from .config import MB, MemoryConfig, load_config
 from .errors import ConfigurationError
 from .levels import THRESHOLD_LEVELS
-from .probe import PROBE
+from .profiling.probe import PROBE
 
 PROG = "reer-otel-memory"
 
@@ -169,7 +169,7 @@ def _emit(text: str, output: str | None, command: str) -> int:
 
 
 def _run_rules(args: argparse.Namespace) -> int:
-    from .rules import render_rules
+    from .deploy.rules import render_rules
 
     try:
         text = render_rules(static=True, config=load_config()) if args.static else render_rules()
@@ -193,7 +193,7 @@ def _add_rules(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_dashboards(args: argparse.Namespace) -> int:
-    from .dashboards import render_dashboard
+    from .deploy.dashboards import render_dashboard
 
     return _emit(render_dashboard(), args.output, "dashboards")
 

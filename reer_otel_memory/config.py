@@ -27,7 +27,7 @@ from ._process import after_fork_in_child
 from .errors import ConfigurationError
 from .levels import MemoryLevel
 
-logger = logging.getLogger("reer_otel_memory.config")
+logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 

@@ -40,7 +40,7 @@ from typing import Any, TextIO
 
 from .config import MB, setup_memory_limits
 from .levels import MemoryLevel
-from .probe import PROBE
+from .profiling.probe import PROBE
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9464
@@ -82,7 +82,7 @@ class Trainer:
     """The workload: a model, batches, garbage cycles and per-epoch predictions."""
 
     def __init__(self) -> None:
-        from ._profile import memory_profile
+        from .profiling.operations import memory_profile
 
         self.model: list[bytes] = []
         self.epoch = 1
@@ -98,7 +98,7 @@ class Trainer:
         self.model = [bytes([layer + 1]) * (LAYER_MB * MB) for layer in range(MODEL_LAYERS)]
 
     def process_batch(self) -> None:
-        from ._profile import memory_context
+        from .profiling.operations import memory_context
 
         with memory_context("demo.process_batch"):
             layer = self.model[self.batches % len(self.model)]
@@ -245,9 +245,9 @@ def run_demo(
     out: TextIO | None = None,
 ) -> int:
     """Run the demo until Ctrl-C, SIGTERM or ``duration_s``; returns the exit status."""
-    from .cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
-    from .exporter import start_prometheus_exporter
-    from .monitor import MemoryMonitor
+    from .monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
+    from .export.endpoint import start_prometheus_exporter
+    from .monitoring.monitor import MemoryMonitor
 
     console = _Console(sys.stdout if out is None else out, status)
     stop = _Stop()

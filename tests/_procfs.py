@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from reer_otel_memory.probe import MemoryProbe
+from reer_otel_memory.profiling.probe import MemoryProbe
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 

@@ -6,7 +6,7 @@
 
 ``alertmanagers`` (``host:port`` strings) adds an ``alerting`` section sending alerts there.
 
-The configuration comes from :func:`reer_otel_memory.rules.render_prometheus_config`, so the
+The configuration comes from :func:`reer_otel_memory.deploy.rules.render_prometheus_config`, so the
 example configuration the package ships is the one exercised here.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from _children import free_port
 
-from reer_otel_memory.rules import render_prometheus_config
+from reer_otel_memory.deploy.rules import render_prometheus_config
 
 #: Scrape and rule evaluation interval of the test server.
 INTERVAL_S = 1.0

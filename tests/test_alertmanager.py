@@ -18,7 +18,7 @@ from metrics_process import MetricsProcess
 from prometheus_server import PrometheusServer, ServerProcess
 
 from reer_otel_memory import _names as names
-from reer_otel_memory import rules
+from reer_otel_memory.deploy import rules
 from reer_otel_memory.config import MB
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from _children import MB
 from _procfs import ProcDir
 from conftest import wait_for
 from reer_otel_memory import MemoryMonitor, MemoryTracker, register_cleanup_hook, run_cleanup, unregister_cleanup_hook
-from reer_otel_memory.cleanup import cleanup_hook_names
+from reer_otel_memory.monitoring.cleanup import cleanup_hook_names
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_hooks_run_in_order_before_collection_and_a_failing_one_is_skipped(hooks
     register_cleanup_hook("broken", lambda: 1 / 0)
     register_cleanup_hook("last", lambda: ran.append("last"))
     assert cleanup_hook_names()[-3:] == ["first", "broken", "last"]
-    with caplog.at_level(logging.ERROR, logger="reer_otel_memory.cleanup"):
+    with caplog.at_level(logging.ERROR, logger="reer_otel_memory.monitoring.cleanup"):
         result = run_cleanup()
     assert ran == ["first", "last"]
     assert result.hooks_run[-2:] == ["first", "last"] and result.hooks_failed == ["broken"]

@@ -16,8 +16,8 @@ from conftest import require_binary, wait_for
 from metrics_process import MetricsProcess
 from prometheus_server import PrometheusServer
 
-from reer_otel_memory import _series as series
-from reer_otel_memory import dashboards
+from reer_otel_memory.export import naming as series
+from reer_otel_memory.deploy import dashboards
 from reer_otel_memory.levels import THRESHOLD_LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent

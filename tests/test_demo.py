@@ -9,7 +9,7 @@ import sys
 import threading
 
 from reer_otel_memory import _names as names
-from reer_otel_memory._series import COUNTER, HISTOGRAM, label_name, series_name
+from reer_otel_memory.export.naming import COUNTER, HISTOGRAM, label_name, series_name
 
 from _children import scrape
 from conftest import wait_for

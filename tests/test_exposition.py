@@ -15,7 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client.exposition import generate_latest
 
 from reer_otel_memory import memory_context, start_prometheus_exporter
-from reer_otel_memory._exposition import OpenTelemetryText
+from reer_otel_memory.export.exposition import OpenTelemetryText
 
 
 def reference_page(metrics_data) -> bytes:

@@ -16,7 +16,7 @@ import pytest
 from _buffers import touched
 from conftest import wait_for
 from reer_otel_memory import LazyModelLoader, MemoryProfiler, run_cleanup
-from reer_otel_memory.lazy import CLEANUP_HOOK_NAME, unload_idle_models
+from reer_otel_memory.ml.lazy import CLEANUP_HOOK_NAME, unload_idle_models
 
 MB = 1024 * 1024
 

@@ -9,7 +9,7 @@ from _children import MB
 from _procfs import ProcDir
 from conftest import wait_for
 from reer_otel_memory import MemoryMonitor, MemoryTracker, get_memory_monitor, get_memory_tracker
-from reer_otel_memory import _monitor_metrics
+from reer_otel_memory.monitoring import metrics as _monitor_metrics
 from reer_otel_memory.testing import capture_telemetry
 
 GAUGES = {

@@ -14,7 +14,7 @@ from _procfs import ProcDir
 from conftest import wait_for
 from reer_otel_memory import ConfigurationError, MemoryLevel, MemoryMonitor, MemoryTracker
 from reer_otel_memory import config as config_module
-from reer_otel_memory import monitor as monitor_module
+from reer_otel_memory.monitoring import monitor as monitor_module
 
 OK, ALERT, CLEANUP, CRITICAL = MemoryLevel.OK, MemoryLevel.ALERT, MemoryLevel.CLEANUP, MemoryLevel.CRITICAL
 
@@ -60,7 +60,7 @@ def test_hovering_within_one_percent_of_a_threshold_does_not_flap(proc, caplog):
     monitor = make_monitor(proc)
     proc.set_rss(50 * MB)
     monitor.sample_once()
-    caplog.set_level(logging.INFO, logger="reer_otel_memory.monitor")
+    caplog.set_level(logging.INFO, logger="reer_otel_memory.monitoring.monitor")
     levels = []
     for step in range(40):
         proc.set_rss((100 * MB) * (1.01 if step % 2 == 0 else 0.99))
@@ -197,7 +197,7 @@ def test_a_raising_callback_is_logged_and_the_monitor_keeps_sampling(proc, caplo
 
     monitor.add_callback(broken)
     monitor.add_callback(good_calls.append)
-    caplog.set_level(logging.ERROR, logger="reer_otel_memory.monitor")
+    caplog.set_level(logging.ERROR, logger="reer_otel_memory.monitoring.monitor")
     monitor.start_monitoring()
     try:
         wait_for(lambda: len(good_calls) >= 5, message="five samples after a raising callback")
@@ -412,7 +412,7 @@ with capture_telemetry() as telemetry:
 
 
 def test_a_growing_process_climbs_through_every_level_counting_each_crossing_once(children):
-    baseline = children.start("import json; from reer_otel_memory import PROBE, monitor; print(json.dumps({'rss': PROBE.rss_bytes()}))")
+    baseline = children.start("import json; from reer_otel_memory import PROBE; from reer_otel_memory.monitoring import monitor; print(json.dumps({'rss': PROBE.rss_bytes()}))")
     base_mb = baseline.message()["rss"] // MB
     env = {
         "REER_MEMORY_ALERT_MB": str(base_mb + 40),

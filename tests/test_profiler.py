@@ -14,7 +14,7 @@ from opentelemetry.trace import StatusCode
 
 from _buffers import touched
 from reer_otel_memory import MemoryProfiler, PROBE, get_memory_profiler
-from reer_otel_memory._sizing import estimate_size
+from reer_otel_memory.ml.sizing import estimate_size
 
 MB = 1024 * 1024
 

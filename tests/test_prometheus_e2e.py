@@ -12,8 +12,8 @@ from metrics_process import MetricsProcess
 from prometheus_server import PrometheusServer
 
 from reer_otel_memory import _names as names
-from reer_otel_memory import _series as series
-from reer_otel_memory import rules
+from reer_otel_memory.export import naming as series
+from reer_otel_memory.deploy import rules
 from reer_otel_memory.config import MB
 
 ALERT_MB = 80

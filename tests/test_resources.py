@@ -10,7 +10,7 @@ import weakref
 import pytest
 
 from reer_otel_memory import MemoryResourceManager, get_resource_manager, run_cleanup
-from reer_otel_memory.resources import CLEANUP_HOOK_NAME
+from reer_otel_memory.ml.resources import CLEANUP_HOOK_NAME
 
 MB = 1024 * 1024
 
@@ -126,7 +126,7 @@ def test_failing_callbacks(caplog):
 
     manager.register_resource("broken", good, cleanup_callback=broken)
     manager.register_resource("good", good, cleanup_callback=good.cleanup)
-    with caplog.at_level(logging.ERROR, logger="reer_otel_memory.resources"):
+    with caplog.at_level(logging.ERROR, logger="reer_otel_memory.ml.resources"):
         assert manager.cleanup_all_resources() == 1
     assert "cleanup of resource 'broken' failed" in caplog.text
     assert good.closed == 1 and len(manager) == 0

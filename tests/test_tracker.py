@@ -23,7 +23,8 @@ from reer_otel_memory import (
     memory_profile,
     setup_memory_limits,
 )
-from reer_otel_memory import _profile, _telemetry
+from reer_otel_memory import _telemetry
+from reer_otel_memory.profiling import operations as _profile
 from reer_otel_memory import config as config_module
 
 STATS_KEYS = {"current_memory_mb", "peak_memory_mb", "baseline_memory_mb", "snapshot_count", "growth_rate_mb_per_min"}

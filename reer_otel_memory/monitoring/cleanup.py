@@ -29,11 +29,11 @@ from typing import Callable
 
 import psutil
 
-from . import _names as names
-from ._process import after_fork_in_child
-from .probe import PROBE, MemoryProbe
+from .. import _names as names
+from .._process import after_fork_in_child
+from ..profiling.probe import PROBE, MemoryProbe
 
-logger = logging.getLogger("reer_otel_memory.cleanup")
+logger = logging.getLogger(__name__)
 
 #: The values of the ``trigger`` label: what started a cleanup.
 TRIGGERS = names.CLEANUP_TRIGGERS

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from typing import Any, AsyncIterator, Iterator
 
-from ._jsonl import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
+from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
 
 #: Records handed from the worker thread to the event loop at a time by ``async for``.
 ASYNC_BATCH_RECORDS = 1024

@@ -26,12 +26,12 @@ configuration whose inhibit rules keep only the highest one notifying: for the s
 and ``instance``, the critical alert inhibits the cleanup and alert-threshold alerts, and the
 cleanup alert inhibits the alert-threshold one::
 
-    from reer_otel_memory.rules import render_alertmanager_config
+    from reer_otel_memory.deploy.rules import render_alertmanager_config
     open("alertmanager.yml", "w").write(render_alertmanager_config("http://127.0.0.1:5001/"))
 
 Render them with ``reer-otel-memory rules [--static] [--output FILE]`` or::
 
-    from reer_otel_memory.rules import render_rules
+    from reer_otel_memory.deploy.rules import render_rules
     open("reer-memory-rules.yml", "w").write(render_rules())
 
 ``deploy/prometheus/`` holds the rendered rules and an example ``prometheus.yml``,
@@ -43,11 +43,11 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from . import _names as names
-from . import _series as series
+from .. import _names as names
+from ..export import naming as series
 from . import _yaml
-from .config import MB, MemoryConfig, get_config
-from .levels import THRESHOLD_LEVELS, MemoryLevel
+from ..config import MB, MemoryConfig, get_config
+from ..levels import THRESHOLD_LEVELS, MemoryLevel
 
 ALERT_THRESHOLD_EXCEEDED = "ReerMemoryAlertThresholdExceeded"
 CLEANUP_THRESHOLD_EXCEEDED = "ReerMemoryCleanupThresholdExceeded"

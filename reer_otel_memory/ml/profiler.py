@@ -18,7 +18,7 @@ when it was last used (:meth:`MemoryProfiler.record_model_use`, which
 **Size estimate.** The bytes in the model's arrays and buffers (numpy ``nbytes``, torch
 storages, ``bytes``/``bytearray``/buffers, any array type with ``nbytes`` and ``dtype``), found
 by a bounded walk of its attributes, dicts and lists. numpy and torch are never imported for
-this; see :mod:`reer_otel_memory._sizing`.
+this; see :mod:`reer_otel_memory.ml.sizing`.
 
 **Whether a model is still loaded.** The profiler holds the model weakly where the type allows
 it, so a model the program dropped stops counting once it is collected; for types that cannot
@@ -53,15 +53,16 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from . import _names as names
-from . import _profile, _telemetry
-from ._process import ProcessDefault, after_fork_in_child
-from ._profile import OperationResult
-from ._sizing import SizeEstimate, estimate_size
-from .config import MB, get_config
-from .probe import PROBE
+from .. import _names as names
+from ..profiling import operations as _profile
+from .. import _telemetry
+from .._process import ProcessDefault, after_fork_in_child
+from ..profiling.operations import OperationResult
+from .sizing import SizeEstimate, estimate_size
+from ..config import MB, get_config
+from ..profiling.probe import PROBE
 
-logger = logging.getLogger("reer_otel_memory.profiler")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ RSS reaches its threshold and left only once the RSS falls ``hysteresis_share`` 
 threshold below it, so a process hovering at a threshold does not flap. Every upward crossing
 counts once in ``reer.memory.alerts{level}`` and ``alert_counts`` (a jump from ok to critical
 crosses all three thresholds) and logs one line. Callbacks get every sample's
-:class:`~reer_otel_memory.tracker.MemorySnapshot` (level, previous level, whether it crossed);
+:class:`~reer_otel_memory.profiling.tracker.MemorySnapshot` (level, previous level, whether it crossed);
 one that raises is logged and the monitor carries on. Samples are recorded in the tracker.
 
 **Sampling.** A daemon thread samples every ``monitoring_interval`` seconds, and above the
@@ -26,11 +26,11 @@ that reading is cheap, and does the bookkeeping: under 0.1 ms of CPU with the th
 about 0.02% of one core at a 1 s interval (``make bench``). The thread's CPU time is counted in
 ``reer.memory.monitor.cpu``.
 
-**Cleanup.** At the cleanup and critical levels the monitor runs :func:`~reer_otel_memory.cleanup.run_cleanup`
+**Cleanup.** At the cleanup and critical levels the monitor runs :func:`~reer_otel_memory.monitoring.cleanup.run_cleanup`
 (hooks, ``gc.collect()``, ``malloc_trim``) on its own thread, at most once per
 ``cleanup_cooldown_s`` (60 s) at a level, though reaching a higher level always cleans up at
 once. :meth:`MemoryMonitor.cleanup` runs one on demand; the emergency signal
-(:mod:`reer_otel_memory.emergency`) wakes the thread for one. Each is counted in
+(:mod:`reer_otel_memory.monitoring.emergency`) wakes the thread for one. Each is counted in
 ``reer.memory.cleanups{trigger}`` and its freed RSS in ``reer.memory.cleanup.freed``.
 
 **Configuration.** Thresholds left out (None) come from the process-wide configuration
@@ -54,18 +54,18 @@ import weakref
 from dataclasses import replace
 from typing import Callable, Mapping
 
-from . import _monitor_metrics
-from . import _names as names
-from . import config as config_module
-from ._process import after_fork_in_child
+from . import metrics as _monitor_metrics
+from .. import _names as names
+from .. import config as config_module
+from .._process import after_fork_in_child
 from .cleanup import CleanupResult, check_trigger, run_cleanup
-from .config import MB, MemoryConfig, parse_interval_s, parse_threshold_mb
-from .errors import ConfigurationError
-from .levels import THRESHOLD_LEVELS, MemoryLevel
-from .probe import PROBE, MemoryProbe
-from .tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
+from ..config import MB, MemoryConfig, parse_interval_s, parse_threshold_mb
+from ..errors import ConfigurationError
+from ..levels import THRESHOLD_LEVELS, MemoryLevel
+from ..profiling.probe import PROBE, MemoryProbe
+from ..profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
 
-logger = logging.getLogger("reer_otel_memory.monitor")
+logger = logging.getLogger(__name__)
 
 #: A level is left once RSS falls this share of its threshold below it.
 DEFAULT_HYSTERESIS_SHARE = 0.05
@@ -108,7 +108,7 @@ class _Run:
 class MemoryMonitor:
     """Samples the process RSS on a daemon thread; levels, alerts, callbacks and cleanups.
 
-    ``probe`` reads the memory (a :class:`~reer_otel_memory.probe.MemoryProbe` pointed at another
+    ``probe`` reads the memory (a :class:`~reer_otel_memory.profiling.probe.MemoryProbe` pointed at another
     ``/proc`` entry reads that one); ``tracker`` records the samples (default: the process's).
     """
 

@@ -1,6 +1,6 @@
 """The files shipped under ``deploy/``: Prometheus rules and configuration, Grafana dashboards.
 
-All of them are generated (:mod:`reer_otel_memory.rules`, :mod:`reer_otel_memory.dashboards`);
+All of them are generated (:mod:`reer_otel_memory.deploy.rules`, :mod:`reer_otel_memory.deploy.dashboards`);
 ``make deploy`` writes them again:
 
     python -c 'from reer_otel_memory import deploy; deploy.write_deploy_files("deploy")'
@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import dashboards, rules
+from . import dashboards
+from . import rules
 
 
 def deploy_files() -> dict[str, str]:

@@ -38,8 +38,8 @@ from typing import Callable, Mapping
 
 import psutil
 
-from . import _names as names
-from ._process import after_fork_in_child_call
+from .. import _names as names
+from .._process import after_fork_in_child_call
 
 _heap_info: Callable[[], object] | None = getattr(psutil, "heap_info", None)
 

@@ -20,7 +20,7 @@ cannot be weakly referenced (dict, list, bytes, ...).
 
 **Sizes and limits.** Each resource's size is estimated at registration and on every
 :meth:`check_limits` (bytes in arrays and buffers, by a walk bounded to ``max_size_objects``;
-see :mod:`reer_otel_memory._sizing`). :meth:`check_limits` cleans up every resource whose
+see :mod:`reer_otel_memory.ml.sizing`). :meth:`check_limits` cleans up every resource whose
 estimate exceeds its ``memory_limit_mb`` (trigger ``limit``).
 
 **Under memory pressure** the monitor's cleanup (:func:`reer_otel_memory.run_cleanup`) runs
@@ -48,14 +48,14 @@ from typing import Any, Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from . import _names as names
-from . import _telemetry
-from ._process import ProcessDefault, after_fork_in_child
-from ._sizing import estimate_size
-from .cleanup import register_cleanup_hook
-from .config import MB
+from .. import _names as names
+from .. import _telemetry
+from .._process import ProcessDefault, after_fork_in_child
+from .sizing import estimate_size
+from ..monitoring.cleanup import register_cleanup_hook
+from ..config import MB
 
-logger = logging.getLogger("reer_otel_memory.resources")
+logger = logging.getLogger(__name__)
 
 #: The name of the cleanup hook that releases managed resources.
 CLEANUP_HOOK_NAME = "reer.resources"

@@ -4,7 +4,7 @@ Gauges (read when a reader collects, so they report whether or not a monitor thr
 ``reer.memory.rss``, ``peak_rss``, ``heap``, ``limit``, ``utilization``, ``threshold{level}``,
 ``level`` (0 ok .. 3 critical) and ``leak.suspected{reer.operation}``. They describe the
 *reporting monitor*: the monitor started most recently that is still running, else the
-process's default monitor (:func:`reer_otel_memory.monitor.get_memory_monitor`).
+process's default monitor (:func:`reer_otel_memory.monitoring.monitor.get_memory_monitor`).
 
 Counters (cumulative for the process, observed at collection time so every series exists
 from the first scrape, at 0): ``reer.memory.alerts{level}``, ``reer.memory.cleanups{trigger}``,
@@ -27,13 +27,13 @@ from typing import Callable, Iterable, Iterator
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from . import _names as names
-from . import _telemetry
-from ._process import after_fork_in_child
-from .levels import THRESHOLD_LEVELS, MemoryLevel
-from .tracker import get_memory_tracker
+from .. import _names as names
+from .. import _telemetry
+from .._process import after_fork_in_child
+from ..levels import THRESHOLD_LEVELS, MemoryLevel
+from ..profiling.tracker import get_memory_tracker
 
-logger = logging.getLogger("reer_otel_memory.monitor")
+logger = logging.getLogger(__name__)
 
 
 class _Totals:

@@ -42,9 +42,9 @@ import time
 import weakref
 from typing import Any, Callable
 
-from .cleanup import trim_heap
-from .config import MB
-from .probe import PROBE
+from ..monitoring.cleanup import trim_heap
+from ..config import MB
+from ..profiling.probe import PROBE
 
 _LRU_WRAPPER_TYPE = type(functools.lru_cache(maxsize=1)(lambda: None))
 _MAX_NESTING = 16

@@ -40,7 +40,7 @@ target. Bad arguments given to ``instrument()`` in code raise :class:`Configurat
 
 In code::
 
-    from reer_otel_memory.instrumentor import MemoryInstrumentor
+    from reer_otel_memory.instrumentation import MemoryInstrumentor
 
     MemoryInstrumentor().instrument(meter_provider=meter_provider, profile_targets="app.jobs:run")
     ...
@@ -63,10 +63,12 @@ from wrapt import register_post_import_hook
 
 from . import _names as names
 from . import _telemetry
-from ._profile import memory_profile
+from .profiling.operations import memory_profile
 from .config import get_config
 from .errors import ConfigurationError
-from .package import _instruments
+
+#: Libraries the instrumentor needs installed: none, it instruments the process itself.
+_instruments: tuple[str, ...] = ()
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +336,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 )
         if emergency_signal is not None:
             try:
-                from .emergency import remove_emergency_memory_handler
+                from .monitoring.emergency import remove_emergency_memory_handler
 
                 remove_emergency_memory_handler(emergency_signal)
             except Exception as exc:  # never break the host's shutdown
@@ -373,7 +375,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         try:
             # Importing the monitor registers its gauges and counters on the Telemetry in force
             # (and on every one bound later), so they appear even when the thread is not started.
-            from .monitor import get_memory_monitor
+            from .monitoring.monitor import get_memory_monitor
 
             monitor = get_memory_monitor()
             if start and not monitor.is_running:
@@ -385,7 +387,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _install_emergency_handler(self, signum: signal.Signals) -> None:
         try:
-            from .emergency import setup_emergency_memory_handler
+            from .monitoring.emergency import setup_emergency_memory_handler
 
             setup_emergency_memory_handler(signum)
         except Exception as exc:  # e.g. not the main thread: the service runs on without it

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from . import _names as names
+from .. import _names as names
 
 GAUGE = "gauge"
 COUNTER = "counter"

@@ -36,9 +36,9 @@ import time
 import weakref
 from typing import Any, Callable
 
-from . import _names as names
-from ._process import after_fork_in_child
-from .cleanup import register_cleanup_hook, trim_heap
+from .. import _names as names
+from .._process import after_fork_in_child
+from ..monitoring.cleanup import register_cleanup_hook, trim_heap
 from .profiler import MemoryProfiler, get_memory_profiler, run_profiled
 
 #: The name of the cleanup hook that unloads idle lazy models.

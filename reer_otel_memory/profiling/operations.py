@@ -26,13 +26,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from . import _names as names
-from . import _telemetry
-from .config import get_config
+from .. import _names as names
+from .. import _telemetry
+from ..config import get_config
 from .probe import PROBE, PeakWindow
 from .tracker import get_memory_tracker
 
-logger = logging.getLogger("reer_otel_memory")
+logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -1,4 +1,4 @@
-"""The chunked JSONL reading core shared by :class:`~reer_otel_memory.jsonl.StreamingJSONLReader`
+"""The chunked JSONL reading core shared by :class:`~reer_otel_memory.trace_store.jsonl.StreamingJSONLReader`
 and :class:`~reer_otel_memory.trace_store.REERTraceStore`.
 
 One pass (:class:`JSONLScan`) reads a file in large binary chunks from a byte offset, cuts each
@@ -29,7 +29,7 @@ import json
 import os
 from typing import Any, Callable, Iterator
 
-from .errors import MalformedLineError
+from ..errors import MalformedLineError
 
 #: Bytes read per system call by default: large enough that per-chunk costs vanish.
 DEFAULT_CHUNK_BYTES = 1 << 20

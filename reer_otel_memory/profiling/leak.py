@@ -22,9 +22,9 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from ._process import after_fork_in_child_call
+from .._process import after_fork_in_child_call
 
-logger = logging.getLogger("reer_otel_memory.leak")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ Rows:
 Firing ``ReerMemory*`` alerts show as annotations. Render it with
 ``reer-otel-memory dashboards [--output FILE]`` or::
 
-    from reer_otel_memory.dashboards import render_dashboard
+    from reer_otel_memory.deploy.dashboards import render_dashboard
     open("reer-memory-dashboard.json", "w").write(render_dashboard())
 
 ``deploy/grafana/`` holds the rendered dashboard and provisioning examples; ``make deploy``
@@ -32,9 +32,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from . import _series as series
+from ..export import naming as series
 from . import _yaml
-from .levels import THRESHOLD_LEVELS
+from ..levels import THRESHOLD_LEVELS
 
 DASHBOARD_UID = "reer-memory"
 DASHBOARD_TITLE = "Reer memory"

@@ -29,8 +29,8 @@ tail*). Reads never return it and report it (``torn_tail`` in the stats); the ne
 writes a newline, so the torn bytes become one malformed line and no complete record is ever
 lost or corrupted. Malformed lines are skipped and counted with their line numbers.
 
-**Reads** stream through the package's chunked JSONL core (:mod:`reer_otel_memory._jsonl`,
-shared with :class:`~reer_otel_memory.jsonl.StreamingJSONLReader`) in a worker thread, in hops
+**Reads** stream through the package's chunked JSONL core (:mod:`reer_otel_memory.trace_store.scan`,
+shared with :class:`~reer_otel_memory.trace_store.jsonl.StreamingJSONLReader`) in a worker thread, in hops
 of a few MiB each (2 MiB for queries, 8 MiB for stats), so the event loop never blocks and
 memory does not grow with the file (about 7 MiB of peak RSS growth for stats and 17 MiB for a
 filtered stream over a million traces: ``python -m benchmarks trace_store``).
@@ -40,7 +40,7 @@ an index of byte offsets built on first use: an open-addressing table of two ``i
 times as much), kept current with this store's own appends and extended with other processes'
 appends (noticed by the file size) on the next lookup. When an id appears more than once, the
 latest record wins. ``optimize_memory_usage()`` and the package's memory cleanups (a cleanup
-hook; see :mod:`reer_otel_memory.cleanup`) drop the index; it is rebuilt when next needed.
+hook; see :mod:`reer_otel_memory.monitoring.cleanup`) drop the index; it is rebuilt when next needed.
 
 **Telemetry.** Every operation is a profiled operation (``trace_store_*``, see
 :mod:`reer_otel_memory._names`) whose span also carries ``reer.trace_store.path``,
@@ -67,13 +67,13 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 from opentelemetry import trace as otel_trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from . import _names as names
-from . import _telemetry
-from ._jsonl import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
-from ._profile import memory_context, memory_profile
-from .cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
-from .errors import TraceStoreError
-from .probe import PROBE
+from .. import _names as names
+from .. import _telemetry
+from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
+from ..profiling.operations import memory_context, memory_profile
+from ..monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
+from ..errors import TraceStoreError
+from ..profiling.probe import PROBE
 
 try:
     import fcntl

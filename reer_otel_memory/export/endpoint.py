@@ -21,7 +21,7 @@ instruments instead (the package is rebound to it). Further endpoints (other por
 same metrics.
 
 Each scrape collects once and writes the text format straight from the OpenTelemetry data
-(:class:`reer_otel_memory._exposition.OpenTelemetryText`): the same series, names and bytes
+(:class:`reer_otel_memory.export.exposition.OpenTelemetryText`): the same series, names and bytes
 as ``PrometheusMetricReader`` with ``generate_latest`` would give (without ``otel_scope_*``
 labels), in about half the time. With 100 profiled operations (about 3,000 lines, mostly
 histogram buckets) a scrape takes well under 10 ms on a small machine (``make bench``).
@@ -51,13 +51,13 @@ from opentelemetry.sdk.metrics import (
 )
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReader
 
-from . import _names as names
-from . import _telemetry
-from ._exposition import CONTENT_TYPE, OpenTelemetryText
-from ._process import after_fork_in_child
-from .errors import ConfigurationError
+from .. import _names as names
+from .. import _telemetry
+from .exposition import CONTENT_TYPE, OpenTelemetryText
+from .._process import after_fork_in_child
+from ..errors import ConfigurationError
 
-logger = logging.getLogger("reer_otel_memory.exporter")
+logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9464
@@ -127,7 +127,7 @@ class _Pipeline:
             self.previous_telemetry = _telemetry.current()
             self.bound_telemetry = _telemetry.configure(self.previous_telemetry.tracer_provider, self.provider)
         # The monitor's gauges and counters register themselves on the Telemetry in force.
-        from . import monitor  # noqa: F401
+        from ..monitoring import monitor  # noqa: F401
 
     def disconnect(self) -> None:
         """Release a private provider (the global one stays: it cannot be uninstalled)."""

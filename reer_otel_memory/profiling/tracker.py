@@ -16,10 +16,10 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-from ._process import ProcessDefault
-from .config import MB, get_config
+from .._process import ProcessDefault
+from ..config import MB, get_config
 from .leak import LeakDetector, LeakSuspect
-from .levels import MemoryLevel
+from ..levels import MemoryLevel
 from .probe import PROBE, MemoryProbe
 
 
