@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from benchmarks._report import Figure
 from benchmarks.bench_trace_store import write_traces

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from benchmarks._report import Figure
 

@@ -15,7 +15,6 @@ Each profiled operation becomes a span with ``reer.memory.*`` attributes and fee
 
 from __future__ import annotations
 
-from .profiling.operations import OperationResult, memory_context, memory_profile
 from ._version import __version__
 from .config import (
     MemoryConfig,
@@ -27,12 +26,9 @@ from .config import (
     setup_memory_limits,
 )
 from .errors import ConfigurationError, ReerMemoryError, TraceStoreError
-from .profiling.leak import LeakDetector, LeakSuspect
 from .levels import MemoryLevel
 from .profiling.leak import LeakDetector, LeakSuspect
 from .profiling.operations import OperationResult, memory_context, memory_profile
-from .profiling.probe import PROBE, MemoryProbe
-from .profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
 from .profiling.probe import PROBE, MemoryProbe
 from .profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
 

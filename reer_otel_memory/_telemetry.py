@@ -8,13 +8,13 @@ the instrumentor and :mod:`reer_otel_memory.testing` use it.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-from opentelemetry.trace import TracerProvider
-
 from opentelemetry.metrics import _internal as _metrics_internal
+from opentelemetry.trace import TracerProvider
 
 from . import _names as names
 from ._process import after_fork_in_child, after_fork_in_child_call
@@ -38,7 +38,7 @@ def _global_sdk_configured() -> bool:
     meter_provider = getattr(_metrics_internal, "_METER_PROVIDER", _MISSING)
     if tracer_provider is _MISSING or meter_provider is _MISSING:
         return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) or not isinstance(
-            metrics.get_meter_provider(), _metrics_internal._ProxyMeterProvider  # noqa: SLF001
+            metrics.get_meter_provider(), _metrics_internal._ProxyMeterProvider
         )
     return tracer_provider is not None or meter_provider is not None
 
@@ -46,7 +46,7 @@ def _global_sdk_configured() -> bool:
 def _global_meter_configured() -> bool:
     meter_provider = getattr(_metrics_internal, "_METER_PROVIDER", _MISSING)
     if meter_provider is _MISSING:
-        return not isinstance(metrics.get_meter_provider(), _metrics_internal._ProxyMeterProvider)  # noqa: SLF001
+        return not isinstance(metrics.get_meter_provider(), _metrics_internal._ProxyMeterProvider)
     return meter_provider is not None
 
 

@@ -71,7 +71,7 @@ _HOOK_NAME = "demo.epoch_predictions"
 class _Activation:
     """One layer's output; ``peer`` links it into a cycle with the next one."""
 
-    __slots__ = ("values", "peer", "__weakref__")
+    __slots__ = ("__weakref__", "peer", "values")
 
     def __init__(self, values: bytes) -> None:
         self.values = values
@@ -141,7 +141,7 @@ def _alert_total(monitor: Any) -> int:
 def _status_line(monitor: Any, trainer: Trainer, elapsed_s: float) -> str:
     level = monitor.level
     return (
-        f"[{elapsed_s:6.1f} s] RSS {PROBE.rss_bytes() / MB:7.1f} MB  level {str(level):<8}  "
+        f"[{elapsed_s:6.1f} s] RSS {PROBE.rss_bytes() / MB:7.1f} MB  level {level!s:<8}  "
         f"alerts {_alert_total(monitor):3d}  cleanups {monitor.cleanup_count:3d}  "
         f"freed {monitor.freed_bytes_total / MB:8.1f} MB  epoch {trainer.epoch:3d}  batch {trainer.batches:5d}"
     )
@@ -245,8 +245,8 @@ def run_demo(
     out: TextIO | None = None,
 ) -> int:
     """Run the demo until Ctrl-C, SIGTERM or ``duration_s``; returns the exit status."""
-    from .monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
     from .export.endpoint import start_prometheus_exporter
+    from .monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
     from .monitoring.monitor import MemoryMonitor
 
     console = _Console(sys.stdout if out is None else out, status)

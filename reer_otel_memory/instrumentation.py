@@ -55,17 +55,18 @@ import re
 import signal
 import threading
 import types
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable
+from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from wrapt import register_post_import_hook
 
 from . import _names as names
 from . import _telemetry
-from .profiling.operations import memory_profile
 from .config import get_config
 from .errors import ConfigurationError
+from .profiling.operations import memory_profile
 
 #: Libraries the instrumentor needs installed: none, it instruments the process itself.
 _instruments: tuple[str, ...] = ()

@@ -29,8 +29,9 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 LEAK_CALLS = 40
 LEAK_BYTES_PER_CALL = 64 * 1024

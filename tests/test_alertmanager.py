@@ -8,9 +8,10 @@ import json
 import subprocess
 import threading
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import require_binary, wait_for
@@ -18,8 +19,8 @@ from metrics_process import MetricsProcess
 from prometheus_server import PrometheusServer, ServerProcess
 
 from reer_otel_memory import _names as names
-from reer_otel_memory.deploy import rules
 from reer_otel_memory.config import MB
+from reer_otel_memory.deploy import rules
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYED_CONFIG = ROOT / "deploy" / "alertmanager" / rules.ALERTMANAGER_CONFIG_FILENAME

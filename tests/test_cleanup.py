@@ -7,10 +7,10 @@ import logging
 import threading
 
 import pytest
-
 from _children import MB
 from _procfs import ProcDir
 from conftest import wait_for
+
 from reer_otel_memory import MemoryMonitor, MemoryTracker, register_cleanup_hook, run_cleanup, unregister_cleanup_hook
 from reer_otel_memory.monitoring.cleanup import cleanup_hook_names
 

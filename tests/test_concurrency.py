@@ -6,9 +6,9 @@ import asyncio
 import contextvars
 import threading
 
+from _buffers import MiB, release_free_memory, touched
 from opentelemetry import trace
 
-from _buffers import MiB, release_free_memory, touched
 from reer_otel_memory import PROBE, memory_context, memory_profile
 
 BARRIER_TIMEOUT_S = 60

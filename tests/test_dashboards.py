@@ -6,18 +6,18 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
 from conftest import require_binary, wait_for
 from metrics_process import MetricsProcess
 from prometheus_server import PrometheusServer
 
-from reer_otel_memory.export import naming as series
 from reer_otel_memory.deploy import dashboards
+from reer_otel_memory.export import naming as series
 from reer_otel_memory.levels import THRESHOLD_LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,11 +8,11 @@ import subprocess
 import sys
 import threading
 
-from reer_otel_memory import _names as names
-from reer_otel_memory.export.naming import COUNTER, HISTOGRAM, label_name, series_name
-
 from _children import scrape
 from conftest import wait_for
+
+from reer_otel_memory import _names as names
+from reer_otel_memory.export.naming import COUNTER, HISTOGRAM, label_name, series_name
 
 ALERTS = series_name(names.METRIC_ALERTS, COUNTER)
 CLEANUPS = series_name(names.METRIC_CLEANUPS, COUNTER)

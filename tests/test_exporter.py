@@ -9,9 +9,9 @@ import urllib.request
 
 import psutil
 import pytest
-
 from _children import children, free_port  # noqa: F401 - fixture
 from conftest import require_binary
+
 from reer_otel_memory import ConfigurationError, start_prometheus_exporter
 
 MONITOR_SERIES = (

@@ -15,18 +15,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _children import free_port, scrape
+from conftest import wait_for
 
 from reer_otel_memory import _names as names
 from reer_otel_memory import _telemetry
-from reer_otel_memory.export.naming import COUNTER, HISTOGRAM, label_name, series_name
 from reer_otel_memory.config import MB
 from reer_otel_memory.errors import ConfigurationError
+from reer_otel_memory.export.naming import COUNTER, HISTOGRAM, label_name, series_name
 from reer_otel_memory.instrumentation import MemoryInstrumentor
 from reer_otel_memory.monitoring.monitor import get_memory_monitor, stop_memory_monitoring
 from reer_otel_memory.testing import TelemetryCapture
-
-from _children import free_port, scrape
-from conftest import wait_for
 
 RSS = series_name(names.METRIC_RSS)
 THRESHOLD = series_name(names.METRIC_THRESHOLD)

@@ -12,9 +12,9 @@ import warnings
 import weakref
 
 import pytest
-
 from _buffers import touched
 from conftest import wait_for
+
 from reer_otel_memory import LazyModelLoader, MemoryProfiler, run_cleanup
 from reer_otel_memory.ml.lazy import CLEANUP_HOOK_NAME, unload_idle_models
 

@@ -7,8 +7,8 @@ import logging
 import random
 
 import pytest
-
 from _buffers import KiB, MiB, fill_free_small_object_memory, release_free_memory, small_objects, touched
+
 from reer_otel_memory import LeakDetector, LeakSuspect, get_memory_tracker, memory_context, memory_profile
 
 LEAK_LOGGER = "reer_otel_memory.profiling.leak"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import psutil
 import pytest
-
 from _children import MB
 from _procfs import ProcDir
 from conftest import wait_for
+
 from reer_otel_memory import MemoryMonitor, MemoryTracker, get_memory_monitor, get_memory_tracker
 from reer_otel_memory.monitoring import metrics as _monitor_metrics
 from reer_otel_memory.testing import capture_telemetry

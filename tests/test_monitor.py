@@ -8,10 +8,10 @@ import threading
 
 import psutil
 import pytest
-
 from _children import MB, children  # noqa: F401 - fixture
 from _procfs import ProcDir
 from conftest import wait_for
+
 from reer_otel_memory import ConfigurationError, MemoryLevel, MemoryMonitor, MemoryTracker
 from reer_otel_memory import config as config_module
 from reer_otel_memory.monitoring import monitor as monitor_module

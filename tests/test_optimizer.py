@@ -10,8 +10,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from _buffers import touched
+
 from reer_otel_memory import MemoryOptimizer
 
 MB = 1024 * 1024

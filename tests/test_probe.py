@@ -11,11 +11,10 @@ import threading
 
 import psutil
 import pytest
-
 from _buffers import MiB, release_free_memory, touched
+
 from reer_otel_memory import PROBE, MemoryProbe
 from reer_otel_memory.profiling import probe as probe_module
-
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

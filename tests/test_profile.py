@@ -13,10 +13,10 @@ import textwrap
 import time
 
 import pytest
+from _buffers import MiB, release_free_memory, touched
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from _buffers import MiB, release_free_memory, touched
 from reer_otel_memory import PROBE, get_memory_tracker, memory_context, memory_profile, setup_memory_limits
 from reer_otel_memory import config as config_module
 

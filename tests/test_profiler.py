@@ -10,10 +10,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from _buffers import touched
 from opentelemetry.trace import StatusCode
 
-from _buffers import touched
-from reer_otel_memory import MemoryProfiler, PROBE, get_memory_profiler
+from reer_otel_memory import PROBE, MemoryProfiler, get_memory_profiler
 from reer_otel_memory.ml.sizing import estimate_size
 
 MB = 1024 * 1024

@@ -12,9 +12,9 @@ from metrics_process import MetricsProcess
 from prometheus_server import PrometheusServer
 
 from reer_otel_memory import _names as names
-from reer_otel_memory.export import naming as series
-from reer_otel_memory.deploy import rules
 from reer_otel_memory.config import MB
+from reer_otel_memory.deploy import rules
+from reer_otel_memory.export import naming as series
 
 ALERT_MB = 80
 #: What the test allocates beyond the alert threshold, so RSS stays above it through cleanups.

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require_binary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reer_otel_memory import _names as names
-from reer_otel_memory.export import naming as series
-from reer_otel_memory.deploy import _yaml
-from reer_otel_memory.deploy import rules
 from reer_otel_memory.config import MB, get_config, load_config
-
-from conftest import require_binary
+from reer_otel_memory.deploy import _yaml, rules
+from reer_otel_memory.export import naming as series
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024

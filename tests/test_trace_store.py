@@ -17,14 +17,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reer_otel_memory import TraceStoreError
 from reer_otel_memory.monitoring.cleanup import cleanup_hook_names, run_cleanup
 from reer_otel_memory.trace_store import REERTraceStore
-
-from conftest import wait_for
 
 MiB = 1 << 20
 

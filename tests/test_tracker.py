@@ -14,18 +14,18 @@ from _buffers import MiB as MB
 from _buffers import release_free_memory, touched
 
 from reer_otel_memory import (
+    PROBE,
     MemoryLevel,
     MemorySnapshot,
     MemoryTracker,
-    PROBE,
+    _telemetry,
     get_memory_tracker,
     memory_context,
     memory_profile,
     setup_memory_limits,
 )
-from reer_otel_memory import _telemetry
-from reer_otel_memory.profiling import operations as _profile
 from reer_otel_memory import config as config_module
+from reer_otel_memory.profiling import operations as _profile
 
 STATS_KEYS = {"current_memory_mb", "peak_memory_mb", "baseline_memory_mb", "snapshot_count", "growth_rate_mb_per_min"}
 

@@ -30,11 +30,12 @@ regenerates them (:func:`reer_otel_memory.deploy.write_deploy_files`).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..export import naming as series
-from . import _yaml
 from ..levels import THRESHOLD_LEVELS
+from . import _yaml
 
 DASHBOARD_UID = "reer-memory"
 DASHBOARD_TITLE = "Reer memory"

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import dashboards
-from . import rules
+from . import dashboards, rules
 
 
 def deploy_files() -> dict[str, str]:

@@ -41,13 +41,14 @@ Render them with ``reer-otel-memory rules [--static] [--output FILE]`` or::
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .. import _names as names
-from ..export import naming as series
-from . import _yaml
 from ..config import MB, MemoryConfig, get_config
+from ..export import naming as series
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
+from . import _yaml
 
 ALERT_THRESHOLD_EXCEEDED = "ReerMemoryAlertThresholdExceeded"
 CLEANUP_THRESHOLD_EXCEEDED = "ReerMemoryCleanupThresholdExceeded"

@@ -37,9 +37,8 @@ import logging
 import os
 import socket
 import threading
-from typing import Any
-
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -53,9 +52,9 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReade
 
 from .. import _names as names
 from .. import _telemetry
-from .exposition import CONTENT_TYPE, OpenTelemetryText
 from .._process import after_fork_in_child
 from ..errors import ConfigurationError
+from .exposition import CONTENT_TYPE, OpenTelemetryText
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ class _Pipeline:
         self.provider = MeterProvider(
             metric_readers=[self.reader], resource=Resource.create(), exemplar_filter=AlwaysOffExemplarFilter()
         )
-        if isinstance(metrics.get_meter_provider(), metrics._internal._ProxyMeterProvider):  # noqa: SLF001
+        if isinstance(metrics.get_meter_provider(), metrics._internal._ProxyMeterProvider):
             metrics.set_meter_provider(self.provider)
         self.owns_global = metrics.get_meter_provider() is self.provider
         if not self.owns_global:
@@ -165,7 +164,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
 
     server: _MetricsServer
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path not in ("/metrics", "/"):
             self.send_error(404, "only /metrics is served here")
@@ -182,7 +181,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet per scrape
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

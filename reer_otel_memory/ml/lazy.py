@@ -34,7 +34,8 @@ import math
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import _names as names
 from .._process import after_fork_in_child
@@ -49,7 +50,7 @@ _OWN_ATTRIBUTES = frozenset(
     {"_load_model_func", "_model_path", "_args", "_kwargs", "_model", "_lock", "_model_name", "_idle_timeout_s", "_profiler", "_last_used_s", "_last_unload_freed_bytes"}
 )
 
-_loaders: "weakref.WeakSet[LazyModelLoader]" = weakref.WeakSet()
+_loaders: weakref.WeakSet[LazyModelLoader] = weakref.WeakSet()
 
 
 class LazyModelLoader:

@@ -40,10 +40,11 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from ..monitoring.cleanup import trim_heap
 from ..config import MB
+from ..monitoring.cleanup import trim_heap
 from ..profiling.probe import PROBE
 
 _LRU_WRAPPER_TYPE = type(functools.lru_cache(maxsize=1)(lambda: None))

@@ -47,20 +47,21 @@ import math
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
-from ..profiling import operations as _profile
 from .. import _telemetry
 from .._process import ProcessDefault, after_fork_in_child
-from ..profiling.operations import OperationResult
-from .sizing import SizeEstimate, estimate_size
 from ..config import MB, get_config
+from ..profiling import operations as _profile
+from ..profiling.operations import OperationResult
 from ..profiling.probe import PROBE
+from .sizing import SizeEstimate, estimate_size
 
 logger = logging.getLogger(__name__)
 
@@ -391,7 +392,7 @@ def _check_number(name: str, value: object, minimum: float, exclusive: bool = Fa
 
 # --- metrics -----------------------------------------------------------------------------------
 
-_profilers: "weakref.WeakSet[MemoryProfiler]" = weakref.WeakSet()
+_profilers: weakref.WeakSet[MemoryProfiler] = weakref.WeakSet()
 
 
 def _observe_model_sizes(options: CallbackOptions) -> Iterable[Observation]:

@@ -44,16 +44,17 @@ import math
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
 from .._process import ProcessDefault, after_fork_in_child
-from .sizing import estimate_size
-from ..monitoring.cleanup import register_cleanup_hook
 from ..config import MB
+from ..monitoring.cleanup import register_cleanup_hook
+from .sizing import estimate_size
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _callback_wants_resource(callback: Callable[..., Any]) -> bool:
 
 
 class _Entry:
-    __slots__ = ("name", "strong", "ref", "callback", "callback_ref", "wants_resource", "limit_bytes", "release_on_pressure", "size_bytes", "size_truncated", "size_measured_at", "registered_at", "type_name")
+    __slots__ = ("callback", "callback_ref", "limit_bytes", "name", "ref", "registered_at", "release_on_pressure", "size_bytes", "size_measured_at", "size_truncated", "strong", "type_name", "wants_resource")
 
     def get(self) -> Any:
         return self.strong if self.ref is None else self.ref()
@@ -293,7 +294,7 @@ class MemoryResourceManager:
             return [entry for entry in self._entries.values() if entry.get() is not None]
 
 
-_managers: "weakref.WeakSet[MemoryResourceManager]" = weakref.WeakSet()
+_managers: weakref.WeakSet[MemoryResourceManager] = weakref.WeakSet()
 
 
 def release_resources_under_pressure() -> int:

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 from .monitor import MemoryMonitor, get_memory_monitor
 

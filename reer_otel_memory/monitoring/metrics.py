@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -180,7 +180,7 @@ _COUNTERS = (
 )
 
 _register_lock = threading.Lock()
-_registered: "weakref.WeakSet[_telemetry.Telemetry]" = weakref.WeakSet()
+_registered: weakref.WeakSet[_telemetry.Telemetry] = weakref.WeakSet()
 
 
 def register(telemetry: _telemetry.Telemetry | None = None) -> None:

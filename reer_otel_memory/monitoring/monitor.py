@@ -51,19 +51,19 @@ import math
 import threading
 import time
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Callable, Mapping
 
-from . import metrics as _monitor_metrics
 from .. import _names as names
 from .. import config as config_module
 from .._process import after_fork_in_child
-from .cleanup import CleanupResult, check_trigger, run_cleanup
 from ..config import MB, MemoryConfig, parse_interval_s, parse_threshold_mb
 from ..errors import ConfigurationError
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
 from ..profiling.probe import PROBE, MemoryProbe
 from ..profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
+from . import metrics as _monitor_metrics
+from .cleanup import CleanupResult, check_trigger, run_cleanup
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ _ENV_BY_LEVEL = {"alert": names.ENV_ALERT_MB, "cleanup": names.ENV_CLEANUP_MB, "
 class _Run:
     """One start of the monitor thread: its wake-up event and stop request."""
 
-    __slots__ = ("wake", "stopping", "thread", "waking")
+    __slots__ = ("stopping", "thread", "wake", "waking")
 
     def __init__(self) -> None:
         self.wake = threading.Event()
@@ -548,9 +548,9 @@ def _follow(monitor: MemoryMonitor) -> Callable[[MemoryConfig], None]:
 
 # --- monitors in this process ------------------------------------------------------------------
 
-_monitors: "weakref.WeakSet[MemoryMonitor]" = weakref.WeakSet()
+_monitors: weakref.WeakSet[MemoryMonitor] = weakref.WeakSet()
 _reporting_lock = threading.Lock()
-_reporting: list["weakref.ref[MemoryMonitor]"] = []
+_reporting: list[weakref.ref[MemoryMonitor]] = []
 
 
 def _reporting_started(monitor: MemoryMonitor) -> None:

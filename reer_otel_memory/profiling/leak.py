@@ -40,7 +40,7 @@ class LeakSuspect:
 
 
 class _OperationHistory:
-    __slots__ = ("deltas", "heap_deltas", "calls", "suspected", "bytes_per_call")
+    __slots__ = ("bytes_per_call", "calls", "deltas", "heap_deltas", "suspected")
 
     def __init__(self, window: int) -> None:
         self.deltas: collections.deque[int] = collections.deque(maxlen=window)  # RSS, every call

@@ -20,7 +20,8 @@ import functools
 import inspect
 import logging
 import time
-from typing import Any, Callable, Mapping, TypeVar, overload
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -75,7 +76,7 @@ def _log_failure(where: str, exc: BaseException) -> None:
 class OperationResult:
     """What one profiled operation measured (bytes and seconds); None where not measurable."""
 
-    __slots__ = ("operation", "rss_start", "rss_end", "rss_peak", "heap_delta", "level", "duration_s", "leak_suspected")
+    __slots__ = ("duration_s", "heap_delta", "leak_suspected", "level", "operation", "rss_end", "rss_peak", "rss_start")
 
     def __init__(self) -> None:
         self.operation = ""
@@ -107,7 +108,7 @@ class OperationResult:
 class _Operation:
     """One running profiled operation: its span, peak window and start readings."""
 
-    __slots__ = ("name", "function", "span", "owns_span", "context", "window", "heap_start", "started", "result", "telemetry", "metric_attributes")
+    __slots__ = ("context", "function", "heap_start", "metric_attributes", "name", "owns_span", "result", "span", "started", "telemetry", "window")
 
     def __init__(self, name: str, function: str | None, metric_attributes: Mapping[str, str]) -> None:
         self.name = name
@@ -443,7 +444,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     measurements. ``op.set_attribute(key, value)`` adds attributes to the span.
     """
 
-    __slots__ = ("name", "heap", "annotate_current", "attributes", "_operation", "_token", "_light_start", "_light_started", "result")
+    __slots__ = ("_light_start", "_light_started", "_operation", "_token", "annotate_current", "attributes", "heap", "name", "result")
 
     def __init__(
         self,
@@ -474,7 +475,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     def set_attribute(self, key: str, value: Any) -> None:
         self.span.set_attribute(key, value)
 
-    def __enter__(self) -> "memory_context":
+    def __enter__(self) -> memory_context:
         if not _telemetry._current.recording():
             self._light_started = time.perf_counter()
             self._light_start = _light_start()
@@ -503,7 +504,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         if operation is not None:
             self.result = operation.result
 
-    async def __aenter__(self) -> "memory_context":
+    async def __aenter__(self) -> memory_context:
         return self.__enter__()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:

@@ -34,7 +34,7 @@ import resource
 import sys
 import threading
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import psutil
 
@@ -58,7 +58,7 @@ if hasattr(resource, "RUSAGE_THREAD"):
 class PeakWindow:
     """An open measurement of the highest RSS between :meth:`MemoryProbe.begin_peak` and end."""
 
-    __slots__ = ("peak_bytes", "hwm_start")
+    __slots__ = ("hwm_start", "peak_bytes")
 
     def __init__(self) -> None:
         self.peak_bytes = 0

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 
 from .._process import ProcessDefault
 from ..config import MB, get_config
-from .leak import LeakDetector, LeakSuspect
 from ..levels import MemoryLevel
+from .leak import LeakDetector, LeakSuspect
 from .probe import PROBE, MemoryProbe
 
 

@@ -29,7 +29,8 @@ describes the latest one.
 from __future__ import annotations
 
 import os
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
 
@@ -38,7 +39,7 @@ ASYNC_BATCH_RECORDS = 1024
 #: Bytes one hop to the worker thread reads at most, so a cancelled ``async for`` stops soon.
 ASYNC_HOP_BYTES = 8 << 20
 
-__all__ = ["StreamingJSONLReader", "ScanStats"]
+__all__ = ["ScanStats", "StreamingJSONLReader"]
 
 
 class StreamingJSONLReader:

@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..errors import MalformedLineError
 
@@ -46,17 +47,17 @@ class ScanStats:
     """What one pass read: lines, records, bytes, malformed and blank lines, torn tail."""
 
     __slots__ = (
-        "start_offset",
-        "end_offset",
-        "bytes_read",
-        "lines_read",
-        "records",
         "blank_lines",
-        "malformed_lines",
+        "bytes_read",
+        "end_offset",
+        "lines_read",
         "malformed_line_numbers",
-        "torn_tail_offset",
-        "torn_tail_bytes",
+        "malformed_lines",
         "max_reported_malformed",
+        "records",
+        "start_offset",
+        "torn_tail_bytes",
+        "torn_tail_offset",
     )
 
     def __init__(self, start_offset: int = 0, max_reported_malformed: int = MAX_REPORTED_MALFORMED) -> None:
@@ -305,7 +306,7 @@ class AsyncPass:
     thread; then the pass closes when that hop lets go of it.
     """
 
-    __slots__ = ("scan", "records", "busy")
+    __slots__ = ("busy", "records", "scan")
 
     def __init__(self, scan: JSONLScan) -> None:
         self.scan = scan

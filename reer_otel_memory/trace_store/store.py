@@ -61,19 +61,19 @@ import threading
 import uuid
 import weakref
 from array import array
-from collections.abc import Mapping
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
-from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
-from ..profiling.operations import memory_context, memory_profile
-from ..monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
 from ..errors import TraceStoreError
+from ..monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
+from ..profiling.operations import memory_context, memory_profile
 from ..profiling.probe import PROBE
+from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
 
 try:
     import fcntl
@@ -144,7 +144,7 @@ class _OffsetIndex:
     costs a fallback scan. 16 bytes a slot, at most 60% full.
     """
 
-    __slots__ = ("keys", "offsets", "mask", "entries", "file_id", "indexed_through", "lines_through")
+    __slots__ = ("entries", "file_id", "indexed_through", "keys", "lines_through", "mask", "offsets")
 
     def __init__(self, file_id: tuple[int, int], capacity: int = 1 << 12) -> None:
         self.keys = array("q", bytes(8 * capacity))
@@ -224,7 +224,7 @@ class _Writer:
 class _ScoreStats:
     """Running count, sum, min and max of the numeric scores seen by a stats pass."""
 
-    __slots__ = ("count", "total", "low", "high")
+    __slots__ = ("count", "high", "low", "total")
 
     def __init__(self) -> None:
         self.count = 0
@@ -256,7 +256,7 @@ class _ScoreStats:
         return exhausted
 
 
-_live_stores: "weakref.WeakSet[REERTraceStore]" = weakref.WeakSet()
+_live_stores: weakref.WeakSet[REERTraceStore] = weakref.WeakSet()
 
 
 def _observe_sizes(options: CallbackOptions) -> list[Observation]:
@@ -286,7 +286,7 @@ def _register_gauges(telemetry: _telemetry.Telemetry) -> None:
 _telemetry.on_change(_register_gauges)
 
 
-def _release_hook(ref: "weakref.ref[REERTraceStore]") -> Callable[[], object]:
+def _release_hook(ref: weakref.ref[REERTraceStore]) -> Callable[[], object]:
     def release() -> object:
         store = ref()
         return None if store is None else store._release_caches()
