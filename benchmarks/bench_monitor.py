@@ -53,7 +53,7 @@ def monitor_cpu() -> dict[str, float]:
 
     monitor = MemoryMonitor(monitoring_interval=MONITOR_INTERVAL_S, tracker=MemoryTracker())
     idle = threading.Event()
-    thread_cpu_before = _monitor_metrics.TOTALS.monitor_cpu_s
+    thread_cpu_before = _monitor_metrics.totals().monitor_cpu_s
     process_cpu_before = time.process_time()
     wall_before = time.monotonic()
     monitor.start_monitoring()
@@ -61,7 +61,7 @@ def monitor_cpu() -> dict[str, float]:
     monitor.stop_monitoring()
     wall_s = time.monotonic() - wall_before
     process_cpu_s = time.process_time() - process_cpu_before
-    thread_cpu_s = _monitor_metrics.TOTALS.monitor_cpu_s - thread_cpu_before
+    thread_cpu_s = _monitor_metrics.totals().monitor_cpu_s - thread_cpu_before
     return {
         "wall_s": wall_s,
         "samples": monitor.sample_count,

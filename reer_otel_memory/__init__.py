@@ -29,11 +29,12 @@ from .errors import ConfigurationError, ReerMemoryError, TraceStoreError
 from .levels import MemoryLevel
 from .profiling.leak import LeakDetector, LeakSuspect
 from .profiling.operations import OperationResult, memory_context, memory_profile
-from .profiling.probe import PROBE, MemoryProbe
+from .profiling.probe import MemoryProbe
 from .profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
 
 # Heavier parts load on first use, so importing the package stays cheap for the decorator.
 _LAZY = {
+    "PROBE": "profiling.probe",
     "MemoryMonitor": "monitoring.monitor",
     "start_memory_monitoring": "monitoring.monitor",
     "stop_memory_monitoring": "monitoring.monitor",
@@ -85,7 +86,6 @@ __all__ = [
     "MemorySnapshot",
     "MemoryTracker",
     "OperationResult",
-    "PROBE",
     "ReerMemoryError",
     "TraceStoreError",
     "__version__",

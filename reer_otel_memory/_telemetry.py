@@ -17,7 +17,7 @@ from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import TracerProvider
 
 from . import _names as names
-from ._process import after_fork_in_child, after_fork_in_child_call
+from ._runtime import RUNTIME
 from ._version import __version__
 
 #: Histogram buckets for bytes: 64 KiB to 16 GiB in steps of 4x.
@@ -83,9 +83,9 @@ class Telemetry:
         self._gauge_lock = threading.Lock()
         self._registered: set[str] = set()
         self._counters: dict[str, Any] = {}
-        after_fork_in_child_call(self, "_new_locks")
+        RUNTIME.after_fork_call(self)
 
-    def _new_locks(self) -> None:
+    def _after_fork_in_child(self) -> None:
         # Another thread may have held one when the process forked.
         self._gauge_lock = threading.Lock()
         self._net_lock = threading.Lock()
@@ -144,47 +144,35 @@ class Telemetry:
         return counter
 
 
-_lock = threading.Lock()
-
-
-def _new_lock_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()  # another thread may have held it when the process forked
-
-
-after_fork_in_child(_new_lock_in_child)
-_current = Telemetry()
 _on_change: list[Callable[[Telemetry], None]] = []
 
 
 def current() -> Telemetry:
-    """The Telemetry in force."""
-    return _current
+    """The Telemetry in force (bound to the global providers until :func:`configure`)."""
+    return RUNTIME.get("telemetry", Telemetry)
+
+
+def _put(telemetry: Telemetry) -> None:
+    with RUNTIME.lock("telemetry"):
+        RUNTIME.replace("telemetry", telemetry)
+        listeners = list(_on_change)
+    for listener in listeners:
+        listener(telemetry)
 
 
 def configure(tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None) -> Telemetry:
     """Bind profiled operations and package instruments to these providers (None: the global ones)."""
-    global _current
     telemetry = Telemetry(tracer_provider, meter_provider)
-    with _lock:
-        _current = telemetry
-        listeners = list(_on_change)
-    for listener in listeners:
-        listener(telemetry)
+    _put(telemetry)
     return telemetry
 
 
 def restore(telemetry: Telemetry) -> None:
     """Put back a Telemetry returned by :func:`current` earlier."""
-    global _current
-    with _lock:
-        _current = telemetry
-        listeners = list(_on_change)
-    for listener in listeners:
-        listener(telemetry)
+    _put(telemetry)
 
 
 def on_change(listener: Callable[[Telemetry], None]) -> None:
     """Call ``listener(telemetry)`` whenever the Telemetry in force changes (to re-register gauges)."""
-    with _lock:
+    with RUNTIME.lock("telemetry"):
         _on_change.append(listener)

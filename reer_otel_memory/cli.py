@@ -26,7 +26,7 @@ from ._version import __version__
 from .config import MB, MemoryConfig, load_config
 from .errors import ConfigurationError
 from .levels import THRESHOLD_LEVELS
-from .profiling.probe import PROBE
+from .profiling.probe import process_probe
 
 PROG = "reer-otel-memory"
 
@@ -38,7 +38,7 @@ EXIT_BAD_CONFIGURATION = 2
 
 
 def _config_report(config: MemoryConfig) -> dict[str, object]:
-    rss_bytes = PROBE.rss_bytes()
+    rss_bytes = process_probe().rss_bytes()
     report: dict[str, object] = {}
     for level in THRESHOLD_LEVELS:
         report[level.value] = {

@@ -15,7 +15,6 @@ import logging
 import math
 import numbers
 import os
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from . import _names as names
-from ._process import after_fork_in_child
+from ._runtime import RUNTIME
 from .errors import ConfigurationError
 from .levels import MemoryLevel
 
@@ -242,15 +241,54 @@ def _check_order(config: MemoryConfig, names_by_level: Mapping[str, str], given:
 
     def describe(level: str) -> str:
         mb = f"{values[level] / MB:g} MB"
-        if level in given:
-            return f"{names_by_level[level]}={given[level]!r} ({mb})"
-        return f"{names_by_level[level]}={mb} (unchanged)"
+        if level not in given:
+            return f"{names_by_level[level]}={mb} (unchanged)"
+        raw = given[level]
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and float(raw) * MB == values[level]:
+            return f"{names_by_level[level]}={mb}"
+        return f"{names_by_level[level]}={raw!r} ({mb})"
 
     for low, high in (("alert", "cleanup"), ("cleanup", "critical")):
         if values[low] > values[high]:
-            raise ConfigurationError(
-                f"{describe(low)} is above {describe(high)}: expected alert <= cleanup <= critical"
-            )
+            raise ConfigurationError(f"{describe(low)} is above {describe(high)}: expected alert <= cleanup <= critical")
+
+
+#: The arguments of :func:`setup_memory_limits`, by what they set.
+SETUP_ARGUMENTS = {"alert": "alert_mb", "cleanup": "cleanup_mb", "critical": "critical_mb", "interval": "monitoring_interval"}
+
+
+def with_overrides(base: MemoryConfig, overrides: Mapping[str, object], argument_names: Mapping[str, str] = SETUP_ARGUMENTS) -> MemoryConfig:
+    """``base`` with the thresholds (MB or ``"NN%"``) and interval set in code replaced.
+
+    ``overrides`` maps ``alert``, ``cleanup``, ``critical`` and ``interval`` to the values given;
+    ``argument_names`` maps the same keys to the argument names that errors and sources name.
+    Raises :class:`ConfigurationError` on a bad or unordered value. The one place where code
+    overrides the configuration: :func:`setup_memory_limits` and every monitor use it.
+    """
+    values = {"alert": base.alert_bytes, "cleanup": base.cleanup_bytes, "critical": base.critical_bytes}
+    sources = dict(base.sources)
+    given: dict[str, object] = {}
+    for level in values:
+        if overrides.get(level) is not None:
+            raw = given[level] = overrides[level]
+            arg_name = argument_names[level]
+            values[level], origin = parse_threshold_mb(arg_name, raw, base.limit)
+            sources[level] = f"code {arg_name}={raw!r} ({origin})"
+    interval_s = base.monitoring_interval_s
+    if overrides.get("interval") is not None:
+        arg_name = argument_names["interval"]
+        interval_s = parse_interval_s(arg_name, overrides["interval"])
+        sources["monitoring_interval"] = f"code {arg_name}={overrides['interval']!r}"
+    config = replace(
+        base,
+        alert_bytes=values["alert"],
+        cleanup_bytes=values["cleanup"],
+        critical_bytes=values["critical"],
+        monitoring_interval_s=interval_s,
+        sources=sources,
+    )
+    _check_order(config, argument_names, given)
+    return config
 
 
 _ENV_NAMES = {"alert": names.ENV_ALERT_MB, "cleanup": names.ENV_CLEANUP_MB, "critical": names.ENV_CRITICAL_MB}
@@ -309,16 +347,6 @@ def default_config(limit: MemoryLimit | None = None) -> MemoryConfig:
 
 # --- the process-wide configuration --------------------------------------------------------
 
-_lock = threading.Lock()
-
-
-def _new_lock_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()  # another thread may have held it when the process forked
-
-
-after_fork_in_child(_new_lock_in_child)
-_current: MemoryConfig | None = None
 _listeners: list[Callable[[MemoryConfig], None]] = []
 
 
@@ -366,23 +394,20 @@ def get_config() -> MemoryConfig:
     logs one error line naming it and falls back to the default for that value (or for all of
     them when the rest are out of order). :func:`load_config` raises instead.
     """
-    global _current
-    config = _current
-    if config is None:
-        with _lock:
-            if _current is None:
-                _current, problem = load_config_with_fallbacks()
-                if problem is not None:
-                    logger.error("reer_otel_memory: %s", problem)
-            config = _current
+    return RUNTIME.get("config", _first_config)
+
+
+def _first_config() -> MemoryConfig:
+    config, problem = load_config_with_fallbacks()
+    if problem is not None:
+        logger.error("reer_otel_memory: %s", problem)
     return config
 
 
 def set_config(config: MemoryConfig) -> None:
     """Replace the process-wide configuration and tell every listener (the monitors)."""
-    global _current
-    with _lock:
-        _current = config
+    with RUNTIME.lock("config"):
+        RUNTIME.replace("config", config)
         listeners = list(_listeners)
     for listener in listeners:
         listener(config)
@@ -390,12 +415,12 @@ def set_config(config: MemoryConfig) -> None:
 
 def add_config_listener(listener: Callable[[MemoryConfig], None]) -> None:
     """Call ``listener(config)`` whenever the process-wide configuration changes."""
-    with _lock:
+    with RUNTIME.lock("config"):
         _listeners.append(listener)
 
 
 def remove_config_listener(listener: Callable[[MemoryConfig], None]) -> None:
-    with _lock:
+    with RUNTIME.lock("config"):
         if listener in _listeners:
             _listeners.remove(listener)
 
@@ -417,32 +442,9 @@ def setup_memory_limits(
         config = load_config()
         set_config(config)
         return config
-    base = get_config()
-    sources = dict(base.sources)
-    values = {"alert": base.alert_bytes, "cleanup": base.cleanup_bytes, "critical": base.critical_bytes}
-    given_by_level: dict[str, object] = {}
-    for level, arg_name, given in (
-        ("alert", "alert_mb", alert_mb),
-        ("cleanup", "cleanup_mb", cleanup_mb),
-        ("critical", "critical_mb", critical_mb),
-    ):
-        if given is not None:
-            given_by_level[level] = given
-            values[level], origin = parse_threshold_mb(arg_name, given, base.limit)
-            sources[level] = f"code {arg_name}={given!r} ({origin})"
-    interval = base.monitoring_interval_s
-    if monitoring_interval is not None:
-        interval = parse_interval_s("monitoring_interval", monitoring_interval)
-        sources["monitoring_interval"] = f"code monitoring_interval={monitoring_interval!r}"
-    config = replace(
-        base,
-        alert_bytes=values["alert"],
-        cleanup_bytes=values["cleanup"],
-        critical_bytes=values["critical"],
-        monitoring_interval_s=interval,
-        sources=sources,
+    config = with_overrides(
+        get_config(), {"alert": alert_mb, "cleanup": cleanup_mb, "critical": critical_mb, "interval": monitoring_interval}
     )
-    _check_order(config, {"alert": "alert_mb", "cleanup": "cleanup_mb", "critical": "critical_mb"}, given_by_level)
     set_config(config)
     return config
 

@@ -40,7 +40,7 @@ from typing import Any, TextIO
 
 from .config import MB, setup_memory_limits
 from .levels import MemoryLevel
-from .profiling.probe import PROBE
+from .profiling.probe import process_probe
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9464
@@ -141,7 +141,7 @@ def _alert_total(monitor: Any) -> int:
 def _status_line(monitor: Any, trainer: Trainer, elapsed_s: float) -> str:
     level = monitor.level
     return (
-        f"[{elapsed_s:6.1f} s] RSS {PROBE.rss_bytes() / MB:7.1f} MB  level {level!s:<8}  "
+        f"[{elapsed_s:6.1f} s] RSS {process_probe().rss_bytes() / MB:7.1f} MB  level {level!s:<8}  "
         f"alerts {_alert_total(monitor):3d}  cleanups {monitor.cleanup_count:3d}  "
         f"freed {monitor.freed_bytes_total / MB:8.1f} MB  epoch {trainer.epoch:3d}  batch {trainer.batches:5d}"
     )
@@ -259,7 +259,7 @@ def run_demo(
         stop.restore()
         return 1
 
-    start_bytes = PROBE.rss_bytes()
+    start_bytes = process_probe().rss_bytes()
     start_mb = start_bytes / MB
     setup_memory_limits(
         alert_mb=start_mb + ALERT_ABOVE_START_MB,
@@ -317,7 +317,7 @@ def run_demo(
                 break
             if now >= next_batch:
                 trainer.process_batch()
-                if PROBE.rss_bytes() > safety_bytes:
+                if process_probe().rss_bytes() > safety_bytes:
                     # Only if the monitor fell far behind: keep the demo's memory bounded anyway.
                     safety_collections += 1
                     trainer.evaluate_epoch()

@@ -52,7 +52,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReade
 
 from .. import _names as names
 from .. import _telemetry
-from .._process import after_fork_in_child
+from .._runtime import RUNTIME
 from ..errors import ConfigurationError
 from .exposition import CONTENT_TYPE, OpenTelemetryText
 
@@ -75,6 +75,10 @@ class _TextReader(MetricReader):
         self._lock = threading.Lock()
         self._collected: Any = None
         self._text = OpenTelemetryText()
+        RUNTIME.after_fork_call(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a /metrics thread of the parent may have held it
 
     def _receive_metrics(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         self._collected = metrics_data
@@ -125,8 +129,10 @@ class _Pipeline:
         if not self.owns_global:
             self.previous_telemetry = _telemetry.current()
             self.bound_telemetry = _telemetry.configure(self.previous_telemetry.tracer_provider, self.provider)
-        # The monitor's gauges and counters register themselves on the Telemetry in force.
-        from ..monitoring import monitor  # noqa: F401
+        # The monitor's gauges and counters, on the Telemetry in force and every later one.
+        from ..monitoring.monitor import install_instruments
+
+        install_instruments()
 
     def disconnect(self) -> None:
         """Release a private provider (the global one stays: it cannot be uninstalled)."""
@@ -138,20 +144,7 @@ class _Pipeline:
         self.provider = self.reader = None
 
 
-_lock = threading.Lock()
 _pipeline: _Pipeline | None = None
-
-
-def _after_fork_in_child() -> None:
-    # The /metrics threads are gone in a child; the locks may have been held by them.
-    global _lock
-    _lock = threading.Lock()
-    pipeline = _pipeline
-    if pipeline is not None and pipeline.reader is not None:
-        pipeline.reader._lock = threading.Lock()
-
-
-after_fork_in_child(_after_fork_in_child)
 
 
 class _MetricsServer(ThreadingHTTPServer):
@@ -215,7 +208,7 @@ class PrometheusEndpoint:
     def shutdown(self) -> None:
         """Stop serving and close the port; the last endpoint also releases a private provider."""
         global _pipeline
-        with _lock:
+        with RUNTIME.lock("endpoint"):
             if self._stopped:
                 return
             self._stopped = True
@@ -258,7 +251,7 @@ def start_prometheus_exporter(port: int | None = None, host: str | None = None) 
     """Serve the package's metrics (and the global provider's, when it is ours) on ``/metrics``."""
     global _pipeline
     host, port = _resolve_address(host, port)
-    with _lock:
+    with RUNTIME.lock("endpoint"):
         pipeline = _pipeline if _pipeline is not None else _Pipeline()
         # Bind first: a taken port fails before any provider is touched.
         try:

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _names as names
-from .._process import after_fork_in_child
+from .._runtime import RUNTIME
 from ..monitoring.cleanup import register_cleanup_hook, trim_heap
 from .profiler import MemoryProfiler, get_memory_profiler, run_profiled
 
@@ -90,7 +90,11 @@ class LazyModelLoader:
         self._last_used_s = time.monotonic()
         self._last_unload_freed_bytes: int | None = None
         _loaders.add(self)
+        RUNTIME.after_fork_call(self)
         register_cleanup_hook(CLEANUP_HOOK_NAME, unload_idle_models)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it when the process forked
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -212,12 +216,3 @@ def unload_idle_models() -> list[str]:
         if loader._unload_if_idle(now):
             unloaded.append(loader._model_name)
     return unloaded
-
-
-def _reset_locks_in_child() -> None:
-    # A fork while another thread held a loader's lock would leave it held forever in the child.
-    for loader in list(_loaders):
-        loader._lock = threading.Lock()
-
-
-after_fork_in_child(_reset_locks_in_child)

@@ -45,7 +45,7 @@ from typing import Any
 
 from ..config import MB
 from ..monitoring.cleanup import trim_heap
-from ..profiling.probe import PROBE
+from ..profiling.probe import process_probe
 
 _LRU_WRAPPER_TYPE = type(functools.lru_cache(maxsize=1)(lambda: None))
 _MAX_NESTING = 16
@@ -76,13 +76,13 @@ def _clearer(cache: Any) -> Callable[[], Any] | None:
 
 
 def _measure_start() -> tuple[float, int, int | None]:
-    return time.perf_counter(), PROBE.rss_bytes(), PROBE.heap_bytes()
+    return time.perf_counter(), process_probe().rss_bytes(), process_probe().heap_bytes()
 
 
 def _measured(start: tuple[float, int, int | None], trimmed: bool) -> dict[str, Any]:
     started, rss_before, heap_before = start
-    rss_after = PROBE.rss_bytes()
-    heap_after = PROBE.heap_bytes() if heap_before is not None else None
+    rss_after = process_probe().rss_bytes()
+    heap_after = process_probe().heap_bytes() if heap_before is not None else None
     return {
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,

@@ -56,11 +56,11 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
-from .._process import ProcessDefault, after_fork_in_child
+from .._runtime import RUNTIME
 from ..config import MB, get_config
 from ..profiling import operations as _profile
 from ..profiling.operations import OperationResult
-from ..profiling.probe import PROBE
+from ..profiling.probe import process_probe
 from .sizing import SizeEstimate, estimate_size
 
 logger = logging.getLogger(__name__)
@@ -96,11 +96,11 @@ def run_profiled(
     if operation is None:  # the failure is logged once by _profile; still measure for the caller
         result = OperationResult()
         result.operation = operation_name
-        result.rss_start = PROBE.rss_bytes()
+        result.rss_start = process_probe().rss_bytes()
         started = time.perf_counter()
         value = func()
         result.duration_s = time.perf_counter() - started
-        result.rss_end = PROBE.rss_bytes()
+        result.rss_end = process_probe().rss_bytes()
         return value, result
     token = otel_context.attach(operation.context) if operation.context is not None else None
     try:
@@ -192,6 +192,11 @@ class MemoryProfiler:
         self._lock = threading.Lock()
         self._models: dict[str, ModelStats] = {}
         _profilers.add(self)
+        RUNTIME.after_fork_call(self)
+        _install_gauges()
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it when the process forked
 
     # --- recording -----------------------------------------------------------------------------
 
@@ -407,21 +412,16 @@ def _register_gauges(telemetry: _telemetry.Telemetry) -> None:
     telemetry.observable_gauge(names.METRIC_MODEL_SIZE, _observe_model_sizes)
 
 
-_register_gauges(_telemetry.current())
-_telemetry.on_change(_register_gauges)
+def _install_gauges() -> None:
+    """Register the model gauges on the Telemetry in force and every later one (once per process)."""
+    RUNTIME.once("ml.profiler.gauges", _register_gauges_from_now_on)
 
 
-def _reset_locks_in_child() -> None:
-    # A fork while another thread held a lock would leave it held forever in the child.
-    for profiler in list(_profilers):
-        profiler._lock = threading.Lock()
-
-
-after_fork_in_child(_reset_locks_in_child)
-
-_default = ProcessDefault(MemoryProfiler)
+def _register_gauges_from_now_on() -> None:
+    _telemetry.on_change(_register_gauges)
+    _register_gauges(_telemetry.current())
 
 
 def get_memory_profiler() -> MemoryProfiler:
     """The process-wide profiler that :class:`~reer_otel_memory.LazyModelLoader` reports to by default."""
-    return _default.get()
+    return RUNTIME.get("ml.profiler", MemoryProfiler)

@@ -51,7 +51,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
-from .._process import ProcessDefault, after_fork_in_child
+from .._runtime import RUNTIME
 from ..config import MB
 from ..monitoring.cleanup import register_cleanup_hook
 from .sizing import estimate_size
@@ -110,7 +110,12 @@ class MemoryResourceManager:
         # Weakref callbacks only queue the dead entry: they may run inside gc, on any thread.
         self._dead: collections.deque[_Entry] = collections.deque()
         _managers.add(self)
+        RUNTIME.after_fork_call(self)
+        RUNTIME.once("ml.resources.gauges", _register_gauges_from_now_on)
         register_cleanup_hook(CLEANUP_HOOK_NAME, release_resources_under_pressure)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.RLock()  # another thread may have held it when the process forked
 
     # --- registration --------------------------------------------------------------------------
 
@@ -322,21 +327,11 @@ def _register_gauges(telemetry: _telemetry.Telemetry) -> None:
     telemetry.observable_gauge(names.METRIC_RESOURCE_SIZE, _observe_sizes)
 
 
-_register_gauges(_telemetry.current())
-_telemetry.on_change(_register_gauges)
-
-
-def _reset_locks_in_child() -> None:
-    # A fork while another thread held a lock would leave it held forever in the child.
-    for manager in list(_managers):
-        manager._lock = threading.RLock()
-
-
-after_fork_in_child(_reset_locks_in_child)
-
-_default = ProcessDefault(MemoryResourceManager)
+def _register_gauges_from_now_on() -> None:
+    _telemetry.on_change(_register_gauges)
+    _register_gauges(_telemetry.current())
 
 
 def get_resource_manager() -> MemoryResourceManager:
     """The process-wide resource manager."""
-    return _default.get()
+    return RUNTIME.get("ml.resources", MemoryResourceManager)

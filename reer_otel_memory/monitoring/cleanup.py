@@ -31,7 +31,7 @@ import psutil
 
 from .. import _names as names
 from .._process import after_fork_in_child
-from ..profiling.probe import PROBE, MemoryProbe
+from ..profiling.probe import MemoryProbe, process_probe
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +110,15 @@ def check_trigger(trigger: object) -> str:
     return str(trigger)
 
 
-def run_cleanup(trigger: str = names.TRIGGER_MANUAL, probe: MemoryProbe = PROBE) -> CleanupResult:
+def run_cleanup(trigger: str = names.TRIGGER_MANUAL, probe: MemoryProbe | None = None) -> CleanupResult:
     """Run every hook, ``gc.collect()``, and trim the heap; measure the RSS freed.
 
     A hook that raises is logged and skipped: cleanup always completes. ``trigger`` is one of
     :data:`TRIGGERS` and is only recorded in the result.
     """
     check_trigger(trigger)
+    if probe is None:
+        probe = process_probe()
     started = time.perf_counter()
     before = probe.rss_bytes()
     with _lock:

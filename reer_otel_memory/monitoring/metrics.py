@@ -24,13 +24,16 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
-from .._process import after_fork_in_child
+from .._runtime import RUNTIME
+from ..config import MemoryConfig
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
+from ..profiling.probe import MemoryProbe
 from ..profiling.tracker import get_memory_tracker
 
 logger = logging.getLogger(__name__)
@@ -47,41 +50,53 @@ class _Totals:
         self.monitor_cpu_s = 0.0
 
 
-TOTALS = _Totals()
+def totals() -> _Totals:
+    """The process's counts; a forked child is a new process to Prometheus and starts from zero."""
+    return RUNTIME.get("monitor.totals", _Totals, fresh_in_child=True)
 
 
 def count_alert(level: MemoryLevel) -> None:
-    with TOTALS.lock:
-        TOTALS.alerts[level] += 1
+    counts = totals()
+    with counts.lock:
+        counts.alerts[level] += 1
 
 
 def count_cleanup(trigger: str, freed_bytes: int) -> None:
-    with TOTALS.lock:
-        TOTALS.cleanups[trigger] += 1
-        TOTALS.freed_bytes += max(0, freed_bytes)
+    counts = totals()
+    with counts.lock:
+        counts.cleanups[trigger] += 1
+        counts.freed_bytes += max(0, freed_bytes)
 
 
 def add_monitor_cpu(seconds: float) -> None:
-    with TOTALS.lock:
-        TOTALS.monitor_cpu_s += max(0.0, seconds)
-
-
-def _reset_in_child() -> None:
-    # A forked child is a new process to Prometheus: its counters start from zero.
-    global TOTALS
-    TOTALS = _Totals()
-
-
-after_fork_in_child(_reset_in_child)
+    counts = totals()
+    with counts.lock:
+        counts.monitor_cpu_s += max(0.0, seconds)
 
 
 # --- collection-time reads ---------------------------------------------------------------------
 
 
-def _monitor():
-    from .monitor import reporting_monitor
+class ReportedMonitor(Protocol):
+    """What the gauges read of the monitor they describe."""
 
-    return reporting_monitor()
+    @property
+    def probe(self) -> MemoryProbe: ...
+    @property
+    def config(self) -> MemoryConfig: ...
+    def current_level(self) -> MemoryLevel: ...
+
+
+def _no_monitor() -> ReportedMonitor:
+    raise LookupError("no memory monitor to report: install() was not given one")
+
+
+#: Returns the monitor the gauges describe; set by :func:`install`.
+_reported: Callable[[], ReportedMonitor] = _no_monitor
+
+
+def _monitor() -> ReportedMonitor:
+    return _reported()
 
 
 def _rss() -> Iterator[Observation]:
@@ -125,23 +140,23 @@ def _leak_suspected() -> Iterator[Observation]:
 
 
 def _alerts() -> Iterator[Observation]:
-    totals = TOTALS
+    counts = totals()
     for level in THRESHOLD_LEVELS:
-        yield Observation(totals.alerts[level], {names.LABEL_LEVEL: level.value})
+        yield Observation(counts.alerts[level], {names.LABEL_LEVEL: level.value})
 
 
 def _cleanups() -> Iterator[Observation]:
-    totals = TOTALS
+    counts = totals()
     for trigger in names.CLEANUP_TRIGGERS:
-        yield Observation(totals.cleanups[trigger], {names.LABEL_TRIGGER: trigger})
+        yield Observation(counts.cleanups[trigger], {names.LABEL_TRIGGER: trigger})
 
 
 def _cleanup_freed() -> Iterator[Observation]:
-    yield Observation(TOTALS.freed_bytes)
+    yield Observation(totals().freed_bytes)
 
 
 def _monitor_cpu() -> Iterator[Observation]:
-    yield Observation(TOTALS.monitor_cpu_s)
+    yield Observation(totals().monitor_cpu_s)
 
 
 _failed_reads: set[str] = set()
@@ -179,7 +194,6 @@ _COUNTERS = (
     (names.METRIC_MONITOR_CPU, _monitor_cpu),
 )
 
-_register_lock = threading.Lock()
 _registered: weakref.WeakSet[_telemetry.Telemetry] = weakref.WeakSet()
 
 
@@ -187,7 +201,7 @@ def register(telemetry: _telemetry.Telemetry | None = None) -> None:
     """Create the monitor's instruments on ``telemetry``'s meter (default: the one in force), once."""
     if telemetry is None:
         telemetry = _telemetry.current()
-    with _register_lock:
+    with RUNTIME.lock("monitor.instruments"):
         if telemetry in _registered:
             return
         _registered.add(telemetry)
@@ -201,10 +215,15 @@ def register(telemetry: _telemetry.Telemetry | None = None) -> None:
 _installed = False
 
 
-def install() -> None:
-    """Register on the Telemetry in force and on every one bound later."""
-    global _installed
-    with _register_lock:
+def install(reported: Callable[[], ReportedMonitor]) -> None:
+    """Register on the Telemetry in force and on every one bound later; the gauges describe ``reported()``.
+
+    Called by the monitor module when a monitor is created and by the endpoint when it starts
+    (never by an import).
+    """
+    global _installed, _reported
+    _reported = reported
+    with RUNTIME.lock("monitor.instruments"):
         if _installed:
             return
         _installed = True

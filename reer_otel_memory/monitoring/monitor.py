@@ -52,15 +52,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 from .. import _names as names
 from .. import config as config_module
-from .._process import after_fork_in_child
-from ..config import MB, MemoryConfig, parse_interval_s, parse_threshold_mb
+from .._runtime import RUNTIME
+from ..config import MB, MemoryConfig
 from ..errors import ConfigurationError
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
-from ..profiling.probe import PROBE, MemoryProbe
+from ..profiling.probe import MemoryProbe, process_probe
 from ..profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
 from . import metrics as _monitor_metrics
 from .cleanup import CleanupResult, check_trigger, run_cleanup
@@ -89,8 +88,13 @@ _LEVEL_BELOW = {
     MemoryLevel.CLEANUP: MemoryLevel.ALERT,
     MemoryLevel.CRITICAL: MemoryLevel.CLEANUP,
 }
-_THRESHOLD_ARGS = {"alert": "alert_threshold_mb", "cleanup": "cleanup_threshold_mb", "critical": "critical_threshold_mb"}
-_ENV_BY_LEVEL = {"alert": names.ENV_ALERT_MB, "cleanup": names.ENV_CLEANUP_MB, "critical": names.ENV_CRITICAL_MB}
+#: The monitor's arguments, by what they set (see :func:`reer_otel_memory.config.with_overrides`).
+_MONITOR_ARGUMENTS = {
+    "alert": "alert_threshold_mb",
+    "cleanup": "cleanup_threshold_mb",
+    "critical": "critical_threshold_mb",
+    "interval": "monitoring_interval",
+}
 
 
 class _Run:
@@ -120,7 +124,7 @@ class MemoryMonitor:
         monitoring_interval: float | None = None,
         *,
         config: MemoryConfig | None = None,
-        probe: MemoryProbe = PROBE,
+        probe: MemoryProbe | None = None,
         tracker: MemoryTracker | None = None,
         hysteresis_share: float = DEFAULT_HYSTERESIS_SHARE,
         cleanup_cooldown_s: float = DEFAULT_CLEANUP_COOLDOWN_S,
@@ -134,7 +138,7 @@ class MemoryMonitor:
             or cleanup_cooldown_s < 0
         ):
             raise ValueError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a number of seconds >= 0")
-        self._probe = probe
+        self._probe = probe if probe is not None else process_probe()
         self._tracker = tracker
         self.hysteresis_share = float(hysteresis_share)
         self.cleanup_cooldown_s = float(cleanup_cooldown_s)
@@ -151,7 +155,8 @@ class MemoryMonitor:
         self._init_process_state()
         if self._follows_process_config:
             config_module.add_config_listener(_follow(self))
-        _monitors.add(self)
+        RUNTIME.after_fork_call(self)
+        install_instruments()
 
     def _init_process_state(self) -> None:
         """Counters, locks and thread state: fresh in a new monitor and in a forked child."""
@@ -183,33 +188,7 @@ class MemoryMonitor:
 
     @staticmethod
     def _effective(base: MemoryConfig, overrides: Mapping[str, object]) -> MemoryConfig:
-        values = {"alert": base.alert_bytes, "cleanup": base.cleanup_bytes, "critical": base.critical_bytes}
-        sources = dict(base.sources)
-        origin_names = dict(_ENV_BY_LEVEL)
-        for level, arg_name in _THRESHOLD_ARGS.items():
-            if level in overrides:
-                raw = overrides[level]
-                values[level], origin = parse_threshold_mb(arg_name, raw, base.limit)
-                sources[level] = f"code {arg_name}={raw!r} ({origin})"
-                origin_names[level] = arg_name
-        interval_s = base.monitoring_interval_s
-        if "interval" in overrides:
-            interval_s = parse_interval_s("monitoring_interval", overrides["interval"])
-            sources["monitoring_interval"] = f"code monitoring_interval={overrides['interval']!r}"
-        for low, high in (("alert", "cleanup"), ("cleanup", "critical")):
-            if values[low] > values[high]:
-                raise ConfigurationError(
-                    f"{origin_names[low]}={values[low] / MB:g} MB is above {origin_names[high]}={values[high] / MB:g} MB: "
-                    "expected alert <= cleanup <= critical"
-                )
-        return replace(
-            base,
-            alert_bytes=values["alert"],
-            cleanup_bytes=values["cleanup"],
-            critical_bytes=values["critical"],
-            monitoring_interval_s=interval_s,
-            sources=sources,
-        )
+        return config_module.with_overrides(base, overrides, _MONITOR_ARGUMENTS)
 
     def configure(
         self,
@@ -548,26 +527,41 @@ def _follow(monitor: MemoryMonitor) -> Callable[[MemoryConfig], None]:
 
 # --- monitors in this process ------------------------------------------------------------------
 
-_monitors: weakref.WeakSet[MemoryMonitor] = weakref.WeakSet()
-_reporting_lock = threading.Lock()
-_reporting: list[weakref.ref[MemoryMonitor]] = []
+
+class _Monitors:
+    """The process's default monitor and the running monitors the gauges may describe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reporting: list[weakref.ref[MemoryMonitor]] = []
+        self.default: MemoryMonitor | None = None
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()  # another thread may have held it when the process forked
+
+
+def _process_monitors() -> _Monitors:
+    return RUNTIME.get("monitors", _Monitors)
 
 
 def _reporting_started(monitor: MemoryMonitor) -> None:
-    with _reporting_lock:
-        _reporting[:] = [ref for ref in _reporting if ref() not in (None, monitor)]
-        _reporting.append(weakref.ref(monitor))
+    monitors = _process_monitors()
+    with monitors.lock:
+        monitors.reporting[:] = [ref for ref in monitors.reporting if ref() not in (None, monitor)]
+        monitors.reporting.append(weakref.ref(monitor))
 
 
 def _reporting_stopped(monitor: MemoryMonitor) -> None:
-    with _reporting_lock:
-        _reporting[:] = [ref for ref in _reporting if ref() not in (None, monitor)]
+    monitors = _process_monitors()
+    with monitors.lock:
+        monitors.reporting[:] = [ref for ref in monitors.reporting if ref() not in (None, monitor)]
 
 
 def reporting_monitor() -> MemoryMonitor:
     """The monitor the gauges describe: the latest started one still running, else the default."""
-    with _reporting_lock:
-        refs = list(_reporting)
+    monitors = _process_monitors()
+    with monitors.lock:
+        refs = list(monitors.reporting)
     for ref in reversed(refs):
         monitor = ref()
         if monitor is not None and monitor.is_running:
@@ -575,34 +569,25 @@ def reporting_monitor() -> MemoryMonitor:
     return get_memory_monitor()
 
 
-def _after_fork_in_child() -> None:
-    global _reporting_lock, _default_lock
-    _reporting_lock = threading.Lock()
-    _default_lock = threading.Lock()
-    for monitor in list(_monitors):
-        monitor._after_fork_in_child()
-
-
-after_fork_in_child(_after_fork_in_child)
+def install_instruments() -> None:
+    """Register the monitor's gauges and counters on the Telemetry in force and every later one."""
+    _monitor_metrics.install(reporting_monitor)
 
 
 # --- the default monitor -----------------------------------------------------------------------
 
-_default_lock = threading.Lock()
-_default: MemoryMonitor | None = None
-
 
 def get_memory_monitor() -> MemoryMonitor:
     """The process's default monitor, configured from ``REER_MEMORY_*`` (created on first use)."""
-    global _default
-    monitor = _default
+    monitors = _process_monitors()
+    monitor = monitors.default
     if monitor is not None:
         return monitor
     config_module.get_config()  # a bad REER_MEMORY_* logs one line and falls back to defaults
-    with _default_lock:
-        if _default is None:
-            _default = MemoryMonitor()
-        return _default
+    with monitors.lock:
+        if monitors.default is None:
+            monitors.default = MemoryMonitor()
+        return monitors.default
 
 
 def start_memory_monitoring() -> MemoryMonitor:
@@ -614,8 +599,9 @@ def start_memory_monitoring() -> MemoryMonitor:
 
 def stop_memory_monitoring() -> None:
     """Stop the default monitor's thread, if there is a default monitor."""
-    if _default is not None:
-        _default.stop_monitoring()
+    monitor = _process_monitors().default
+    if monitor is not None:
+        monitor.stop_monitoring()
 
 
 def __getattr__(name: str) -> object:
@@ -624,4 +610,3 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_monitor_metrics.install()

@@ -22,7 +22,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from .._process import after_fork_in_child_call
+from .._runtime import RUNTIME
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +88,9 @@ class LeakDetector:
         self.max_operations = max_operations
         self._lock = threading.Lock()
         self._ops: collections.OrderedDict[str, _OperationHistory] = collections.OrderedDict()
-        after_fork_in_child_call(self, "_new_lock")
+        RUNTIME.after_fork_call(self)
 
-    def _new_lock(self) -> None:
+    def _after_fork_in_child(self) -> None:
         # Another thread may have held the lock when the process forked.
         self._lock = threading.Lock()
 

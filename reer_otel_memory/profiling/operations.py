@@ -30,7 +30,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from .. import _names as names
 from .. import _telemetry
 from ..config import get_config
-from .probe import PROBE, PeakWindow
+from .probe import MemoryProbe, PeakWindow, process_probe
 from .tracker import get_memory_tracker
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,10 @@ _mean_duration_s: dict[str, float] = {}
 _failure_logged = False
 
 
-def _want_heap(name: str, heap: bool | None) -> bool:
+def _want_heap(name: str, heap: bool | None, probe: MemoryProbe) -> bool:
     if heap is not None:
         return heap
-    cost = PROBE.heap_cost_s
+    cost = probe.heap_cost_s
     expected = _mean_duration_s.get(name)
     if expected is None:
         return cost <= CHEAP_HEAP_S
@@ -108,7 +108,7 @@ class OperationResult:
 class _Operation:
     """One running profiled operation: its span, peak window and start readings."""
 
-    __slots__ = ("context", "function", "heap_start", "metric_attributes", "name", "owns_span", "result", "span", "started", "telemetry", "window")
+    __slots__ = ("context", "function", "heap_start", "metric_attributes", "name", "owns_span", "probe", "result", "span", "started", "telemetry", "window")
 
     def __init__(self, name: str, function: str | None, metric_attributes: Mapping[str, str]) -> None:
         self.name = name
@@ -132,9 +132,10 @@ class _Operation:
             self.owns_span = True
             self.context = trace.set_span_in_context(span)
         self.span = span
-        self.window, self.result.rss_start = PROBE.begin_peak()
-        if _want_heap(self.name, heap):
-            self.heap_start = PROBE.heap_bytes()
+        probe = self.probe = process_probe()
+        self.window, self.result.rss_start = probe.begin_peak()
+        if _want_heap(self.name, heap, probe):
+            self.heap_start = probe.heap_bytes()
         self.started = time.perf_counter()
 
     def finish(self, exc: BaseException | None) -> OperationResult:
@@ -142,12 +143,13 @@ class _Operation:
         try:
             duration = time.perf_counter() - self.started
             result = self.result
+            probe = self.probe
             if self.heap_start is not None:
-                heap_end = PROBE.heap_bytes()
+                heap_end = probe.heap_bytes()
                 if heap_end is not None:
                     result.heap_delta = heap_end - self.heap_start
-            rss_end = result.rss_end = PROBE.rss_bytes()
-            peak = result.rss_peak = PROBE.end_peak(self.window, rss_end)
+            rss_end = result.rss_end = probe.rss_bytes()
+            peak = result.rss_peak = probe.end_peak(self.window, rss_end)
             level = result.level = get_config().level_for(rss_end)
             result.duration_s = duration
             delta = rss_end - result.rss_start
@@ -219,7 +221,7 @@ def _end(operation: _Operation | None, exc: BaseException | None) -> None:
 def _light_start() -> int:
     """RSS at the start of an operation measured without an SDK (0 if it cannot be read)."""
     try:
-        return PROBE.rss_bytes()
+        return process_probe().rss_bytes()
     except Exception as exc:  # instrumentation must never break the host's call
         _log_failure("reading RSS", exc)
         return 0
@@ -232,7 +234,7 @@ def _light(name: str, rss_start: int) -> int:
     Runs in ``finally`` blocks, so it never raises.
     """
     try:
-        rss_end = PROBE.rss_bytes()
+        rss_end = process_probe().rss_bytes()
         if rss_start:
             tracker = get_memory_tracker()
             tracker.record_operation(name, rss_end, get_config().level_for(rss_end))
@@ -295,7 +297,7 @@ def memory_profile(
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 # Without an SDK the same loop runs, unmeasured: asend/athrow must still reach
                 # the wrapped generator (an ``async for`` here would drop them).
-                light_start = None if _telemetry._current.recording() else _light_start()
+                light_start = None if _telemetry.current().recording() else _light_start()
                 operation = None if light_start is not None else _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 agen = func(*args, **kwargs)
                 ctx = operation.context if operation is not None else None
@@ -340,7 +342,7 @@ def memory_profile(
 
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not _telemetry._current.recording():
+                if not _telemetry.current().recording():
                     rss_start = _light_start()
                     try:
                         return (yield from func(*args, **kwargs))
@@ -387,7 +389,7 @@ def memory_profile(
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not _telemetry._current.recording():
+                if not _telemetry.current().recording():
                     rss_start = _light_start()
                     try:
                         return await func(*args, **kwargs)
@@ -411,7 +413,7 @@ def memory_profile(
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not _telemetry._current.recording():
+            if not _telemetry.current().recording():
                 rss_start = _light_start()
                 try:
                     return func(*args, **kwargs)
@@ -476,7 +478,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         self.span.set_attribute(key, value)
 
     def __enter__(self) -> memory_context:
-        if not _telemetry._current.recording():
+        if not _telemetry.current().recording():
             self._light_started = time.perf_counter()
             self._light_start = _light_start()
             return self

@@ -39,20 +39,27 @@ from collections.abc import Callable, Mapping
 import psutil
 
 from .. import _names as names
-from .._process import after_fork_in_child_call
+from .._runtime import RUNTIME
 
 _heap_info: Callable[[], object] | None = getattr(psutil, "heap_info", None)
 
-# The kernel reports the same process-wide ru_maxrss (the mm's high-water mark) for
-# RUSAGE_THREAD as for RUSAGE_SELF, at half the cost: RUSAGE_SELF also sums every thread's CPU
-# times. Checked once at import; RUSAGE_SELF where the two disagree or RUSAGE_THREAD is missing.
-_RUSAGE_WHO = resource.RUSAGE_SELF
-if hasattr(resource, "RUSAGE_THREAD"):
+def _rusage_who() -> int:
+    """``RUSAGE_THREAD`` where it reports the process-wide ``ru_maxrss``, else ``RUSAGE_SELF``.
+
+    The kernel reports the same process-wide ru_maxrss (the mm's high-water mark) for
+    RUSAGE_THREAD as for RUSAGE_SELF, at half the cost: RUSAGE_SELF also sums every thread's CPU
+    times. Checked when a probe opens; RUSAGE_SELF where the two disagree or RUSAGE_THREAD is
+    missing.
+    """
+    who = getattr(resource, "RUSAGE_THREAD", None)
+    if who is None:
+        return resource.RUSAGE_SELF
     try:
-        if resource.getrusage(resource.RUSAGE_THREAD).ru_maxrss == resource.getrusage(resource.RUSAGE_SELF).ru_maxrss:
-            _RUSAGE_WHO = resource.RUSAGE_THREAD
+        if resource.getrusage(who).ru_maxrss == resource.getrusage(resource.RUSAGE_SELF).ru_maxrss:
+            return int(who)
     except (OSError, ValueError):
         pass
+    return resource.RUSAGE_SELF
 
 
 class PeakWindow:
@@ -90,11 +97,12 @@ class MemoryProbe:
         self.heap_cost_s = 0.0
         self._statm_fd = self._clear_refs_fd = self._status_fd = -1
         self._open()
-        after_fork_in_child_call(self, "_reopen")
+        RUNTIME.after_fork_call(self)
 
     # --- descriptors -------------------------------------------------------------------------
 
     def _open(self) -> None:
+        self._rusage_who = _rusage_who()
         def try_open(name: str, flags: int) -> int:
             try:
                 return os.open(os.path.join(self._proc_self, name), flags | getattr(os, "O_CLOEXEC", 0))
@@ -108,7 +116,7 @@ class MemoryProbe:
             # The test write below resets the mark: keep what the process reached before it,
             # so the lifetime peak (the peak_rss gauge) covers the time before this probe.
             try:
-                before = resource.getrusage(_RUSAGE_WHO).ru_maxrss * 1024
+                before = resource.getrusage(self._rusage_who).ru_maxrss * 1024
                 if self._status_fd >= 0:
                     before = min(before, self._vmhwm_bytes())  # ru_maxrss may hold a stale thread peak
                 self._lifetime_peak_bytes = max(self._lifetime_peak_bytes, before)
@@ -128,7 +136,7 @@ class MemoryProbe:
         else:
             self._peak_mode = _PEAK_NONE
 
-    def _reopen(self) -> None:
+    def _after_fork_in_child(self) -> None:
         """In a forked child: the kept descriptors still point at the parent's /proc entry."""
         for fd in (self._statm_fd, self._status_fd, self._clear_refs_fd):
             if fd >= 0:
@@ -185,7 +193,7 @@ class MemoryProbe:
     def _hwm_bytes(self) -> int:
         """The kernel's RSS high-water mark since the last reset (caller holds the lock)."""
         if self._peak_mode is _PEAK_RUSAGE:
-            hwm = resource.getrusage(_RUSAGE_WHO).ru_maxrss * 1024
+            hwm = resource.getrusage(self._rusage_who).ru_maxrss * 1024
         else:
             hwm = self._vmhwm_bytes()
         if hwm > self._lifetime_peak_bytes:
@@ -293,5 +301,17 @@ def _reset_wanted(environ: Mapping[str, str]) -> bool:
     return raw not in ("0", "false", "no", "off")
 
 
-#: The process-wide probe (``REER_MEMORY_RESET_PEAK=0``: never reset the kernel's mark).
-PROBE = MemoryProbe(reset_high_water=_reset_wanted(os.environ))
+def _new_process_probe() -> MemoryProbe:
+    return MemoryProbe(reset_high_water=_reset_wanted(os.environ))
+
+
+def process_probe() -> MemoryProbe:
+    """The process-wide probe, opened on first use (``REER_MEMORY_RESET_PEAK=0``: never reset the kernel's mark)."""
+    return RUNTIME.get("probe", _new_process_probe)
+
+
+def __getattr__(name: str) -> object:
+    # ``PROBE`` is the process-wide probe, opened when first asked for: importing opens nothing.
+    if name == "PROBE":
+        return process_probe()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

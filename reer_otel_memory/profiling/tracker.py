@@ -16,11 +16,11 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-from .._process import ProcessDefault
+from .._runtime import RUNTIME
 from ..config import MB, get_config
 from ..levels import MemoryLevel
 from .leak import LeakDetector, LeakSuspect
-from .probe import PROBE, MemoryProbe
+from .probe import MemoryProbe, process_probe
 
 
 class MemorySnapshot(NamedTuple):
@@ -65,9 +65,11 @@ def _slope_per_s(points: list[tuple[float, int]]) -> float:
 class MemoryTracker:
     """Keeps recent snapshots and per-operation leak statistics for one process."""
 
-    def __init__(self, max_snapshots: int = 1000, probe: MemoryProbe = PROBE, leak_detector: LeakDetector | None = None) -> None:
+    def __init__(self, max_snapshots: int = 1000, probe: MemoryProbe | None = None, leak_detector: LeakDetector | None = None) -> None:
         if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int) or max_snapshots <= 0:
             raise ValueError(f"MemoryTracker(max_snapshots={max_snapshots!r}): expected a whole number of snapshots >= 1")
+        if probe is None:
+            probe = process_probe()
         self._probe = probe
         self._snapshots: collections.deque[MemorySnapshot] = collections.deque(maxlen=max_snapshots)
         self._lock = threading.Lock()
@@ -143,9 +145,6 @@ class MemoryTracker:
         }
 
 
-_default = ProcessDefault(MemoryTracker)
-
-
 def get_memory_tracker() -> MemoryTracker:
     """The process-wide tracker that profiled operations and the default monitor feed."""
-    return _default.get()
+    return RUNTIME.get("tracker", MemoryTracker)

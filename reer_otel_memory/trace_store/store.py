@@ -69,10 +69,11 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
+from .._runtime import RUNTIME
 from ..errors import TraceStoreError
 from ..monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
 from ..profiling.operations import memory_context, memory_profile
-from ..profiling.probe import PROBE
+from ..profiling.probe import process_probe
 from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
 
 try:
@@ -283,7 +284,9 @@ def _register_gauges(telemetry: _telemetry.Telemetry) -> None:
     telemetry.observable_gauge(names.METRIC_TRACE_STORE_TRACES, _observe_counts)
 
 
-_telemetry.on_change(_register_gauges)
+def _register_gauges_from_now_on() -> None:
+    _telemetry.on_change(_register_gauges)
+    _register_gauges(_telemetry.current())
 
 
 def _release_hook(ref: weakref.ref[REERTraceStore]) -> Callable[[], object]:
@@ -340,7 +343,7 @@ class REERTraceStore:
         self._known_through = 0
 
         _live_stores.add(self)
-        _register_gauges(_telemetry.current())
+        RUNTIME.once("trace_store.gauges", _register_gauges_from_now_on)
         self._hook_name = f"trace_store:{self.path}:{id(self):x}"
         register_cleanup_hook(self._hook_name, _release_hook(weakref.ref(self)))
         self._finalizer = weakref.finalize(self, _forget, self._writer, self._hook_name)
@@ -657,7 +660,7 @@ class REERTraceStore:
                 else {"offset": stats.torn_tail_offset, "bytes": stats.torn_tail_bytes},
                 "file_size_bytes": file_size,
                 "file_size_mb": file_size / _MB,
-                "memory_usage_mb": PROBE.rss_bytes() / _MB,
+                "memory_usage_mb": process_probe().rss_bytes() / _MB,
                 "scored_traces": scores.count,
                 "score_min": scores.low,
                 "score_mean": scores.total / scores.count if scores.count else None,
@@ -791,11 +794,11 @@ class REERTraceStore:
         ``heap_trimmed``.
         """
         with memory_context(names.OPERATION_TRACE_STORE_OPTIMIZE, attributes=self._span_attributes):
-            rss_before = PROBE.rss_bytes()
+            rss_before = process_probe().rss_bytes()
             released = self._release_caches()
             collected = gc.collect()
             trimmed = trim_heap()
-            rss_after = PROBE.rss_bytes()
+            rss_after = process_probe().rss_bytes()
         return {
             "memory_freed_mb": max(0, rss_before - rss_after) / _MB,
             "rss_before_mb": rss_before / _MB,
