@@ -218,6 +218,19 @@ def _end(operation: _Operation | None, exc: BaseException | None) -> None:
         _log_failure("finishing a profiled operation", failure)
 
 
+def _attach(operation: _Operation | None) -> object | None:
+    """Make the operation's span current; the token to detach it with (None: nothing attached)."""
+    if operation is None or operation.context is None:
+        return None
+    return otel_context.attach(operation.context)
+
+
+def _detach_and_end(operation: _Operation | None, token: object | None, exc: BaseException | None) -> None:
+    if token is not None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+    _end(operation, exc)
+
+
 def _light_start() -> int:
     """RSS at the start of an operation measured without an SDK (0 if it cannot be read)."""
     try:
@@ -396,17 +409,13 @@ def memory_profile(
                     finally:
                         _light(name, rss_start)
                 operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
-                token = otel_context.attach(operation.context) if operation is not None and operation.context is not None else None
+                token = _attach(operation)
                 try:
                     result = await func(*args, **kwargs)
                 except BaseException as exc:
-                    if token is not None:
-                        otel_context.detach(token)
-                    _end(operation, exc)
+                    _detach_and_end(operation, token, exc)
                     raise
-                if token is not None:
-                    otel_context.detach(token)
-                _end(operation, None)
+                _detach_and_end(operation, token, None)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
@@ -420,17 +429,13 @@ def memory_profile(
                 finally:
                     _light(name, rss_start)
             operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
-            token = otel_context.attach(operation.context) if operation is not None and operation.context is not None else None
+            token = _attach(operation)
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                if token is not None:
-                    otel_context.detach(token)
-                _end(operation, exc)
+                _detach_and_end(operation, token, exc)
                 raise
-            if token is not None:
-                otel_context.detach(token)
-            _end(operation, None)
+            _detach_and_end(operation, token, None)
             return result
 
         wrapper.__reer_memory_profiled__ = True  # type: ignore[attr-defined]
@@ -483,8 +488,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
             self._light_start = _light_start()
             return self
         self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes)
-        if self._operation is not None and self._operation.context is not None:
-            self._token = otel_context.attach(self._operation.context)
+        self._token = _attach(self._operation)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -498,11 +502,9 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
             result.level = get_config().level_for(rss_end)
             result.duration_s = time.perf_counter() - self._light_started
             return
-        if self._token is not None:
-            otel_context.detach(self._token)
-            self._token = None
         operation, self._operation = self._operation, None
-        _end(operation, exc)
+        token, self._token = self._token, None
+        _detach_and_end(operation, token, exc)
         if operation is not None:
             self.result = operation.result
 
