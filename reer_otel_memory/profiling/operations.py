@@ -25,11 +25,14 @@ from typing import Any, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from .. import _names as names
 from .. import _telemetry
 from ..config import get_config
+from ..levels import MemoryLevel
 from .probe import MemoryProbe, PeakWindow, process_probe
 from .tracker import get_memory_tracker
 
@@ -84,7 +87,7 @@ class OperationResult:
         self.rss_end = 0
         self.rss_peak: int | None = None
         self.heap_delta: int | None = None
-        self.level = None
+        self.level: MemoryLevel | None = None
         self.duration_s = 0.0
         self.leak_suspected = False
 
@@ -109,6 +112,7 @@ class _Operation:
     """One running profiled operation: its span, peak window and start readings."""
 
     __slots__ = ("context", "function", "heap_start", "metric_attributes", "name", "owns_span", "probe", "result", "span", "started", "telemetry", "window")
+    window: PeakWindow  # set by start(); finish() runs only after a successful start()
 
     def __init__(self, name: str, function: str | None, metric_attributes: Mapping[str, str]) -> None:
         self.name = name
@@ -118,8 +122,7 @@ class _Operation:
         self.result.operation = name
         self.span: Span | None = None
         self.owns_span = False
-        self.context = None
-        self.window: PeakWindow | None = None
+        self.context: Context | None = None
         self.heap_start: int | None = None
 
     def start(self, heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None) -> None:
@@ -161,7 +164,7 @@ class _Operation:
             suspected = result.leak_suspected = tracker.leak_detector.is_suspected(self.name)
 
             if span is not None and span.is_recording():
-                attributes = {
+                attributes: dict[str, AttributeValue] = {
                     names.ATTR_OPERATION: self.name,
                     names.ATTR_RSS_START: result.rss_start,
                     names.ATTR_RSS_END: rss_end,
@@ -199,7 +202,14 @@ class _Operation:
         return self.result
 
 
-def _begin(name: str, function: str | None, metric_attributes: Mapping[str, str], heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None) -> _Operation | None:
+def _begin(
+    name: str,
+    function: str | None,
+    metric_attributes: Mapping[str, str],
+    heap: bool | None,
+    annotate_current: bool,
+    attributes: Mapping[str, Any] | None,
+) -> _Operation | None:
     operation = _Operation(name, function, metric_attributes)
     try:
         operation.start(heap, annotate_current, attributes)
@@ -468,7 +478,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         self.annotate_current = annotate_current
         self.attributes = dict(attributes) if attributes else None
         self._operation: _Operation | None = None
-        self._token = None
+        self._token: object | None = None
         self._light_start: int | None = None
         self.result: OperationResult | None = None
 

@@ -172,7 +172,7 @@ class MemoryProbe:
         fd = self._statm_fd
         if fd >= 0:
             return int(os.pread(fd, 96, 0).split(None, 2)[1]) * self._page_size
-        return self._psutil_process.memory_info().rss
+        return int(self._psutil_process.memory_info().rss)
 
     def heap_bytes(self) -> int | None:
         """Bytes the C allocator has handed out and not freed, or None where unknown.
@@ -192,10 +192,7 @@ class MemoryProbe:
 
     def _hwm_bytes(self) -> int:
         """The kernel's RSS high-water mark since the last reset (caller holds the lock)."""
-        if self._peak_mode is _PEAK_RUSAGE:
-            hwm = resource.getrusage(self._rusage_who).ru_maxrss * 1024
-        else:
-            hwm = self._vmhwm_bytes()
+        hwm = resource.getrusage(self._rusage_who).ru_maxrss * 1024 if self._peak_mode is _PEAK_RUSAGE else self._vmhwm_bytes()
         if hwm > self._lifetime_peak_bytes:
             self._lifetime_peak_bytes = hwm
         return hwm

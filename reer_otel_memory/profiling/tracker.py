@@ -71,7 +71,8 @@ class MemoryTracker:
         if probe is None:
             probe = process_probe()
         self._probe = probe
-        self._snapshots: collections.deque[MemorySnapshot] = collections.deque(maxlen=max_snapshots)
+        # Profiled calls append plain tuples (cheaper); :attr:`snapshots` makes them MemorySnapshots.
+        self._snapshots: collections.deque[MemorySnapshot | tuple[Any, ...]] = collections.deque(maxlen=max_snapshots)
         self._lock = threading.Lock()
         self.leak_detector = leak_detector if leak_detector is not None else LeakDetector()
         self.baseline_rss_bytes = probe.rss_bytes()
@@ -140,7 +141,7 @@ class MemoryTracker:
             "snapshot_count": len(snapshots),
             "max_snapshots": self.max_snapshots,
             "level": get_config().level_for(current).value,
-            "heap_mb": (lambda h: None if h is None else h / MB)(self._probe.heap_bytes()),
+            "heap_mb": None if (heap_bytes := self._probe.heap_bytes()) is None else heap_bytes / MB,
             "leak_suspects": [s.as_dict() for s in suspects],
         }
 
