@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
+import os
+import signal
 import threading
+import warnings
+import weakref
 
+import numpy as np
 import pytest
 from _children import MB
 from _procfs import ProcDir
 from conftest import wait_for
 
-from reer_otel_memory import MemoryMonitor, MemoryTracker, register_cleanup_hook, run_cleanup, unregister_cleanup_hook
-from reer_otel_memory.monitoring.cleanup import cleanup_hook_names
+from reer_otel_memory import MemoryMonitor, MemoryOptimizer, MemoryTracker, register_cleanup_hook, run_cleanup, unregister_cleanup_hook
+from reer_otel_memory.monitoring.cleanup import KIND_CACHE, CleanupRegistry, cleanup_hook_names, cleanup_registry, release_memory
 
 
 @pytest.fixture
@@ -162,3 +168,167 @@ def test_an_emergency_request_wakes_the_thread_which_runs_the_cleanup(proc, hook
     finally:
         monitor.stop_monitoring()
     assert threads == ["reer-memory-monitor"]
+
+
+# --- one registry: hooks and registered caches ---------------------------------------------------
+
+
+@pytest.fixture
+def caches():
+    """Caches registered with MemoryOptimizer in the test are unregistered afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        MemoryOptimizer.unregister_cache(name)
+
+
+def test_a_registry_runs_hooks_in_registration_order_and_replaces_by_name_in_place(caplog):
+    registry = CleanupRegistry()
+    ran: list[str] = []
+    registry.register("a", lambda: ran.append("a"))
+    registry.register("b", lambda: 1 / 0)
+    registry.register("c", lambda: ran.append("c"), kind=KIND_CACHE)
+    registry.register("a", lambda: ran.append("a2"))  # replaced, keeps its place
+    assert registry.names() == ["a", "b", "c"]
+    assert registry.names(KIND_CACHE) == ["c"]
+    with caplog.at_level(logging.ERROR, logger="reer_otel_memory.monitoring.cleanup"):
+        done = registry.run()
+    assert ran == ["a2", "c"]
+    assert (done.run, done.failed) == (["a", "c"], ["b"])
+    assert "cleanup hook 'b' failed" in caplog.text
+    assert registry.run(KIND_CACHE).run == ["c"]
+    assert registry.unregister("c", kind="hook") is False  # the kind must match when given
+    assert registry.unregister("c", kind=KIND_CACHE) is True
+    assert registry.unregister("c") is False
+    with pytest.raises(TypeError, match=r"register\('x', hook=3\): expected a callable"):
+        registry.register("x", 3)
+
+
+def test_the_process_registry_is_the_one_the_module_functions_use(hooks):
+    assert cleanup_registry() is cleanup_registry()
+    hooks.append("through-the-function")
+    register_cleanup_hook("through-the-function", lambda: None)
+    assert cleanup_registry().names()[-1] == "through-the-function" == cleanup_hook_names()[-1]
+
+
+def test_a_registered_cache_is_cleared_by_run_cleanup(caches):
+    @functools.lru_cache(maxsize=4)
+    def features(key: int) -> np.ndarray:
+        return np.ones(32 * MB // 8)  # np.ones writes every page: all of it resident
+
+    embeddings = {"user": np.ones(4 * MB // 8)}
+    features(1)
+    caches.append(MemoryOptimizer.register_cache(features, name="features"))
+    caches.append(MemoryOptimizer.register_cache(embeddings))
+    assert [f"cache:{name}" for name in caches] == cleanup_hook_names()[-2:]
+
+    result = run_cleanup()
+    assert features.cache_info().currsize == 0 and embeddings == {}
+    assert {"cache:features", f"cache:{caches[1]}"} <= set(result.hooks_run)
+    assert result.freed_bytes >= 24 * MB  # the 32 MB array went back to the OS
+
+
+def test_a_registered_cache_is_cleared_by_a_monitor_cleanup(proc, caches):
+    monitor = make_monitor(proc, cooldown_s=3600)
+    held = {"batch": np.ones(MB // 8)}
+    caches.append(MemoryOptimizer.register_cache(held, name="batches"))
+    result = monitor.cleanup()
+    assert held == {}
+    assert "cache:batches" in result.hooks_run and monitor.cleanup_counts["manual"] == 1
+
+
+def test_a_cache_and_a_hook_of_the_same_name_do_not_replace_each_other(hooks, caches):
+    ran: list[str] = []
+    hooks.append("model")
+    register_cleanup_hook("model", lambda: ran.append("hook"))
+    caches.append(MemoryOptimizer.register_cache(lambda: ran.append("cache"), name="model"))
+    assert {"model", "cache:model"} <= set(cleanup_hook_names())
+    run_cleanup()
+    assert sorted(ran) == ["cache", "hook"]
+    assert MemoryOptimizer.unregister_cache("cache:model") is False  # a cache's own name, not its hook's
+    assert MemoryOptimizer.unregister_cache("model") is True
+    assert "cache:model" not in cleanup_hook_names() and "model" in cleanup_hook_names()
+
+
+def test_unregister_cache_removes_it_from_the_registry():
+    name = MemoryOptimizer.register_cache({}, name="short-lived")
+    assert "cache:short-lived" in cleanup_hook_names()
+    assert MemoryOptimizer.unregister_cache(name) is True
+    assert "cache:short-lived" not in cleanup_hook_names()
+    assert MemoryOptimizer.unregister_cache(name) is False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_the_registry_lock_is_held_can_register_and_run_hooks():
+    registry = cleanup_registry()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with registry._lock:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    assert holding.wait(30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: exactly the case under test
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            ran: list[str] = []
+            cache = {"rows": np.ones(MB // 8)}
+            register_cleanup_hook("in-child", lambda: ran.append("hook"))
+            MemoryOptimizer.register_cache(cache, name="in-child")
+            result = run_cleanup()
+            ok = ran == ["hook"] and cache == {} and {"in-child", "cache:in-child"} <= set(result.hooks_run)
+            ok = ok and unregister_cleanup_hook("in-child") and MemoryOptimizer.unregister_cache("in-child")
+            code = 0 if ok else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    release.set()
+    holder.join(timeout=30)
+
+    def reaped() -> tuple[int] | None:
+        done_pid, status = os.waitpid(pid, os.WNOHANG)
+        return (status,) if done_pid else None
+
+    try:
+        (status,) = wait_for(reaped, timeout_s=20, message="the forked child to finish (a deadlock if it never does)")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "in-child" not in cleanup_hook_names()  # the child's registrations stayed in the child
+
+
+# --- release_memory ------------------------------------------------------------------------------
+
+
+def test_release_memory_measures_around_the_release_and_returns_its_value():
+    held = [np.ones(32 * MB // 8)]
+    released = release_memory(lambda: held.pop().nbytes, heap=True)
+    assert released.value == 32 * MB
+    assert released.freed_bytes == released.rss_before_bytes - released.rss_after_bytes >= 24 * MB
+    assert released.duration_s > 0
+    assert released.heap_before_bytes is None or released.heap_freed_bytes is not None
+
+
+def test_release_memory_collects_only_when_asked():
+    was_enabled = gc.isenabled()
+    gc.disable()  # the cycle must still be there when release_memory runs
+    try:
+        node = _Cycle()
+        node.self = node
+        alive = weakref.ref(node)
+        del node
+        kept = release_memory(collect=False, trim=False)
+        assert alive() is not None and kept.collected_objects == 0
+        assert kept.trimmed is False and kept.value is None and kept.heap_freed_bytes is None
+        collected = release_memory()
+        assert alive() is None and collected.collected_objects >= 1
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 from _buffers import touched
 
-from reer_otel_memory import MemoryOptimizer
+from reer_otel_memory import MemoryOptimizer, register_cleanup_hook, run_cleanup, unregister_cleanup_hook
+from reer_otel_memory.monitoring.cleanup import cleanup_hook_names
 
 MB = 1024 * 1024
 
@@ -107,6 +109,42 @@ def test_a_registered_dict_or_callable_is_cleared():
             MemoryOptimizer.unregister_cache(name)
     assert plain == {} and calls == [1]
     assert not MemoryOptimizer.unregister_cache("plain")
+
+
+def test_clear_caches_runs_only_caches_and_counts_those_cleared(caplog):
+    ran: list[str] = []
+    register_cleanup_hook("not-a-cache", lambda: ran.append("hook"))
+    names = [
+        MemoryOptimizer.register_cache(lambda: ran.append("first"), name="first"),
+        MemoryOptimizer.register_cache(lambda: 1 / 0, name="broken"),
+        MemoryOptimizer.register_cache(lambda: ran.append("replaced"), name="last"),
+        MemoryOptimizer.register_cache(lambda: ran.append("last"), name="last"),  # same name: replaces
+    ]
+    try:
+        with caplog.at_level(logging.ERROR, logger="reer_otel_memory.monitoring.cleanup"):
+            assert MemoryOptimizer.clear_caches(clear_lru_caches=False) == (2, 0)
+    finally:
+        unregister_cleanup_hook("not-a-cache")
+        for name in set(names):
+            MemoryOptimizer.unregister_cache(name)
+    assert ran == ["first", "last"]
+    assert "cleanup hook 'cache:broken' failed" in caplog.text
+
+
+def test_a_registered_lru_cache_is_cleared_by_run_cleanup_and_unregistered_from_the_registry():
+    @functools.lru_cache(maxsize=2)
+    def tokens(key: int) -> np.ndarray:
+        return np.ones(MB // 8)
+
+    tokens(1)
+    name = MemoryOptimizer.register_cache(tokens)
+    assert f"cache:{name}" in cleanup_hook_names()
+    try:
+        result = run_cleanup()
+    finally:
+        assert MemoryOptimizer.unregister_cache(name)
+    assert tokens.cache_info().currsize == 0 and f"cache:{name}" in result.hooks_run
+    assert f"cache:{name}" not in cleanup_hook_names()
 
 
 def test_cache_and_threshold_inputs_are_checked():

@@ -29,7 +29,6 @@ over the model's attributes; reach those through ``lazy_model.load().name``.
 
 from __future__ import annotations
 
-import gc
 import math
 import threading
 import time
@@ -39,7 +38,7 @@ from typing import Any
 
 from .. import _names as names
 from .._runtime import RUNTIME
-from ..monitoring.cleanup import register_cleanup_hook, trim_heap
+from ..monitoring.cleanup import register_cleanup_hook, release_memory
 from .profiler import MemoryProfiler, get_memory_profiler, run_profiled
 
 #: The name of the cleanup hook that unloads idle lazy models.
@@ -155,12 +154,11 @@ class LazyModelLoader:
 
         def drop() -> None:
             self._model = _UNLOADED
-            if collect:
-                gc.collect()
-                trim_heap()
 
-        _, result = run_profiled(names.OPERATION_MODEL_UNLOAD, {names.ATTR_MODEL_NAME: self._model_name}, drop)
-        freed = max(0, -result.rss_delta)
+        released, _ = run_profiled(
+            names.OPERATION_MODEL_UNLOAD, {names.ATTR_MODEL_NAME: self._model_name}, lambda: release_memory(drop, collect=collect, trim=collect)
+        )
+        freed = released.freed_bytes
         self._last_unload_freed_bytes = freed
         self._profiler.record_model_unload(self._model_name, freed)
         return freed

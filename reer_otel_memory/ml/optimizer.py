@@ -16,7 +16,9 @@ What each method does, and does not do:
   ``bytearray``, ``array.array``, lists, dicts, sets, tuples by their own size, numpy arrays by
   ``nbytes``), so you can see what holds the memory. It returns a report with the RSS freed,
   measured. It walks every object the garbage collector tracks, their direct referents and
-  the locals of every running frame: about 1 s per million objects.
+  the locals of every running frame: about 1 s per million objects. The registered caches are
+  hooks (of kind ``cache``) in the package's one cleanup registry, so the monitor's cleanups
+  (:func:`reer_otel_memory.run_cleanup`) clear them too.
 * :meth:`MemoryOptimizer.force_garbage_collection` collects each generation, trims the heap and
   reports objects collected per generation and RSS freed.
 * :meth:`MemoryOptimizer.optimize_numpy_arrays` returns smaller copies of arrays where the
@@ -37,23 +39,22 @@ import functools
 import gc
 import math
 import sys
-import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ..config import MB
-from ..monitoring.cleanup import trim_heap
-from ..profiling.probe import process_probe
+from ..monitoring.cleanup import KIND_CACHE, Released, cleanup_registry, release_memory
 
 _LRU_WRAPPER_TYPE = type(functools.lru_cache(maxsize=1)(lambda: None))
 _MAX_NESTING = 16
 #: Elements compared per step when checking a downcast, to bound the temporary memory.
 _CHECK_CHUNK_ELEMENTS = 1 << 20
 
-_caches_lock = threading.Lock()
-_caches: dict[str, Callable[[], Any]] = {}
+#: Prefix of a registered cache's hook name in the cleanup registry, which it shares with
+#: every other cleanup hook: a cache called "model" never replaces a hook called "model".
+_CACHE_HOOK_PREFIX = "cache:"
 
 
 def _clearer(cache: Any) -> Callable[[], Any] | None:
@@ -75,21 +76,14 @@ def _clearer(cache: Any) -> Callable[[], Any] | None:
     return None
 
 
-def _measure_start() -> tuple[float, int, int | None]:
-    return time.perf_counter(), process_probe().rss_bytes(), process_probe().heap_bytes()
-
-
-def _measured(start: tuple[float, int, int | None], trimmed: bool) -> dict[str, Any]:
-    started, rss_before, heap_before = start
-    rss_after = process_probe().rss_bytes()
-    heap_after = process_probe().heap_bytes() if heap_before is not None else None
+def _measured(released: Released[Any]) -> dict[str, Any]:
     return {
-        "rss_before_bytes": rss_before,
-        "rss_after_bytes": rss_after,
-        "rss_freed_bytes": max(0, rss_before - rss_after),
-        "heap_freed_bytes": None if heap_after is None or heap_before is None else max(0, heap_before - heap_after),
-        "heap_trimmed": trimmed,
-        "duration_s": time.perf_counter() - started,
+        "rss_before_bytes": released.rss_before_bytes,
+        "rss_after_bytes": released.rss_after_bytes,
+        "rss_freed_bytes": released.freed_bytes,
+        "heap_freed_bytes": released.heap_freed_bytes,
+        "heap_trimmed": released.trimmed,
+        "duration_s": released.duration_s,
     }
 
 
@@ -109,7 +103,7 @@ class MemoryOptimizer:
 
     @staticmethod
     def register_cache(cache: Any, name: str | None = None) -> str:
-        """Have :meth:`cleanup_large_objects` clear ``cache``; returns the name it is registered under.
+        """Have :meth:`cleanup_large_objects` and every cleanup clear ``cache``; returns the name it is registered under.
 
         ``cache`` is anything with ``cache_clear()`` or ``clear()`` (held weakly when its type
         allows: a plain dict is held until unregistered), or a callable that clears a cache.
@@ -121,25 +115,21 @@ class MemoryOptimizer:
             name = f"{type(cache).__qualname__}@{id(cache):x}"
         elif not isinstance(name, str) or not name:
             raise TypeError(f"register_cache(name={name!r}): expected a non-empty string or None")
-        with _caches_lock:
-            _caches[name] = clear
+        cleanup_registry().register(_CACHE_HOOK_PREFIX + name, clear, KIND_CACHE)
         return name
 
     @staticmethod
     def unregister_cache(name: str) -> bool:
         """Stop clearing the cache registered as ``name``; False if there was none."""
-        with _caches_lock:
-            return _caches.pop(name, None) is not None
+        return cleanup_registry().unregister(_CACHE_HOOK_PREFIX + name, KIND_CACHE)
 
     @staticmethod
     def clear_caches(clear_lru_caches: bool = True) -> tuple[int, int]:
-        """Clear the registered caches and, if asked, every non-empty lru_cache; (registered, lru) cleared."""
-        with _caches_lock:
-            clearers = list(_caches.values())
-        registered = 0
-        for clear in clearers:
-            clear()
-            registered += 1
+        """Clear the registered caches and, if asked, every non-empty lru_cache; (registered, lru) cleared.
+
+        A registered cache whose clearing raises is logged and skipped, as in every cleanup.
+        """
+        registered = len(cleanup_registry().run(KIND_CACHE).run)
         lru = 0
         if clear_lru_caches:
             for obj in gc.get_objects():
@@ -166,10 +156,9 @@ class MemoryOptimizer:
         measured ``rss_freed_bytes`` / ``heap_freed_bytes``.
         """
         threshold = int(_check_positive("cleanup_large_objects", "size_threshold_mb", size_threshold_mb, allow_zero=True) * MB)
-        start = _measure_start()
-        registered, lru = MemoryOptimizer.clear_caches(clear_lru_caches)
-        collected = gc.collect()
-        trimmed = trim_heap()
+        started = time.perf_counter()
+        released = release_memory(lambda: MemoryOptimizer.clear_caches(clear_lru_caches), heap=True)
+        registered, lru = released.value
         found = _find_large_objects(threshold)
         report = {
             "threshold_bytes": threshold,
@@ -178,9 +167,11 @@ class MemoryOptimizer:
             "largest": found[:top],
             "caches_cleared": registered,
             "lru_caches_cleared": lru,
-            "collected_objects": collected,
+            "collected_objects": released.collected_objects,
         }
-        report.update(_measured(start, trimmed))
+        report.update(_measured(released))
+        # The call's duration: the census of what is still held as well as the release.
+        report["duration_s"] = time.perf_counter() - started
         return report
 
     # --- garbage collection --------------------------------------------------------------------
@@ -188,15 +179,14 @@ class MemoryOptimizer:
     @staticmethod
     def force_garbage_collection() -> dict[str, Any]:
         """Collect generations 0, 1 and 2 in turn and trim the heap; objects collected and RSS freed."""
-        start = _measure_start()
-        by_generation = {generation: gc.collect(generation) for generation in range(3)}
-        trimmed = trim_heap()
+        released = release_memory(lambda: {generation: gc.collect(generation) for generation in range(3)}, collect=False, heap=True)
+        by_generation = released.value
         report: dict[str, Any] = {
             "collected": sum(by_generation.values()),
             "collected_by_generation": by_generation,
             "uncollectable": len(gc.garbage),
         }
-        report.update(_measured(start, trimmed))
+        report.update(_measured(released))
         return report
 
     # --- numpy arrays --------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Memory cleanup: registered hooks, garbage collection, and handing freed heap back to the OS.
+"""Memory cleanup: one registry of cleanup hooks, garbage collection, and handing freed heap back to the OS.
 
-Other parts of the package (the resource manager, lazy models) and users plug in with
-:func:`register_cleanup_hook`; the monitor runs :func:`run_cleanup` at the cleanup and critical
-levels, on the emergency signal and on demand (:meth:`MemoryMonitor.cleanup`), counts each run
-in ``reer.memory.cleanups{trigger}`` and the RSS it released in ``reer.memory.cleanup.freed``.
+Other parts of the package (the resource manager, lazy models, trace stores, the caches given to
+:meth:`MemoryOptimizer.register_cache`) and users plug in with :func:`register_cleanup_hook`;
+all of them land in one :class:`CleanupRegistry` per process (:func:`cleanup_registry`). The
+monitor runs :func:`run_cleanup` at the cleanup and critical levels, on the emergency signal
+and on demand (:meth:`MemoryMonitor.cleanup`), counts each run in
+``reer.memory.cleanups{trigger}`` and the RSS it released in ``reer.memory.cleanup.freed``.
 
     from reer_otel_memory import register_cleanup_hook, run_cleanup
 
@@ -16,6 +18,10 @@ One cleanup: every hook (a hook that raises is logged and skipped), then ``gc.co
 and RSS really falls. Its cost is that of a full garbage collection: milliseconds in a small
 process, up to seconds with millions of container objects, which is why the monitor keeps a
 cooldown between automatic cleanups and runs them on its own thread, never in a signal handler.
+
+Everything in the package that releases memory and reports what it freed (this cleanup, the
+optimizer, a lazy model's unload, a trace store's ``optimize_memory_usage``) measures it the
+same way, through :func:`release_memory`: RSS before, release, collect, trim, RSS after.
 """
 
 from __future__ import annotations
@@ -26,51 +32,110 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 import psutil
 
 from .. import _names as names
-from .._process import after_fork_in_child
+from .._runtime import RUNTIME
 from ..profiling.probe import MemoryProbe, process_probe
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: The values of the ``trigger`` label: what started a cleanup.
 TRIGGERS = names.CLEANUP_TRIGGERS
 
+#: The kind of a hook registered through :func:`register_cleanup_hook`.
+KIND_HOOK = "hook"
+#: The kind of a hook that clears a cache (:meth:`MemoryOptimizer.register_cache`).
+KIND_CACHE = "cache"
+
 _heap_trim: Callable[[], object] | None = getattr(psutil, "heap_trim", None)
 
-_lock = threading.Lock()
-_hooks: dict[str, Callable[[], object]] = {}
+
+class HooksRun(NamedTuple):
+    """Which hooks one :meth:`CleanupRegistry.run` ran, and which of them raised."""
+
+    run: list[str]
+    failed: list[str]
 
 
-def _reinit_lock_in_child() -> None:
-    # A fork taken while another thread held the lock would leave it held forever in the child.
-    global _lock
-    _lock = threading.Lock()
+class CleanupRegistry:
+    """Named cleanup hooks, each with a kind, run in the order they were first registered.
+
+    Thread-safe, and usable in a forked child even if the parent forked while another thread
+    held the lock. Registering a name again replaces its hook (and kind) in place.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hooks: dict[str, tuple[Callable[[], object], str]] = {}
+        RUNTIME.after_fork_call(self)
+
+    def _after_fork_in_child(self) -> None:
+        # A fork taken while another thread held the lock would leave it held forever in the child.
+        self._lock = threading.Lock()
+
+    def register(self, name: str, hook: Callable[[], object], kind: str = KIND_HOOK) -> None:
+        """Run ``hook()`` on every :meth:`run` that includes ``kind``. Replaces a hook of that name."""
+        if not callable(hook):
+            raise TypeError(f"register({name!r}, hook={hook!r}): expected a callable")
+        with self._lock:
+            self._hooks[name] = (hook, kind)
+
+    def unregister(self, name: str, kind: str | None = None) -> bool:
+        """Remove the hook called ``name`` (only if it is of ``kind``, when given); False if there was none."""
+        with self._lock:
+            entry = self._hooks.get(name)
+            if entry is None or (kind is not None and entry[1] != kind):
+                return False
+            del self._hooks[name]
+            return True
+
+    def names(self, kind: str | None = None) -> list[str]:
+        """Names of the hooks (of ``kind``, when given), in the order they run."""
+        with self._lock:
+            return [name for name, (_, hook_kind) in self._hooks.items() if kind is None or hook_kind == kind]
+
+    def run(self, kind: str | None = None) -> HooksRun:
+        """Run every hook (of ``kind``, when given) in order; one that raises is logged and skipped."""
+        with self._lock:
+            # Called outside the lock: a hook may register or unregister hooks, or take its time.
+            hooks = [(name, hook) for name, (hook, hook_kind) in self._hooks.items() if kind is None or hook_kind == kind]
+        done = HooksRun([], [])
+        for name, hook in hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("cleanup hook %r failed", name)
+                done.failed.append(name)
+            else:
+                done.run.append(name)
+        return done
 
 
-after_fork_in_child(_reinit_lock_in_child)
+def cleanup_registry() -> CleanupRegistry:
+    """The process's cleanup registry: the hooks :func:`run_cleanup` runs."""
+    return RUNTIME.get("cleanup.registry", CleanupRegistry)
 
 
 def register_cleanup_hook(name: str, hook: Callable[[], object]) -> None:
     """Run ``hook()`` on every cleanup, before garbage collection. Replaces a hook of that name."""
     if not callable(hook):
         raise TypeError(f"register_cleanup_hook({name!r}, hook={hook!r}): expected a callable")
-    with _lock:
-        _hooks[name] = hook
+    cleanup_registry().register(name, hook)
 
 
 def unregister_cleanup_hook(name: str) -> bool:
     """Remove the hook called ``name``; False if there was none."""
-    with _lock:
-        return _hooks.pop(name, None) is not None
+    return cleanup_registry().unregister(name)
 
 
 def cleanup_hook_names() -> list[str]:
     """Names of the registered hooks, in the order they run."""
-    with _lock:
-        return list(_hooks)
+    return cleanup_registry().names()
 
 
 def trim_heap() -> bool:
@@ -82,6 +147,77 @@ def trim_heap() -> bool:
     except (OSError, RuntimeError, NotImplementedError):
         return False
     return True
+
+
+@dataclass(frozen=True)
+class Released(Generic[T]):
+    """What one :func:`release_memory` did: its callback's result and the memory measured around it."""
+
+    value: T
+    rss_before_bytes: int
+    rss_after_bytes: int
+    collected_objects: int
+    trimmed: bool
+    duration_s: float
+    heap_before_bytes: int | None = None
+    heap_after_bytes: int | None = None
+
+    @property
+    def freed_bytes(self) -> int:
+        """RSS released (never negative)."""
+        return max(0, self.rss_before_bytes - self.rss_after_bytes)
+
+    @property
+    def heap_freed_bytes(self) -> int | None:
+        """Allocator heap released (never negative); None unless measured and known both times."""
+        if self.heap_before_bytes is None or self.heap_after_bytes is None:
+            return None
+        return max(0, self.heap_before_bytes - self.heap_after_bytes)
+
+
+@overload
+def release_memory(
+    release: None = None, *, collect: bool | int = True, trim: bool = True, heap: bool = False, probe: MemoryProbe | None = None
+) -> Released[None]: ...
+
+
+@overload
+def release_memory(
+    release: Callable[[], T], *, collect: bool | int = True, trim: bool = True, heap: bool = False, probe: MemoryProbe | None = None
+) -> Released[T]: ...
+
+
+def release_memory(
+    release: Callable[[], T] | None = None,
+    *,
+    collect: bool | int = True,
+    trim: bool = True,
+    heap: bool = False,
+    probe: MemoryProbe | None = None,
+) -> Released[Any]:
+    """Measure RSS, call ``release()``, collect garbage, trim the heap, measure RSS again.
+
+    ``collect``: True for a full ``gc.collect()``, a generation number for ``gc.collect(n)``,
+    False for none. ``trim``: hand free heap back to the OS (:func:`trim_heap`). ``heap``: also
+    measure the allocator's heap before and after (can cost milliseconds on a fragmented heap).
+    An exception from ``release()`` propagates; nothing is collected or measured after it.
+    """
+    if probe is None:
+        probe = process_probe()
+    started = time.perf_counter()
+    rss_before = probe.rss_bytes()
+    heap_before = probe.heap_bytes() if heap else None
+    value = release() if release is not None else None
+    if collect is False:
+        collected = 0
+    elif collect is True:
+        collected = gc.collect()
+    else:
+        collected = gc.collect(collect)
+    trimmed = trim_heap() if trim else False
+    rss_after = probe.rss_bytes()
+    heap_after = probe.heap_bytes() if heap_before is not None else None
+    return Released(value, rss_before, rss_after, collected, trimmed, time.perf_counter() - started, heap_before, heap_after)
 
 
 @dataclass
@@ -117,21 +253,15 @@ def run_cleanup(trigger: str = names.TRIGGER_MANUAL, probe: MemoryProbe | None =
     :data:`TRIGGERS` and is only recorded in the result.
     """
     check_trigger(trigger)
-    if probe is None:
-        probe = process_probe()
-    started = time.perf_counter()
-    before = probe.rss_bytes()
-    with _lock:
-        hooks = list(_hooks.items())
-    run, failed = [], []
-    for name, hook in hooks:
-        try:
-            hook()
-            run.append(name)
-        except Exception:
-            logger.exception("cleanup hook %r failed", name)
-            failed.append(name)
-    collected = gc.collect()
-    trimmed = trim_heap()
-    after = probe.rss_bytes()
-    return CleanupResult(trigger, before, after, collected, run, failed, trimmed, time.perf_counter() - started)
+    released = release_memory(cleanup_registry().run, probe=probe)
+    hooks = released.value
+    return CleanupResult(
+        trigger,
+        released.rss_before_bytes,
+        released.rss_after_bytes,
+        released.collected_objects,
+        hooks.run,
+        hooks.failed,
+        released.trimmed,
+        released.duration_s,
+    )

@@ -54,7 +54,6 @@ the store's latest full read plus its own appends; absent until known), by
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import threading
@@ -71,7 +70,7 @@ from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
 from ..errors import TraceStoreError
-from ..monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
+from ..monitoring.cleanup import register_cleanup_hook, release_memory, unregister_cleanup_hook
 from ..profiling.operations import memory_context, memory_profile
 from ..profiling.probe import process_probe
 from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
@@ -794,18 +793,14 @@ class REERTraceStore:
         ``heap_trimmed``.
         """
         with memory_context(names.OPERATION_TRACE_STORE_OPTIMIZE, attributes=self._span_attributes):
-            rss_before = process_probe().rss_bytes()
-            released = self._release_caches()
-            collected = gc.collect()
-            trimmed = trim_heap()
-            rss_after = process_probe().rss_bytes()
+            released = release_memory(self._release_caches)
         return {
-            "memory_freed_mb": max(0, rss_before - rss_after) / _MB,
-            "rss_before_mb": rss_before / _MB,
-            "rss_after_mb": rss_after / _MB,
-            **released,
-            "gc_collected_objects": collected,
-            "heap_trimmed": trimmed,
+            "memory_freed_mb": released.freed_bytes / _MB,
+            "rss_before_mb": released.rss_before_bytes / _MB,
+            "rss_after_mb": released.rss_after_bytes / _MB,
+            **released.value,
+            "gc_collected_objects": released.collected_objects,
+            "heap_trimmed": released.trimmed,
         }
 
 
