@@ -1,7 +1,7 @@
 """Every instrument, attribute and environment-variable name the package emits or reads.
 
 Nothing else in the package spells these strings: dashboards, alert rules and users depend on
-them (see DESIGN.md), so they live in one place.
+them (docs/telemetry.md is their reference), so they live in one place.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ through the ``opentelemetry_instrumentor`` entry point named ``reer_memory``::
 
 * binds the package's spans and instruments to the given ``tracer_provider`` /
   ``meter_provider`` (default: the global ones), so the ``reer.memory.*`` gauges and counters
-  of DESIGN.md appear on whatever exporter the service configured;
+  listed in docs/telemetry.md appear on whatever exporter the service configured;
 * starts the default memory monitor (thresholds from ``REER_MEMORY_*``);
 * wraps every callable named in ``REER_MEMORY_PROFILE_TARGETS`` with
   :func:`~reer_otel_memory.memory_profile`, so each call is a profiled operation named

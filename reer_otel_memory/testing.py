@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from . import _telemetry
+from .export.naming import label_name
 
 _MISSING = object()
 
@@ -63,7 +64,7 @@ class TelemetryCapture:
     def collect(self) -> list[Any]:
         """Collect now; every metric (name, unit, data) from every scope."""
         data = self.metric_reader.get_metrics_data()
-        found = []
+        found: list[Any] = []
         if data is None:
             return found
         for resource_metrics in data.resource_metrics:
@@ -81,21 +82,17 @@ class TelemetryCapture:
     def metric_points(self, name: str, **attributes: Any) -> Sequence[Any]:
         """Data points of metric ``name`` whose attributes include ``attributes``.
 
-        Attribute keys with dots are passed with underscores: ``reer_operation="x"`` matches
-        ``reer.operation`` (and ``reer.trace_store.path`` is ``reer_trace_store_path``), as in
-        the Prometheus label names.
+        Attribute keys are passed as their Prometheus label names (``export.naming.label_name``):
+        ``reer_operation="x"`` matches ``reer.operation``, and ``reer_trace_store_path`` matches
+        ``reer.trace_store.path``.
         """
         metric = self.metric(name)
         if metric is None:
             return []
-
-        def label(key: str) -> str:
-            return key.replace(".", "_")
-
-        wanted = {label(key): value for key, value in attributes.items()}
+        wanted = {label_name(key): value for key, value in attributes.items()}
         points = []
         for point in metric.data.data_points:
-            point_attributes = {label(key): value for key, value in (point.attributes or {}).items()}
+            point_attributes = {label_name(key): value for key, value in (point.attributes or {}).items()}
             if all(point_attributes.get(k, _MISSING) == v for k, v in wanted.items()):
                 points.append(point)
         return points

@@ -1,4 +1,4 @@
-"""The monitor's metrics as DESIGN.md names them: gauges read at collection time, and counters."""
+"""The monitor's metrics as docs/telemetry.md names them: gauges read at collection time, and counters."""
 
 from __future__ import annotations
 

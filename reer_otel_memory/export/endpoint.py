@@ -114,9 +114,9 @@ class _Pipeline:
         from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
         from opentelemetry.sdk.resources import Resource
 
-        # Series carry exactly the labels DESIGN.md lists (no otel_scope_* labels: metric names
-        # are already unique across the scopes that share this page), named as every
-        # OpenTelemetry Prometheus endpoint names them (see _exposition.OpenTelemetryText).
+        # Series carry exactly the labels docs/telemetry.md lists (no otel_scope_* labels: metric
+        # names are already unique across the scopes that share this page), named as every
+        # OpenTelemetry Prometheus endpoint names them (see exposition.OpenTelemetryText).
         self.reader = _TextReader()
         # The text format carries no exemplars: offering every measurement to exemplar
         # reservoirs would only cost time on each record and each scrape.

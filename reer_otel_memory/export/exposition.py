@@ -5,7 +5,8 @@ The page is what ``PrometheusMetricReader`` (no scope or resource labels) and
 them), in about a third of the time: with 100 profiled operations a page has about 3,000 lines,
 mostly histogram buckets, and the usual path builds a ``prometheus_client`` family and sample
 object for each line, then validates and escapes every name again on every line. Here each
-name is mapped and escaped once and remembered, and each distinct label set is rendered once.
+name is mapped (by ``naming``) and escaped once and remembered, and each distinct label set is
+rendered once.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import json
 import math
 from typing import Any
 
-from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_attribute, sanitize_full_name
 from opentelemetry.sdk.metrics.export import AggregationTemporality, Gauge, Histogram, Sum
 from prometheus_client.openmetrics import exposition as _openmetrics
+
+from . import naming
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -29,6 +31,7 @@ _MAX_CACHED_LABEL_SETS = 50_000
 _metric_names: dict[str, str] = {}
 _label_blocks: dict[tuple[tuple[str, str], ...], str] = {}
 _label_names: dict[str, str] = {}
+_attribute_labels: dict[str, str] = {}
 
 
 def _escaped(cache: dict[str, str], escape: Any, name: str) -> str:
@@ -49,6 +52,16 @@ def _label_name(name: str) -> str:
     return _escaped(_label_names, _openmetrics.escape_label_name, name)
 
 
+def _attribute_label(key: str) -> str:
+    """``naming.label_name(key)``, remembered: every point of every scrape repeats its keys."""
+    label = _attribute_labels.get(key)
+    if label is None:
+        label = naming.label_name(key)
+        if len(_attribute_labels) < _MAX_CACHED_NAMES:
+            _attribute_labels[key] = label
+    return label
+
+
 def _go_float(value: float) -> str:
     """``prometheus_client.utils.floatToGoString``: how Go (and so Prometheus) prints a float."""
     if type(value) is int and 0 <= value < 1_000_000:
@@ -58,7 +71,7 @@ def _go_float(value: float) -> str:
         return "+Inf"
     if value == _MINUS_INF:
         return "-Inf"
-    if value != value:
+    if math.isnan(value):
         return "NaN"
     text = repr(value)
     dot = text.find(".")
@@ -101,30 +114,24 @@ class OpenTelemetryText:
     The output is what ``PrometheusMetricReader`` (without scope labels or resource labels)
     followed by ``generate_latest`` writes for the same data, byte for byte (a test compares
     them), without building ``prometheus_client`` families first: with 100 profiled operations
-    that building is about as costly as the SDK's collection itself. Names follow the
-    exporter's own mapping functions, so series are named the same as on any OpenTelemetry
-    Prometheus endpoint.
+    that building is about as costly as the SDK's collection itself. Series and label names come
+    from :mod:`.naming`, which calls the exporter's own mapping functions, so series are named
+    the same as on any OpenTelemetry Prometheus endpoint.
     """
 
     def __init__(self) -> None:
         self._target_info: str | None = None
-        self._family_names: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._families: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._prefixes: dict[tuple[Any, ...], list[str]] = {}
 
-    def _family_name(self, name: str, unit: str, kind: str) -> tuple[str, str]:
-        """(name of the family, name its samples start with) as prometheus_client derives them."""
+    def _family(self, name: str, unit: str, kind: str) -> tuple[str, str]:
+        """(family name, identity the exporter merges families by), from ``naming``, remembered."""
         key = (name, unit, kind)
-        found = self._family_names.get(key)
+        found = self._families.get(key)
         if found is None:
-            family = sanitize_full_name(name)
-            prometheus_unit = map_unit(unit or "")
-            if kind == "counter" and family.endswith("_total"):
-                family = family[:-6]
-            if prometheus_unit and not family.endswith("_" + prometheus_unit):
-                family += "_" + prometheus_unit
-            found = (family, family + "_total" if kind == "counter" else family)
-            if len(self._family_names) < _MAX_CACHED_NAMES:
-                self._family_names[key] = found
+            found = (naming.family_name(name, unit, kind), naming.family_identity(name, unit, kind))
+            if len(self._families) < _MAX_CACHED_NAMES:
+                self._families[key] = found
         return found
 
     def _bucket_prefixes(self, name: str, row: dict[str, str], bounds: list[str]) -> list[str]:
@@ -147,7 +154,7 @@ class OpenTelemetryText:
             attributes: dict[str, Any] = {}
             for resource_metrics in metrics_data.resource_metrics:
                 attributes = {**attributes, **resource_metrics.resource.attributes}
-            labels = {sanitize_attribute(key): _label_text_value(value) for key, value in attributes.items()}
+            labels = {_attribute_label(key): _label_text_value(value) for key, value in attributes.items()}
             self._target_info = (
                 "# HELP target_info Target metadata\n# TYPE target_info gauge\n"
                 + _sample_line("target_info", labels, 1, None)
@@ -170,11 +177,11 @@ class OpenTelemetryText:
             exposed = name + "_total" if kind == "counter" else name
             output.append(f"# HELP {_metric_name(exposed)} {help_text}\n# TYPE {_metric_name(exposed)} {kind}\n")
             for labels, value in points:
-                row = dict(zip(label_keys, labels))
+                row = dict(zip(label_keys, labels, strict=True))
                 if kind == "histogram":
                     bounds, counts, total = value
                     cumulative = 0
-                    for prefix, count in zip(self._bucket_prefixes(name, row, bounds), counts):
+                    for prefix, count in zip(self._bucket_prefixes(name, row, bounds), counts, strict=True):
                         cumulative += count
                         output.append(f"{prefix}{_go_float(cumulative)}\n")
                     if bounds and float(bounds[0]) >= 0 and total is not None:
@@ -196,15 +203,15 @@ class OpenTelemetryText:
             kind = "histogram"
         else:
             return  # as the exporter: other point kinds are not exposed
-        family, _ = self._family_name(metric.name, metric.unit or "", kind)
+        family, identity = self._family(metric.name, metric.unit or "", kind)
         description = metric.description or ""
-        family_id = "|".join((sanitize_full_name(metric.name), description, map_unit(metric.unit or ""), kind))
+        family_id = f"{identity}|{description}"
         entry = families.get(family_id)
         rows: list[dict[str, str]] = []
         values: list[Any] = []
         keys: set[str] = set()
         for point in data.data_points:
-            labels = {sanitize_attribute(key): _label_text_value(value) for key, value in point.attributes.items()}
+            labels = {_attribute_label(key): _label_text_value(value) for key, value in point.attributes.items()}
             keys.update(labels)
             rows.append(labels)
             if kind == "histogram":
@@ -213,7 +220,7 @@ class OpenTelemetryText:
             else:
                 values.append(point.value)
         label_keys = sorted(keys)
-        points = [([labels.get(key, "") for key in label_keys], value) for labels, value in zip(rows, values)]
+        points = [([labels.get(key, "") for key in label_keys], value) for labels, value in zip(rows, values, strict=True)]
         if entry is None:
             families[family_id] = [family, description, kind, label_keys, points]
         else:

@@ -1,52 +1,77 @@
-"""Prometheus series and label names of the package's instruments, derived from ``_names``.
+"""Prometheus series and label names of the package's instruments: the one place they are derived.
 
-opentelemetry-exporter-prometheus turns an instrument into a series name by replacing every
-run of characters outside ``[a-zA-Z0-9:]`` with ``_``, appending the unit (``By`` -> ``bytes``,
-``s`` -> ``seconds``, ``1`` -> nothing) and, for monotonic counters, ``_total``; attribute keys
-lose everything outside ``[a-zA-Z0-9]`` the same way (``reer.operation`` -> ``reer_operation``).
-The alert rules and dashboards query these names, so they are computed here from the one place
-that spells the instruments instead of being written out a second time.
+opentelemetry-exporter-prometheus names a series with its own helpers
+(``opentelemetry.exporter.prometheus._mapping``): the instrument name with every run of
+characters outside ``[a-zA-Z0-9:]`` made ``_`` (``sanitize_full_name``), then the unit
+(``map_unit``: ``By`` -> ``bytes``, ``s`` -> ``seconds``, ``1`` -> nothing) appended unless the
+name already ends with it, and ``_total`` for a monotonic counter, as ``prometheus_client``'s
+families add them. Attribute keys become labels through ``sanitize_attribute``
+(``reer.operation`` -> ``reer_operation``). Those helpers are called here, not rewritten, so the
+names are the exporter's by construction; the exposition (``export.exposition``), the alert
+rules, the dashboards and ``reer_otel_memory.testing`` all take their names from this module.
+
+    >>> series_name(("reer.memory.cleanup.freed", "By", "..."), COUNTER)
+    'reer_memory_cleanup_freed_bytes_total'
+    >>> label_name("reer.operation")
+    'reer_operation'
 """
 
 from __future__ import annotations
 
-import re
+from typing import Final
+
+from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_attribute, sanitize_full_name
 
 from .. import _names as names
 
-GAUGE = "gauge"
-COUNTER = "counter"
-HISTOGRAM = "histogram"
+GAUGE: Final = "gauge"
+COUNTER: Final = "counter"
+HISTOGRAM: Final = "histogram"
+KINDS: Final = (GAUGE, COUNTER, HISTOGRAM)
+"""Prometheus metric types the exporter writes. An up-down counter is exported as a gauge."""
 
-# The subset of the exporter's unit table the package's instruments use.
-_UNIT_SUFFIXES = {"By": "bytes", "s": "seconds", "1": ""}
-_NAME_OUTSIDE = re.compile(r"[^a-zA-Z0-9:]+")
-_LABEL_OUTSIDE = re.compile(r"[^a-zA-Z0-9]+")
+_TOTAL = "_total"
+
+
+def family_name(name: str, unit: str, kind: str) -> str:
+    """The Prometheus family (``# TYPE`` line) name the exporter gives instrument ``name``.
+
+    ``kind`` is the Prometheus type (:data:`KINDS`). A counter's samples are this name plus
+    ``_total``; a histogram's are ``_bucket``, ``_sum`` and ``_count`` after it.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} of {name!r}: expected {GAUGE!r}, {COUNTER!r} or {HISTOGRAM!r}")
+    family = sanitize_full_name(name)
+    suffix = map_unit(unit)
+    # prometheus_client's CounterMetricFamily drops a trailing _total before the unit goes on.
+    if kind == COUNTER and family.endswith(_TOTAL):
+        family = family[: -len(_TOTAL)]
+    if suffix and not family.endswith("_" + suffix):
+        family = f"{family}_{suffix}"
+    return family
 
 
 def series_name(metric: tuple[str, str, str], kind: str = GAUGE) -> str:
     """The Prometheus name the exporter gives ``metric`` (a ``_names.METRIC_*`` tuple).
 
-    For a histogram this is the base name: the series are ``<name>_bucket``, ``_sum`` and
-    ``_count``.
+    For a counter this ends in ``_total``; for a histogram it is the base name, and the series
+    are ``<name>_bucket``, ``_sum`` and ``_count``.
     """
     name, unit, _description = metric
-    if unit not in _UNIT_SUFFIXES:
-        raise ValueError(f"unit={unit!r} of {name!r}: expected one of {sorted(_UNIT_SUFFIXES)}")
-    if kind not in (GAUGE, COUNTER, HISTOGRAM):
-        raise ValueError(f"kind={kind!r} of {name!r}: expected {GAUGE!r}, {COUNTER!r} or {HISTOGRAM!r}")
-    base = _NAME_OUTSIDE.sub("_", name)
-    if kind == COUNTER and base.endswith("_total"):
-        base = base[: -len("_total")]
-    suffix = _UNIT_SUFFIXES[unit]
-    if suffix and not base.endswith("_" + suffix):
-        base = f"{base}_{suffix}"
-    return f"{base}_total" if kind == COUNTER else base
+    family = family_name(name, unit, kind)
+    return family + _TOTAL if kind == COUNTER else family
+
+
+def family_identity(name: str, unit: str, kind: str) -> str:
+    """What the exporter merges instruments by: those with the same identity (and description)
+    share one family, however their OTel names differ (``a.b`` and ``a_b``, or two scopes).
+    """
+    return f"{sanitize_full_name(name)}|{map_unit(unit)}|{kind}"
 
 
 def label_name(attribute_key: str) -> str:
     """The Prometheus label the exporter makes of a metric attribute key."""
-    return _LABEL_OUTSIDE.sub("_", attribute_key)
+    return sanitize_attribute(attribute_key)
 
 
 RSS = series_name(names.METRIC_RSS)
