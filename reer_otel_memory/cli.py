@@ -146,8 +146,12 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address /metrics listens on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port of /metrics, 0 for any free port (default {DEFAULT_PORT})")
-    parser.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS", help="stop by itself after this many seconds (default: run until Ctrl-C)")
-    parser.add_argument("--interval", type=_positive_float, default=DEFAULT_INTERVAL_S, metavar="SECONDS", help=f"monitoring interval (default {DEFAULT_INTERVAL_S:g} s)")
+    parser.add_argument(
+        "--duration", type=_positive_float, default=None, metavar="SECONDS", help="stop by itself after this many seconds (default: run until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--interval", type=_positive_float, default=DEFAULT_INTERVAL_S, metavar="SECONDS", help=f"monitoring interval (default {DEFAULT_INTERVAL_S:g} s)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no live status line, only the start and end summaries")
     parser.set_defaults(run=_run_demo)
 

@@ -300,10 +300,9 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             targets, errors = parse_profile_targets(explicit_targets, "profile_targets")
             if errors:
                 raise ConfigurationError("; ".join(errors))
-        if "emergency_signal" in kwargs:
-            emergency_signal = parse_signal(kwargs["emergency_signal"], "emergency_signal")
-        else:
-            emergency_signal = self._signal_from_environment()
+        emergency_signal = (
+            parse_signal(kwargs["emergency_signal"], "emergency_signal") if "emergency_signal" in kwargs else self._signal_from_environment()
+        )
         if explicit_targets is None:
             targets = self._targets_from_environment()
 

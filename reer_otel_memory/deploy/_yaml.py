@@ -89,7 +89,7 @@ def _is_literal_block(value: Any) -> bool:
         isinstance(value, str)
         and "\n" in value.rstrip("\n")
         and not value[:1].isspace()
-        and all(char == "\n" or char == "\t" or _printable(char) for char in value)
+        and all(char in "\n\t" or _printable(char) for char in value)
     )
 
 
@@ -100,22 +100,22 @@ def _literal(value: str, depth: int) -> list[str]:
         return [_quote(value)]
     body = value[:-1] if chomp == "|" else value
     prefix = _INDENT * depth
-    return [chomp] + [f"{prefix}{line}" if line else "" for line in body.split("\n")]
+    return [chomp, *(f"{prefix}{line}" if line else "" for line in body.split("\n"))]
 
 
 def _entry(prefix: str, value: Any, depth: int) -> list[str]:
     """``prefix`` (``key:`` or ``-``) followed by ``value`` nested at ``depth``."""
     if isinstance(value, dict) and value:
-        return [prefix] + _block(value, depth)
+        return [prefix, *_block(value, depth)]
     if isinstance(value, list) and value:
-        return [prefix] + _block(value, depth)
+        return [prefix, *_block(value, depth)]
     if isinstance(value, dict):
         return [f"{prefix} {{}}"]
     if isinstance(value, list):
         return [f"{prefix} []"]
     if _is_literal_block(value):
         first, *rest = _literal(value, depth)
-        return [f"{prefix} {first}"] + rest
+        return [f"{prefix} {first}", *rest]
     return [f"{prefix} {_scalar(value)}"]
 
 

@@ -156,10 +156,11 @@ def estimate_size(obj: Any, max_objects: int = DEFAULT_MAX_OBJECTS) -> SizeEstim
                 for slot in (slots,) if isinstance(slots, str) else slots:
                     if not isinstance(slot, str) or slot in ("__dict__", "__weakref__"):
                         continue
+                    attribute = slot
                     if slot.startswith("__") and not slot.endswith("__"):
-                        slot = f"_{klass.__name__.lstrip('_')}{slot}"  # name mangling
+                        attribute = f"_{klass.__name__.lstrip('_')}{slot}"  # name mangling
                     try:
-                        queue.append(object.__getattribute__(item, slot))
+                        queue.append(object.__getattribute__(item, attribute))
                     except AttributeError:
                         pass
         except Exception:  # an exotic object that refuses inspection: skip it, keep walking

@@ -192,7 +192,6 @@ class JSONLScan:
 
     def records(self) -> Iterator[Any]:
         """Every record (or ``(offset, record)`` with ``with_offsets``), in file order."""
-        stats = self.stats
         line_number = self.first_line_number
         for offset, block in self._blocks():
             try:

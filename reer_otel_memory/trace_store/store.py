@@ -488,7 +488,7 @@ class REERTraceStore:
         with self._state_lock:
             index = self._index
             if index is not None and index.indexed_through == size_before:
-                index.put_many(zip(map(_key, trace_ids), offsets))
+                index.put_many(zip(map(_key, trace_ids), offsets, strict=True))
                 index.indexed_through = end
                 index.lines_through += len(offsets)
             if size_before == 0 and self._known_traces is None:
@@ -831,9 +831,6 @@ def _query_predicate(
             score = trace.get("score")
             if not ((type(score) is float or type(score) is int) and low <= score <= high):
                 return False
-        for field, value in wanted:
-            if trace.get(field, _MISSING) != value:
-                return False
-        return True
+        return all(trace.get(field, _MISSING) == value for field, value in wanted)
 
     return predicate
