@@ -102,7 +102,8 @@ def run_profiled(
         result.duration_s = time.perf_counter() - started
         result.rss_end = PROBE.rss_bytes()
         return value, result
-    token = otel_context.attach(operation.context) if operation.context is not None else None
+    context: otel_context.Context | None = operation.context
+    token = otel_context.attach(context) if context is not None else None
     try:
         value = func()
     except BaseException as exc:
@@ -205,7 +206,7 @@ class MemoryProfiler:
             raise TypeError(f"profile_model_loading(load_model_func={load_model_func!r}): expected a callable returning the model")
         estimate: list[SizeEstimate] = []
 
-        def size_attributes(model: Any) -> Mapping[str, Any]:
+        def size_attributes(model: object) -> Mapping[str, Any]:
             estimate.append(estimate_size(model, self.max_size_objects))
             return {names.ATTR_MODEL_SIZE: estimate[0].bytes}
 
@@ -382,9 +383,12 @@ class MemoryProfiler:
 
 
 def _check_number(name: str, value: object, minimum: float, exclusive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value > minimum if exclusive else value >= minimum
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > minimum if exclusive else value >= minimum)
+    )
     if not ok:
         bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
         raise ValueError(f"get_model_memory_recommendations({name}={value!r}): expected a finite number {bound}")

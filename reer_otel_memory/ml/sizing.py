@@ -124,7 +124,7 @@ def estimate_size(obj: Any, max_objects: int = DEFAULT_MAX_OBJECTS) -> SizeEstim
                 count(item, len(item), None)
                 continue
             if isinstance(item, memoryview):
-                source = item.obj
+                source: object = item.obj  # None for a view made over raw memory by C code (typeshed: never)
                 if source is not None:
                     queue.append(source)
                 else:
