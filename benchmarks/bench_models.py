@@ -47,6 +47,13 @@ def run() -> list[Figure]:
     size = estimate_size(model)
     walk_s = statistics.median(_per_call_us(lambda: estimate_size(model), 5) for _ in range(ROUNDS)) / 1e6
     return [
-        Figure("LazyModelLoader: lazy_model.predict(x), loaded", proxied_us, "us", "model.predict(x)", direct_us, "about 1 us, half of it Python's __getattr__ fallback"),
+        Figure(
+            "LazyModelLoader: lazy_model.predict(x), loaded",
+            proxied_us,
+            "us",
+            "model.predict(x)",
+            direct_us,
+            "about 1 us, half of it Python's __getattr__ fallback",
+        ),
         Figure(f"size estimate per object visited ({size.objects_visited} objects)", walk_s / size.objects_visited * 1e6, "us", target="about 1 us"),
     ]

@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import IO, TypeAlias
 
 from ._version import __version__
 from .config import MB, MemoryConfig, load_config
@@ -33,13 +34,17 @@ PROG = "reer-otel-memory"
 #: Exit status for a bad configuration or bad arguments (argparse's own usage errors use 2 too).
 EXIT_BAD_CONFIGURATION = 2
 
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+#: What ``config`` reports: one section (``bytes``, ``mb``, ``source``, ...) per entry.
+_Report: TypeAlias = dict[str, dict[str, object]]
+
 
 # --- config --------------------------------------------------------------------------------
 
 
-def _config_report(config: MemoryConfig) -> dict[str, object]:
+def _config_report(config: MemoryConfig) -> _Report:
     rss_bytes = process_probe().rss_bytes()
-    report: dict[str, object] = {}
+    report: _Report = {}
     for level in THRESHOLD_LEVELS:
         report[level.value] = {
             "bytes": config.threshold_bytes(level),
@@ -55,8 +60,8 @@ def _config_report(config: MemoryConfig) -> dict[str, object]:
     return report
 
 
-def _print_config(report: dict[str, object], out) -> None:
-    rows = []
+def _print_config(report: _Report, out: IO[str]) -> None:
+    rows: list[tuple[str, str, object]] = []
     for level in THRESHOLD_LEVELS:
         entry = report[level.value]
         rows.append((f"{level.value} threshold", f"{entry['mb']:.1f} MB ({entry['bytes']} bytes)", entry["source"]))
@@ -88,7 +93,7 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config(subparsers: argparse._SubParsersAction) -> None:
+def _add_config(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "config",
         help="print the effective configuration and where each value came from",
@@ -134,7 +139,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+def _add_demo(subparsers: _Subparsers) -> None:
     from .demo import DEFAULT_HOST, DEFAULT_INTERVAL_S, DEFAULT_PORT
 
     parser = subparsers.add_parser(
@@ -146,8 +151,12 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address /metrics listens on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port of /metrics, 0 for any free port (default {DEFAULT_PORT})")
-    parser.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS", help="stop by itself after this many seconds (default: run until Ctrl-C)")
-    parser.add_argument("--interval", type=_positive_float, default=DEFAULT_INTERVAL_S, metavar="SECONDS", help=f"monitoring interval (default {DEFAULT_INTERVAL_S:g} s)")
+    parser.add_argument(
+        "--duration", type=_positive_float, default=None, metavar="SECONDS", help="stop by itself after this many seconds (default: run until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--interval", type=_positive_float, default=DEFAULT_INTERVAL_S, metavar="SECONDS", help=f"monitoring interval (default {DEFAULT_INTERVAL_S:g} s)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no live status line, only the start and end summaries")
     parser.set_defaults(run=_run_demo)
 
@@ -179,7 +188,7 @@ def _run_rules(args: argparse.Namespace) -> int:
     return _emit(text, args.output, "rules")
 
 
-def _add_rules(subparsers: argparse._SubParsersAction) -> None:
+def _add_rules(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "rules",
         help="print the Prometheus alerting rules",
@@ -198,7 +207,7 @@ def _run_dashboards(args: argparse.Namespace) -> int:
     return _emit(render_dashboard(), args.output, "dashboards")
 
 
-def _add_dashboards(subparsers: argparse._SubParsersAction) -> None:
+def _add_dashboards(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser(
         "dashboards",
         help="print the Grafana dashboard JSON",
@@ -212,7 +221,7 @@ def _add_dashboards(subparsers: argparse._SubParsersAction) -> None:
 # --- the parser ----------------------------------------------------------------------------
 
 #: Every subcommand: a function adding its parser (with ``run=``) to the subparsers.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_demo, _add_rules, _add_dashboards]
+SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_config, _add_demo, _add_rules, _add_dashboards]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,4 +240,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)

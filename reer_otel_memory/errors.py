@@ -1,17 +1,47 @@
-"""Exceptions raised by reer_otel_memory."""
+"""Exceptions raised by reer_otel_memory.
+
+Every error the package raises on bad input is a :class:`ReerMemoryError` and also the builtin
+exception such input has always raised, so ``except ValueError`` / ``except TypeError`` /
+``except KeyError`` in callers keep working:
+
+* :class:`ConfigurationError` (ValueError): a threshold, interval, size or other setting or
+  argument value that is not usable;
+* :class:`InvalidArgumentError` (TypeError): an argument of the wrong kind (not callable, not a
+  string, not a path, ...);
+* :class:`NotFoundError` (KeyError): a name asked for that is not known;
+* :class:`TraceStoreError` (ValueError): a trace or trace-store argument;
+* :class:`MalformedLineError` (ValueError): a JSONL line that is not valid JSON (strict readers).
+
+Each message names the argument or variable, the value it got and what was expected.
+"""
 
 from __future__ import annotations
 
 
 class ReerMemoryError(Exception):
-    """Base class of every error this package raises."""
+    """Base class of every error this package raises on bad input."""
 
 
 class ConfigurationError(ReerMemoryError, ValueError):
-    """A threshold, interval or other setting is not usable.
+    """A threshold, interval or other setting or argument value is not usable.
 
     The message names the variable or argument, the value it got and what was expected.
     """
+
+
+class InvalidArgumentError(ReerMemoryError, TypeError):
+    """An argument is of the wrong kind: say, not callable where a callable is expected.
+
+    The message names the argument, the value it got and what was expected.
+    """
+
+
+class NotFoundError(ReerMemoryError, KeyError):
+    """A name asked for (a model, say) is not known; the message lists what is."""
+
+    def __str__(self) -> str:
+        # KeyError's str() is the repr of its argument; the message reads better unquoted.
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
 class TraceStoreError(ReerMemoryError, ValueError):

@@ -28,8 +28,10 @@ Profile targets are ``module:function``, ``module:Class.method`` (plain, static,
 async methods, generators; inherited methods are wrapped on the named class) or
 ``module:Outer.Inner.method``, separated by commas. A target whose module is already imported
 is wrapped at once; any other is wrapped the moment its module is imported (a post-import
-hook; the module is never imported by the instrumentor). Wrapping replaces the attribute on
-its module or class: code that copied the function earlier (``from mod import func`` run
+hook; the module is never imported by the instrumentor). Wrapping puts a wrapt
+``FunctionWrapper`` in place of the attribute on its module or class, and ``uninstrument()``
+takes it out with ``wrapt.unwrap_object`` (a wrapper another library put on top stays, ours is
+spliced out from under it; a replacement made since is left alone). Code that copied the function earlier (``from mod import func`` run
 before instrumentation) keeps the original, which is why ``opentelemetry-instrument``, which
 instruments before the service imports anything, is the way to use it.
 
@@ -57,16 +59,19 @@ import threading
 import types
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
-from wrapt import register_post_import_hook
 
 from . import _names as names
 from . import _telemetry
 from .config import get_config
 from .errors import ConfigurationError
 from .profiling.operations import memory_profile
+
+if TYPE_CHECKING:
+    from .monitoring.monitor import MemoryMonitor
 
 #: Libraries the instrumentor needs installed: none, it instruments the process itself.
 _instruments: tuple[str, ...] = ()
@@ -75,8 +80,6 @@ logger = logging.getLogger(__name__)
 
 _LOG_PREFIX = "reer_otel_memory instrumentation"
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-# Marks a wrapper this module installed, holding the target it was installed for.
-_TARGET_MARK = "__reer_memory_target__"
 _OFF_WORDS = frozenset({"", "0", "off", "none", "false", "no"})
 
 
@@ -100,7 +103,7 @@ class ProfileTarget:
         return f"{self.module}.{self.qualname}"
 
 
-def parse_profile_targets(value: str | Iterable[str], name: str = names.ENV_PROFILE_TARGETS) -> tuple[list[ProfileTarget], list[str]]:
+def parse_profile_targets(value: str | Iterable[object], name: str = names.ENV_PROFILE_TARGETS) -> tuple[list[ProfileTarget], list[str]]:
     """The targets in ``value`` (comma-separated string or strings) and one error per bad entry.
 
     ``name`` is the variable or argument, used in the errors. Duplicates are dropped.
@@ -171,28 +174,47 @@ class _TargetError(Exception):
     """A target that cannot be wrapped; the message says why."""
 
 
+class _ProfiledCall:
+    """The wrapt wrapper of one target: each call runs as a :func:`memory_profile` operation.
+
+    The profiled function is built once, around the target's own function (the ``__func__`` of
+    a static or class method), so the span, its name, its ``reer.function`` attribute and the
+    handling of coroutines and generators are exactly those of ``@memory_profile``. wrapt has
+    already bound the call: ``instance`` is the object (or, for a class method, the class) the
+    function receives first, None for plain functions and static methods.
+    """
+
+    __slots__ = ("bound", "profiled", "target")
+
+    def __init__(self, function: Callable[..., Any], target: ProfileTarget, bound: bool) -> None:
+        self.target = target
+        self.bound = bound
+        self.profiled: Callable[..., Any] = memory_profile(operation_name=target.operation_name)(function)
+
+    def __call__(self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.bound and instance is not None:
+            return self.profiled(instance, *args, **kwargs)
+        return self.profiled(*args, **kwargs)
+
+
 @dataclass
 class _Installed:
-    """A wrapper put in place, and what to put back."""
+    """A wrapper put in place: what to hand to ``wrapt.unwrap_object`` to take it out again."""
 
     target: ProfileTarget
-    container: Any  # the module or class holding the attribute
+    container: object  # the module or class holding the attribute
     attribute: str
-    original: Any  # the raw object from the container's __dict__ (None if it was inherited)
-    owned: bool  # the container had its own attribute (else the wrapper shadows a base class's)
-    installed: Any
+    handle: object  # the wrapt FunctionWrapper installed
 
 
-def _profiled(function: Callable[..., Any], target: ProfileTarget) -> Callable[..., Any]:
-    wrapper = memory_profile(operation_name=target.operation_name)(function)
-    setattr(wrapper, _TARGET_MARK, target.spec)
-    return wrapper
+def _wrap(module: types.ModuleType, target: ProfileTarget, installed: Collection[_Installed]) -> _Installed | None:
+    """Put the profiled wrapper in place; None if this target is already wrapped.
 
-
-def _wrap(module: types.ModuleType, target: ProfileTarget) -> _Installed | None:
-    """Put the profiled wrapper in place; None if this target is already wrapped."""
+    ``installed`` are the wrappers in place now: a target inherited from a base class whose
+    own target is wrapped wraps the base's original, so each call is one span, not two.
+    """
     *outer, attribute = target.qualname.split(".")
-    container: Any = module
+    container: object = module
     walked = [target.module]
     for part in outer:
         try:
@@ -210,13 +232,14 @@ def _wrap(module: types.ModuleType, target: ProfileTarget) -> _Installed | None:
         raw = vars(container).get(attribute)
     if raw is None:
         raise _TargetError(f"{'.'.join(walked)} has no attribute {attribute!r}")
+    inherited_wrapper = any(record.handle is raw for record in installed)
+    if inherited_wrapper:
+        if owned:
+            return None
+        raw = raw.__wrapped__  # the base class's original
     if isinstance(raw, (staticmethod, classmethod)):
-        inner = raw.__func__
-        if getattr(inner, _TARGET_MARK, None) is not None:
-            if owned:
-                return None
-            inner = inner.__wrapped__  # a base class's target: one span per call, not two
-        installed: Any = type(raw)(_profiled(inner, target))
+        function = raw.__func__
+        bound = isinstance(raw, classmethod)
     elif isinstance(raw, type):
         raise _TargetError(f"{target.operation_name} is a class; name one of its methods, like module:Class.method")
     elif isinstance(raw, property) or (not callable(raw) and hasattr(raw, "__get__")):
@@ -224,25 +247,35 @@ def _wrap(module: types.ModuleType, target: ProfileTarget) -> _Installed | None:
     elif not callable(raw):
         raise _TargetError(f"{target.operation_name} is a {type(raw).__name__}, not callable")
     else:
-        if getattr(raw, _TARGET_MARK, None) is not None:
-            if owned:
-                return None
-            raw = raw.__wrapped__  # a base class's target: one span per call, not two
-        installed = _profiled(raw, target)
-    setattr(container, attribute, installed)
-    return _Installed(target, container, attribute, raw if owned else None, owned, installed)
+        function = raw
+        bound = isinstance(container, type)
+    call = _ProfiledCall(function, target, bound)
+    if inherited_wrapper:
+        original = raw
+
+        # wrap_object calls factory(found, *args, **kwargs); found is the base class's wrapper.
+        def around_original(found: object, *args: object, **kwargs: object) -> wrapt.BaseObjectProxy[Any]:
+            return wrapt.FunctionWrapper(original, call)
+
+        handle = wrapt.wrap_object(container, attribute, around_original)
+    else:
+        handle = wrapt.wrap_function_wrapper(container, attribute, call)
+    return _Installed(target, container, attribute, handle)
 
 
 def _unwrap(record: _Installed) -> bool:
-    """Put the original back; False if someone replaced the wrapper since (then it stays)."""
-    holder = record.container.__dict__ if isinstance(record.container, type) else vars(record.container)
-    if holder.get(record.attribute) is not record.installed:
+    """Take the wrapper out; False if someone replaced it since (then the replacement stays).
+
+    ``wrapt.unwrap_object`` puts back exactly what was there: the module's or class's own
+    function, static or class method object, or, for a wrapper that shadowed an inherited
+    method, nothing (the attribute is deleted). A wrapper since wrapped again by another wrapt
+    wrapper is spliced out from under it.
+    """
+    try:
+        removed = wrapt.unwrap_object(record.container, record.attribute, record.handle, missing_ok=True)
+    except wrapt.WrapperNotOutermostError:
         return False
-    if record.owned:
-        setattr(record.container, record.attribute, record.original)
-    else:
-        delattr(record.container, record.attribute)
-    return True
+    return removed is not None
 
 
 # --- the instrumentor ----------------------------------------------------------------------
@@ -265,7 +298,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._installed: list[_Installed] = []
             self._pending: set[ProfileTarget] = set()
             self._previous_telemetry: _telemetry.Telemetry | None = None
-            self._started_monitor = None
+            self._started_monitor: MemoryMonitor | None = None
             self._emergency_signal: signal.Signals | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -300,10 +333,9 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             targets, errors = parse_profile_targets(explicit_targets, "profile_targets")
             if errors:
                 raise ConfigurationError("; ".join(errors))
-        if "emergency_signal" in kwargs:
-            emergency_signal = parse_signal(kwargs["emergency_signal"], "emergency_signal")
-        else:
-            emergency_signal = self._signal_from_environment()
+        emergency_signal = (
+            parse_signal(kwargs["emergency_signal"], "emergency_signal") if "emergency_signal" in kwargs else self._signal_from_environment()
+        )
         if explicit_targets is None:
             targets = self._targets_from_environment()
 
@@ -408,7 +440,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             except Exception as exc:
                 logger.error("%s: %s could not be wrapped: %r; skipping it", _LOG_PREFIX, target.spec, exc)
 
-        register_post_import_hook(on_import, target.module)
+        wrapt.register_post_import_hook(on_import, target.module)
 
     def _wrap_on_import(self, module: types.ModuleType, target: ProfileTarget, generation: int, source: str) -> None:
         with self._state_lock:
@@ -416,7 +448,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 return
             self._pending.discard(target)
             try:
-                record = _wrap(module, target)
+                record = _wrap(module, target, self._installed)
             except _TargetError as exc:
                 logger.error("%s: %s target %r cannot be wrapped: %s; skipping it", _LOG_PREFIX, source, target.spec, exc)
                 return

@@ -12,6 +12,9 @@ import pytest
 from reer_otel_memory import get_memory_tracker
 from reer_otel_memory.testing import TelemetryCapture, capture_telemetry
 
+# The `children` fixture (child processes killed after each test) lives with its helpers.
+pytest_plugins = ["_children"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

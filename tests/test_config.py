@@ -117,7 +117,9 @@ def test_bad_threshold_variable_is_refused_with_a_clear_message(variable, value,
     assert expected_words in message
 
 
-@pytest.mark.parametrize(("value", "expected_words"), [("soon", "positive number of seconds"), ("0", "positive"), ("-1", "positive"), ("nan", "positive"), ("inf", "positive")])
+@pytest.mark.parametrize(
+    ("value", "expected_words"), [("soon", "positive number of seconds"), ("0", "positive"), ("-1", "positive"), ("nan", "positive"), ("inf", "positive")]
+)
 def test_bad_interval_variable_is_refused_with_a_clear_message(value, expected_words):
     with pytest.raises(ConfigurationError) as caught:
         load_config({"REER_MEMORY_MONITORING_INTERVAL": value}, limit=LIMIT_8_GIB)
@@ -232,7 +234,8 @@ def test_v1_leaf_limit_and_combined_controllers(tmp_path):
 
 
 def test_v1_unlimited_means_physical_ram(tmp_path):
-    limit = limit_in(tmp_path, "4:memory:/job\n", {"memory/job/memory.limit_in_bytes": V1_UNLIMITED, "memory/memory.limit_in_bytes": V1_UNLIMITED}, physical_bytes=12 * GIB)
+    files = {"memory/job/memory.limit_in_bytes": V1_UNLIMITED, "memory/memory.limit_in_bytes": V1_UNLIMITED}
+    limit = limit_in(tmp_path, "4:memory:/job\n", files, physical_bytes=12 * GIB)
     assert limit == MemoryLimit(12 * GIB, "physical RAM")
 
 

@@ -7,7 +7,6 @@ import signal
 import threading
 
 import pytest
-from _children import children  # noqa: F401 - fixture
 
 from reer_otel_memory import remove_emergency_memory_handler, setup_emergency_memory_handler
 

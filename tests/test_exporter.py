@@ -9,7 +9,7 @@ import urllib.request
 
 import psutil
 import pytest
-from _children import children, free_port  # noqa: F401 - fixture
+from _children import free_port
 from conftest import require_binary
 
 from reer_otel_memory import ConfigurationError, start_prometheus_exporter

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import wrapt
 from _children import free_port, scrape
 from conftest import wait_for
 
@@ -227,6 +228,38 @@ def test_a_pending_target_stays_unwrapped_after_uninstrument(instrumentor, captu
     service.handle_request(10)
     assert span_names(capture) == []
     assert not hasattr(service.handle_request, "__wrapped__")
+
+
+def test_uninstrument_leaves_a_replacement_alone_and_keeps_a_wrapper_added_on_top(instrumentor, capture, service_dir, caplog):
+    service = importlib.import_module(write_service(service_dir))
+    original_predict = service.Model.__dict__["predict"]
+    instrumentor.instrument(
+        tracer_provider=capture.tracer_provider,
+        meter_provider=capture.meter_provider,
+        profile_targets=[f"{service.__name__}:handle_request", f"{service.__name__}:Model.predict"],
+        start_monitor=False,
+    )
+
+    def replacement(size):
+        return -size
+
+    service.handle_request = replacement
+    outer_calls: list[tuple] = []
+
+    def outer(wrapped, instance, args, kwargs):
+        outer_calls.append(args)
+        return wrapped(*args, **kwargs)
+
+    wrapt.wrap_function_wrapper(service.Model, "predict", outer)
+    with caplog.at_level(logging.WARNING, logger="reer_otel_memory"):
+        instrumentor.uninstrument()
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"{service.__name__}:handle_request was replaced" in warnings[0], warnings
+    assert service.handle_request is replacement
+    assert service.Model(scale=2).predict(4) == 8
+    assert outer_calls == [(4,)]
+    assert span_names(capture) == []
+    assert service.Model.__dict__["predict"].__wrapped__ is original_predict
 
 
 def test_bad_targets_from_the_environment_log_one_line_each_and_are_skipped(instrumentor, capture, service_dir, monkeypatch, caplog):

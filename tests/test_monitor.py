@@ -8,7 +8,7 @@ import threading
 
 import psutil
 import pytest
-from _children import MB, children  # noqa: F401 - fixture
+from _children import MB
 from _procfs import ProcDir
 from conftest import wait_for
 
@@ -412,7 +412,9 @@ with capture_telemetry() as telemetry:
 
 
 def test_a_growing_process_climbs_through_every_level_counting_each_crossing_once(children):
-    baseline = children.start("import json; from reer_otel_memory import PROBE; from reer_otel_memory.monitoring import monitor; print(json.dumps({'rss': PROBE.rss_bytes()}))")
+    baseline = children.start(
+        "import json; from reer_otel_memory import PROBE; from reer_otel_memory.monitoring import monitor; print(json.dumps({'rss': PROBE.rss_bytes()}))"
+    )
     base_mb = baseline.message()["rss"] // MB
     env = {
         "REER_MEMORY_ALERT_MB": str(base_mb + 40),

@@ -117,3 +117,39 @@ def test_console_script_help_and_version():
     completed = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert reer_otel_memory.__version__ in completed.stdout
+
+
+def test_every_third_party_import_of_the_package_is_a_declared_dependency():
+    tomllib = pytest.importorskip("tomllib")
+    import ast
+
+    from packaging.requirements import Requirement
+
+    def normal(name: str) -> str:
+        return name.lower().replace("_", "-")
+
+    package_dir = Path(reer_otel_memory.__file__).parent
+    project = tomllib.loads((package_dir.parent / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {normal(Requirement(r).name) for r in requirements}
+    # Which installed distribution ships each file: opentelemetry.* is one namespace over many.
+    shipped_by = {str(f): normal(dist.metadata["Name"]) for dist in importlib.metadata.distributions() for f in dist.files or ()}
+    undeclared: dict[str, list[str]] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [(alias.name,) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # ``from opentelemetry import trace`` names a submodule of a namespace package.
+                modules = [(f"{node.module}.{alias.name}", node.module) for alias in node.names]
+            else:
+                continue
+            for candidates in modules:
+                module = candidates[-1]
+                if module.split(".")[0] in sys.stdlib_module_names or module.split(".")[0] in ("reer_otel_memory", "__future__"):
+                    continue
+                stems = [candidate.replace(".", "/") for candidate in candidates]
+                owner = next((shipped_by[f] for stem in stems for f in (f"{stem}/__init__.py", f"{stem}.py") if f in shipped_by), None)
+                if owner not in declared:
+                    undeclared.setdefault(f"{module} ({owner or 'not installed'})", []).append(path.name)
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"

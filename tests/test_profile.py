@@ -102,7 +102,10 @@ def test_transient_peak_with_a_nested_call_after_the_free(telemetry):
     inner = telemetry.span("small_step").attributes
     outer_peak_growth = outer["reer.memory.rss.peak"] - outer["reer.memory.rss.start"]
     inner_peak_growth = inner["reer.memory.rss.peak"] - inner["reer.memory.rss.start"]
-    print(f"256 MiB transient: outer peak growth {outer_peak_growth / MiB:.1f} MiB, delta {outer['reer.memory.rss.delta'] / MiB:.1f} MiB, inner peak growth {inner_peak_growth / MiB:.2f} MiB")
+    print(
+        f"256 MiB transient: outer peak growth {outer_peak_growth / MiB:.1f} MiB, delta {outer['reer.memory.rss.delta'] / MiB:.1f} MiB, "
+        f"inner peak growth {inner_peak_growth / MiB:.2f} MiB"
+    )
     assert outer_peak_growth >= 240 * MiB
     assert outer["reer.memory.rss.delta"] < 32 * MiB
     assert inner_peak_growth < 8 * MiB
@@ -201,19 +204,19 @@ def test_bad_operation_names_are_refused(bad):
 # --- exceptions ------------------------------------------------------------------------------
 
 
-class WorkFailed(Exception):
+class WorkFailedError(Exception):
     pass
 
 
 def test_exception_is_recorded_and_reraised_unchanged(telemetry):
-    error = WorkFailed("disk full")
+    error = WorkFailedError("disk full")
 
     @memory_profile(operation_name="failing")
     def failing() -> None:
         _ = touched(MiB)
         raise error
 
-    with pytest.raises(WorkFailed) as caught:
+    with pytest.raises(WorkFailedError) as caught:
         failing()
     assert caught.value is error
     assert caught.traceback[-1].name == "failing"
@@ -221,22 +224,22 @@ def test_exception_is_recorded_and_reraised_unchanged(telemetry):
 
 
 def test_coroutine_exception_is_recorded_and_reraised_unchanged(telemetry):
-    error = WorkFailed("remote refused")
+    error = WorkFailedError("remote refused")
 
     @memory_profile(operation_name="failing_async")
     async def failing_async() -> None:
         await asyncio.sleep(0)
         raise error
 
-    with pytest.raises(WorkFailed) as caught:
+    with pytest.raises(WorkFailedError) as caught:
         asyncio.run(failing_async())
     assert caught.value is error
     assert_error_recorded(telemetry.span("failing_async"), error)
 
 
 def test_context_exception_is_recorded_and_reraised_unchanged(telemetry):
-    error = WorkFailed("bad batch")
-    with pytest.raises(WorkFailed) as caught:
+    error = WorkFailedError("bad batch")
+    with pytest.raises(WorkFailedError) as caught:
         with memory_context("failing_block") as operation:
             raise error
     assert caught.value is error
@@ -245,14 +248,14 @@ def test_context_exception_is_recorded_and_reraised_unchanged(telemetry):
 
 
 def test_async_context_exception_is_recorded_and_reraised_unchanged(telemetry):
-    error = WorkFailed("bad async batch")
+    error = WorkFailedError("bad async batch")
 
     async def main() -> None:
         async with memory_context("failing_async_block"):
             await asyncio.sleep(0)
             raise error
 
-    with pytest.raises(WorkFailed) as caught:
+    with pytest.raises(WorkFailedError) as caught:
         asyncio.run(main())
     assert caught.value is error
     assert_error_recorded(telemetry.span("failing_async_block"), error)
@@ -355,8 +358,7 @@ def test_generator_span_covers_the_iteration(telemetry):
     def rows(n: int):
         seen["first_ns"] = time.time_ns()
         seen["inside_id"] = current_span_id()
-        for i in range(n):
-            yield i
+        yield from range(n)
         seen["last_ns"] = time.time_ns()
         return "done"
 
@@ -461,7 +463,7 @@ def test_generator_send_and_throw(telemetry):
 
 
 def test_generator_uncaught_thrown_exception_is_recorded(telemetry):
-    error = WorkFailed("cancelled by consumer")
+    error = WorkFailedError("cancelled by consumer")
 
     @memory_profile(operation_name="fragile")
     def fragile():
@@ -470,21 +472,21 @@ def test_generator_uncaught_thrown_exception_is_recorded(telemetry):
 
     generator = fragile()
     next(generator)
-    with pytest.raises(WorkFailed) as caught:
+    with pytest.raises(WorkFailedError) as caught:
         generator.throw(error)
     assert caught.value is error
     assert_error_recorded(telemetry.span("fragile"), error)
 
 
 def test_generator_raising_inside_is_recorded(telemetry):
-    error = WorkFailed("corrupt row")
+    error = WorkFailedError("corrupt row")
 
     @memory_profile(operation_name="corrupt")
     def corrupt():
         yield 1
         raise error
 
-    with pytest.raises(WorkFailed) as caught:
+    with pytest.raises(WorkFailedError) as caught:
         list(corrupt())
     assert caught.value is error
     assert_error_recorded(telemetry.span("corrupt"), error)
@@ -571,7 +573,7 @@ def test_async_generator_asend_athrow_aclose(telemetry):
 
 
 def test_async_generator_exception_is_recorded(telemetry):
-    error = WorkFailed("stream broke")
+    error = WorkFailedError("stream broke")
 
     @memory_profile(operation_name="broken_stream")
     async def broken_stream():
@@ -583,14 +585,14 @@ def test_async_generator_exception_is_recorded(telemetry):
         async for _ in broken_stream():
             pass
 
-    with pytest.raises(WorkFailed) as caught:
+    with pytest.raises(WorkFailedError) as caught:
         asyncio.run(main())
     assert caught.value is error
     assert_error_recorded(telemetry.span("broken_stream"), error)
 
 
 def test_async_generator_uncaught_athrow_is_recorded(telemetry):
-    error = WorkFailed("consumer gave up")
+    error = WorkFailedError("consumer gave up")
 
     @memory_profile(operation_name="async_fragile")
     async def async_fragile():
@@ -602,7 +604,7 @@ def test_async_generator_uncaught_athrow_is_recorded(telemetry):
         await generator.asend(None)
         await generator.athrow(error)
 
-    with pytest.raises(WorkFailed) as caught:
+    with pytest.raises(WorkFailedError) as caught:
         asyncio.run(main())
     assert caught.value is error
     assert_error_recorded(telemetry.span("async_fragile"), error)

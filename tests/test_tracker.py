@@ -10,8 +10,7 @@ import time
 
 import psutil
 import pytest
-from _buffers import MiB as MB
-from _buffers import release_free_memory, touched
+from _buffers import MiB, release_free_memory, touched
 
 from reer_otel_memory import (
     PROBE,
@@ -67,11 +66,11 @@ def test_snapshot_fields():
     snapshot = tracker.take_snapshot("manual")
     assert snapshot.operation == "manual"
     assert abs(snapshot.rss_bytes - psutil.Process().memory_info().rss) <= 0.02 * snapshot.rss_bytes
-    assert snapshot.process_memory_mb == snapshot.rss_bytes / MB
+    assert snapshot.process_memory_mb == snapshot.rss_bytes / MiB
     assert snapshot.level is config_module.get_config().level_for(snapshot.rss_bytes)
     assert abs(snapshot.timestamp - time.time()) < 60
     if snapshot.heap_bytes is not None:
-        assert snapshot.heap_mb == snapshot.heap_bytes / MB and snapshot.heap_bytes > 0
+        assert snapshot.heap_mb == snapshot.heap_bytes / MiB and snapshot.heap_bytes > 0
     assert isinstance(snapshot, MemorySnapshot)
 
 
@@ -98,7 +97,7 @@ def test_memory_stats_have_sane_values(telemetry):
         tracker.take_snapshot()
     stats = tracker.get_memory_stats()
     assert STATS_KEYS <= set(stats)
-    rss_mb = psutil.Process().memory_info().rss / MB
+    rss_mb = psutil.Process().memory_info().rss / MiB
     assert abs(stats["current_memory_mb"] - rss_mb) <= 0.02 * rss_mb
     assert stats["peak_memory_mb"] >= stats["current_memory_mb"]
     assert 0 < stats["baseline_memory_mb"] <= stats["peak_memory_mb"]
@@ -110,11 +109,11 @@ def test_memory_stats_have_sane_values(telemetry):
 
 def test_peak_includes_a_spike_already_freed(telemetry):
     with memory_context("spike"):
-        spike = touched(96 * MB)
+        spike = touched(96 * MiB)
         spike_rss = PROBE.rss_bytes()
         del spike
     stats = get_memory_tracker().get_memory_stats()
-    assert stats["peak_memory_mb"] >= (spike_rss - MB) / MB
+    assert stats["peak_memory_mb"] >= (spike_rss - MiB) / MiB
     assert stats["current_memory_mb"] < stats["peak_memory_mb"] - 64
 
 
@@ -131,10 +130,10 @@ def test_growth_rate_is_positive_while_memory_grows():
     release_free_memory()
     tracker = MemoryTracker(max_snapshots=200)
     held: list[bytearray] = []
-    snapshots_while(tracker, lambda: held.append(touched(2 * MB)), count=25)
+    snapshots_while(tracker, lambda: held.append(touched(2 * MiB)), count=25)
     snapshots = tracker.snapshots
     stats = tracker.get_memory_stats()
-    observed_mb_per_min = (snapshots[-1].rss_bytes - snapshots[0].rss_bytes) / MB / (snapshots[-1].timestamp - snapshots[0].timestamp) * 60
+    observed_mb_per_min = (snapshots[-1].rss_bytes - snapshots[0].rss_bytes) / MiB / (snapshots[-1].timestamp - snapshots[0].timestamp) * 60
     held.clear()
     assert stats["growth_rate_mb_per_min"] > 0
     assert stats["growth_rate_mb_per_min"] == pytest.approx(observed_mb_per_min, rel=0.5)
@@ -145,8 +144,8 @@ def test_growth_rate_is_negative_while_memory_shrinks():
     # Anonymous maps go back to the OS when closed, whatever the allocator would keep.
     held = []
     for _ in range(40):
-        block = mmap.mmap(-1, 2 * MB)
-        block[::4096] = b"x" * len(range(0, 2 * MB, 4096))
+        block = mmap.mmap(-1, 2 * MiB)
+        block[::4096] = b"x" * len(range(0, 2 * MiB, 4096))
         held.append(block)
     tracker = MemoryTracker(max_snapshots=200)
     snapshots_while(tracker, lambda: held.pop().close(), count=40)
@@ -161,7 +160,7 @@ def test_clear_forgets_snapshots_and_leak_statistics(telemetry):
     assert tracker.leak_suspects()
     tracker.clear()
     assert tracker.snapshots == [] and tracker.leak_suspects() == []
-    assert abs(tracker.baseline_rss_bytes - PROBE.rss_bytes()) < 16 * MB
+    assert abs(tracker.baseline_rss_bytes - PROBE.rss_bytes()) < 16 * MiB
 
 
 def test_the_profilers_own_memory_stays_bounded(telemetry):

@@ -12,6 +12,8 @@ import math
 import re
 from typing import Any
 
+from ..errors import ConfigurationError, InvalidArgumentError
+
 # Plain scalars: a first character that starts no YAML syntax, then printable ASCII without the
 # ": " and " #" that would end the scalar (":" and "#" are refused outright, to keep it simple).
 _PLAIN = re.compile(r"[A-Za-z_/$(][\x20-\x7e]*")
@@ -38,7 +40,7 @@ def _scalar(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"value={value!r}: expected a finite number")
+            raise ConfigurationError(f"value={value!r}: expected a finite number")
         text = repr(value)
         mantissa, e, exponent = text.partition("e")
         # YAML 1.1 reads a float only with a dot in it: 1e+20 would come back as a string.
@@ -49,7 +51,7 @@ def _scalar(value: Any) -> str:
         if _PLAIN.fullmatch(value) and not _NOT_PLAIN.search(value) and value.lower() not in _RESERVED and value == value.strip():
             return value
         return _quote(value)
-    raise TypeError(f"value={value!r}: expected a mapping, list, string, number, bool or None")
+    raise InvalidArgumentError(f"value={value!r}: expected a mapping, list, string, number, bool or None")
 
 
 def _printable(char: str) -> bool:
@@ -89,7 +91,7 @@ def _is_literal_block(value: Any) -> bool:
         isinstance(value, str)
         and "\n" in value.rstrip("\n")
         and not value[:1].isspace()
-        and all(char == "\n" or char == "\t" or _printable(char) for char in value)
+        and all(char in "\n\t" or _printable(char) for char in value)
     )
 
 
@@ -100,22 +102,22 @@ def _literal(value: str, depth: int) -> list[str]:
         return [_quote(value)]
     body = value[:-1] if chomp == "|" else value
     prefix = _INDENT * depth
-    return [chomp] + [f"{prefix}{line}" if line else "" for line in body.split("\n")]
+    return [chomp, *(f"{prefix}{line}" if line else "" for line in body.split("\n"))]
 
 
 def _entry(prefix: str, value: Any, depth: int) -> list[str]:
     """``prefix`` (``key:`` or ``-``) followed by ``value`` nested at ``depth``."""
     if isinstance(value, dict) and value:
-        return [prefix] + _block(value, depth)
+        return [prefix, *_block(value, depth)]
     if isinstance(value, list) and value:
-        return [prefix] + _block(value, depth)
+        return [prefix, *_block(value, depth)]
     if isinstance(value, dict):
         return [f"{prefix} {{}}"]
     if isinstance(value, list):
         return [f"{prefix} []"]
     if _is_literal_block(value):
         first, *rest = _literal(value, depth)
-        return [f"{prefix} {first}"] + rest
+        return [f"{prefix} {first}", *rest]
     return [f"{prefix} {_scalar(value)}"]
 
 
@@ -125,7 +127,7 @@ def _block(value: Any, depth: int) -> list[str]:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(f"key={key!r}: expected a string")
+                raise InvalidArgumentError(f"key={key!r}: expected a string")
             lines.extend(_entry(f"{prefix}{_scalar(key)}:", item, depth + 1))
         return lines or [f"{prefix}{{}}"]
     if isinstance(value, list):

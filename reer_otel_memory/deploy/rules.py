@@ -46,6 +46,7 @@ from typing import Any
 
 from .. import _names as names
 from ..config import MB, MemoryConfig, get_config
+from ..errors import ConfigurationError, InvalidArgumentError
 from ..export import naming as series
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
 from . import _yaml
@@ -124,7 +125,7 @@ _RUNBOOKS = {
 def format_duration(seconds: float) -> str:
     """A Prometheus duration for ``seconds``: ``10m``, ``90s``, ``1h``, ``0s`` or ``500ms``."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"for_s={seconds!r}: expected a non-negative number of seconds")
+        raise ConfigurationError(f"for_s={seconds!r}: expected a non-negative number of seconds")
     millis = round(seconds * 1000)
     if millis % 1000:
         return f"{millis}ms"
@@ -140,7 +141,7 @@ def _for_durations(for_s: float | Mapping[str, float] | None) -> dict[str, str]:
     if isinstance(for_s, Mapping):
         unknown = sorted(set(for_s) - set(ALERT_NAMES))
         if unknown:
-            raise ValueError(f"for_s has unknown alert names {unknown}: expected some of {list(ALERT_NAMES)}")
+            raise ConfigurationError(f"for_s has unknown alert names {unknown}: expected some of {list(ALERT_NAMES)}")
         durations.update(for_s)
     elif for_s is not None:
         durations = {alert: for_s for alert in ALERT_NAMES}
@@ -209,9 +210,9 @@ def rule_groups(
     condition must hold: one number for every alert, or a mapping from alert name to seconds.
     """
     if config is not None and not isinstance(config, MemoryConfig):
-        raise TypeError(f"config={config!r}: expected a MemoryConfig (see reer_otel_memory.load_config)")
+        raise InvalidArgumentError(f"config={config!r}: expected a MemoryConfig (see reer_otel_memory.load_config)")
     if config is not None and not static:
-        raise ValueError("config is only used with static=True: the dynamic rules read each process's thresholds")
+        raise ConfigurationError("config is only used with static=True: the dynamic rules read each process's thresholds")
     durations = _for_durations(for_s)
     if static and config is None:
         config = get_config()
@@ -259,7 +260,7 @@ def prometheus_config(
 ) -> dict[str, Any]:
     """A Prometheus configuration that scrapes ``targets`` and loads ``rule_files``, as data."""
     if isinstance(targets, str) or not targets:
-        raise ValueError(f"targets={targets!r}: expected a non-empty list of host:port strings")
+        raise ConfigurationError(f"targets={targets!r}: expected a non-empty list of host:port strings")
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": format_duration(scrape_interval_s),
@@ -303,10 +304,10 @@ def _alertmanager_duration(name: str, seconds: float, *, allow_zero: bool) -> st
     try:
         duration = format_duration(seconds)
     except ValueError:
-        raise ValueError(f"{name}={seconds!r}: expected {expected} number of seconds") from None
+        raise ConfigurationError(f"{name}={seconds!r}: expected {expected} number of seconds") from None
     # Alertmanager refuses a zero group or repeat interval.
     if duration == "0s" and not allow_zero:
-        raise ValueError(f"{name}={seconds!r}: expected {expected} number of seconds (at least 1 ms)")
+        raise ConfigurationError(f"{name}={seconds!r}: expected {expected} number of seconds (at least 1 ms)")
     return duration
 
 
@@ -327,7 +328,7 @@ def alertmanager_config(
     of alerts added to a group; ``repeat_interval_s`` how long before repeating a notification.
     """
     if receiver_url is not None and (not isinstance(receiver_url, str) or not receiver_url.startswith(("http://", "https://"))):
-        raise ValueError(f"receiver_url={receiver_url!r}: expected an http:// or https:// URL, or None")
+        raise ConfigurationError(f"receiver_url={receiver_url!r}: expected an http:// or https:// URL, or None")
     durations = {
         "group_wait": _alertmanager_duration("group_wait_s", group_wait_s, allow_zero=True),
         "group_interval": _alertmanager_duration("group_interval_s", group_interval_s, allow_zero=False),

@@ -230,7 +230,7 @@ def _resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
     if host is None:
         host = os.environ.get(names.ENV_PROMETHEUS_HOST, "").strip() or DEFAULT_HOST
     elif not isinstance(host, str) or not host.strip():
-        raise ValueError(f"host={host!r}: expected a host name or IP address such as '127.0.0.1'")
+        raise ConfigurationError(f"host={host!r}: expected a host name or IP address such as '127.0.0.1'")
     if port is None:
         raw = os.environ.get(names.ENV_PROMETHEUS_PORT, "").strip()
         if not raw:
@@ -243,7 +243,7 @@ def _resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
             raise ConfigurationError(f"{names.ENV_PROMETHEUS_PORT}={raw!r}: expected a port number 0-65535")
         return host, port
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port={port!r}: expected a port number 0-65535 (0: any free port)")
+        raise ConfigurationError(f"port={port!r}: expected a port number 0-65535 (0: any free port)")
     return host, port
 
 

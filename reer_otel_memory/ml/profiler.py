@@ -58,6 +58,7 @@ from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
 from ..config import MB, get_config
+from ..errors import ConfigurationError, InvalidArgumentError, NotFoundError
 from ..profiling import operations as _profile
 from ..profiling.operations import OperationResult
 from ..profiling.probe import process_probe
@@ -77,7 +78,7 @@ DEFAULT_BUDGET_SHARE = 0.5
 
 def _check_model_name(where: str, model_name: object) -> str:
     if not isinstance(model_name, str) or not model_name:
-        raise TypeError(f"{where}(model_name={model_name!r}): expected a non-empty string naming the model")
+        raise InvalidArgumentError(f"{where}(model_name={model_name!r}): expected a non-empty string naming the model")
     return model_name
 
 
@@ -102,7 +103,8 @@ def run_profiled(
         result.duration_s = time.perf_counter() - started
         result.rss_end = process_probe().rss_bytes()
         return value, result
-    token = otel_context.attach(operation.context) if operation.context is not None else None
+    context: otel_context.Context | None = operation.context
+    token = otel_context.attach(context) if context is not None else None
     try:
         value = func()
     except BaseException as exc:
@@ -186,7 +188,7 @@ class MemoryProfiler:
 
     def __init__(self, max_models: int = DEFAULT_MAX_MODELS, max_size_objects: int = 100_000) -> None:
         if not isinstance(max_models, int) or isinstance(max_models, bool) or max_models <= 0:
-            raise ValueError(f"MemoryProfiler(max_models={max_models!r}): expected a positive integer")
+            raise ConfigurationError(f"MemoryProfiler(max_models={max_models!r}): expected a positive integer")
         self.max_models = max_models
         self.max_size_objects = max_size_objects
         self._lock = threading.Lock()
@@ -207,10 +209,10 @@ class MemoryProfiler:
         """
         _check_model_name("profile_model_loading", model_name)
         if not callable(load_model_func):
-            raise TypeError(f"profile_model_loading(load_model_func={load_model_func!r}): expected a callable returning the model")
+            raise InvalidArgumentError(f"profile_model_loading(load_model_func={load_model_func!r}): expected a callable returning the model")
         estimate: list[SizeEstimate] = []
 
-        def size_attributes(model: Any) -> Mapping[str, Any]:
+        def size_attributes(model: object) -> Mapping[str, Any]:
             estimate.append(estimate_size(model, self.max_size_objects))
             return {names.ATTR_MODEL_SIZE: estimate[0].bytes}
 
@@ -298,13 +300,13 @@ class MemoryProfiler:
             return [s for s in self._models.values() if s.is_loaded()]
 
     def get_model_stats(self, model_name: str | None = None) -> dict[str, Any]:
-        """Statistics of every model by name, or of ``model_name`` alone (KeyError if unknown)."""
+        """Statistics of every model by name, or of ``model_name`` alone (:class:`NotFoundError`, a KeyError, if unknown)."""
         now = time.monotonic()
         with self._lock:
             if model_name is not None:
                 stats = self._models.get(model_name)
                 if stats is None:
-                    raise KeyError(f"get_model_stats(model_name={model_name!r}): no load of that model was profiled (known: {sorted(self._models)})")
+                    raise NotFoundError(f"get_model_stats(model_name={model_name!r}): no load of that model was profiled (known: {sorted(self._models)})")
                 return stats.as_dict(now)
             return {name: stats.as_dict(now) for name, stats in self._models.items()}
 
@@ -387,12 +389,15 @@ class MemoryProfiler:
 
 
 def _check_number(name: str, value: object, minimum: float, exclusive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value > minimum if exclusive else value >= minimum
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > minimum if exclusive else value >= minimum)
+    )
     if not ok:
         bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
-        raise ValueError(f"get_model_memory_recommendations({name}={value!r}): expected a finite number {bound}")
+        raise ConfigurationError(f"get_model_memory_recommendations({name}={value!r}): expected a finite number {bound}")
 
 
 # --- metrics -----------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigurationError
+
 #: Objects visited by default before the walk stops.
 DEFAULT_MAX_OBJECTS = 100_000
 
@@ -65,7 +67,7 @@ def _is_float64(dtype: Any) -> bool:
 def estimate_size(obj: Any, max_objects: int = DEFAULT_MAX_OBJECTS) -> SizeEstimate:
     """Walk ``obj`` (bounded by ``max_objects``) and add up the array and buffer bytes it holds."""
     if not isinstance(max_objects, int) or isinstance(max_objects, bool) or max_objects <= 0:
-        raise ValueError(f"estimate_size(max_objects={max_objects!r}): expected a positive integer")
+        raise ConfigurationError(f"estimate_size(max_objects={max_objects!r}): expected a positive integer")
     numpy = sys.modules.get("numpy")
     ndarray = getattr(numpy, "ndarray", None)
     torch = sys.modules.get("torch")
@@ -124,7 +126,7 @@ def estimate_size(obj: Any, max_objects: int = DEFAULT_MAX_OBJECTS) -> SizeEstim
                 count(item, len(item), None)
                 continue
             if isinstance(item, memoryview):
-                source = item.obj
+                source: object = item.obj  # None for a view made over raw memory by C code (typeshed: never)
                 if source is not None:
                     queue.append(source)
                 else:
@@ -156,10 +158,11 @@ def estimate_size(obj: Any, max_objects: int = DEFAULT_MAX_OBJECTS) -> SizeEstim
                 for slot in (slots,) if isinstance(slots, str) else slots:
                     if not isinstance(slot, str) or slot in ("__dict__", "__weakref__"):
                         continue
+                    attribute = slot
                     if slot.startswith("__") and not slot.endswith("__"):
-                        slot = f"_{klass.__name__.lstrip('_')}{slot}"  # name mangling
+                        attribute = f"_{klass.__name__.lstrip('_')}{slot}"  # name mangling
                     try:
-                        queue.append(object.__getattribute__(item, slot))
+                        queue.append(object.__getattribute__(item, attribute))
                     except AttributeError:
                         pass
         except Exception:  # an exotic object that refuses inspection: skip it, keep walking

@@ -32,6 +32,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from ..errors import InvalidArgumentError, TraceStoreError
 from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
 
 #: Records handed from the worker thread to the event loop at a time by ``async for``.
@@ -57,11 +58,11 @@ class StreamingJSONLReader:
         try:
             self.file_path = os.fspath(file_path)
         except TypeError:
-            raise TypeError(f"StreamingJSONLReader(file_path={file_path!r}): expected a path (str or os.PathLike)") from None
+            raise InvalidArgumentError(f"StreamingJSONLReader(file_path={file_path!r}): expected a path (str or os.PathLike)") from None
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"StreamingJSONLReader(chunk_size={chunk_size!r}): expected a positive number of bytes")
+            raise TraceStoreError(f"StreamingJSONLReader(chunk_size={chunk_size!r}): expected a positive number of bytes")
         if isinstance(max_reported_malformed, bool) or not isinstance(max_reported_malformed, int) or max_reported_malformed < 0:
-            raise ValueError(
+            raise TraceStoreError(
                 f"StreamingJSONLReader(max_reported_malformed={max_reported_malformed!r}): expected a non-negative integer"
             )
         self.chunk_size = chunk_size

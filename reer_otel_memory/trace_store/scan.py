@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from ..errors import MalformedLineError
@@ -37,7 +37,8 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 #: Malformed line numbers kept per pass; the count is always exact.
 MAX_REPORTED_MALFORMED = 100
 
-_scan_once = json.decoder.JSONDecoder().scan_once
+# scan_once is set per instance in JSONDecoder.__init__; typeshed does not declare it.
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _SKIP = object()  # a blank line
 _BAD = object()  # a malformed line
 _PARSE_ERRORS = (ValueError, RecursionError, StopIteration)
@@ -190,9 +191,8 @@ class JSONLScan:
             return _BAD
         return value
 
-    def records(self) -> Iterator[Any]:
+    def records(self) -> Generator[Any, None, None]:
         """Every record (or ``(offset, record)`` with ``with_offsets``), in file order."""
-        stats = self.stats
         line_number = self.first_line_number
         for offset, block in self._blocks():
             try:

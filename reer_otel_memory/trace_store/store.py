@@ -232,12 +232,12 @@ class _ScoreStats:
         self.low: float | None = None
         self.high: float | None = None
 
-    def consume(self, records: Iterator[dict], stats: ScanStats, max_bytes: int) -> bool:
+    def consume(self, records: Iterator[dict[str, Any]], stats: ScanStats, max_bytes: int) -> bool:
         """Fold records in until ``max_bytes`` more are read; True once the pass is exhausted."""
         byte_limit = stats.bytes_read + max_bytes
-        count, total, low, high = self.count, self.total, self.low, self.high
-        if low is None:
-            low, high = float("inf"), float("-inf")
+        count, total = self.count, self.total
+        low = float("inf") if self.low is None else self.low
+        high = float("-inf") if self.high is None else self.high
         exhausted = True
         for record in records:
             score = record.get("score")
@@ -490,7 +490,7 @@ class REERTraceStore:
         with self._state_lock:
             index = self._index
             if index is not None and index.indexed_through == size_before:
-                index.put_many(zip(map(_key, trace_ids), offsets))
+                index.put_many(zip(map(_key, trace_ids), offsets, strict=True))
                 index.indexed_through = end
                 index.lines_through += len(offsets)
             if size_before == 0 and self._known_traces is None:
@@ -539,7 +539,7 @@ class REERTraceStore:
         return self._lazy_query(_query_predicate(min_score, max_score, equals), limit)
 
     @memory_profile(operation_name=names.OPERATION_TRACE_STORE_LAZY_QUERY)
-    async def _lazy_query(self, predicate: Callable[[dict], bool] | None, limit: int | None) -> AsyncIterator[dict[str, Any]]:
+    async def _lazy_query(self, predicate: Callable[[dict[str, Any]], bool] | None, limit: int | None) -> AsyncIterator[dict[str, Any]]:
         # An async generator keeps its span current only while it runs (memory_profile), so
         # the consumer's work between items is not attributed to the query.
         span = otel_trace.get_current_span()
@@ -805,8 +805,8 @@ class REERTraceStore:
 
 
 def _take_existing(
-    records: Iterator[dict], stats: ScanStats, max_items: int, predicate: Callable[[dict], object] | None
-) -> tuple[list[dict], bool]:
+    records: Iterator[dict[str, Any]], stats: ScanStats, max_items: int, predicate: Callable[[dict[str, Any]], object] | None
+) -> tuple[list[dict[str, Any]], bool]:
     """One hop of a query: ``take`` with the store's byte budget; a missing file is an empty store."""
     try:
         return take(records, stats, max_items, QUERY_HOP_BYTES, predicate)
@@ -816,7 +816,7 @@ def _take_existing(
 
 def _query_predicate(
     min_score: float | None, max_score: float | None, equals: Mapping[str, Any]
-) -> Callable[[dict], bool] | None:
+) -> Callable[[dict[str, Any]], bool] | None:
     if min_score is None and max_score is None and not equals:
         return None
     low = float("-inf") if min_score is None else min_score
@@ -824,14 +824,11 @@ def _query_predicate(
     by_score = min_score is not None or max_score is not None
     wanted = list(equals.items())
 
-    def predicate(trace: dict) -> bool:
+    def predicate(trace: dict[str, Any]) -> bool:
         if by_score:
             score = trace.get("score")
             if not ((type(score) is float or type(score) is int) and low <= score <= high):
                 return False
-        for field, value in wanted:
-            if trace.get(field, _MISSING) != value:
-                return False
-        return True
+        return all(trace.get(field, _MISSING) == value for field, value in wanted)
 
     return predicate

@@ -1,0 +1,90 @@
+"""One exception hierarchy: every error on bad input is a ReerMemoryError and its builtin."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from reer_otel_memory.deploy import _yaml
+from reer_otel_memory.deploy.rules import format_duration, rule_groups
+from reer_otel_memory.errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    MalformedLineError,
+    NotFoundError,
+    ReerMemoryError,
+    TraceStoreError,
+)
+from reer_otel_memory.export.endpoint import start_prometheus_exporter
+from reer_otel_memory.instrumentation import parse_signal
+from reer_otel_memory.ml.profiler import MemoryProfiler
+from reer_otel_memory.ml.sizing import estimate_size
+from reer_otel_memory.trace_store.jsonl import StreamingJSONLReader
+from reer_otel_memory.trace_store.store import REERTraceStore
+
+
+@pytest.mark.parametrize(
+    ("error_class", "builtin"),
+    [
+        (ConfigurationError, ValueError),
+        (InvalidArgumentError, TypeError),
+        (NotFoundError, KeyError),
+        (TraceStoreError, ValueError),
+        (MalformedLineError, ValueError),
+    ],
+)
+def test_each_error_is_a_reer_memory_error_and_its_builtin(error_class, builtin):
+    assert issubclass(error_class, ReerMemoryError)
+    assert issubclass(error_class, builtin)
+    assert issubclass(ReerMemoryError, Exception) and not issubclass(ReerMemoryError, (ValueError, TypeError, KeyError))
+
+
+def test_not_found_reads_as_its_message_not_a_quoted_key():
+    error = NotFoundError("get_model_stats(model_name='x'): no load of that model was profiled")
+    assert str(error) == "get_model_stats(model_name='x'): no load of that model was profiled"
+
+
+def _bad_inputs(tmp_path):
+    """(call, expected class, fragments the message must hold: the input, its value, the expectation)."""
+    jsonl = tmp_path / "traces.jsonl"
+    jsonl.write_text("")
+    return [
+        (lambda: estimate_size([], max_objects=0), ConfigurationError, ["max_objects=0", "expected a positive integer"]),
+        (lambda: MemoryProfiler(max_models=-3), ConfigurationError, ["max_models=-3", "expected a positive integer"]),
+        (
+            lambda: MemoryProfiler().profile_model_loading("bert", 42),
+            InvalidArgumentError,
+            ["load_model_func=42", "expected a callable"],
+        ),
+        (lambda: MemoryProfiler().get_model_stats("gpt"), NotFoundError, ["model_name='gpt'", "no load of that model"]),
+        (lambda: format_duration(-1), ConfigurationError, ["for_s=-1", "expected a non-negative number of seconds"]),
+        (lambda: rule_groups(config="strict"), InvalidArgumentError, ["config='strict'", "expected a MemoryConfig"]),
+        (lambda: start_prometheus_exporter(port=70000), ConfigurationError, ["port=70000", "expected a port number"]),
+        (lambda: parse_signal("SIGNOPE"), ConfigurationError, ["'SIGNOPE'", "expected a catchable signal"]),
+        (lambda: _yaml.dumps({"x": math.nan}), ConfigurationError, ["value=nan", "expected a finite number"]),
+        (lambda: _yaml.dumps({"x": object()}), InvalidArgumentError, ["value=<object", "expected a mapping"]),
+        (lambda: StreamingJSONLReader(3), InvalidArgumentError, ["file_path=3", "expected a path"]),
+        (lambda: StreamingJSONLReader(jsonl, chunk_size=0), TraceStoreError, ["chunk_size=0", "expected a positive number of bytes"]),
+        (lambda: REERTraceStore(jsonl, chunk_bytes=0), TraceStoreError, ["chunk_bytes=0", "expected a positive number of bytes"]),
+    ]
+
+
+def test_representative_bad_inputs_raise_the_hierarchy_naming_input_value_and_expectation(tmp_path):
+    for call, error_class, fragments in _bad_inputs(tmp_path):
+        with pytest.raises(error_class) as caught:
+            call()
+        assert type(caught.value) is error_class, (fragments, caught.value)
+        assert isinstance(caught.value, ReerMemoryError)
+        message = str(caught.value)
+        for fragment in fragments:
+            assert fragment in message, (fragment, message)
+
+
+def test_callers_catching_the_builtins_keep_working():
+    with pytest.raises(ValueError):
+        estimate_size([], max_objects=0)
+    with pytest.raises(TypeError):
+        MemoryProfiler().profile_model_loading("bert", 42)
+    with pytest.raises(KeyError):
+        MemoryProfiler().get_model_stats("gpt")
