@@ -25,7 +25,7 @@ from .config import (
     set_memory_limit,
     setup_memory_limits,
 )
-from .errors import ConfigurationError, ReerMemoryError, TraceStoreError
+from .errors import ConfigurationError, InvalidArgumentError, MalformedLineError, NotFoundError, ReerMemoryError, TraceStoreError
 from .levels import MemoryLevel
 from .profiling.leak import LeakDetector, LeakSuspect
 from .profiling.operations import OperationResult, memory_context, memory_profile
@@ -75,26 +75,49 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    *(name for name in _LAZY if not name.startswith("_")),
+    "PROBE",
+    "CleanupResult",
     "ConfigurationError",
+    "InvalidArgumentError",
+    "LazyModelLoader",
     "LeakDetector",
     "LeakSuspect",
+    "MalformedLineError",
     "MemoryConfig",
+    "MemoryInstrumentor",
     "MemoryLevel",
     "MemoryLimit",
+    "MemoryMonitor",
+    "MemoryOptimizer",
     "MemoryProbe",
+    "MemoryProfiler",
+    "MemoryResourceManager",
     "MemorySnapshot",
     "MemoryTracker",
+    "NotFoundError",
     "OperationResult",
+    "REERTraceStore",
     "ReerMemoryError",
+    "StreamingJSONLReader",
     "TraceStoreError",
     "__version__",
     "effective_memory_limit",
     "get_config",
+    "get_memory_monitor",
+    "get_memory_profiler",
     "get_memory_tracker",
+    "get_resource_manager",
     "load_config",
     "memory_context",
     "memory_profile",
+    "register_cleanup_hook",
+    "remove_emergency_memory_handler",
+    "run_cleanup",
     "set_memory_limit",
+    "setup_emergency_memory_handler",
     "setup_memory_limits",
+    "start_memory_monitoring",
+    "start_prometheus_exporter",
+    "stop_memory_monitoring",
+    "unregister_cleanup_hook",
 ]

@@ -23,6 +23,7 @@ from typing import Final
 from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_attribute, sanitize_full_name
 
 from .. import _names as names
+from ..errors import ConfigurationError
 
 GAUGE: Final = "gauge"
 COUNTER: Final = "counter"
@@ -40,7 +41,7 @@ def family_name(name: str, unit: str, kind: str) -> str:
     ``_total``; a histogram's are ``_bucket``, ``_sum`` and ``_count`` after it.
     """
     if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} of {name!r}: expected {GAUGE!r}, {COUNTER!r} or {HISTOGRAM!r}")
+        raise ConfigurationError(f"kind={kind!r} of {name!r}: expected {GAUGE!r}, {COUNTER!r} or {HISTOGRAM!r}")
     family = sanitize_full_name(name)
     suffix = map_unit(unit)
     # prometheus_client's CounterMetricFamily drops a trailing _total before the unit goes on.

@@ -38,6 +38,7 @@ import psutil
 
 from .. import _names as names
 from .._runtime import RUNTIME
+from ..errors import ConfigurationError, InvalidArgumentError
 from ..profiling.probe import MemoryProbe, process_probe
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class CleanupRegistry:
     def register(self, name: str, hook: Callable[[], object], kind: str = KIND_HOOK) -> None:
         """Run ``hook()`` on every :meth:`run` that includes ``kind``. Replaces a hook of that name."""
         if not callable(hook):
-            raise TypeError(f"register({name!r}, hook={hook!r}): expected a callable")
+            raise InvalidArgumentError(f"register({name!r}, hook={hook!r}): expected a callable")
         with self._lock:
             self._hooks[name] = (hook, kind)
 
@@ -124,7 +125,7 @@ def cleanup_registry() -> CleanupRegistry:
 def register_cleanup_hook(name: str, hook: Callable[[], object]) -> None:
     """Run ``hook()`` on every cleanup, before garbage collection. Replaces a hook of that name."""
     if not callable(hook):
-        raise TypeError(f"register_cleanup_hook({name!r}, hook={hook!r}): expected a callable")
+        raise InvalidArgumentError(f"register_cleanup_hook({name!r}, hook={hook!r}): expected a callable")
     cleanup_registry().register(name, hook)
 
 
@@ -242,7 +243,7 @@ class CleanupResult:
 def check_trigger(trigger: object) -> str:
     """``trigger`` if it is one of :data:`TRIGGERS`; otherwise a ValueError naming it."""
     if trigger not in TRIGGERS:
-        raise ValueError(f"trigger={trigger!r}: expected one of {', '.join(TRIGGERS)}")
+        raise ConfigurationError(f"trigger={trigger!r}: expected one of {', '.join(TRIGGERS)}")
     return str(trigger)
 
 

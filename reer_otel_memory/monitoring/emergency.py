@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from ..errors import ConfigurationError
 from .monitor import MemoryMonitor, get_memory_monitor
 
 _Handler = Callable[[int, FrameType | None], Any]
@@ -52,7 +53,7 @@ def _check_signal(signum: object) -> signal.Signals:
     try:
         return signal.Signals(signum)  # type: ignore[arg-type]
     except (ValueError, TypeError):
-        raise ValueError(f"signum={signum!r}: expected a signal number such as signal.SIGUSR1") from None
+        raise ConfigurationError(f"signum={signum!r}: expected a signal number such as signal.SIGUSR1") from None
 
 
 def _require_main_thread(function: str, signum: signal.Signals) -> None:

@@ -57,7 +57,7 @@ from .. import _names as names
 from .. import config as config_module
 from .._runtime import RUNTIME
 from ..config import MB, MemoryConfig
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, InvalidArgumentError
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
 from ..profiling.probe import MemoryProbe, process_probe
 from ..profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
@@ -130,14 +130,14 @@ class MemoryMonitor:
         cleanup_cooldown_s: float = DEFAULT_CLEANUP_COOLDOWN_S,
     ) -> None:
         if isinstance(hysteresis_share, bool) or not isinstance(hysteresis_share, (int, float)) or not 0 <= hysteresis_share < 1:
-            raise ValueError(f"hysteresis_share={hysteresis_share!r}: expected a share of the threshold from 0 up to (not including) 1")
+            raise ConfigurationError(f"hysteresis_share={hysteresis_share!r}: expected a share of the threshold from 0 up to (not including) 1")
         if (
             isinstance(cleanup_cooldown_s, bool)
             or not isinstance(cleanup_cooldown_s, (int, float))
             or not math.isfinite(cleanup_cooldown_s)
             or cleanup_cooldown_s < 0
         ):
-            raise ValueError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a number of seconds >= 0")
+            raise ConfigurationError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a number of seconds >= 0")
         self._probe = probe if probe is not None else process_probe()
         self._tracker = tracker
         self.hysteresis_share = float(hysteresis_share)
@@ -363,7 +363,7 @@ class MemoryMonitor:
     def add_callback(self, callback: Callback) -> None:
         """Call ``callback(snapshot)`` with every sample, on the monitor thread."""
         if not callable(callback):
-            raise TypeError(f"add_callback(callback={callback!r}): expected a callable taking a MemorySnapshot")
+            raise InvalidArgumentError(f"add_callback(callback={callback!r}): expected a callable taking a MemorySnapshot")
         self._callbacks.append(callback)
 
     def remove_callback(self, callback: Callback) -> bool:

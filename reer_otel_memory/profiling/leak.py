@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 
 from .._runtime import RUNTIME
+from ..errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +68,18 @@ class LeakDetector:
             ("window", window), ("min_samples", min_samples), ("check_every", check_every), ("max_operations", max_operations),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LeakDetector({argument}={value!r}): expected a whole number >= 1")
+                raise ConfigurationError(f"LeakDetector({argument}={value!r}): expected a whole number >= 1")
         if isinstance(warmup_calls, bool) or not isinstance(warmup_calls, int) or warmup_calls < 0:
-            raise ValueError(f"LeakDetector(warmup_calls={warmup_calls!r}): expected a whole number >= 0")
+            raise ConfigurationError(f"LeakDetector(warmup_calls={warmup_calls!r}): expected a whole number >= 0")
         if min_samples > window:
-            raise ValueError(
+            raise ConfigurationError(
                 f"LeakDetector(min_samples={min_samples!r}, window={window!r}): "
                 "expected min_samples <= window, or the window is never judged"
             )
         if isinstance(floor_bytes, bool) or not isinstance(floor_bytes, (int, float)) or floor_bytes <= 0:
-            raise ValueError(f"LeakDetector(floor_bytes={floor_bytes!r}): expected a positive number of bytes")
+            raise ConfigurationError(f"LeakDetector(floor_bytes={floor_bytes!r}): expected a positive number of bytes")
         if isinstance(positive_share, bool) or not isinstance(positive_share, (int, float)) or not 0 < positive_share <= 1:
-            raise ValueError(f"LeakDetector(positive_share={positive_share!r}): expected a share above 0 and at most 1")
+            raise ConfigurationError(f"LeakDetector(positive_share={positive_share!r}): expected a share above 0 and at most 1")
         self.window = window
         self.warmup_calls = warmup_calls
         self.min_samples = min_samples

@@ -32,6 +32,7 @@ from opentelemetry.util.types import AttributeValue
 from .. import _names as names
 from .. import _telemetry
 from ..config import get_config
+from ..errors import InvalidArgumentError
 from ..levels import MemoryLevel
 from .probe import MemoryProbe, PeakWindow, process_probe
 from .tracker import get_memory_tracker
@@ -306,7 +307,7 @@ def memory_profile(
     if callable(operation_name):
         return memory_profile()(operation_name)
     if operation_name is not None and (not isinstance(operation_name, str) or not operation_name):
-        raise TypeError(f"memory_profile(operation_name={operation_name!r}): expected a non-empty string or None")
+        raise InvalidArgumentError(f"memory_profile(operation_name={operation_name!r}): expected a non-empty string or None")
     static_attributes = dict(attributes) if attributes else None
 
     def decorate(func: F) -> F:
@@ -472,7 +473,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         attributes: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
-            raise TypeError(f"memory_context(name={name!r}): expected a non-empty operation name")
+            raise InvalidArgumentError(f"memory_context(name={name!r}): expected a non-empty operation name")
         self.name = name
         self.heap = heap
         self.annotate_current = annotate_current

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from .._runtime import RUNTIME
 from ..config import MB, get_config
+from ..errors import ConfigurationError
 from ..levels import MemoryLevel
 from .leak import LeakDetector, LeakSuspect
 from .probe import MemoryProbe, process_probe
@@ -67,7 +68,7 @@ class MemoryTracker:
 
     def __init__(self, max_snapshots: int = 1000, probe: MemoryProbe | None = None, leak_detector: LeakDetector | None = None) -> None:
         if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int) or max_snapshots <= 0:
-            raise ValueError(f"MemoryTracker(max_snapshots={max_snapshots!r}): expected a whole number of snapshots >= 1")
+            raise ConfigurationError(f"MemoryTracker(max_snapshots={max_snapshots!r}): expected a whole number of snapshots >= 1")
         if probe is None:
             probe = process_probe()
         self._probe = probe
