@@ -57,9 +57,7 @@ import asyncio
 import json
 import os
 import threading
-import uuid
 import weakref
-from array import array
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -73,6 +71,8 @@ from ..errors import TraceStoreError
 from ..monitoring.cleanup import register_cleanup_hook, release_memory, unregister_cleanup_hook
 from ..profiling.operations import memory_context, memory_profile
 from ..profiling.probe import process_probe
+from .index import OffsetIndex, index_key
+from .records import ScoreStats, encode_trace, is_finite_number, query_predicate, short_repr
 from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
 
 try:
@@ -92,114 +92,6 @@ QUERY_HOP_BYTES = 2 << 20
 HOP_RECORDS = 4096
 #: Bytes of lines written per lock and ``write`` by ``add_traces``.
 WRITE_BATCH_BYTES = 1 << 20
-_MISSING = object()
-
-
-def _number(value: object) -> bool:
-    return (type(value) is float and value - value == 0.0) or type(value) is int  # finite, not bool
-
-
-def _encode_trace(trace: object, where: str) -> tuple[bytes, str]:
-    """One trace as a line of strict, ASCII JSON, and its id; TraceStoreError if unacceptable."""
-    if not isinstance(trace, Mapping):
-        raise TraceStoreError(f"{where}={_short(trace)}: expected a JSON object (a dict), got {type(trace).__name__}")
-    for key in trace:
-        if type(key) is not str:
-            raise TraceStoreError(f"{where} has key {key!r} ({type(key).__name__}): JSON object keys must be strings")
-    score = trace.get("score", _MISSING)
-    if score is _MISSING:
-        raise TraceStoreError(f"{where}={_short(trace)}: has no 'score'; expected a finite number")
-    if not _number(score):
-        raise TraceStoreError(f"{where}['score']={score!r}: expected a finite number")
-    trace_id = trace.get("trace_id")
-    if trace_id is None:
-        trace_id = uuid.uuid4().hex
-        record: Mapping[str, Any] = {"trace_id": trace_id, **{k: v for k, v in trace.items() if k != "trace_id"}}
-    elif not isinstance(trace_id, str) or not trace_id:
-        raise TraceStoreError(f"{where}['trace_id']={trace_id!r}: expected a non-empty string")
-    else:
-        record = trace if type(trace) is dict else dict(trace)
-    try:
-        # ASCII output keeps byte offsets equal to character offsets (the reading core's fast path).
-        text = json.dumps(record, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise TraceStoreError(f"{where} (trace_id {trace_id!r}) is not serialisable as strict JSON: {exc}") from None
-    return text.encode("ascii") + b"\n", trace_id
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _key(trace_id: str) -> int:
-    """The index key of an id: its (per-process) hash; 0 marks an empty slot, so it becomes 1."""
-    return hash(trace_id) or 1
-
-
-class _OffsetIndex:
-    """trace_id -> byte offset of its latest record: linear probing over two int64 arrays.
-
-    Keys are 64-bit hashes; a lookup reads the record and checks its id, so a collision only
-    costs a fallback scan. 16 bytes a slot, at most 60% full.
-    """
-
-    __slots__ = ("entries", "file_id", "indexed_through", "keys", "lines_through", "mask", "offsets")
-
-    def __init__(self, file_id: tuple[int, int], capacity: int = 1 << 12) -> None:
-        self.keys = array("q", bytes(8 * capacity))
-        self.offsets = array("q", bytes(8 * capacity))
-        self.mask = capacity - 1
-        self.entries = 0
-        self.file_id = file_id
-        #: Offset just past the last complete line indexed; lines up to there.
-        self.indexed_through = 0
-        self.lines_through = 0
-
-    @property
-    def nbytes(self) -> int:
-        return 16 * (self.mask + 1)
-
-    def put_many(self, pairs: Iterable[tuple[int, int]]) -> None:
-        keys, offsets, mask = self.keys, self.offsets, self.mask
-        limit = int(0.6 * (mask + 1))
-        for key, offset in pairs:
-            slot = key & mask
-            while True:
-                found = keys[slot]
-                if found == key:
-                    offsets[slot] = offset
-                    break
-                if found == 0:
-                    keys[slot] = key
-                    offsets[slot] = offset
-                    self.entries += 1
-                    break
-                slot = (slot + 1) & mask
-            if self.entries > limit:
-                self._grow()
-                keys, offsets, mask = self.keys, self.offsets, self.mask
-                limit = int(0.6 * (mask + 1))
-
-    def get(self, key: int) -> int:
-        keys, mask = self.keys, self.mask
-        slot = key & mask
-        while True:
-            found = keys[slot]
-            if found == key:
-                return self.offsets[slot]
-            if found == 0:
-                return -1
-            slot = (slot + 1) & mask
-
-    def _grow(self) -> None:
-        old_keys, old_offsets = self.keys, self.offsets
-        capacity = 2 * (self.mask + 1)
-        self.keys = array("q", bytes(8 * capacity))
-        self.offsets = array("q", bytes(8 * capacity))
-        self.mask = capacity - 1
-        self.entries = 0
-        self.put_many((key, old_offsets[slot]) for slot, key in enumerate(old_keys) if key)
 
 
 class _Writer:
@@ -219,41 +111,6 @@ class _Writer:
             except OSError:
                 pass
         self.fd = -1
-
-
-class _ScoreStats:
-    """Running count, sum, min and max of the numeric scores seen by a stats pass."""
-
-    __slots__ = ("count", "high", "low", "total")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.low: float | None = None
-        self.high: float | None = None
-
-    def consume(self, records: Iterator[dict[str, Any]], stats: ScanStats, max_bytes: int) -> bool:
-        """Fold records in until ``max_bytes`` more are read; True once the pass is exhausted."""
-        byte_limit = stats.bytes_read + max_bytes
-        count, total = self.count, self.total
-        low = float("inf") if self.low is None else self.low
-        high = float("-inf") if self.high is None else self.high
-        exhausted = True
-        for record in records:
-            score = record.get("score")
-            if (type(score) is float and score - score == 0.0) or type(score) is int:
-                count += 1
-                total += score
-                if score < low:
-                    low = score
-                if score > high:
-                    high = score
-            if stats.bytes_read >= byte_limit:
-                exhausted = False
-                break
-        self.count, self.total = count, total
-        self.low, self.high = (low, high) if count else (None, None)
-        return exhausted
 
 
 _live_stores: weakref.WeakSet[REERTraceStore] = weakref.WeakSet()
@@ -335,7 +192,7 @@ class REERTraceStore:
         self._pid = os.getpid()
         self._new_locks()
         self._writer = _Writer()
-        self._index: _OffsetIndex | None = None
+        self._index: OffsetIndex | None = None
         self._index_generation = 0
         #: Complete records in the file up to ``_known_through``, once a read or write learned it.
         self._known_traces: int | None = None
@@ -385,7 +242,7 @@ class REERTraceStore:
         """Append one trace; returns its ``trace_id`` once the line is in the file."""
         self._after_fork()
         with memory_context(names.OPERATION_TRACE_STORE_ADD_TRACE, attributes=self._span_attributes) as operation:
-            line, trace_id = _encode_trace(trace, "trace")
+            line, trace_id = encode_trace(trace, "trace")
             await asyncio.to_thread(self._append, [line], [trace_id])
             operation.set_attribute(names.ATTR_TRACE_STORE_RECORDS_WRITTEN, 1)
             operation.set_attribute(names.ATTR_TRACE_STORE_BYTES_WRITTEN, len(line))
@@ -396,11 +253,11 @@ class REERTraceStore:
         self._after_fork()
         with memory_context(names.OPERATION_TRACE_STORE_ADD_TRACES, attributes=self._span_attributes) as operation:
             if isinstance(traces, (Mapping, str, bytes)) or not isinstance(traces, Iterable):
-                raise TraceStoreError(f"add_traces(traces={_short(traces)}): expected an iterable of trace objects")
+                raise TraceStoreError(f"add_traces(traces={short_repr(traces)}): expected an iterable of trace objects")
             lines: list[bytes] = []
             trace_ids: list[str] = []
             for position, trace in enumerate(traces):
-                line, trace_id = _encode_trace(trace, f"traces[{position}]")
+                line, trace_id = encode_trace(trace, f"traces[{position}]")
                 lines.append(line)
                 trace_ids.append(trace_id)
             if lines:
@@ -490,7 +347,7 @@ class REERTraceStore:
         with self._state_lock:
             index = self._index
             if index is not None and index.indexed_through == size_before:
-                index.put_many(zip(map(_key, trace_ids), offsets, strict=True))
+                index.put_many(zip(map(index_key, trace_ids), offsets, strict=True))
                 index.indexed_through = end
                 index.lines_through += len(offsets)
             if size_before == 0 and self._known_traces is None:
@@ -532,11 +389,11 @@ class REERTraceStore:
         A bound on the score skips traces without a numeric score.
         """
         for name, bound in (("min_score", min_score), ("max_score", max_score)):
-            if bound is not None and not _number(bound):
+            if bound is not None and not is_finite_number(bound):
                 raise TraceStoreError(f"lazy_query_traces({name}={bound!r}): expected a finite number or None")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise TraceStoreError(f"lazy_query_traces(limit={limit!r}): expected a non-negative integer or None")
-        return self._lazy_query(_query_predicate(min_score, max_score, equals), limit)
+        return self._lazy_query(query_predicate(min_score, max_score, equals), limit)
 
     @memory_profile(operation_name=names.OPERATION_TRACE_STORE_LAZY_QUERY)
     async def _lazy_query(self, predicate: Callable[[dict[str, Any]], bool] | None, limit: int | None) -> AsyncIterator[dict[str, Any]]:
@@ -629,7 +486,7 @@ class REERTraceStore:
         self._after_fork()
         with memory_context(names.OPERATION_TRACE_STORE_STATS, attributes=self._span_attributes) as operation:
             scan = self._scan()
-            scores = _ScoreStats()
+            scores = ScoreStats()
             run = AsyncPass(scan)
             exhausted = False
             try:
@@ -689,7 +546,7 @@ class REERTraceStore:
         if index is None:
             return None, scanned, bytes_read
         with self._state_lock:
-            offset = index.get(_key(trace_id))
+            offset = index.get(index_key(trace_id))
         if offset < 0:
             return None, scanned, bytes_read
         record, line_bytes = self._read_record_at(offset)
@@ -700,7 +557,7 @@ class REERTraceStore:
         record, stats = self._find_by_scan(trace_id)
         return record, scanned + stats.records, bytes_read + stats.bytes_read
 
-    def _current_index(self) -> tuple[_OffsetIndex | None, int, int]:
+    def _current_index(self) -> tuple[OffsetIndex | None, int, int]:
         """The index, built or extended to the end of the file; (index, records, bytes) scanned."""
         with self._index_lock:
             try:
@@ -712,7 +569,7 @@ class REERTraceStore:
                 index = self._index
                 generation = self._index_generation
             if index is None or index.file_id != file_id or on_disk.st_size < index.indexed_through:
-                index = _OffsetIndex(file_id)
+                index = OffsetIndex(file_id)
             elif on_disk.st_size == index.indexed_through:
                 return index, 0, 0
             with self._state_lock:
@@ -722,7 +579,7 @@ class REERTraceStore:
             for offset, record in scan.records():
                 trace_id = record.get("trace_id")
                 if type(trace_id) is str:
-                    pending.append((_key(trace_id), offset))
+                    pending.append((index_key(trace_id), offset))
                     if len(pending) >= 4096:
                         with self._state_lock:
                             index.put_many(pending)
@@ -812,23 +669,3 @@ def _take_existing(
         return take(records, stats, max_items, QUERY_HOP_BYTES, predicate)
     except FileNotFoundError:
         return [], True
-
-
-def _query_predicate(
-    min_score: float | None, max_score: float | None, equals: Mapping[str, Any]
-) -> Callable[[dict[str, Any]], bool] | None:
-    if min_score is None and max_score is None and not equals:
-        return None
-    low = float("-inf") if min_score is None else min_score
-    high = float("inf") if max_score is None else max_score
-    by_score = min_score is not None or max_score is not None
-    wanted = list(equals.items())
-
-    def predicate(trace: dict[str, Any]) -> bool:
-        if by_score:
-            score = trace.get("score")
-            if not ((type(score) is float or type(score) is int) and low <= score <= high):
-                return False
-        return all(trace.get(field, _MISSING) == value for field, value in wanted)
-
-    return predicate
