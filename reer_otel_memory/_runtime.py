@@ -16,7 +16,10 @@ sound:
 * every other component, and every object registered with :meth:`Runtime.after_fork_call`,
   has its ``_after_fork_in_child()`` method called (reopen descriptors, new locks).
 
-Components are looked up with one dictionary read (about 0.1 us), cheap enough for the hot path.
+Components are looked up with one dictionary read (about 0.1 us). The four that every profiled
+call reads -- ``probe``, ``tracker``, ``config`` and ``telemetry`` -- are also plain attributes
+of the runtime once built (``RUNTIME.probe or process_probe()``: one attribute read, about
+30 ns), because a profiled call with no SDK costs only a few microseconds in all.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ _AFTER_FORK = "_after_fork_in_child"
 
 class Runtime:
     """The package's state in this process: components by key, locks by name, one fork hook."""
+
+    #: The hot components, None until built (see the module docs).
+    probe: Any = None
+    tracker: Any = None
+    config: Any = None
+    telemetry: Any = None
+    _HOT = frozenset(("probe", "tracker", "config", "telemetry"))
 
     def __init__(self) -> None:
         self._components: dict[str, Any] = {}
@@ -59,8 +69,16 @@ class Runtime:
                     component = factory()
                     if fresh_in_child:
                         self._fresh_in_child.add(key)
-                    self._components[key] = component
+                    self._store(key, component)
         return cast(T, component)
+
+    def _store(self, key: str, component: object | None) -> None:
+        if component is None:
+            self._components.pop(key, None)
+        else:
+            self._components[key] = component
+        if key in self._HOT:
+            setattr(self, key, component)
 
     def once(self, key: str, action: Callable[[], object]) -> None:
         """Run ``action()`` the first time it is asked for under ``key`` in this process."""
@@ -74,7 +92,7 @@ class Runtime:
         """Put ``component`` in place of the one called ``key`` (built or not)."""
         with self._build_lock:
             self._hook_fork()
-            self._components[key] = component
+            self._store(key, component)
 
     # --- locks -----------------------------------------------------------------------------
 
@@ -112,7 +130,7 @@ class Runtime:
         self._build_lock = threading.RLock()
         self._locks = {}
         for key in self._fresh_in_child:
-            self._components.pop(key, None)
+            self._store(key, None)
         self._fresh_in_child = set()
         seen: set[int] = set()
         for component in [*self._components.values(), *self._instances]:

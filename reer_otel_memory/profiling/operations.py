@@ -10,6 +10,9 @@ by default (``heap=None``) a call whose operation took, on average so far, at le
 slower as the heap fragments, from about 1 us to milliseconds), and the first call of an
 operation while a heap reading costs at most :data:`CHEAP_HEAP_S`.
 
+The process's probe, tracker, configuration and telemetry are read as attributes of the runtime
+(``RUNTIME.probe or process_probe()``: one attribute read once built).
+
 Cost per call (``make bench``): a span with eight attributes plus about 6 us of probe reads;
 with no OpenTelemetry SDK configured, two RSS reads and the tracker bookkeeping.
 """
@@ -31,6 +34,7 @@ from opentelemetry.util.types import AttributeValue
 
 from .. import _names as names
 from .. import _telemetry
+from .._runtime import RUNTIME
 from ..config import get_config
 from ..errors import InvalidArgumentError
 from ..levels import MemoryLevel
@@ -127,7 +131,7 @@ class _Operation:
         self.heap_start: int | None = None
 
     def start(self, heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None) -> None:
-        telemetry = self.telemetry = _telemetry.current()
+        telemetry = self.telemetry = RUNTIME.telemetry or _telemetry.current()
         if annotate_current:
             span = trace.get_current_span()
             self.owns_span = False
@@ -136,7 +140,7 @@ class _Operation:
             self.owns_span = True
             self.context = trace.set_span_in_context(span)
         self.span = span
-        probe = self.probe = process_probe()
+        probe = self.probe = RUNTIME.probe or process_probe()
         self.window, self.result.rss_start = probe.begin_peak()
         if _want_heap(self.name, heap, probe):
             self.heap_start = probe.heap_bytes()
@@ -154,12 +158,12 @@ class _Operation:
                     result.heap_delta = heap_end - self.heap_start
             rss_end = result.rss_end = probe.rss_bytes()
             peak = result.rss_peak = probe.end_peak(self.window, rss_end)
-            level = result.level = get_config().level_for(rss_end)
+            level = result.level = (RUNTIME.config or get_config()).level_for(rss_end)
             result.duration_s = duration
             delta = rss_end - result.rss_start
             _remember_duration(self.name, duration)
 
-            tracker = get_memory_tracker()
+            tracker = RUNTIME.tracker or get_memory_tracker()
             tracker.record_operation(self.name, rss_end, level)
             raised = tracker.leak_detector.observe(self.name, delta, result.heap_delta)
             suspected = result.leak_suspected = tracker.leak_detector.is_suspected(self.name)
@@ -245,7 +249,7 @@ def _detach_and_end(operation: _Operation | None, token: object | None, exc: Bas
 def _light_start() -> int:
     """RSS at the start of an operation measured without an SDK (0 if it cannot be read)."""
     try:
-        return process_probe().rss_bytes()
+        return (RUNTIME.probe or process_probe()).rss_bytes()
     except Exception as exc:  # instrumentation must never break the host's call
         _log_failure("reading RSS", exc)
         return 0
@@ -258,10 +262,10 @@ def _light(name: str, rss_start: int) -> int:
     Runs in ``finally`` blocks, so it never raises.
     """
     try:
-        rss_end = process_probe().rss_bytes()
+        rss_end = (RUNTIME.probe or process_probe()).rss_bytes()
         if rss_start:
-            tracker = get_memory_tracker()
-            tracker.record_operation(name, rss_end, get_config().level_for(rss_end))
+            tracker = RUNTIME.tracker or get_memory_tracker()
+            tracker.record_operation(name, rss_end, (RUNTIME.config or get_config()).level_for(rss_end))
             tracker.leak_detector.observe(name, rss_end - rss_start)
         return rss_end
     except Exception as exc:
@@ -321,7 +325,7 @@ def memory_profile(
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 # Without an SDK the same loop runs, unmeasured: asend/athrow must still reach
                 # the wrapped generator (an ``async for`` here would drop them).
-                light_start = None if _telemetry.current().recording() else _light_start()
+                light_start = None if (RUNTIME.telemetry or _telemetry.current()).recording() else _light_start()
                 operation = None if light_start is not None else _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 agen = func(*args, **kwargs)
                 ctx = operation.context if operation is not None else None
@@ -366,7 +370,7 @@ def memory_profile(
 
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not _telemetry.current().recording():
+                if not (RUNTIME.telemetry or _telemetry.current()).recording():
                     rss_start = _light_start()
                     try:
                         return (yield from func(*args, **kwargs))
@@ -413,7 +417,7 @@ def memory_profile(
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not _telemetry.current().recording():
+                if not (RUNTIME.telemetry or _telemetry.current()).recording():
                     rss_start = _light_start()
                     try:
                         return await func(*args, **kwargs)
@@ -433,7 +437,7 @@ def memory_profile(
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not _telemetry.current().recording():
+            if not (RUNTIME.telemetry or _telemetry.current()).recording():
                 rss_start = _light_start()
                 try:
                     return func(*args, **kwargs)
@@ -494,7 +498,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         self.span.set_attribute(key, value)
 
     def __enter__(self) -> memory_context:
-        if not _telemetry.current().recording():
+        if not (RUNTIME.telemetry or _telemetry.current()).recording():
             self._light_started = time.perf_counter()
             self._light_start = _light_start()
             return self
@@ -510,7 +514,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
             # not break where no SDK is configured. Peak and heap are not measured here.
             result = self.result = OperationResult()
             result.operation, result.rss_start, result.rss_end = self.name, rss_start, rss_end
-            result.level = get_config().level_for(rss_end)
+            result.level = (RUNTIME.config or get_config()).level_for(rss_end)
             result.duration_s = time.perf_counter() - self._light_started
             return
         operation, self._operation = self._operation, None
