@@ -1,0 +1,152 @@
+"""The process runtime: components built once on first use, one fork hook that resets them."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import threading
+import weakref
+from collections.abc import Callable
+
+import pytest
+
+from reer_otel_memory._runtime import Runtime
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+DEADLINE_S = 10.0
+
+
+class Counters:
+    """A component that a forked child must see restart from zero."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class Resettable:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.resets = 0
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        self.resets += 1
+
+
+def in_child(report: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Fork; the child runs ``report()`` and sends back its JSON; the parent returns it."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_fd)
+        try:
+            payload = json.dumps(report()).encode()
+        except BaseException as exc:  # pragma: no cover - reported to the parent
+            payload = json.dumps({"error": repr(exc)}).encode()
+        os.write(write_fd, payload)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    result = json.loads(data)
+    assert "error" not in result, result["error"]
+    return result
+
+
+def test_a_component_is_built_once_and_shared_by_threads():
+    runtime = Runtime()
+    built = []
+    barrier = threading.Barrier(8)
+
+    def factory() -> object:
+        built.append(1)
+        return object()
+
+    seen = []
+
+    def use() -> None:
+        barrier.wait(DEADLINE_S)
+        seen.append(runtime.get("thing", factory))
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE_S)
+    assert len(built) == 1
+    assert len({id(thing) for thing in seen}) == 1
+
+
+def test_a_factory_may_ask_for_another_component():
+    runtime = Runtime()
+    probe = runtime.get("probe", object)
+    tracker = runtime.get("tracker", lambda: ("tracker of", runtime.get("probe", object)))
+    assert tracker == ("tracker of", probe)
+    assert runtime.probe is probe  # a hot component is also an attribute
+    assert runtime.tracker is tracker
+
+
+def test_nothing_is_built_until_asked_for():
+    runtime = Runtime()
+    assert runtime.peek("probe") is None
+    assert runtime.probe is None
+
+
+def test_a_lock_held_by_another_thread_at_fork_is_free_in_the_child():
+    runtime = Runtime()
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with runtime.lock("config"):
+            holding.set()
+            release.wait(DEADLINE_S)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(DEADLINE_S)
+    try:
+        child = in_child(lambda: {"acquired": runtime.lock("config").acquire(timeout=DEADLINE_S)})
+    finally:
+        release.set()
+        holder.join(DEADLINE_S)
+    assert child == {"acquired": True}
+
+
+def test_the_child_rebuilds_fresh_components_and_resets_the_others():
+    runtime = Runtime()
+    counters = runtime.get("counters", Counters, fresh_in_child=True)
+    counters.count = 5
+    kept = runtime.get("kept", Resettable)
+    kept.lock.acquire()  # held at the fork, as by a thread that no longer exists in the child
+    instance = Resettable()
+    runtime.after_fork_call(instance)
+
+    def report() -> dict[str, object]:
+        return {
+            "fresh_count": runtime.get("counters", Counters, fresh_in_child=True).count,
+            "kept_is_same": runtime.get("kept", Resettable) is kept,
+            "kept_resets": kept.resets,
+            "kept_lock_free": kept.lock.acquire(timeout=DEADLINE_S),
+            "instance_resets": instance.resets,
+            "forks": runtime.forks,
+        }
+
+    child = in_child(report)
+    kept.lock.release()
+    assert child == {"fresh_count": 0, "kept_is_same": True, "kept_resets": 1, "kept_lock_free": True, "instance_resets": 1, "forks": 1}
+    assert counters.count == 5 and kept.resets == 0 and runtime.forks == 0  # the parent is untouched
+
+
+def test_an_instance_registered_for_fork_is_not_kept_alive():
+    runtime = Runtime()
+    instance = Resettable()
+    runtime.after_fork_call(instance)
+    ref = weakref.ref(instance)
+    del instance
+    gc.collect()
+    assert ref() is None
