@@ -89,7 +89,35 @@ def _callback_wants_resource(callback: Callable[..., Any]) -> bool:
 
 
 class _Entry:
-    __slots__ = ("callback", "callback_ref", "limit_bytes", "name", "ref", "registered_at", "release_on_pressure", "size_bytes", "size_measured_at", "size_truncated", "strong", "type_name", "wants_resource")
+    __slots__ = (
+        "callback",
+        "callback_ref",
+        "limit_bytes",
+        "name",
+        "ref",
+        "registered_at",
+        "release_on_pressure",
+        "size_bytes",
+        "size_measured_at",
+        "size_truncated",
+        "strong",
+        "type_name",
+        "wants_resource",
+    )
+
+    callback: Callable[..., Any] | None
+    callback_ref: weakref.WeakMethod[Callable[..., Any]] | None
+    limit_bytes: int | None
+    name: str
+    ref: weakref.ReferenceType[Any] | None
+    registered_at: float
+    release_on_pressure: bool
+    size_bytes: int
+    size_measured_at: float
+    size_truncated: bool
+    strong: Any
+    type_name: str
+    wants_resource: bool
 
     def get(self) -> Any:
         return self.strong if self.ref is None else self.ref()
@@ -160,8 +188,12 @@ class MemoryResourceManager:
         entry.ref = None
         if not keep_alive:
             dead = self._dead
+
+            def forget(_ref: weakref.ReferenceType[Any], entry: _Entry = entry) -> None:
+                dead.append(entry)
+
             try:
-                entry.ref = weakref.ref(resource, lambda _ref, entry=entry: dead.append(entry))
+                entry.ref = weakref.ref(resource, forget)
             except TypeError:
                 entry.ref = None
         if entry.ref is None:
