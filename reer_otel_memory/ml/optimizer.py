@@ -42,6 +42,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from ..config import MB
@@ -64,7 +65,8 @@ def _clearer(cache: Any) -> Callable[[], Any] | None:
             try:
                 ref = weakref.ref(cache)
             except TypeError:
-                return getattr(cache, method_name)
+                bound: Callable[[], Any] = getattr(cache, method_name)
+                return bound
 
             def clear(ref: weakref.ReferenceType[Any] = ref, method_name: str = method_name) -> Any:
                 target = ref()
@@ -72,7 +74,8 @@ def _clearer(cache: Any) -> Callable[[], Any] | None:
 
             return clear
     if callable(cache):
-        return cache
+        clears: Callable[[], Any] = cache
+        return clears
     return None
 
 
@@ -88,12 +91,9 @@ def _measured(released: Released[Any]) -> dict[str, Any]:
 
 
 def _check_positive(where: str, name: str, value: object, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        raise ValueError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
-    return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0):
+        return float(value)
+    raise ValueError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
 
 
 class MemoryOptimizer:
@@ -254,12 +254,13 @@ def _find_large_objects(threshold_bytes: int) -> list[dict[str, Any]]:
     finally:
         del tracked
     # Locals of running functions live in frames the collector does not list.
-    for frame in sys._current_frames().values():
+    for thread_frame in sys._current_frames().values():
+        frame: FrameType | None = thread_frame
         while frame is not None:
             for value in list(frame.f_locals.values()):
                 consider(value)
             frame = frame.f_back
-    del frame
+    del thread_frame, frame
     found.sort(key=lambda entry: entry["size_bytes"], reverse=True)
     return found
 
@@ -356,7 +357,7 @@ def _base_nbytes(np: Any, view: Any) -> int | None:
 def _downcast(np: Any, values: Any, rtol: float) -> Any | None:
     """A smaller array holding the same values (within ``rtol`` for floats), or None."""
     dtype = values.dtype
-    if dtype == np.float64 or dtype == np.complex128:
+    if dtype in (np.float64, np.complex128):
         target = np.float32 if dtype == np.float64 else np.complex64
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf fails the check below
             smaller = values.astype(target, order="C")
@@ -377,10 +378,9 @@ def _same_values(np: Any, original: Any, smaller: Any, rtol: float) -> bool:
         return _chunk_matches(np, original, smaller, rtol)
     row_elements = max(1, original.size // max(1, original.shape[0]))
     rows = max(1, _CHECK_CHUNK_ELEMENTS // row_elements)
-    for start in range(0, original.shape[0], rows):
-        if not _chunk_matches(np, original[start : start + rows], smaller[start : start + rows], rtol):
-            return False
-    return True
+    return all(
+        _chunk_matches(np, original[start : start + rows], smaller[start : start + rows], rtol) for start in range(0, original.shape[0], rows)
+    )
 
 
 def _chunk_matches(np: Any, original: Any, smaller: Any, rtol: float) -> bool:
