@@ -46,7 +46,19 @@ CLEANUP_HOOK_NAME = "reer.lazy_models"
 
 _UNLOADED = object()
 _OWN_ATTRIBUTES = frozenset(
-    {"_load_model_func", "_model_path", "_args", "_kwargs", "_model", "_lock", "_model_name", "_idle_timeout_s", "_profiler", "_last_used_s", "_last_unload_freed_bytes"}
+    {
+        "_load_model_func",
+        "_model_path",
+        "_args",
+        "_kwargs",
+        "_model",
+        "_lock",
+        "_model_name",
+        "_idle_timeout_s",
+        "_profiler",
+        "_last_used_s",
+        "_last_unload_freed_bytes",
+    }
 )
 
 _loaders: weakref.WeakSet[LazyModelLoader] = weakref.WeakSet()
