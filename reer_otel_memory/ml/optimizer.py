@@ -46,6 +46,7 @@ from types import FrameType
 from typing import Any
 
 from ..config import MB
+from ..errors import ConfigurationError, InvalidArgumentError
 from ..monitoring.cleanup import KIND_CACHE, Released, cleanup_registry, release_memory
 
 _LRU_WRAPPER_TYPE = type(functools.lru_cache(maxsize=1)(lambda: None))
@@ -93,7 +94,7 @@ def _measured(released: Released[Any]) -> dict[str, Any]:
 def _check_positive(where: str, name: str, value: object, allow_zero: bool = False) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0):
         return float(value)
-    raise ValueError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
+    raise ConfigurationError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
 
 
 class MemoryOptimizer:
@@ -110,11 +111,11 @@ class MemoryOptimizer:
         """
         clear = _clearer(cache)
         if clear is None:
-            raise TypeError(f"register_cache(cache={cache!r}): expected an object with cache_clear() or clear(), or a callable")
+            raise InvalidArgumentError(f"register_cache(cache={cache!r}): expected an object with cache_clear() or clear(), or a callable")
         if name is None:
             name = f"{type(cache).__qualname__}@{id(cache):x}"
         elif not isinstance(name, str) or not name:
-            raise TypeError(f"register_cache(name={name!r}): expected a non-empty string or None")
+            raise InvalidArgumentError(f"register_cache(name={name!r}): expected a non-empty string or None")
         cleanup_registry().register(_CACHE_HOOK_PREFIX + name, clear, KIND_CACHE)
         return name
 
@@ -207,11 +208,11 @@ class MemoryOptimizer:
         """
         rtol = _check_positive("optimize_numpy_arrays", "float_rtol", float_rtol, allow_zero=True)
         if rtol >= 1.0:
-            raise ValueError(f"optimize_numpy_arrays(float_rtol={float_rtol!r}): expected a relative tolerance below 1")
+            raise ConfigurationError(f"optimize_numpy_arrays(float_rtol={float_rtol!r}): expected a relative tolerance below 1")
         if report is not None and not isinstance(report, list):
-            raise TypeError(f"optimize_numpy_arrays(report={report!r}): expected a list to append to, or None")
+            raise InvalidArgumentError(f"optimize_numpy_arrays(report={report!r}): expected a list to append to, or None")
         if not (_has_dtype(array_or_arrays) or isinstance(array_or_arrays, (list, tuple, dict))):
-            raise TypeError(
+            raise InvalidArgumentError(
                 f"optimize_numpy_arrays({type(array_or_arrays).__name__} {array_or_arrays!r:.80}): expected an array "
                 "(an object with a dtype) or a list, tuple or dict of arrays"
             )
