@@ -18,7 +18,10 @@ from reer_otel_memory.errors import (
 )
 from reer_otel_memory.export.endpoint import start_prometheus_exporter
 from reer_otel_memory.instrumentation import parse_signal
+from reer_otel_memory.ml.lazy import LazyModelLoader
+from reer_otel_memory.ml.optimizer import MemoryOptimizer
 from reer_otel_memory.ml.profiler import MemoryProfiler
+from reer_otel_memory.ml.resources import MemoryResourceManager
 from reer_otel_memory.ml.sizing import estimate_size
 from reer_otel_memory.trace_store.jsonl import StreamingJSONLReader
 from reer_otel_memory.trace_store.store import REERTraceStore
@@ -88,3 +91,82 @@ def test_callers_catching_the_builtins_keep_working():
         MemoryProfiler().profile_model_loading("bert", 42)
     with pytest.raises(KeyError):
         MemoryProfiler().get_model_stats("gpt")
+
+
+@pytest.mark.parametrize(
+    ("call", "error_class", "fragments"),
+    [
+        pytest.param(
+            lambda: MemoryResourceManager(max_size_objects=0),
+            ConfigurationError,
+            ["max_size_objects=0", "expected a positive integer"],
+            id="resources-max-size-objects",
+        ),
+        pytest.param(
+            lambda: MemoryResourceManager().register_resource("", [1]),
+            InvalidArgumentError,
+            ["name=''", "expected a non-empty string"],
+            id="resources-name",
+        ),
+        pytest.param(
+            lambda: MemoryResourceManager().register_resource("r", [1], cleanup_callback=lambda a, b: None),
+            InvalidArgumentError,
+            ["cleanup_callback=<function", "expected a callable taking no argument or the resource"],
+            id="resources-callback-signature",
+        ),
+        pytest.param(
+            lambda: MemoryResourceManager().register_resource("r", [1], memory_limit_mb=0),
+            ConfigurationError,
+            ["memory_limit_mb=0", "expected a finite number of MB > 0"],
+            id="resources-memory-limit",
+        ),
+        pytest.param(
+            lambda: MemoryOptimizer.register_cache(5),
+            InvalidArgumentError,
+            ["cache=5", "expected an object with cache_clear()"],
+            id="optimizer-cache",
+        ),
+        pytest.param(
+            lambda: MemoryOptimizer.register_cache({}, name=""),
+            InvalidArgumentError,
+            ["name=''", "expected a non-empty string"],
+            id="optimizer-cache-name",
+        ),
+        pytest.param(
+            lambda: MemoryOptimizer.find_large_objects(size_threshold_mb=-1),
+            ConfigurationError,
+            ["size_threshold_mb=-1", "expected a finite number >= 0"],
+            id="optimizer-threshold",
+        ),
+        pytest.param(lambda: MemoryOptimizer.optimize_numpy_arrays([], float_rtol=2), ConfigurationError, ["float_rtol=2", "below 1"], id="optimizer-rtol"),
+        pytest.param(lambda: MemoryOptimizer.optimize_numpy_arrays(5), InvalidArgumentError, ["int 5", "expected an array"], id="optimizer-not-arrays"),
+        pytest.param(
+            lambda: MemoryOptimizer.optimize_numpy_arrays([], report=()),
+            InvalidArgumentError,
+            ["report=()", "expected a list"],
+            id="optimizer-report",
+        ),
+        pytest.param(lambda: LazyModelLoader("model.bin"), InvalidArgumentError, ["load_model_func='model.bin'", "expected a callable"], id="lazy-loader"),
+        pytest.param(
+            lambda: LazyModelLoader(dict, idle_timeout_s=-1),
+            ConfigurationError,
+            ["idle_timeout_s=-1", "expected seconds >= 0"],
+            id="lazy-idle-timeout",
+        ),
+        pytest.param(
+            lambda: LazyModelLoader(dict, model_name=""),
+            InvalidArgumentError,
+            ["model_name=''", "expected a non-empty string"],
+            id="lazy-model-name",
+        ),
+        pytest.param(lambda: LazyModelLoader(dict, profiler="p"), InvalidArgumentError, ["profiler='p'", "expected a MemoryProfiler"], id="lazy-profiler"),
+    ],
+)
+def test_ml_bad_inputs_raise_the_hierarchy_naming_input_value_and_expectation(call, error_class, fragments):
+    with pytest.raises(error_class) as caught:
+        call()
+    assert type(caught.value) is error_class, (fragments, caught.value)
+    assert isinstance(caught.value, ReerMemoryError)
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)

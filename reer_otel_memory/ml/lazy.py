@@ -38,6 +38,7 @@ from typing import Any
 
 from .. import _names as names
 from .._runtime import RUNTIME
+from ..errors import ConfigurationError, InvalidArgumentError
 from ..monitoring.cleanup import register_cleanup_hook, release_memory
 from .profiler import MemoryProfiler, get_memory_profiler, run_profiled
 
@@ -46,7 +47,19 @@ CLEANUP_HOOK_NAME = "reer.lazy_models"
 
 _UNLOADED = object()
 _OWN_ATTRIBUTES = frozenset(
-    {"_load_model_func", "_model_path", "_args", "_kwargs", "_model", "_lock", "_model_name", "_idle_timeout_s", "_profiler", "_last_used_s", "_last_unload_freed_bytes"}
+    {
+        "_load_model_func",
+        "_model_path",
+        "_args",
+        "_kwargs",
+        "_model",
+        "_lock",
+        "_model_name",
+        "_idle_timeout_s",
+        "_profiler",
+        "_last_used_s",
+        "_last_unload_freed_bytes",
+    }
 )
 
 _loaders: weakref.WeakSet[LazyModelLoader] = weakref.WeakSet()
@@ -66,17 +79,17 @@ class LazyModelLoader:
         **kwargs: Any,
     ) -> None:
         if not callable(load_model_func):
-            raise TypeError(f"LazyModelLoader(load_model_func={load_model_func!r}): expected a callable returning the model")
+            raise InvalidArgumentError(f"LazyModelLoader(load_model_func={load_model_func!r}): expected a callable returning the model")
         if idle_timeout_s is not None and (
             not isinstance(idle_timeout_s, (int, float)) or isinstance(idle_timeout_s, bool) or math.isnan(idle_timeout_s) or idle_timeout_s < 0
         ):
-            raise ValueError(f"LazyModelLoader(idle_timeout_s={idle_timeout_s!r}): expected seconds >= 0 (math.inf: never unload on cleanup) or None")
+            raise ConfigurationError(f"LazyModelLoader(idle_timeout_s={idle_timeout_s!r}): expected seconds >= 0 (math.inf: never unload on cleanup) or None")
         if model_name is None:
             model_name = str(model_path) if model_path is not None else getattr(load_model_func, "__qualname__", repr(load_model_func))
         elif not isinstance(model_name, str) or not model_name:
-            raise TypeError(f"LazyModelLoader(model_name={model_name!r}): expected a non-empty string or None")
+            raise InvalidArgumentError(f"LazyModelLoader(model_name={model_name!r}): expected a non-empty string or None")
         if profiler is not None and not isinstance(profiler, MemoryProfiler):
-            raise TypeError(f"LazyModelLoader(profiler={profiler!r}): expected a MemoryProfiler or None")
+            raise InvalidArgumentError(f"LazyModelLoader(profiler={profiler!r}): expected a MemoryProfiler or None")
         self._load_model_func = load_model_func
         self._model_path = model_path
         self._args = args

@@ -42,9 +42,11 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from ..config import MB
+from ..errors import ConfigurationError, InvalidArgumentError
 from ..monitoring.cleanup import KIND_CACHE, Released, cleanup_registry, release_memory
 
 _LRU_WRAPPER_TYPE = type(functools.lru_cache(maxsize=1)(lambda: None))
@@ -64,7 +66,8 @@ def _clearer(cache: Any) -> Callable[[], Any] | None:
             try:
                 ref = weakref.ref(cache)
             except TypeError:
-                return getattr(cache, method_name)
+                bound: Callable[[], Any] = getattr(cache, method_name)
+                return bound
 
             def clear(ref: weakref.ReferenceType[Any] = ref, method_name: str = method_name) -> Any:
                 target = ref()
@@ -72,7 +75,8 @@ def _clearer(cache: Any) -> Callable[[], Any] | None:
 
             return clear
     if callable(cache):
-        return cache
+        clears: Callable[[], Any] = cache
+        return clears
     return None
 
 
@@ -88,12 +92,9 @@ def _measured(released: Released[Any]) -> dict[str, Any]:
 
 
 def _check_positive(where: str, name: str, value: object, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        raise ValueError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
-    return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0):
+        return float(value)
+    raise ConfigurationError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
 
 
 class MemoryOptimizer:
@@ -110,11 +111,11 @@ class MemoryOptimizer:
         """
         clear = _clearer(cache)
         if clear is None:
-            raise TypeError(f"register_cache(cache={cache!r}): expected an object with cache_clear() or clear(), or a callable")
+            raise InvalidArgumentError(f"register_cache(cache={cache!r}): expected an object with cache_clear() or clear(), or a callable")
         if name is None:
             name = f"{type(cache).__qualname__}@{id(cache):x}"
         elif not isinstance(name, str) or not name:
-            raise TypeError(f"register_cache(name={name!r}): expected a non-empty string or None")
+            raise InvalidArgumentError(f"register_cache(name={name!r}): expected a non-empty string or None")
         cleanup_registry().register(_CACHE_HOOK_PREFIX + name, clear, KIND_CACHE)
         return name
 
@@ -207,11 +208,11 @@ class MemoryOptimizer:
         """
         rtol = _check_positive("optimize_numpy_arrays", "float_rtol", float_rtol, allow_zero=True)
         if rtol >= 1.0:
-            raise ValueError(f"optimize_numpy_arrays(float_rtol={float_rtol!r}): expected a relative tolerance below 1")
+            raise ConfigurationError(f"optimize_numpy_arrays(float_rtol={float_rtol!r}): expected a relative tolerance below 1")
         if report is not None and not isinstance(report, list):
-            raise TypeError(f"optimize_numpy_arrays(report={report!r}): expected a list to append to, or None")
+            raise InvalidArgumentError(f"optimize_numpy_arrays(report={report!r}): expected a list to append to, or None")
         if not (_has_dtype(array_or_arrays) or isinstance(array_or_arrays, (list, tuple, dict))):
-            raise TypeError(
+            raise InvalidArgumentError(
                 f"optimize_numpy_arrays({type(array_or_arrays).__name__} {array_or_arrays!r:.80}): expected an array "
                 "(an object with a dtype) or a list, tuple or dict of arrays"
             )
@@ -254,12 +255,13 @@ def _find_large_objects(threshold_bytes: int) -> list[dict[str, Any]]:
     finally:
         del tracked
     # Locals of running functions live in frames the collector does not list.
-    for frame in sys._current_frames().values():
+    for thread_frame in sys._current_frames().values():
+        frame: FrameType | None = thread_frame
         while frame is not None:
             for value in list(frame.f_locals.values()):
                 consider(value)
             frame = frame.f_back
-    del frame
+    del thread_frame, frame
     found.sort(key=lambda entry: entry["size_bytes"], reverse=True)
     return found
 
@@ -356,7 +358,7 @@ def _base_nbytes(np: Any, view: Any) -> int | None:
 def _downcast(np: Any, values: Any, rtol: float) -> Any | None:
     """A smaller array holding the same values (within ``rtol`` for floats), or None."""
     dtype = values.dtype
-    if dtype == np.float64 or dtype == np.complex128:
+    if dtype in (np.float64, np.complex128):
         target = np.float32 if dtype == np.float64 else np.complex64
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf fails the check below
             smaller = values.astype(target, order="C")
@@ -377,10 +379,9 @@ def _same_values(np: Any, original: Any, smaller: Any, rtol: float) -> bool:
         return _chunk_matches(np, original, smaller, rtol)
     row_elements = max(1, original.size // max(1, original.shape[0]))
     rows = max(1, _CHECK_CHUNK_ELEMENTS // row_elements)
-    for start in range(0, original.shape[0], rows):
-        if not _chunk_matches(np, original[start : start + rows], smaller[start : start + rows], rtol):
-            return False
-    return True
+    return all(
+        _chunk_matches(np, original[start : start + rows], smaller[start : start + rows], rtol) for start in range(0, original.shape[0], rows)
+    )
 
 
 def _chunk_matches(np: Any, original: Any, smaller: Any, rtol: float) -> bool:

@@ -53,6 +53,7 @@ from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
 from ..config import MB
+from ..errors import ConfigurationError, InvalidArgumentError
 from ..monitoring.cleanup import register_cleanup_hook
 from .sizing import estimate_size
 
@@ -82,14 +83,42 @@ def _callback_wants_resource(callback: Callable[..., Any]) -> bool:
         signature.bind(None)
         return True
     except TypeError:
-        raise TypeError(
+        raise InvalidArgumentError(
             f"register_resource(cleanup_callback={callback!r}): expected a callable taking no argument "
             f"or the resource, got signature {signature}"
         ) from None
 
 
 class _Entry:
-    __slots__ = ("callback", "callback_ref", "limit_bytes", "name", "ref", "registered_at", "release_on_pressure", "size_bytes", "size_measured_at", "size_truncated", "strong", "type_name", "wants_resource")
+    __slots__ = (
+        "callback",
+        "callback_ref",
+        "limit_bytes",
+        "name",
+        "ref",
+        "registered_at",
+        "release_on_pressure",
+        "size_bytes",
+        "size_measured_at",
+        "size_truncated",
+        "strong",
+        "type_name",
+        "wants_resource",
+    )
+
+    callback: Callable[..., Any] | None
+    callback_ref: weakref.WeakMethod[Callable[..., Any]] | None
+    limit_bytes: int | None
+    name: str
+    ref: weakref.ReferenceType[Any] | None
+    registered_at: float
+    release_on_pressure: bool
+    size_bytes: int
+    size_measured_at: float
+    size_truncated: bool
+    strong: Any
+    type_name: str
+    wants_resource: bool
 
     def get(self) -> Any:
         return self.strong if self.ref is None else self.ref()
@@ -103,7 +132,7 @@ class MemoryResourceManager:
 
     def __init__(self, max_size_objects: int = DEFAULT_MAX_SIZE_OBJECTS) -> None:
         if not isinstance(max_size_objects, int) or isinstance(max_size_objects, bool) or max_size_objects <= 0:
-            raise ValueError(f"MemoryResourceManager(max_size_objects={max_size_objects!r}): expected a positive integer")
+            raise ConfigurationError(f"MemoryResourceManager(max_size_objects={max_size_objects!r}): expected a positive integer")
         self.max_size_objects = max_size_objects
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
@@ -131,11 +160,11 @@ class MemoryResourceManager:
     ) -> None:
         """Manage ``resource`` under ``name`` (replacing, without cleaning it, any resource of that name)."""
         if not isinstance(name, str) or not name:
-            raise TypeError(f"register_resource(name={name!r}): expected a non-empty string")
+            raise InvalidArgumentError(f"register_resource(name={name!r}): expected a non-empty string")
         if resource is None:
-            raise TypeError(f"register_resource({name!r}, resource=None): expected the resource object")
+            raise InvalidArgumentError(f"register_resource({name!r}, resource=None): expected the resource object")
         if cleanup_callback is not None and not callable(cleanup_callback):
-            raise TypeError(f"register_resource({name!r}, cleanup_callback={cleanup_callback!r}): expected a callable or None")
+            raise InvalidArgumentError(f"register_resource({name!r}, cleanup_callback={cleanup_callback!r}): expected a callable or None")
         limit_bytes = None
         if memory_limit_mb is not None:
             if (
@@ -144,7 +173,7 @@ class MemoryResourceManager:
                 or not math.isfinite(memory_limit_mb)
                 or memory_limit_mb <= 0
             ):
-                raise ValueError(f"register_resource({name!r}, memory_limit_mb={memory_limit_mb!r}): expected a finite number of MB > 0, or None")
+                raise ConfigurationError(f"register_resource({name!r}, memory_limit_mb={memory_limit_mb!r}): expected a finite number of MB > 0, or None")
             limit_bytes = int(memory_limit_mb * MB)
 
         entry = _Entry()
@@ -160,8 +189,12 @@ class MemoryResourceManager:
         entry.ref = None
         if not keep_alive:
             dead = self._dead
+
+            def forget(_ref: weakref.ReferenceType[Any], entry: _Entry = entry) -> None:
+                dead.append(entry)
+
             try:
-                entry.ref = weakref.ref(resource, lambda _ref, entry=entry: dead.append(entry))
+                entry.ref = weakref.ref(resource, forget)
             except TypeError:
                 entry.ref = None
         if entry.ref is None:
