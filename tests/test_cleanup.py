@@ -6,14 +6,13 @@ import functools
 import gc
 import logging
 import os
-import signal
 import threading
-import warnings
 import weakref
 
 import numpy as np
 import pytest
 from _children import MB
+from _forks import in_forked_child, while_held
 from _procfs import ProcDir
 from conftest import wait_for
 
@@ -260,47 +259,17 @@ def test_unregister_cache_removes_it_from_the_registry():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_child_forked_while_the_registry_lock_is_held_can_register_and_run_hooks():
-    registry = cleanup_registry()
-    holding, release = threading.Event(), threading.Event()
+    def register_and_run() -> bool:
+        ran: list[str] = []
+        cache = {"rows": np.ones(MB // 8)}
+        register_cleanup_hook("in-child", lambda: ran.append("hook"))
+        MemoryOptimizer.register_cache(cache, name="in-child")
+        result = run_cleanup()
+        ok = ran == ["hook"] and cache == {} and {"in-child", "cache:in-child"} <= set(result.hooks_run)
+        return bool(ok and unregister_cleanup_hook("in-child") and MemoryOptimizer.unregister_cache("in-child"))
 
-    def hold_lock() -> None:
-        with registry._lock:
-            holding.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    assert holding.wait(30)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: exactly the case under test
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            ran: list[str] = []
-            cache = {"rows": np.ones(MB // 8)}
-            register_cleanup_hook("in-child", lambda: ran.append("hook"))
-            MemoryOptimizer.register_cache(cache, name="in-child")
-            result = run_cleanup()
-            ok = ran == ["hook"] and cache == {} and {"in-child", "cache:in-child"} <= set(result.hooks_run)
-            ok = ok and unregister_cleanup_hook("in-child") and MemoryOptimizer.unregister_cache("in-child")
-            code = 0 if ok else 1
-        except BaseException:
-            code = 2
-        os._exit(code)
-    release.set()
-    holder.join(timeout=30)
-
-    def reaped() -> tuple[int] | None:
-        done_pid, status = os.waitpid(pid, os.WNOHANG)
-        return (status,) if done_pid else None
-
-    try:
-        (status,) = wait_for(reaped, timeout_s=20, message="the forked child to finish (a deadlock if it never does)")
-    except AssertionError:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
-    assert os.waitstatus_to_exitcode(status) == 0
+    with while_held(cleanup_registry()._lock):
+        assert in_forked_child(register_and_run) is True
     assert "in-child" not in cleanup_hook_names()  # the child's registrations stayed in the child
 
 

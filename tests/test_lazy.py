@@ -6,13 +6,12 @@ import copy
 import gc
 import math
 import os
-import signal
 import threading
-import warnings
 import weakref
 
 import pytest
 from _buffers import touched
+from _forks import in_forked_child, while_held
 from conftest import wait_for
 
 from reer_otel_memory import LazyModelLoader, MemoryProfiler, run_cleanup
@@ -207,37 +206,9 @@ def test_bad_inputs_raise_clear_errors():
 def test_a_child_forked_while_a_load_holds_the_lock_can_still_use_the_model():
     lazy_model = LazyModelLoader(Loader(), "forked", profiler=MemoryProfiler())
     lazy_model.load()
-    holding, release = threading.Event(), threading.Event()
+    def unload_and_use() -> bool:
+        lazy_model.unload()
+        return bool(lazy_model.predict(3) == 3 and lazy_model.is_loaded)
 
-    def hold_lock() -> None:
-        with lazy_model._lock:
-            holding.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    assert holding.wait(30)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: exactly the case under test
-        pid = os.fork()
-    if pid == 0:
-        try:
-            lazy_model.unload()
-            code = 0 if lazy_model.predict(3) == 3 and lazy_model.is_loaded else 1
-        except BaseException:
-            code = 2
-        os._exit(code)
-    release.set()
-    holder.join(timeout=30)
-
-    def reaped() -> tuple[int] | None:
-        done_pid, status = os.waitpid(pid, os.WNOHANG)
-        return (status,) if done_pid else None
-
-    try:
-        (status,) = wait_for(reaped, timeout_s=20, message="the forked child to finish (a deadlock if it never does)")
-    except AssertionError:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
-    assert os.waitstatus_to_exitcode(status) == 0
+    with while_held(lazy_model._lock):
+        assert in_forked_child(unload_and_use) is True

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import threading
 import weakref
-from collections.abc import Callable
 
 import pytest
+from _forks import in_forked_child, while_held
 
 from reer_otel_memory._runtime import Runtime
 
@@ -33,28 +32,6 @@ class Resettable:
     def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
         self.resets += 1
-
-
-def in_child(report: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """Fork; the child runs ``report()`` and sends back its JSON; the parent returns it."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        os.close(read_fd)
-        try:
-            payload = json.dumps(report()).encode()
-        except BaseException as exc:  # pragma: no cover - reported to the parent
-            payload = json.dumps({"error": repr(exc)}).encode()
-        os.write(write_fd, payload)
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    result = json.loads(data)
-    assert "error" not in result, result["error"]
-    return result
 
 
 def test_a_component_is_built_once_and_shared_by_threads():
@@ -98,23 +75,8 @@ def test_nothing_is_built_until_asked_for():
 
 def test_a_lock_held_by_another_thread_at_fork_is_free_in_the_child():
     runtime = Runtime()
-    holding = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with runtime.lock("config"):
-            holding.set()
-            release.wait(DEADLINE_S)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert holding.wait(DEADLINE_S)
-    try:
-        child = in_child(lambda: {"acquired": runtime.lock("config").acquire(timeout=DEADLINE_S)})
-    finally:
-        release.set()
-        holder.join(DEADLINE_S)
-    assert child == {"acquired": True}
+    with while_held(runtime.lock("config")):
+        assert in_forked_child(lambda: runtime.lock("config").acquire(timeout=DEADLINE_S)) is True
 
 
 def test_the_child_rebuilds_fresh_components_and_resets_the_others():
@@ -136,7 +98,7 @@ def test_the_child_rebuilds_fresh_components_and_resets_the_others():
             "forks": runtime.forks,
         }
 
-    child = in_child(report)
+    child = in_forked_child(report)
     kept.lock.release()
     assert child == {"fresh_count": 0, "kept_is_same": True, "kept_resets": 1, "kept_lock_free": True, "instance_resets": 1, "forks": 1}
     assert counters.count == 5 and kept.resets == 0 and runtime.forks == 0  # the parent is untouched
