@@ -24,6 +24,7 @@ of the runtime once built (``RUNTIME.probe or process_probe()``: one attribute r
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -31,6 +32,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 _AFTER_FORK = "_after_fork_in_child"
 
@@ -120,9 +123,11 @@ class Runtime:
 
     def _hook_fork(self) -> None:
         if not self._hooked:
-            self._hooked = True
-            if hasattr(os, "register_at_fork"):
-                os.register_at_fork(after_in_child=self._after_fork_in_child)
+            with self._build_lock:  # reentrant: get() and replace() already hold it
+                if not self._hooked:
+                    if hasattr(os, "register_at_fork"):
+                        os.register_at_fork(after_in_child=self._after_fork_in_child)
+                    self._hooked = True
 
     def _after_fork_in_child(self) -> None:
         # Only the forking thread exists now: no lock is needed, and none may be waited on.
@@ -137,7 +142,10 @@ class Runtime:
             reset = getattr(component, _AFTER_FORK, None)
             if reset is not None and id(component) not in seen:
                 seen.add(id(component))
-                reset()
+                try:
+                    reset()
+                except Exception:  # one component's failure must not leave the others unreset
+                    logger.exception("resetting %r in a forked child failed", component)
 
 
 #: The runtime of this process.
