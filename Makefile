@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench demo deploy install clean
+.PHONY: test lint bench bench-quick demo deploy install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# The same figures on smaller inputs (under a minute), for day-to-day use.
+bench-quick: $(STAMP)
+	REER_BENCH_QUICK=1 $(PY) -m benchmarks
 
 demo: $(STAMP)
 	$(PY) -m reer_otel_memory demo $(DEMO_ARGS)

@@ -8,11 +8,11 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from benchmarks._report import Figure
+from benchmarks._report import Figure, scaled
 from benchmarks.bench_trace_store import write_traces
 
-TRACES = 300_000
-ROUNDS = 3
+TRACES = scaled(300_000, 20_000)
+ROUNDS = scaled(3, 1)
 
 
 def _best_s(fn: Callable[[], int]) -> float:

@@ -7,10 +7,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-from benchmarks._report import Figure
+from benchmarks._report import Figure, scaled
 
-CALLS = 50_000
-ROUNDS = 7
+CALLS = scaled(50_000, 5_000)
+ROUNDS = scaled(7, 3)
 
 
 class Model:

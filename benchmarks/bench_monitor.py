@@ -26,13 +26,13 @@ import threading
 import time
 import urllib.request
 
-from benchmarks._report import Figure
+from benchmarks._report import QUICK, Figure, scaled
 
-MONITOR_WINDOW_S = float(os.environ.get("BENCH_MONITOR_SECONDS", "60"))
+MONITOR_WINDOW_S = float(os.environ.get("BENCH_MONITOR_SECONDS", "60" if not QUICK else "5"))
 MONITOR_INTERVAL_S = 1.0
 BARE_SAMPLES = 5_000
 OPERATIONS = 100
-SCRAPES = 60
+SCRAPES = scaled(60, 10)
 WARMUP_SCRAPES = 5
 
 

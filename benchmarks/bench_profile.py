@@ -16,10 +16,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from benchmarks._report import Figure
+from benchmarks._report import Figure, scaled
 
-CALLS = 20_000
-ROUNDS = 7
+CALLS = scaled(20_000, 3_000)
+ROUNDS = scaled(7, 3)
 
 
 class DiscardingExporter(SpanExporter):

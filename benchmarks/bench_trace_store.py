@@ -17,10 +17,10 @@ import textwrap
 import time
 from collections.abc import Callable
 
-from benchmarks._report import Figure
+from benchmarks._report import Figure, scaled
 
-TRACES = 1_000_000
-ROUNDS = 3
+TRACES = scaled(1_000_000, 50_000)
+ROUNDS = scaled(3, 1)
 CHUNK = 1000
 _MB = 1 << 20
 
