@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-import pytest
 import yaml
 from _children import clean_environment, free_port, scrape
 from conftest import require_binary, wait_for
