@@ -64,6 +64,11 @@ ENV_MONITORING_INTERVAL = "REER_MEMORY_MONITORING_INTERVAL"
 ENV_PROFILE_TARGETS = "REER_MEMORY_PROFILE_TARGETS"
 ENV_RESET_PEAK = "REER_MEMORY_RESET_PEAK"
 ENV_EMERGENCY_SIGNAL = "REER_MEMORY_EMERGENCY_SIGNAL"
+# Pre-fork servers (export.workers): where workers leave their pages, and the process that serves them.
+ENV_WORKER_DIR = "REER_MEMORY_WORKER_DIR"
+ENV_WORKER_PARENT = "REER_MEMORY_WORKER_PARENT"
+# The label telling a pre-fork server's processes apart on the parent's page.
+LABEL_PID = "pid"
 
 # The instrumentor's entry-point name: what OTEL_PYTHON_DISABLED_INSTRUMENTATIONS lists to turn it off.
 INSTRUMENTATION_NAME = "reer_memory"

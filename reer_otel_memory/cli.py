@@ -149,8 +149,10 @@ def _add_demo(subparsers: _Subparsers) -> None:
         "with thresholds set above the demo's own starting RSS so it climbs through alert, cleanup and "
         "critical; serve /metrics for Prometheus and show a live status line until Ctrl-C.",
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address /metrics listens on (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port of /metrics, 0 for any free port (default {DEFAULT_PORT})")
+    parser.add_argument("--host", default=None, help=f"address /metrics listens on (default OTEL_EXPORTER_PROMETHEUS_HOST, else {DEFAULT_HOST})")
+    parser.add_argument(
+        "--port", type=_port, default=None, help=f"port of /metrics, 0 for any free port (default OTEL_EXPORTER_PROMETHEUS_PORT, else {DEFAULT_PORT})"
+    )
     parser.add_argument(
         "--duration", type=_positive_float, default=None, metavar="SECONDS", help="stop by itself after this many seconds (default: run until Ctrl-C)"
     )

@@ -38,6 +38,7 @@ import threading
 import time
 from typing import Any, TextIO
 
+from . import _names as names
 from .config import MB, setup_memory_limits
 from .levels import MemoryLevel
 from .profiling.probe import process_probe
@@ -237,14 +238,17 @@ class _ConsoleHandler(logging.Handler):
 
 
 def run_demo(
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str | None = None,
+    port: int | None = None,
     duration_s: float | None = None,
     interval_s: float = DEFAULT_INTERVAL_S,
     status: bool = True,
     out: TextIO | None = None,
 ) -> int:
-    """Run the demo until Ctrl-C, SIGTERM or ``duration_s``; returns the exit status."""
+    """Run the demo until Ctrl-C, SIGTERM or ``duration_s``; returns the exit status.
+
+    ``host`` / ``port`` default to ``OTEL_EXPORTER_PROMETHEUS_HOST`` / ``_PORT``, else 127.0.0.1:9464.
+    """
     from .export.endpoint import start_prometheus_exporter
     from .monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
     from .monitoring.monitor import MemoryMonitor
@@ -254,6 +258,15 @@ def run_demo(
     stop.install()
     try:
         endpoint = start_prometheus_exporter(port=port, host=host)
+    except OSError as exc:
+        print(
+            f"reer-otel-memory demo: {exc.strerror or exc}\n"
+            f"  another port: --port N (0 for any free port), {names.ENV_PROMETHEUS_PORT}=N, "
+            "or through make: make demo DEMO_ARGS='--port N'",
+            file=sys.stderr,
+        )
+        stop.restore()
+        return 1
     except Exception as exc:
         print(f"reer-otel-memory demo: {exc}", file=sys.stderr)
         stop.restore()

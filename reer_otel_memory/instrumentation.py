@@ -3,7 +3,7 @@
 With ``opentelemetry-distro`` installed, ``opentelemetry-instrument`` finds this instrumentor
 through the ``opentelemetry_instrumentor`` entry point named ``reer_memory``::
 
-    OTEL_METRICS_EXPORTER=prometheus OTEL_TRACES_EXPORTER=none \\
+    OTEL_METRICS_EXPORTER=prometheus OTEL_TRACES_EXPORTER=console \\
     REER_MEMORY_ALERT_MB=800 REER_MEMORY_CLEANUP_MB=1200 REER_MEMORY_CRITICAL_MB=1600 \\
     REER_MEMORY_PROFILE_TARGETS="myservice.model:load_model,myservice.api:Handler.predict" \\
         opentelemetry-instrument python -m myservice
@@ -17,6 +17,9 @@ through the ``opentelemetry_instrumentor`` entry point named ``reer_memory``::
 * wraps every callable named in ``REER_MEMORY_PROFILE_TARGETS`` with
   :func:`~reer_otel_memory.memory_profile`, so each call is a profiled operation named
   ``<module>.<qualified name>``;
+* when the metrics are served by the OpenTelemetry Prometheus exporter, makes a pre-fork
+  server's workers (gunicorn, uvicorn ``--workers``) appear on that one page, each process's
+  series with a ``pid`` label (:mod:`reer_otel_memory.export.workers`);
 * with ``REER_MEMORY_EMERGENCY_SIGNAL`` set (``USR1``, ``SIGUSR2``, a number; off by default),
   installs the emergency handler on that signal.
 
@@ -346,6 +349,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._previous_telemetry = _telemetry.current()
         _telemetry.configure(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
         self._start_monitor(bool(kwargs.get("start_monitor", True)))
+        self._share_worker_metrics(kwargs.get("meter_provider"))
         if emergency_signal is not None:
             self._install_emergency_handler(emergency_signal)
         source = "profile_targets" if explicit_targets is not None else names.ENV_PROFILE_TARGETS
@@ -417,6 +421,21 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     self._started_monitor = monitor
         except Exception as exc:
             logger.error("%s: the memory monitor could not start: %r", _LOG_PREFIX, exc)
+
+    def _share_worker_metrics(self, meter_provider: Any) -> None:
+        """Pre-fork servers: workers' series on the parent's Prometheus page (export.workers); once per process."""
+        if getattr(self, "_worker_pages_pid", None) == os.getpid():
+            return
+        try:
+            from opentelemetry import metrics
+
+            from .export.workers import share_worker_metrics
+
+            provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+            share_worker_metrics(provider, get_config().monitoring_interval_s)
+            self._worker_pages_pid = os.getpid()
+        except Exception as exc:
+            logger.error("%s: workers' metrics will not be merged: %r", _LOG_PREFIX, exc)
 
     def _install_emergency_handler(self, signum: signal.Signals) -> None:
         try:
