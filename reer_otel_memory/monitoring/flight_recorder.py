@@ -68,7 +68,7 @@ _SAMPLE = struct.Struct("<QdqqqB7x")
 _SLOT = struct.Struct(f"<QQdqq{_NAME_BYTES}s")
 # seq (0: empty), time, bytes compared, what was compared, old level, new level.
 _LEVEL = struct.Struct(f"<Qdq{_LEVEL_NAME_BYTES}s{_LEVEL_NAME_BYTES}s{_LEVEL_NAME_BYTES}s")
-_FLAGS_OFFSET = 20
+_FLAGS_OFFSET = struct.calcsize("<8sII")  # after magic, version and pid
 _SAMPLES_OFFSET = _HEADER_BYTES
 _SLOTS_OFFSET = _SAMPLES_OFFSET + SAMPLE_CAPACITY * _SAMPLE.size
 _LEVELS_OFFSET = _SLOTS_OFFSET + SLOT_CAPACITY * _SLOT.size
