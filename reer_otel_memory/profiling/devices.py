@@ -33,8 +33,8 @@ they are still exact. With more than one device in use, an operation's peak is t
 device's own peak (an upper bound of their simultaneous peak).
 
 Cost: with no framework imported, ``begin()`` and ``end()`` take about 0.1 us each (one length
-check of ``sys.modules``); with MLX, about 1 us each; ``benchmarks/bench_flight_recorder.py``
-measures both.
+check of ``sys.modules``; a twentieth of the RSS peak window's cost); with MLX imported, about
+1.5 us each (half the RSS window's). ``benchmarks/bench_flight_recorder.py`` measures both.
 
     >>> from reer_otel_memory.profiling.devices import device_memory
     >>> window, used_bytes = device_memory().begin()
@@ -350,7 +350,7 @@ class DeviceMemory:
         """Open a window; returns it (None when no device is read) and the bytes in use, summed.
 
         About 0.1 us with no framework imported; with one, two reads and at most one reset of
-        the framework's mark per device (about 1 us for MLX).
+        the framework's mark per device (about 1.5 us for MLX).
         """
         sources = self._current_sources()
         if not sources:
