@@ -52,12 +52,26 @@ def test_the_module_imports_without_importing_any_framework():
 
     code = (
         "import sys, reer_otel_memory.profiling.devices as d;"
-        "m = d.device_memory(); w, u = m.begin(); print(m.end(w), m.readings(), m.frameworks(),"
-        " sorted(n for n in ('torch', 'mlx', 'mlx.core', 'jax', 'pynvml') if n in sys.modules))"
+        "frameworks = ('torch', 'mlx', 'mlx.core', 'jax', 'pynvml');"
+        "m = d.device_memory(); w, u = m.begin(); print(m.end(w), m.frameworks(),"
+        " sorted(n for n in frameworks if n in sys.modules));"
+        "m.readings(); print(sorted(n for n in frameworks if n in sys.modules and n != 'pynvml'))"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "(0, None) [] [] []"
+    assert completed.stdout.splitlines() == ["(0, None) [] []", "[]"]
+
+
+def test_nvml_without_a_gpu_reports_nothing_and_says_so_once(caplog):
+    pytest.importorskip("pynvml")  # the test extra installs nvidia-ml-py
+    devices = DeviceMemory(modules={})
+    with caplog.at_level(logging.WARNING, logger="reer_otel_memory.profiling.devices"):
+        first = devices.readings()
+        devices.readings()
+    if any(reading.framework == "nvml" for reading in first):
+        pytest.skip("this machine has an NVIDIA driver: NVML reports its GPUs")
+    assert first == []
+    assert len([r for r in caplog.records if "nvml" in r.getMessage()]) == 1
 
 
 def test_a_module_under_a_framework_name_that_is_not_the_framework_is_skipped_with_one_log_line(caplog):
