@@ -6,6 +6,8 @@
                                        # /metrics on 127.0.0.1:9464, a live status line until Ctrl-C
     reer-otel-memory rules [--static] [--output FILE]   # Prometheus alerting rules
     reer-otel-memory dashboards [--output FILE]         # the Grafana dashboard JSON
+    reer-otel-memory postmortem PATH [--seconds N]      # a flight recorder file: the last seconds
+                                                        # before the process died, what was running
     reer-otel-memory --version
 
 Exit status: 0 on success, 2 on a bad configuration or bad arguments (the message names the
@@ -220,10 +222,41 @@ def _add_dashboards(subparsers: _Subparsers) -> None:
     parser.set_defaults(run=_run_dashboards)
 
 
+# --- postmortem ----------------------------------------------------------------------------
+
+
+def _run_postmortem(args: argparse.Namespace) -> int:
+    from .monitoring.flight_recorder import read_flight_record, render_postmortem
+
+    try:
+        record = read_flight_record(args.path)
+    except OSError as exc:
+        print(f"{PROG} postmortem: cannot read {args.path!r}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION
+    except ConfigurationError as exc:
+        print(f"{PROG} postmortem: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION
+    sys.stdout.write(render_postmortem(record, seconds=args.seconds))
+    return 0
+
+
+def _add_postmortem(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "postmortem",
+        help="print what a flight recorder file holds: the last seconds before the process died",
+        description="Read a REER_MEMORY_FLIGHT_RECORDER file (also after the process was OOM-killed): "
+        "print its last samples as a table and a chart, the operations running at the end and how much "
+        "each had grown, and the level changes. Exits 2 when the file is unreadable or not a flight recorder file.",
+    )
+    parser.add_argument("path", metavar="PATH", help="the flight recorder file")
+    parser.add_argument("--seconds", type=_positive_float, default=60.0, help="how far back to show (default 60 s)")
+    parser.set_defaults(run=_run_postmortem)
+
+
 # --- the parser ----------------------------------------------------------------------------
 
 #: Every subcommand: a function adding its parser (with ``run=``) to the subparsers.
-SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_config, _add_demo, _add_rules, _add_dashboards]
+SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_config, _add_demo, _add_rules, _add_dashboards, _add_postmortem]
 
 
 def build_parser() -> argparse.ArgumentParser:

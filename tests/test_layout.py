@@ -19,7 +19,7 @@ PACKAGE = "reer_otel_memory"
 
 #: What each part of the package may import, besides itself. The core (top-level private
 #: modules, config, levels, errors) is importable from everywhere.
-CORE = {"_names", "_runtime", "_telemetry", "_version", "config", "levels", "errors"}
+CORE = {"_names", "_runtime", "_telemetry", "_version", "_cgroup", "config", "levels", "errors"}
 ALLOWED = {
     "profiling": CORE,
     "monitoring": CORE | {"profiling"},
