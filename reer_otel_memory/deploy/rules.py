@@ -1,16 +1,28 @@
-"""Prometheus alerting rules for processes that export the ``reer_memory_*`` series.
+"""Prometheus alerting and recording rules for processes that export the ``reer_memory_*`` series.
 
-Four alerts, in the style of the monitoring mixins (CamelCase names, a ``severity`` label, a
-``summary`` and a ``description`` that says what to look at next):
+Alerts in the style of the monitoring mixins (CamelCase names, a ``severity`` label, a
+``summary``, a ``description`` that says what to look at next, and a ``runbook_url`` to the
+alert's section of ``docs/runbooks.md``; :class:`RuleOptions` sets the page's base URL):
 
-=========================================  ==========  ==========================================
-alert                                      severity    fires while
-=========================================  ==========  ==========================================
-``ReerMemoryAlertThresholdExceeded``       warning     RSS >= the process's alert threshold
-``ReerMemoryCleanupThresholdExceeded``     warning     RSS >= its cleanup threshold
-``ReerMemoryCriticalThresholdExceeded``    critical    RSS >= its critical threshold
-``ReerMemoryLeakSuspected``                warning     an operation is suspected of leaking
-=========================================  ==========  ==========================================
+==============================================  ==========  =====================================
+alert                                           severity    fires while
+==============================================  ==========  =====================================
+``ReerMemoryAlertThresholdExceeded``            warning     RSS >= the process's alert threshold
+``ReerMemoryCleanupThresholdExceeded``          warning     RSS >= its cleanup threshold
+``ReerMemoryCriticalThresholdExceeded``         critical    RSS >= its critical threshold
+``ReerMemoryLeakSuspected``                     warning     an operation is suspected of leaking
+``ReerMemoryCriticalPredicted``                 warning     the RSS trend reaches critical soon
+``ReerMemoryNearLimit``                         warning     RSS >= 90% of the effective limit
+``ReerMemoryCleanupIneffective``                warning     cleanups run, RSS stays above cleanup
+``ReerMemoryDeviceThresholdExceeded``           warning     device memory >= its alert threshold
+``ReerMemoryDeviceCriticalThresholdExceeded``   critical    device memory >= its critical threshold
+``ReerMemoryContainerNearOOM``                  critical    working set >= 95% of the cgroup limit
+``ReerMemoryOOMKilled``                         warning     the OOM killer killed in the container
+==============================================  ==========  =====================================
+
+Two recording rules (:data:`PREDICTED_RSS`, :data:`CONTAINER_WORKING_SET_RATIO`) hold the
+expressions the alerts and the dashboard share. ``rule_tests`` generates promtool unit tests
+of all of it into ``deploy/prometheus/tests/``.
 
 By default each rule compares ``reer_memory_rss_bytes`` with the
 ``reer_memory_threshold_bytes{level=...}`` the same process exports (matched on ``job`` and
