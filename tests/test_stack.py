@@ -35,7 +35,8 @@ def test_stack_shows_alerts_firing_and_stops_cleanly_on_ctrl_c() -> None:
     try:
         wait_for(lambda: any(" FIRING " in line for line in lines), timeout_s=90, interval_s=0.2, message=f"an alert printed as firing: {lines}")
         text = "".join(lines)
-        assert f"http://127.0.0.1:{ports[0]}/alerts" in text and f"http://127.0.0.1:{ports[1]}" in text
+        assert re.search(rf"Prometheus alerts  http://127\.0\.0\.1:{ports[0]}/(classic/)?alerts\n", text), text
+        assert f"Alertmanager       http://127.0.0.1:{ports[1]}\n" in text
         workdir = Path(re.search(r"files under (\S+)\)", text).group(1))  # type: ignore[union-attr]
         assert workdir.is_dir()
         children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()

@@ -142,6 +142,18 @@ class Stack:
         )
         _ready(f"{self.prometheus}/-/ready", prometheus, "Prometheus", prom_log)
 
+    def alerts_page(self) -> str:
+        """The URL of Prometheus's alerts page: ``/alerts``, or ``/classic/alerts`` in builds
+        without the React UI (Debian's package)."""
+        for path in ("/alerts", "/classic/alerts"):
+            try:
+                with urllib.request.urlopen(f"{self.prometheus}{path}", timeout=5) as response:
+                    if response.status == 200:
+                        return f"{self.prometheus}{path}"
+            except urllib.error.HTTPError:
+                continue
+        return f"{self.prometheus}/alerts"
+
     def alerts(self) -> list[dict[str, Any]]:
         """Prometheus's pending and firing alerts (``/api/v1/alerts``)."""
         with urllib.request.urlopen(f"{self.prometheus}/api/v1/alerts", timeout=5) as response:
@@ -209,9 +221,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         out.write(f"Starting the demo, Alertmanager and Prometheus on {HOST} (files under {stack.workdir}) ...\n")
         out.flush()
         stack.start()
+        alerts_page = stack.alerts_page()
         out.write(
-            f"  Prometheus alerts  {stack.prometheus}/alerts\n"
-            f"  Prometheus graph   {stack.prometheus}/graph?g0.expr=reer_memory_rss_bytes\n"
+            f"  Prometheus alerts  {alerts_page}\n"
+            f"  Prometheus graph   {alerts_page.replace('/alerts', '/graph')}?g0.expr=reer_memory_rss_bytes&g0.tab=0\n"
             f"  Alertmanager       {stack.alertmanager}\n"
             f"  demo /metrics      http://{stack.demo_target}/metrics\n"
             f"Rules: the shipped ones with for: {rules.format_duration(DEMO_FOR_S)} for the demo. Alerts as they change "
