@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench bench-quick demo deploy install clean
+.PHONY: test lint bench bench-quick demo stack deploy install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench-quick: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m reer_otel_memory demo $(DEMO_ARGS)
+
+# The demo, Prometheus and Alertmanager on loopback, alerts printed as they fire; Ctrl-C stops them.
+stack: $(STAMP)
+	$(PY) -m reer_otel_memory.deploy.stack $(STACK_ARGS)
 
 # The shipped alert rules, dashboard and examples under deploy/, from the generators.
 deploy: $(STAMP)

@@ -103,3 +103,17 @@ ATTR_TRACE_STORE_BYTES_WRITTEN = "reer.trace_store.bytes_written"
 LABEL_TRACE_STORE_PATH = ATTR_TRACE_STORE_PATH
 METRIC_TRACE_STORE_SIZE = ("reer.trace_store.size", "By", "Size of each trace store's file.")
 METRIC_TRACE_STORE_TRACES = ("reer.trace_store.traces", "1", "Complete trace records in each trace store, as of its latest read or write.")
+
+# Accelerators and containers: the series agreed for the ML-memory work. The alert rules and the
+# dashboard already read them; docs/telemetry.md lists them once the package emits them.
+LABEL_FRAMEWORK = "framework"
+LABEL_DEVICE = "device"
+METRIC_DEVICE_USED = ("reer.memory.device.used", "By", "Bytes in use on each accelerator device.")
+METRIC_DEVICE_PEAK = ("reer.memory.device.peak", "By", "Highest bytes in use on each accelerator device.")
+METRIC_DEVICE_LIMIT = ("reer.memory.device.limit", "By", "Memory capacity of each accelerator device.")
+METRIC_DEVICE_THRESHOLD = ("reer.memory.device.threshold", "By", "Configured threshold of each level on each accelerator device.")
+METRIC_CGROUP_USAGE = ("reer.memory.cgroup.usage", "By", "Memory the process's cgroup uses, page cache included.")
+METRIC_CGROUP_WORKING_SET = ("reer.memory.cgroup.working_set", "By", "Cgroup usage less inactive file pages: what the OOM killer weighs.")
+METRIC_CGROUP_LIMIT = ("reer.memory.cgroup.limit", "By", "Memory limit of the process's cgroup.")
+METRIC_CGROUP_OOM_KILLS = ("reer.memory.cgroup.oom_kills", "1", "Processes of the cgroup killed by the OOM killer.")
+METRIC_CGROUP_PRESSURE = ("reer.memory.cgroup.pressure", "s", "Time some tasks of the cgroup stalled waiting for memory.")

@@ -182,10 +182,11 @@ def _emit(text: str, output: str | None, command: str) -> int:
 
 
 def _run_rules(args: argparse.Namespace) -> int:
-    from .deploy.rules import render_rules
+    from .deploy.rules import RuleOptions, render_rules
 
     try:
-        text = render_rules(static=True, config=load_config()) if args.static else render_rules()
+        options = RuleOptions(runbook_url=args.runbook_url) if args.runbook_url else None
+        text = render_rules(static=True, config=load_config(), options=options) if args.static else render_rules(options=options)
     except ConfigurationError as exc:
         print(f"{PROG} rules: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIGURATION
@@ -201,6 +202,7 @@ def _add_rules(subparsers: _Subparsers) -> None:
         "thresholds the REER_MEMORY_* variables give here (exits 2 on a bad value).",
     )
     parser.add_argument("--static", action="store_true", help="bake in this environment's thresholds")
+    parser.add_argument("--runbook-url", metavar="URL", help="where docs/runbooks.md is hosted: base of every runbook_url annotation")
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
     parser.set_defaults(run=_run_rules)
 

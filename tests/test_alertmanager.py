@@ -44,7 +44,7 @@ def test_shipped_config_passes_amtool() -> None:
     result = amtool_check(DEPLOYED_CONFIG)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    assert "2 inhibit rules" in result.stdout
+    assert "3 inhibit rules" in result.stdout
     assert "1 receivers" in result.stdout
 
 

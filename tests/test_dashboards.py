@@ -16,7 +16,7 @@ from conftest import require_binary, wait_for
 from metrics_process import MetricsProcess
 from prometheus_server import PrometheusServer
 
-from reer_otel_memory.deploy import dashboards
+from reer_otel_memory.deploy import dashboards, rules
 from reer_otel_memory.export import naming as series
 from reer_otel_memory.levels import THRESHOLD_LEVELS
 
@@ -25,8 +25,16 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 #: Grafana's $__rate_interval for a 1 s scrape interval is at least four scrapes.
 RATE_WINDOW = "5s"
 LABELS = {value for name, value in vars(series).items() if name.startswith("LABEL_")}
-#: A metric name (label names such as reer_operation excluded) and its label matchers, if any.
-SELECTOR = re.compile(r"\b(ALERTS|reer_\w+)\b(\{[^}]*\})?")
+#: A metric name (label names such as reer_operation excluded) or a recording rule's name
+#: (job_instance:reer_...:ratio), and its label matchers, if any.
+SELECTOR = re.compile(r"(?<![\w:])(ALERTS|(?:[a-z_]+:)?reer_\w+(?::\w+)?)(\{[^}]*\})?")
+#: Accelerator and container series the dashboard draws but the package does not emit yet (the
+#: names agreed for the ML-memory work). Their queries still run; they may come back empty.
+#: Remove each from here when the package starts emitting it.
+PLANNED_SERIES = {
+    series.DEVICE_USED, series.DEVICE_PEAK, series.DEVICE_LIMIT, series.DEVICE_THRESHOLD, series.CGROUP_USAGE,
+    series.CGROUP_WORKING_SET, series.CGROUP_LIMIT, series.CGROUP_OOM_KILLS, series.CGROUP_PRESSURE,
+}  # fmt: skip
 
 
 def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
@@ -129,7 +137,13 @@ def test_panels_cover_the_contract_series(board: dict[str, Any]) -> None:
         series.MONITOR_CPU, series.OPERATION_DURATION + "_bucket", series.OPERATION_PEAK + "_bucket",
     ):  # fmt: skip
         assert re.search(rf"\b{name}\{{", exprs), name
+    for name in (*PLANNED_SERIES, rules.PREDICTED_RSS, rules.CONTAINER_WORKING_SET_RATIO):
+        assert re.search(rf"(?<![\w:]){re.escape(name)}\{{", exprs), name
     assert "histogram_quantile(0.95" in exprs
+    # RSS, working set and limit side by side, as the container alerts compare them.
+    [together] = [panel for panel in panels(board) if panel["title"] == "RSS, working set and limit"]
+    drawn = " ".join(target["expr"] for target in together["targets"])
+    assert all(name in drawn for name in (series.RSS, series.CGROUP_WORKING_SET, series.CGROUP_LIMIT))
 
 
 def test_deploy_files_are_the_generator_output() -> None:
@@ -165,7 +179,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prome
     binary = require_binary("prometheus")
     with MetricsProcess(tmp_path_factory.mktemp("service")) as service:
         service.command("cleanup")  # so the cleanup counters have a sample above zero
-        with PrometheusServer(tmp_path_factory.mktemp("prometheus"), [service.target], binary=binary) as prom:
+        # The shipped rules, for the recording rules some panels draw.
+        with PrometheusServer(tmp_path_factory.mktemp("prometheus"), [service.target], rules.render_rules(), binary=binary) as prom:
             # Rates and quantiles need a few scrapes inside the window.
             wait_for(
                 lambda: prom.query(f"rate({series.OPERATION_DURATION}_count[{RATE_WINDOW}]) > 0"),
@@ -173,6 +188,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prome
                 interval_s=0.2,
                 message="operation histograms scraped into a rate window",
             )
+            wait_for(lambda: prom.query(rules.PREDICTED_RSS), timeout_s=30, interval_s=0.2, message="recording rules evaluated")
             yield prom, service
 
 
@@ -208,7 +224,7 @@ def test_series_names_are_the_ones_the_package_exports(prometheus: tuple[Prometh
         value + ("_bucket" if value in histograms else "")
         for name, value in vars(series).items()
         if name.isupper() and isinstance(value, str) and value.startswith("reer_") and value not in LABELS
-    }
+    } - PLANNED_SERIES
     assert len(expected) >= 20
     assert expected <= exported, sorted(expected - exported)
 
@@ -221,8 +237,9 @@ def test_every_panel_query_runs_and_returns_data(prometheus: tuple[PrometheusSer
         for target in panel["targets"]:
             result = prom.query(substitute(target["expr"], prom, service))  # raises on a PromQL error
             answered += 1
-            if not result:
-                empty.append(panel["title"])
+            planned = any(re.search(rf"\b{name}\b", target["expr"]) for name in PLANNED_SERIES)
+            if not result and not planned:
+                empty.append(f"{panel['title']} {target['refId']}")
             for sample in result:
                 assert sample["metric"].get("instance") == service.target, (panel["title"], sample)
     assert answered >= 27
@@ -232,4 +249,6 @@ def test_every_panel_query_runs_and_returns_data(prometheus: tuple[PrometheusSer
 def test_alerts_annotation_query_is_valid(prometheus: tuple[PrometheusServer, MetricsProcess], board: dict[str, Any]) -> None:
     prom, service = prometheus
     [annotation] = [a for a in board["annotations"]["list"] if "expr" in a]
-    assert prom.query(substitute(annotation["expr"], prom, service)) == []  # no rules loaded, so no alerts
+    # The query runs; whether an alert fires depends on this machine's memory, so only the labels are checked.
+    for alert in prom.query(substitute(annotation["expr"], prom, service)):
+        assert alert["metric"]["alertname"].startswith("ReerMemory") and alert["metric"]["instance"] == service.target

@@ -21,6 +21,8 @@ from reer_otel_memory.export import naming as series
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
+#: Every alert, and the two recording rules.
+RULE_COUNT = len(rules.ALERT_NAMES) + 2
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -72,6 +74,7 @@ def threshold_alert(alertname: str, job: str, instance: str, above: str, text: s
         "exp_annotations": {
             "summary": rule["annotations"]["summary"],
             "description": f"{job}/{instance} has a resident set size of {above}, {lead}{runbook}",
+            "runbook_url": rule["annotations"]["runbook_url"],
         },
     }
 
@@ -89,7 +92,7 @@ def test_rules_pass_promtool_check(tmp_path: Path) -> None:
         path.write_text(rules.render_rules(static=static, config=load_config({}) if static else None))
         result = promtool("check", "rules", path)
         assert_passed(result)
-        assert "4 rules found" in result.stdout
+        assert f"{RULE_COUNT} rules found" in result.stdout
 
 
 def test_rendered_yaml_is_the_rule_data() -> None:
@@ -107,10 +110,35 @@ def test_every_alert_is_mixin_style() -> None:
         "ReerMemoryCleanupThresholdExceeded": "warning",
         "ReerMemoryCriticalThresholdExceeded": "critical",
         "ReerMemoryLeakSuspected": "warning",
+        "ReerMemoryCriticalPredicted": "warning",
+        "ReerMemoryNearLimit": "warning",
+        "ReerMemoryCleanupIneffective": "warning",
+        "ReerMemoryDeviceThresholdExceeded": "warning",
+        "ReerMemoryDeviceCriticalThresholdExceeded": "critical",
+        "ReerMemoryContainerNearOOM": "critical",
+        "ReerMemoryOOMKilled": "warning",
     }
     for rule in rendered:
-        assert set(rule["annotations"]) == {"summary", "description"}
+        assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}
+        assert rule["annotations"]["runbook_url"] == f"docs/runbooks.md#{rule['alert'].lower()}"
         assert rule["for"] == rules.format_duration(rules.DEFAULT_FOR_S[rule["alert"]])
+
+
+def test_runbook_base_url_is_configurable_when_rendering() -> None:
+    options = rules.RuleOptions(runbook_url="https://wiki.example.com/ops/reer-runbooks")
+    rendered = rules.rule_groups(options=options)["groups"][0]["rules"]
+    assert {rule["annotations"]["runbook_url"] for rule in rendered} == {
+        f"https://wiki.example.com/ops/reer-runbooks#{alert.lower()}" for alert in rules.ALERT_NAMES
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "reer_otel_memory", "rules", "--runbook-url", "https://runbooks.example.com/reer.md"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "runbook_url: \"https://runbooks.example.com/reer.md#reermemorynearlimit\"" in result.stdout
+    with pytest.raises(ValueError, match="runbook_url='has space'"):
+        rules.RuleOptions(runbook_url="has space")
+    with pytest.raises(ValueError, match=r"near_limit_ratio=1.5: expected a number in \(0, 1\]"):
+        rules.RuleOptions(near_limit_ratio=1.5)
 
 
 def test_dynamic_rules_match_each_process_on_job_and_instance() -> None:
@@ -123,7 +151,7 @@ def test_for_durations_can_be_overridden() -> None:
     short = rules.rule_groups(for_s=2)["groups"][0]["rules"]
     assert {rule["for"] for rule in short} == {"2s"}
     one = rules.rule_groups(for_s={rules.LEAK_SUSPECTED: 0.5})["groups"][0]["rules"]
-    assert [rule["for"] for rule in one] == ["10m", "5m", "1m", "500ms"]
+    assert [rule["for"] for rule in one][:5] == ["10m", "5m", "1m", "500ms", "15m"]
 
 
 @pytest.mark.parametrize(
@@ -263,6 +291,7 @@ def test_leak_alert_fires_for_the_suspected_operation_only(tmp_path: Path) -> No
                             "summary": rule["annotations"]["summary"],
                             "description": "Operation load_model of svc/a:1 has been suspected of leaking memory "
                             f"for more than 15m. {runbook}",
+                            "runbook_url": rule["annotations"]["runbook_url"],
                         },
                     },
                 ),
@@ -366,7 +395,7 @@ def test_example_prometheus_config_passes_promtool(tmp_path: Path) -> None:
         (tmp_path / Path(relative).name).write_text(text)
     result = promtool("check", "config", tmp_path / rules.PROMETHEUS_CONFIG_FILENAME)
     assert_passed(result)
-    assert "4 rules found" in result.stdout
+    assert f"{RULE_COUNT} rules found" in result.stdout
 
 
 # --- the YAML writer ---------------------------------------------------------------------------

@@ -52,6 +52,24 @@ PROMETHEUS_KIND = {
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 EVERY_OPERATION = "every operation"
+#: Names agreed for the accelerator and container series that the alert rules and the dashboard
+#: already read but the package does not emit yet. The page lists only what the code emits, so
+#: these are left out of the comparison; remove each from here when the code starts emitting it
+#: (and add its row to docs/telemetry.md).
+PLANNED_NAMES = {
+    metric[0]
+    for metric in (
+        names.METRIC_DEVICE_USED,
+        names.METRIC_DEVICE_PEAK,
+        names.METRIC_DEVICE_LIMIT,
+        names.METRIC_DEVICE_THRESHOLD,
+        names.METRIC_CGROUP_USAGE,
+        names.METRIC_CGROUP_WORKING_SET,
+        names.METRIC_CGROUP_LIMIT,
+        names.METRIC_CGROUP_OOM_KILLS,
+        names.METRIC_CGROUP_PRESSURE,
+    )
+}
 
 
 # --- the page ----------------------------------------------------------------------------------
@@ -167,7 +185,7 @@ def test_every_span_event_in_names_is_on_the_page_and_no_other(page: Page) -> No
 
 
 def test_every_metric_in_names_is_on_the_page_with_its_unit_and_series(page: Page) -> None:
-    metrics = constants("METRIC_")
+    metrics = {constant: metric for constant, metric in constants("METRIC_").items() if metric[0] not in PLANNED_NAMES}
     assert set(page.metrics) == {metric[0] for metric in metrics.values()}, "metric rows of docs/telemetry.md != names.METRIC_*"
     for constant, metric in metrics.items():
         name, unit, _description = metric

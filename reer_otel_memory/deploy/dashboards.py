@@ -35,7 +35,7 @@ from typing import Any
 
 from ..export import naming as series
 from ..levels import THRESHOLD_LEVELS
-from . import _yaml
+from . import _yaml, rules
 
 DASHBOARD_UID = "reer-memory"
 DASHBOARD_TITLE = "Reer memory"
@@ -88,6 +88,18 @@ def _threshold_overrides(targets: Iterable[dict[str, Any]]) -> list[dict[str, An
             }
         )
     return overrides
+
+
+def _dashed(ref_id: str, color: str) -> dict[str, Any]:
+    """An override drawing query ``ref_id`` as a thin dashed line: a limit or a threshold."""
+    return {
+        "matcher": {"id": "byFrameRefID", "options": ref_id},
+        "properties": [
+            {"id": "color", "value": {"mode": "fixed", "fixedColor": color}},
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            {"id": "custom.fillOpacity", "value": 0},
+        ],
+    }
 
 
 def _timeseries(title: str, description: str, unit: str, targets: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -204,16 +216,22 @@ def _memory_row() -> list[dict[str, Any]]:
                 _target("A", _select(series.PEAK_RSS), "{{instance}} peak RSS"),
                 _target("B", _select(series.LIMIT), "{{instance}} limit"),
             ],
-            overrides=[
-                {
-                    "matcher": {"id": "byFrameRefID", "options": "B"},
-                    "properties": [
-                        {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
-                        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-                        {"id": "custom.fillOpacity", "value": 0},
-                    ],
-                }
+            overrides=[_dashed("B", "red")],
+        ),
+        _timeseries(
+            "Predicted RSS",
+            f"Where each process's RSS is heading: the linear trend of the recording rule {rules.PREDICTED_RSS} "
+            "(the one ReerMemoryCriticalPredicted compares), against the critical threshold (dashed).",
+            "bytes",
+            [
+                _target("A", _select(rules.PREDICTED_RSS), "{{instance}} predicted RSS"),
+                _target(
+                    "B",
+                    f"max by (job, instance) ({_select(series.THRESHOLD, **{series.LABEL_LEVEL: 'critical'})})",
+                    "{{instance}} critical threshold",
+                ),
             ],
+            overrides=[_dashed("B", "red")],
         ),
     ]
 
@@ -343,6 +361,83 @@ def _trace_store_row() -> list[dict[str, Any]]:
     ]
 
 
+def _containers_row() -> list[dict[str, Any]]:
+    return [
+        _timeseries(
+            "RSS, working set and limit",
+            "The process's RSS beside its container's working set (what the OOM killer weighs: usage less "
+            "inactive page cache), usage and memory limit (dashed).",
+            "bytes",
+            [
+                _target("A", _select(series.RSS), "{{instance}} RSS"),
+                _target("B", _select(series.CGROUP_WORKING_SET), "{{instance}} working set"),
+                _target("C", _select(series.CGROUP_USAGE), "{{instance}} usage"),
+                _target("D", _select(series.CGROUP_LIMIT), "{{instance}} limit"),
+            ],
+            overrides=[_dashed("D", "red")],
+        ),
+        _timeseries(
+            "Working set share of the container limit",
+            f"The recording rule {rules.CONTAINER_WORKING_SET_RATIO}, which ReerMemoryContainerNearOOM compares.",
+            "percentunit",
+            [_target("A", _select(rules.CONTAINER_WORKING_SET_RATIO), "{{instance}} working set / limit")],
+            defaults={"min": 0, "max": 1},
+        ),
+        _timeseries(
+            "OOM kills",
+            "Processes of the container killed by the OOM killer, per interval.",
+            "short",
+            [_target("A", f"sum by (job, instance) (increase({_select(series.CGROUP_OOM_KILLS)}[{RATE_WINDOW}]))", "{{instance}} OOM kills")],
+        ),
+        _timeseries(
+            "Memory pressure stalls",
+            "Share of time some tasks of the container stalled waiting for memory (PSI); rising stalls come before OOM kills.",
+            "percentunit",
+            [_target("A", _rate(series.CGROUP_PRESSURE), "{{instance}} stalled")],
+        ),
+    ]
+
+
+def _devices_row() -> list[dict[str, Any]]:
+    by_device = f"job, instance, {series.LABEL_FRAMEWORK}, {series.LABEL_DEVICE}"
+    legend = f"{{{{instance}}}} {{{{{series.LABEL_DEVICE}}}}}"
+    thresholds = [
+        _target(
+            chr(ord("C") + index),
+            f"max by ({by_device}) ({_select(series.DEVICE_THRESHOLD, **{series.LABEL_LEVEL: level})})",
+            f"{legend} {level} threshold",
+        )
+        for index, level in enumerate(("alert", "critical"))
+    ]
+    return [
+        _timeseries(
+            "Device memory and thresholds",
+            "Bytes in use on each accelerator device, with its alert and critical thresholds (dashed), which "
+            "the ReerMemoryDevice* alerts compare.",
+            "bytes",
+            [
+                _target("A", f"max by ({by_device}) ({_select(series.DEVICE_USED)})", f"{legend} used"),
+                _target("B", f"max by ({by_device}) ({_select(series.DEVICE_PEAK)})", f"{legend} peak"),
+                *thresholds,
+            ],
+            overrides=[_dashed("C", "yellow"), _dashed("D", "red")],
+        ),
+        _timeseries(
+            "Device memory share of capacity",
+            "Bytes in use on each device as a share of its capacity.",
+            "percentunit",
+            [
+                _target(
+                    "A",
+                    f"max by ({by_device}) ({_select(series.DEVICE_USED)}) / max by ({by_device}) ({_select(series.DEVICE_LIMIT)} > 0)",
+                    f"{legend} used / capacity",
+                )
+            ],
+            defaults={"min": 0, "max": 1},
+        ),
+    ]
+
+
 def _layout(rows: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     """Rows of two panels side by side, numbered and placed on Grafana's 24-column grid."""
     placed: list[dict[str, Any]] = []
@@ -408,6 +503,8 @@ def dashboard() -> dict[str, Any]:
             ("Operations", _operations_row()),
             ("Models and resources", _models_row()),
             ("Trace stores", _trace_store_row()),
+            ("Containers", _containers_row()),
+            ("Accelerators", _devices_row()),
         ]
     )
     return {

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import dashboards, rules
+from . import dashboards, rule_tests, rules, scale_out
 
 
 def deploy_files() -> dict[str, str]:
     """Every generated file: path relative to ``deploy/`` -> text."""
-    return {**rules.deploy_files(), **dashboards.deploy_files()}
+    return {**rules.deploy_files(), **rule_tests.deploy_files(), **dashboards.deploy_files(), **scale_out.deploy_files()}
 
 
 def write_deploy_files(deploy_dir: str | os.PathLike[str]) -> list[Path]:

@@ -1,0 +1,49 @@
+"""docs/runbooks.md against the rules: one complete section per alert, where its runbook_url points."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from reer_otel_memory.cli import build_parser
+from reer_otel_memory.deploy import rules
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "runbooks.md"
+PARTS = ("Meaning", "Impact", "Diagnose", "Fix", "Silence")
+
+
+def sections() -> dict[str, str]:
+    text = PAGE.read_text(encoding="utf-8")
+    found = re.split(r"^## (\S+)\n", text, flags=re.MULTILINE)
+    return dict(zip(found[1::2], found[2::2], strict=True))
+
+
+def test_one_section_per_alert_and_no_other() -> None:
+    assert list(sections()) == list(rules.ALERT_NAMES)
+
+
+def test_every_runbook_url_points_at_its_section() -> None:
+    # GitHub and most Markdown renderers make a heading's anchor its lower-cased text.
+    anchors = {name.lower() for name in sections()}
+    for rule in rules.rule_groups()["groups"][0]["rules"]:
+        base, anchor = rule["annotations"]["runbook_url"].split("#")
+        assert (ROOT / base).resolve() == PAGE
+        assert anchor in anchors and anchor == rules.runbook_anchor(rule["alert"])
+
+
+def test_every_section_says_what_to_do_and_the_severity() -> None:
+    severities = {rule["alert"]: rule["labels"]["severity"] for rule in rules.rule_groups()["groups"][0]["rules"]}
+    for alert, body in sections().items():
+        for part in PARTS:
+            assert f"**{part}.**" in body, f"{alert}: no {part} paragraph"
+        assert re.search(rf"Severity\s+{severities[alert]}\b", body), f"{alert}: the page does not say severity {severities[alert]}"
+
+
+def test_the_commands_it_names_exist() -> None:
+    text = PAGE.read_text(encoding="utf-8")
+    named = set(re.findall(r"`reer-otel-memory (\w+)", text))
+    assert named == {"rules", "config"}
+    for command in named:
+        assert build_parser().parse_args([command]).command == command
+    assert "--runbook-url" in text and "promtool test rules deploy/prometheus/tests/*.yml" in text
