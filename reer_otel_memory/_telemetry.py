@@ -8,6 +8,7 @@ the instrumentor and :mod:`reer_otel_memory.testing` use it.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -50,6 +51,54 @@ def _global_meter_configured() -> bool:
     return meter_provider is not None
 
 
+class OperationNet:
+    """Each operation's sum of RSS deltas (bounded to 1000 operations), observed at collection time.
+
+    Summed here rather than recorded on a synchronous instrument: one instrument fewer on the hot
+    path (each record costs about 2 us in the SDK).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bytes_by_operation: dict[str, int] = {}
+
+    def add(self, operation: str, delta_bytes: int) -> None:
+        net = self.bytes_by_operation
+        with self.lock:  # a read-modify-write: two threads must not lose an update
+            previous = net.get(operation)
+            if previous is None and len(net) >= _MAX_OPERATIONS:
+                return
+            net[operation] = (previous or 0) + delta_bytes
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, {names.LABEL_OPERATION: op}) for op, value in list(self.bytes_by_operation.items())]
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()  # another thread may have held it when the process forked
+
+
+class _OperationNets:
+    """One OperationNet per meter provider (the global one under the key None)."""
+
+    def __init__(self) -> None:
+        self.global_net = OperationNet()
+        self.by_provider: weakref.WeakKeyDictionary[MeterProvider, OperationNet] = weakref.WeakKeyDictionary()
+
+    def for_provider(self, meter_provider: MeterProvider | None) -> OperationNet:
+        if meter_provider is None or meter_provider is metrics.get_meter_provider():
+            return self.global_net
+        with RUNTIME.lock("telemetry.operation_net"):
+            net = self.by_provider.get(meter_provider)
+            if net is None:
+                net = self.by_provider[meter_provider] = OperationNet()
+            return net
+
+
+def _operation_net_for(meter_provider: MeterProvider | None) -> OperationNet:
+    # A forked child is a new process to Prometheus: its sums start from zero.
+    return RUNTIME.get("telemetry.operation_nets", _OperationNets, fresh_in_child=True).for_provider(meter_provider)
+
+
 class Telemetry:
     """A tracer plus the profiled-operation instruments, from one pair of providers."""
 
@@ -68,14 +117,13 @@ class Telemetry:
         self.operation_peak = self.meter.create_histogram(
             name, unit=unit, description=description, explicit_bucket_boundaries_advisory=BYTES_BUCKETS
         )
-        # Net bytes per operation are summed here and observed at collection time: one
-        # synchronous instrument fewer on the hot path (each record costs about 2 us in the SDK).
-        self.operation_net_bytes: dict[str, int] = {}
-        self._net_lock = threading.Lock()
+        self._net: OperationNet | None = None
+        self._net_forks = 0
+        # Every Telemetry on one meter provider shares one OperationNet: the SDK hands a second
+        # Telemetry on the same meter the instrument made for the first, whose callback would
+        # otherwise read the first one's sums (empty once the second is in force).
         name, unit, description = names.METRIC_OPERATION_NET
-        self.meter.create_observable_up_down_counter(
-            name, callbacks=[self._observe_operation_net], unit=unit, description=description
-        )
+        self.meter.create_observable_up_down_counter(name, callbacks=[self._observe_operation_net], unit=unit, description=description)
         name, unit, description = names.METRIC_OPERATION_DURATION
         self.operation_duration = self.meter.create_histogram(
             name, unit=unit, description=description, explicit_bucket_boundaries_advisory=DURATION_BUCKETS
@@ -88,19 +136,22 @@ class Telemetry:
     def _after_fork_in_child(self) -> None:
         # Another thread may have held one when the process forked.
         self._gauge_lock = threading.Lock()
-        self._net_lock = threading.Lock()
+
+    @property
+    def operation_net(self) -> OperationNet:
+        """The per-operation sums this Telemetry's instrument reports."""
+        net = self._net
+        if net is None or self._net_forks != RUNTIME.forks:  # a forked child starts from zero
+            net = self._net = _operation_net_for(self.meter_provider)
+            self._net_forks = RUNTIME.forks
+        return net
 
     def add_operation_net(self, operation: str, delta_bytes: int) -> None:
         """Add one call's RSS delta to its operation's running sum (bounded to 1000 operations)."""
-        net = self.operation_net_bytes
-        with self._net_lock:  # a read-modify-write: two threads must not lose an update
-            previous = net.get(operation)
-            if previous is None and len(net) >= _MAX_OPERATIONS:
-                return
-            net[operation] = (previous or 0) + delta_bytes
+        self.operation_net.add(operation, delta_bytes)
 
     def _observe_operation_net(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(value, {names.LABEL_OPERATION: op}) for op, value in list(self.operation_net_bytes.items())]
+        return self.operation_net.observe(options)
 
     def metrics_recording(self) -> bool:
         """True once this Telemetry's meter is a real SDK meter (explicit, or the global one set).

@@ -9,6 +9,7 @@ from _procfs import ProcDir
 from conftest import wait_for
 
 from reer_otel_memory import MemoryMonitor, MemoryTracker, get_memory_monitor, get_memory_tracker
+from reer_otel_memory import _names as names
 from reer_otel_memory.monitoring import metrics as _monitor_metrics
 from reer_otel_memory.testing import capture_telemetry
 
@@ -45,6 +46,7 @@ def running_monitor(proc: ProcDir, *thresholds_mb: float) -> MemoryMonitor:
 
 
 def test_every_instrument_has_its_design_name_kind_and_unit(telemetry):
+    get_memory_monitor()  # the monitor's instruments exist once a monitor does
     metrics = {metric.name: metric for metric in telemetry.collect()}
     for name, unit in {**GAUGES, **COUNTERS}.items():
         assert name in metrics, f"{name} missing; collected: {sorted(metrics)}"
@@ -138,3 +140,33 @@ def test_instruments_register_once_per_telemetry_and_again_after_rebinding(telem
     with capture_telemetry() as other:
         assert other.metric_value("reer.memory.rss") > 0
     assert len(telemetry.metric_points("reer.memory.rss")) == 1
+
+
+def test_a_second_telemetry_on_the_same_provider_reports_the_operation_sums():
+    """Rebinding to the same meter provider (as the instrumentor does after the first profiled
+    call) gets the SDK's existing instrument back, with the first Telemetry's callback: the sums
+    must still arrive."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from reer_otel_memory import _telemetry
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    previous = _telemetry.current()
+    try:
+        _telemetry.configure(None, provider)
+        second = _telemetry.configure(None, provider)
+        second.add_operation_net("rebound-operation", 4096)
+        points = [
+            point
+            for resource in reader.get_metrics_data().resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == names.METRIC_OPERATION_NET[0]
+            for point in metric.data.data_points
+        ]
+    finally:
+        _telemetry.restore(previous)
+        provider.shutdown()
+    assert [(dict(point.attributes), point.value) for point in points] == [({names.LABEL_OPERATION: "rebound-operation"}, 4096)]

@@ -193,4 +193,4 @@ def test_the_profilers_own_memory_stays_bounded(telemetry):
     assert len(tracker.snapshots) <= tracker.max_snapshots
     assert len(tracker.leak_detector.states()) <= tracker.leak_detector.max_operations
     assert len(_profile._mean_duration_s) <= _profile._MAX_TRACKED_DURATIONS
-    assert len(_telemetry.current().operation_net_bytes) <= _telemetry._MAX_OPERATIONS
+    assert len(_telemetry.current().operation_net.bytes_by_operation) <= _telemetry._MAX_OPERATIONS
