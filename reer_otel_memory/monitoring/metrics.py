@@ -2,14 +2,19 @@
 
 Gauges (read when a reader collects, so they report whether or not a monitor thread runs):
 ``reer.memory.rss``, ``peak_rss``, ``heap``, ``limit``, ``utilization``, ``threshold{level}``,
-``level`` (0 ok .. 3 critical) and ``leak.suspected{reer.operation}``. They describe the
-*reporting monitor*: the monitor started most recently that is still running, else the
+``level`` (0 ok .. 3 critical) and ``leak.suspected{reer.operation}``; accelerator memory
+``device.used``, ``device.peak``, ``device.limit`` ``{framework, device}`` from the frameworks the
+process has imported (:mod:`reer_otel_memory.profiling.devices`); and the container's view,
+``cgroup.usage``, ``cgroup.working_set``, ``cgroup.limit``, where the process has a memory cgroup
+(:mod:`reer_otel_memory._cgroup`). The process gauges describe the *reporting monitor*: the monitor started most recently that is still running, else the
 process's default monitor (:func:`reer_otel_memory.monitoring.monitor.get_memory_monitor`).
 
 Counters (cumulative for the process, observed at collection time so every series exists
 from the first scrape, at 0): ``reer.memory.alerts{level}``, ``reer.memory.cleanups{trigger}``,
 ``reer.memory.cleanup.freed`` and ``reer.memory.monitor.cpu`` (seconds of CPU the monitor
-threads spent sampling and cleaning up). Every monitor in the process adds to them; a forked
+threads spent sampling and cleaning up); and the kernel's own counts for the cgroup,
+``reer.memory.cgroup.oom_kills`` and ``reer.memory.cgroup.pressure`` (seconds stalled, where the
+kernel has PSI for it). Every monitor in the process adds to them; a forked
 child starts again from 0.
 
 Each read is guarded: a source that cannot be read leaves that one metric out of this
@@ -30,9 +35,11 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
+from .._cgroup import CgroupMemory, memory_cgroup
 from .._runtime import RUNTIME
 from ..config import MemoryConfig
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
+from ..profiling.devices import DeviceReading, device_memory
 from ..profiling.probe import MemoryProbe
 from ..profiling.tracker import get_memory_tracker
 
@@ -134,6 +141,43 @@ def _level() -> Iterator[Observation]:
     yield Observation(_monitor().current_level().rank)
 
 
+def _device_readings() -> list[DeviceReading]:
+    return device_memory().readings()
+
+
+def _device_used() -> Iterator[Observation]:
+    for reading in _device_readings():
+        yield Observation(reading.used_bytes, {names.LABEL_FRAMEWORK: reading.framework, names.LABEL_DEVICE: reading.device})
+
+
+def _device_peak() -> Iterator[Observation]:
+    for reading in _device_readings():
+        if reading.peak_bytes is not None:
+            yield Observation(reading.peak_bytes, {names.LABEL_FRAMEWORK: reading.framework, names.LABEL_DEVICE: reading.device})
+
+
+def _device_limit() -> Iterator[Observation]:
+    for reading in _device_readings():
+        if reading.limit_bytes is not None:
+            yield Observation(reading.limit_bytes, {names.LABEL_FRAMEWORK: reading.framework, names.LABEL_DEVICE: reading.device})
+
+
+def _cgroup_reading() -> CgroupMemory | None:
+    # Found once per process (a list, since "no cgroup" is an answer worth keeping too).
+    cgroup = RUNTIME.get("monitor.cgroup", lambda: [memory_cgroup()])[0]
+    return None if cgroup is None else cgroup.read()
+
+
+def _cgroup_value(field: str) -> Callable[[], Iterator[Observation]]:
+    def read() -> Iterator[Observation]:
+        reading = _cgroup_reading()
+        value = None if reading is None else getattr(reading, field)
+        if value is not None:
+            yield Observation(value)
+
+    return read
+
+
 def _leak_suspected() -> Iterator[Observation]:
     for operation, suspected in get_memory_tracker().leak_detector.states():
         yield Observation(1 if suspected else 0, {names.LABEL_OPERATION: operation})
@@ -186,12 +230,20 @@ _GAUGES = (
     (names.METRIC_THRESHOLD, _thresholds),
     (names.METRIC_LEVEL, _level),
     (names.METRIC_LEAK_SUSPECTED, _leak_suspected),
+    (names.METRIC_DEVICE_USED, _device_used),
+    (names.METRIC_DEVICE_PEAK, _device_peak),
+    (names.METRIC_DEVICE_LIMIT, _device_limit),
+    (names.METRIC_CGROUP_USAGE, _cgroup_value("usage_bytes")),
+    (names.METRIC_CGROUP_WORKING_SET, _cgroup_value("working_set_bytes")),
+    (names.METRIC_CGROUP_LIMIT, _cgroup_value("limit_bytes")),
 )
 _COUNTERS = (
     (names.METRIC_ALERTS, _alerts),
     (names.METRIC_CLEANUPS, _cleanups),
     (names.METRIC_CLEANUP_FREED, _cleanup_freed),
     (names.METRIC_MONITOR_CPU, _monitor_cpu),
+    (names.METRIC_CGROUP_OOM_KILLS, _cgroup_value("oom_kills")),
+    (names.METRIC_CGROUP_PRESSURE, _cgroup_value("pressure_stall_s")),
 )
 
 _registered: weakref.WeakSet[_telemetry.Telemetry] = weakref.WeakSet()
