@@ -67,7 +67,7 @@ def test_config_names_the_environment_and_the_share_of_the_limit(capsys, monkeyp
 @pytest.mark.parametrize(
     ("var", "value", "expected"),
     [
-        (names.ENV_ALERT_MB, "abc", "expected a number of MB"),
+        (names.ENV_ALERT_MB, "abc", "expected a positive number of MB"),
         (names.ENV_CRITICAL_MB, "-5", "expected a positive number of MB"),
         (names.ENV_CLEANUP_MB, "150%", "at most 100%"),
         (names.ENV_MONITORING_INTERVAL, "0", "expected a positive number of seconds"),

@@ -189,7 +189,7 @@ def test_sampling_is_faster_above_the_alert_level(proc):
 
 def test_a_raising_callback_is_logged_and_the_monitor_keeps_sampling(proc, caplog):
     monitor = make_monitor(proc)
-    monitor.monitoring_interval = 0.01
+    monitor.monitoring_interval = 0.1
     good_calls = []
 
     def broken(snapshot):
@@ -420,7 +420,7 @@ def test_a_growing_process_climbs_through_every_level_counting_each_crossing_onc
         "REER_MEMORY_ALERT_MB": str(base_mb + 40),
         "REER_MEMORY_CLEANUP_MB": str(base_mb + 70),
         "REER_MEMORY_CRITICAL_MB": str(base_mb + 100),
-        "REER_MEMORY_MONITORING_INTERVAL": "0.02",
+        "REER_MEMORY_MONITORING_INTERVAL": "0.1",
     }
     child = children.start(GROWING_CHILD, env=env)
     steps = []
@@ -498,7 +498,7 @@ print(json.dumps({"role": "parent", "running": monitor.is_running, "cleanup_coun
 
 
 def test_a_running_monitor_keeps_running_in_a_forked_child_and_reports_its_memory(children):
-    child = children.start(FORKING_CHILD, env={"REER_MEMORY_MONITORING_INTERVAL": "0.02"})
+    child = children.start(FORKING_CHILD, env={"REER_MEMORY_MONITORING_INTERVAL": "0.1"})
     forked = child.message(lambda m: m["role"] == "child")
     parent = child.message(lambda m: m["role"] == "parent")
     assert child.wait() == 0, child.stderr
