@@ -241,7 +241,7 @@ def main() -> int:
         for index in range(1000):
             file.write(json.dumps({"id": index, "score": index / 1000}) + "\n")
         file.write("not json\n")
-    reader = StreamingJSONLReader(data_path, chunk_size=8192)
+    reader = StreamingJSONLReader(data_path, chunk_size=8192, skip_malformed=True)  # else the bad line raises
     total = sum(record["score"] for record in reader)
     print(f"  {reader.stats.records} records, score sum {total:.1f}, malformed lines {reader.stats.malformed_line_numbers}")
 

@@ -117,7 +117,7 @@ def test_callers_catching_the_builtins_keep_working():
         pytest.param(
             lambda: MemoryResourceManager().register_resource("r", [1], memory_limit_mb=0),
             ConfigurationError,
-            ["memory_limit_mb=0", "expected a finite number of MB > 0"],
+            ["memory_limit_mb=0", "expected a positive number of MB up to 1073741824 (1 PiB)"],
             id="resources-memory-limit",
         ),
         pytest.param(

@@ -575,3 +575,19 @@ def test_every_operation_is_a_profiled_span_with_scan_attributes_and_gauges(tmp_
     assert gauge("reer.trace_store.traces") == 3
     run(store.add_trace({"trace_id": "d", "score": 0.5}))
     wait_for(lambda: gauge("reer.trace_store.traces") == 4 and gauge("reer.trace_store.size") > size)
+
+
+def test_reads_go_on_past_damage_and_log_what_they_skipped(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "traces.jsonl"
+    store = REERTraceStore(path)
+    run(store.add_traces([{"trace_id": "a", "score": 1}]))
+    with open(path, "ab") as file:
+        file.write(b"{damaged\n[1, 2]\n")
+    run(store.add_traces([{"trace_id": "b", "score": 2}]))
+    with caplog.at_level(logging.WARNING, logger="reer_otel_memory.trace_store.scan"):
+        stats = run(store.get_memory_efficient_stats())
+    assert stats["total_traces"] == 2 and stats["malformed_line_numbers"] == [2, 3]
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: skipped 2 malformed lines (lines 2, 3)"]
+    store.close()

@@ -27,7 +27,8 @@ JSON raises :class:`~reer_otel_memory.errors.TraceStoreError` naming it and its 
 **Crash safety.** A writer killed mid-record leaves a last line without its newline (a *torn
 tail*). Reads never return it and report it (``torn_tail`` in the stats); the next append first
 writes a newline, so the torn bytes become one malformed line and no complete record is ever
-lost or corrupted. Malformed lines are skipped and counted with their line numbers.
+lost or corrupted. Reads go on past damage: malformed lines are skipped, counted with their line
+numbers, and each read that skipped any logs one warning naming them.
 
 **Reads** stream through the package's chunked JSONL core (:mod:`reer_otel_memory.trace_store.scan`,
 shared with :class:`~reer_otel_memory.trace_store.jsonl.StreamingJSONLReader`) in a worker thread, in hops
