@@ -212,10 +212,11 @@ def main() -> int:
 
     # 8. The optimizer ---------------------------------------------------------------------------
     section("memory optimizer")
-    report = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=1.0)
-    print(f"  cleanup_large_objects: freed {report.get('memory_freed_mb', 0):.1f} MB")
+    details: dict = {}
+    cleaned = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=1.0, report=details)
+    print(f"  cleanup_large_objects: released {cleaned} objects and caches, freed {details['rss_freed_bytes'] / MB:.1f} MB")
     collected = MemoryOptimizer.force_garbage_collection()
-    print(f"  force_garbage_collection: {collected}")
+    print(f"  force_garbage_collection: {collected} objects collected")
     try:
         import numpy as np
     except ImportError:

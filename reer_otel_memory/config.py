@@ -267,12 +267,16 @@ def parse_threshold_mb(name: str, value: object, limit: MemoryLimit) -> tuple[in
     return int(mb * MB), f"{mb:g} MB"
 
 
-def size_mb_to_bytes(value: object, described_as: str) -> int:
-    """Bytes for a size in MB given in code (above 0, at most 1 PiB); ``described_as`` names it in the error."""
+def size_mb_to_bytes(value: object, described_as: str, *, allow_zero: bool = False, or_none: bool = False) -> int:
+    """Bytes for a size in MB given in code (above 0, or from 0 with ``allow_zero``; at most 1 PiB).
+
+    ``described_as`` names the argument and value in the error; ``or_none`` says None is accepted too.
+    """
     mb = _number(value) if not isinstance(value, str) else None
-    if mb is None or not _in_range(mb, 0.0, MAX_THRESHOLD_MB, low_inclusive=False):
-        raise ConfigurationError(f"{described_as}: expected a positive number of MB up to {MAX_THRESHOLD_MB:.0f} (1 PiB), or None")
-    return max(1, int(mb * MB))
+    if mb is None or not _in_range(mb, 0.0, MAX_THRESHOLD_MB, low_inclusive=allow_zero):
+        low = "a number of MB from 0" if allow_zero else "a positive number of MB"
+        raise ConfigurationError(f"{described_as}: expected {low} up to {MAX_THRESHOLD_MB:.0f} (1 PiB){', or None' if or_none else ''}")
+    return int(mb * MB) if allow_zero else max(1, int(mb * MB))
 
 
 def parse_interval_s(name: str, value: object) -> float:

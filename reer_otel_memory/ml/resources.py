@@ -166,7 +166,7 @@ class MemoryResourceManager:
             raise InvalidArgumentError(f"register_resource({name!r}, cleanup_callback={cleanup_callback!r}): expected a callable or None")
         limit_bytes = None
         if memory_limit_mb is not None:
-            limit_bytes = size_mb_to_bytes(memory_limit_mb, f"register_resource({name!r}, memory_limit_mb={memory_limit_mb!r})")
+            limit_bytes = size_mb_to_bytes(memory_limit_mb, f"register_resource({name!r}, memory_limit_mb={memory_limit_mb!r})", or_none=True)
 
         entry = _Entry()
         entry.name = name
