@@ -233,11 +233,21 @@ def _number(value: object) -> float | None:
     return None
 
 
-def _in_range(number: float | None, low: float, high: float, *, low_inclusive: bool) -> bool:
-    """The one range check of every setting: finite, above (or at) ``low``, at most ``high``."""
+def _in_range(number: float | None, low: float, high: float, *, low_inclusive: bool, high_inclusive: bool = True) -> bool:
+    """The one range check of every setting: finite, above (or at) ``low``, at most (or below) ``high``."""
     if number is None or not math.isfinite(number):
         return False
-    return (number >= low if low_inclusive else number > low) and number <= high
+    return (number >= low if low_inclusive else number > low) and (number <= high if high_inclusive else number < high)
+
+
+def number_in_range(value: object, low: float, high: float, *, low_inclusive: bool = True, high_inclusive: bool = True) -> float | None:
+    """``value`` as a float if it is a number (not a string or bool) within the range, else None.
+
+    For other modules' numeric arguments, so every range is checked the same way: a huge
+    integer is out of range, never an ``OverflowError``.
+    """
+    number = None if isinstance(value, str) else _number(value)
+    return number if _in_range(number, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive) else None
 
 
 def parse_threshold_mb(name: str, value: object, limit: MemoryLimit) -> tuple[int, str]:
@@ -310,7 +320,7 @@ def _order_conflicts(config: MemoryConfig, names_by_level: Mapping[str, str], gi
         if level not in given:
             return f"{names_by_level[level]}={mb} (unchanged)"
         raw = given[level]
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and float(raw) * MB == values[level]:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and f"{raw!r} MB" == mb:
             return f"{names_by_level[level]}={mb}"
         return f"{names_by_level[level]}={raw!r} ({mb})"
 

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ..config import size_mb_to_bytes
+from ..config import number_in_range, size_mb_to_bytes
 from ..errors import ConfigurationError, InvalidArgumentError
 from ..monitoring.cleanup import KIND_CACHE, Released, cleanup_registry, release_memory
 
@@ -98,8 +98,9 @@ def _measured(released: Released[Any]) -> dict[str, Any]:
 
 
 def _check_positive(where: str, name: str, value: object, allow_zero: bool = False) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0):
-        return float(value)
+    number = number_in_range(value, 0.0, math.inf, low_inclusive=allow_zero)
+    if number is not None:
+        return number
     raise ConfigurationError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
 
 

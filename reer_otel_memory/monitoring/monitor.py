@@ -131,19 +131,16 @@ class MemoryMonitor:
         hysteresis_share: float = DEFAULT_HYSTERESIS_SHARE,
         cleanup_cooldown_s: float = DEFAULT_CLEANUP_COOLDOWN_S,
     ) -> None:
-        if isinstance(hysteresis_share, bool) or not isinstance(hysteresis_share, (int, float)) or not 0 <= hysteresis_share < 1:
+        share = config_module.number_in_range(hysteresis_share, 0.0, 1.0, high_inclusive=False)
+        if share is None:
             raise ConfigurationError(f"hysteresis_share={hysteresis_share!r}: expected a share of the threshold from 0 up to (not including) 1")
-        if (
-            isinstance(cleanup_cooldown_s, bool)
-            or not isinstance(cleanup_cooldown_s, (int, float))
-            or not math.isfinite(cleanup_cooldown_s)
-            or cleanup_cooldown_s < 0
-        ):
-            raise ConfigurationError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a number of seconds >= 0")
+        cooldown_s = config_module.number_in_range(cleanup_cooldown_s, 0.0, math.inf)
+        if cooldown_s is None:
+            raise ConfigurationError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a finite number of seconds >= 0")
         self._probe = probe if probe is not None else process_probe()
         self._tracker = tracker
-        self.hysteresis_share = float(hysteresis_share)
-        self.cleanup_cooldown_s = float(cleanup_cooldown_s)
+        self.hysteresis_share = share
+        self.cleanup_cooldown_s = cooldown_s
         self._overrides: dict[str, object] = {}
         self._set_overrides(alert_threshold_mb, critical_threshold_mb, cleanup_threshold_mb, monitoring_interval)
         self._follows_process_config = config is None
