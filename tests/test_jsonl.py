@@ -244,3 +244,17 @@ def test_max_line_bytes_must_be_a_positive_integer(tmp_path):
 
     with pytest.raises(TraceStoreError, match=r"max_line_bytes=0\): expected a positive number of bytes"):
         StreamingJSONLReader(tmp_path / "x.jsonl", max_line_bytes=0)
+
+
+def test_async_iteration_raises_the_same_error_and_skips_with_the_same_warning(tmp_path, caplog):
+    path = tmp_path / "bad.jsonl"
+    write_lines(path, [b'{"ok": 1}\n', b"{oops\n", b'{"ok": 2}\n'])
+
+    async def collect(reader: StreamingJSONLReader) -> list:
+        return [record async for record in reader]
+
+    with pytest.raises(MalformedLineError, match=r"line 2 \(byte offset 10\) is not valid JSON: '\{oops'"):
+        asyncio.run(collect(StreamingJSONLReader(path)))
+    with caplog.at_level(logging.WARNING, logger="reer_otel_memory.trace_store.scan"):
+        assert asyncio.run(collect(StreamingJSONLReader(path, skip_malformed=True))) == [{"ok": 1}, {"ok": 2}]
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: skipped 1 malformed line (line 2)"]
