@@ -1,6 +1,7 @@
 """The ``reer-otel-memory`` command (also ``python -m reer_otel_memory``).
 
-    reer-otel-memory config            # effective thresholds, interval, limit and where each came from
+    reer-otel-memory config            # every REER_MEMORY_* variable, the effective thresholds, interval
+                                       # and limit, and where each came from
     reer-otel-memory config --json     # the same, machine-readable
     reer-otel-memory demo              # an ML-style workload climbing through the memory levels,
                                        # /metrics on 127.0.0.1:9464, a live status line until Ctrl-C
@@ -21,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import IO, TypeAlias
 
+from . import _names as names
 from ._version import __version__
-from .config import MB, MemoryConfig, load_config
-from .errors import ConfigurationError
+from .config import MB, MemoryConfig, load_config, parse_bool
+from .errors import ConfigurationError, ReerMemoryError
 from .levels import THRESHOLD_LEVELS
 from .profiling.probe import process_probe
 
@@ -42,6 +45,60 @@ _Report: TypeAlias = dict[str, dict[str, object]]
 
 
 # --- config --------------------------------------------------------------------------------
+
+
+#: Every ``REER_MEMORY_*`` variable the package reads, as ``_names`` spells them.
+ENVIRONMENT_VARIABLES = tuple(
+    value for key, value in vars(names).items() if key.startswith("ENV_") and isinstance(value, str) and value.startswith("REER_MEMORY_")
+)
+
+
+def _variables_report(config: MemoryConfig | None, environ: os._Environ[str] | dict[str, str]) -> tuple[_Report, list[str]]:
+    """Each ``REER_MEMORY_*`` variable: its value (None: unset), what it means, where that came from; and the problems."""
+    from .instrumentation import parse_profile_targets, parse_signal
+
+    report: _Report = {}
+    problems: list[str] = []
+    by_variable = {
+        names.ENV_ALERT_MB: "alert",
+        names.ENV_CLEANUP_MB: "cleanup",
+        names.ENV_CRITICAL_MB: "critical",
+        names.ENV_MONITORING_INTERVAL: "monitoring_interval",
+    }
+    for variable in ENVIRONMENT_VARIABLES:
+        raw = environ.get(variable)
+        source = "environment" if raw is not None and raw.strip() else "default"
+        effective: object
+        if variable in by_variable:
+            key = by_variable[variable]
+            if config is None:
+                effective = "(not read: see the error)"
+            elif key == "monitoring_interval":
+                effective = f"{config.monitoring_interval_s:g} s"
+            else:
+                threshold_bytes = getattr(config, f"{key}_bytes")
+                effective = f"{threshold_bytes / MB:g} MB ({threshold_bytes} bytes)"
+        elif variable == names.ENV_RESET_PEAK:
+            try:
+                effective = "on" if parse_bool(variable, raw, default=True) else "off"
+            except ConfigurationError as exc:
+                problems.append(str(exc))
+                effective = "(bad value)"
+        elif variable == names.ENV_EMERGENCY_SIGNAL:
+            try:
+                found = parse_signal(raw, variable)
+                effective = found.name if found is not None else "off"
+            except ConfigurationError as exc:
+                problems.append(str(exc))
+                effective = "(bad value)"
+        elif variable == names.ENV_PROFILE_TARGETS:
+            targets, errors = parse_profile_targets(raw or "", variable)
+            problems.extend(errors)
+            effective = ", ".join(target.operation_name for target in targets) or "none"
+        else:
+            effective = raw or ""
+        report[variable] = {"value": raw, "effective": effective, "source": source}
+    return report, problems
 
 
 def _config_report(config: MemoryConfig) -> _Report:
@@ -80,18 +137,35 @@ def _print_config(report: _Report, out: IO[str]) -> None:
         print(f"  {label:<{label_width}}  {value:<{value_width}}  {source}", file=out)
 
 
+def _print_variables(variables: _Report, out: IO[str]) -> None:
+    print("environment variables:", file=out)
+    name_width = max(map(len, variables))
+    shown = {name: "(unset)" if entry["value"] is None else repr(entry["value"]) for name, entry in variables.items()}
+    shown_width = max(map(len, shown.values()))
+    for name, entry in variables.items():
+        print(f"  {name:<{name_width}}  {shown[name]:<{shown_width}}  {entry['source']}: {entry['effective']}", file=out)
+
+
 def _run_config(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    config: MemoryConfig | None
     try:
         config = load_config()
     except ConfigurationError as exc:
-        print(f"{PROG} config: {exc}", file=sys.stderr)
+        config = None
+        problems.append(str(exc))
+    variables, variable_problems = _variables_report(config, os.environ)
+    problems.extend(variable_problems)
+    if problems or config is None:
+        print(f"{PROG} config: {'; '.join(problems)}", file=sys.stderr)
         return EXIT_BAD_CONFIGURATION
     report = _config_report(config)
     if args.json:
-        json.dump(report, sys.stdout, indent=2)
+        json.dump({**report, "variables": variables}, sys.stdout, indent=2)
         print()
     else:
         _print_config(report, sys.stdout)
+        _print_variables(variables, sys.stdout)
     return 0
 
 
@@ -100,7 +174,8 @@ def _add_config(subparsers: _Subparsers) -> None:
         "config",
         help="print the effective configuration and where each value came from",
         description="Print the thresholds, the monitoring interval and the effective memory limit the "
-        "REER_MEMORY_* variables give, and where each value came from. Exits 2 on a bad value.",
+        "REER_MEMORY_* variables give, every REER_MEMORY_* variable with its value, and where each value "
+        "came from. Exits 2 naming every bad value.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=_run_config)
@@ -278,4 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
-    return run(args)
+    try:
+        return run(args)
+    except ReerMemoryError as exc:  # a bad value found deeper down: the message, not a traceback
+        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION

@@ -2,8 +2,20 @@
 
 A ``*_MB`` value is a number of MB (1 MB = 1,048,576 bytes) or ``NN%`` of the effective limit:
 the smallest of the cgroup v2 ``memory.max``, the cgroup v1 ``memory.limit_in_bytes`` (both
-walked up the hierarchy) and physical RAM. Bad values raise :class:`ConfigurationError` naming
-the variable or argument, the value and what was expected.
+walked up the hierarchy) and physical RAM.
+
+Ranges, checked in one place (:func:`parse_threshold_mb`, :func:`parse_interval_s`,
+:func:`parse_bool`), for variables and arguments alike:
+
+* thresholds: above 0 and at most 1 PiB (1073741824 MB), or above 0% and at most 100%;
+* monitoring interval: 0.1 s to 86400 s (1 day);
+* booleans (``REER_MEMORY_RESET_PEAK``): ``1 true yes on`` or ``0 false no off``, any case.
+
+Numbers are ASCII decimals (``800``, ``2.5``, ``1e3``): ``inf``, ``nan``, ``1_000`` and other
+scripts' digits are refused. Bad values raise one :class:`ConfigurationError` naming every bad
+variable or argument, its value and what was expected, and every pair of thresholds out of
+order. :func:`get_config` (what profiled calls, monitors and auto-instrumentation read) never
+raises: it logs one line and uses the default for each bad value.
 
     >>> import reer_otel_memory as rom
     >>> rom.setup_memory_limits(alert_mb=800, cleanup_mb="60%", critical_mb="80%")  # doctest: +SKIP
@@ -15,6 +27,7 @@ import logging
 import math
 import numbers
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -177,66 +190,129 @@ def effective_memory_limit(
 
 # --- parsing -------------------------------------------------------------------------------
 
+#: The largest threshold accepted: 1 PiB, in MB. Anything above is a typo, not a memory size.
+MAX_THRESHOLD_MB = float(1 << 30)
+#: The monitoring interval's range: faster burns CPU for nothing, slower is no monitoring.
+MIN_INTERVAL_S = 0.1
+MAX_INTERVAL_S = 86400.0
+#: The words a boolean ``REER_MEMORY_*`` variable accepts (any case); anything else is refused.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+# An ASCII decimal number: no '_', no other digits ('\uff11\uff10'), no 'inf' or 'nan'.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SPACE = " \t\r\n"
+
+_THRESHOLD_EXPECTED = (
+    f"expected a positive number of MB (1 MB = 1048576 bytes) up to {MAX_THRESHOLD_MB:.0f} (1 PiB), "
+    "or a percentage like '80%' of the memory limit"
+)
+_PERCENT_EXPECTED = "expected a percentage above 0% and at most 100% of the memory limit, like '80%'"
+_INTERVAL_EXPECTED = f"expected a positive number of seconds from {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:.0f} (1 day)"
+
+
+def _decimal(text: str) -> float | None:
+    """The value of an ASCII decimal number (``inf`` if it overflows), None if ``text`` is not one."""
+    text = text.strip(_SPACE)
+    if not _DECIMAL.fullmatch(text):
+        return None
+    return float(text)
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float (``inf`` if too large), None if it is not a number or ASCII decimal."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return _decimal(value)
+    if isinstance(value, numbers.Real):  # int, float, Fraction, numpy scalars
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    return None
+
+
+def _in_range(number: float | None, low: float, high: float, *, low_inclusive: bool, high_inclusive: bool = True) -> bool:
+    """The one range check of every setting: finite, above (or at) ``low``, at most (or below) ``high``."""
+    if number is None or not math.isfinite(number):
+        return False
+    return (number >= low if low_inclusive else number > low) and (number <= high if high_inclusive else number < high)
+
+
+def number_in_range(value: object, low: float, high: float, *, low_inclusive: bool = True, high_inclusive: bool = True) -> float | None:
+    """``value`` as a float if it is a number (not a string or bool) within the range, else None.
+
+    For other modules' numeric arguments, so every range is checked the same way: a huge
+    integer is out of range, never an ``OverflowError``.
+    """
+    number = None if isinstance(value, str) else _number(value)
+    return number if _in_range(number, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive) else None
+
 
 def parse_threshold_mb(name: str, value: object, limit: MemoryLimit) -> tuple[int, str]:
     """Bytes for a ``*_mb`` value (a number of MB or ``"NN%"`` of ``limit``) and its origin.
 
-    ``name`` is the variable or argument, used in the error message.
+    A number of MB must be above 0 and at most :data:`MAX_THRESHOLD_MB` (1 PiB); a
+    percentage above 0% and at most 100%. ``name`` is the variable or argument, used in the
+    error message.
     """
-    if isinstance(value, bool):
-        raise ConfigurationError(f"{name}={value!r}: expected a number of MB or a percentage like '80%'")
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("%"):
-            try:
-                share = float(text[:-1])
-            except ValueError:
-                raise ConfigurationError(
-                    f"{name}={value!r}: expected a percentage like '80%' of the memory limit"
-                ) from None
-            if not math.isfinite(share) or share <= 0 or share > 100:
-                raise ConfigurationError(
-                    f"{name}={value!r}: a percentage must be above 0% and at most 100%"
-                )
-            threshold_bytes = int(limit.bytes * share / 100)
-            if threshold_bytes < 1:
-                raise ConfigurationError(f"{name}={value!r}: is less than one byte of the {limit.bytes}-byte limit; expected a larger percentage")
-            return threshold_bytes, f"{share:g}% of {limit.bytes} bytes ({limit.source})"
-        try:
-            mb = float(text)
-        except ValueError:
+    if isinstance(value, str) and value.strip(_SPACE).endswith("%"):
+        share = _decimal(value.strip(_SPACE)[:-1])
+        if share is None or not _in_range(share, 0.0, 100.0, low_inclusive=False):
+            raise ConfigurationError(f"{name}={value!r}: {_PERCENT_EXPECTED}")
+        threshold_bytes = int(limit.bytes * share / 100)
+        if threshold_bytes < 1:
             raise ConfigurationError(
-                f"{name}={value!r}: expected a number of MB (1 MB = 1048576 bytes) or a percentage like '80%'"
-            ) from None
-    elif isinstance(value, numbers.Real):  # int, float, Fraction, numpy scalars
-        mb = float(value)
-    else:
-        raise ConfigurationError(
-            f"{name}={value!r}: expected a number of MB or a percentage like '80%', "
-            f"not {type(value).__name__}"
-        )
-    if not math.isfinite(mb) or mb <= 0:
-        raise ConfigurationError(f"{name}={value!r}: expected a positive number of MB")
+                f"{name}={value!r}: is less than one byte of the {limit.bytes}-byte limit; expected a larger percentage"
+            )
+        return threshold_bytes, f"{share:g}% of {limit.bytes} bytes ({limit.source})"
+    if not isinstance(value, (str, numbers.Real)) or isinstance(value, bool):
+        raise ConfigurationError(f"{name}={value!r}: {_THRESHOLD_EXPECTED}, not {type(value).__name__}")
+    mb = _number(value)
+    if mb is None or not _in_range(mb, 0.0, MAX_THRESHOLD_MB, low_inclusive=False):
+        raise ConfigurationError(f"{name}={value!r}: {_THRESHOLD_EXPECTED}")
     if int(mb * MB) < 1:
-        raise ConfigurationError(f"{name}={value!r}: is less than one byte; expected a positive number of MB (1 MB = 1048576 bytes)")
+        raise ConfigurationError(f"{name}={value!r}: is less than one byte; {_THRESHOLD_EXPECTED}")
     return int(mb * MB), f"{mb:g} MB"
 
 
+def size_mb_to_bytes(value: object, described_as: str, *, allow_zero: bool = False, or_none: bool = False) -> int:
+    """Bytes for a size in MB given in code (above 0, or from 0 with ``allow_zero``; at most 1 PiB).
+
+    ``described_as`` names the argument and value in the error; ``or_none`` says None is accepted too.
+    """
+    mb = _number(value) if not isinstance(value, str) else None
+    if mb is None or not _in_range(mb, 0.0, MAX_THRESHOLD_MB, low_inclusive=allow_zero):
+        low = "a number of MB from 0" if allow_zero else "a positive number of MB"
+        raise ConfigurationError(f"{described_as}: expected {low} up to {MAX_THRESHOLD_MB:.0f} (1 PiB){', or None' if or_none else ''}")
+    return int(mb * MB) if allow_zero else max(1, int(mb * MB))
+
+
 def parse_interval_s(name: str, value: object) -> float:
-    """Seconds for a monitoring interval; must be a positive, finite number."""
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{name}={value!r}: expected a positive number of seconds") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigurationError(f"{name}={value!r}: expected a positive number of seconds")
+    """Seconds for a monitoring interval: from :data:`MIN_INTERVAL_S` to :data:`MAX_INTERVAL_S`."""
+    seconds = _number(value)
+    if seconds is None or not _in_range(seconds, MIN_INTERVAL_S, MAX_INTERVAL_S, low_inclusive=True):
+        raise ConfigurationError(f"{name}={value!r}: {_INTERVAL_EXPECTED}")
     return seconds
 
 
-def _check_order(config: MemoryConfig, names_by_level: Mapping[str, str], given: Mapping[str, object]) -> None:
-    """Refuse thresholds out of order; ``given`` holds the raw value of each level set explicitly."""
+def parse_bool(name: str, value: str | None, default: bool) -> bool:
+    """A boolean variable: one of :data:`TRUE_WORDS` or :data:`FALSE_WORDS` (any case); unset or blank: ``default``."""
+    if value is None or not value.strip(_SPACE):
+        return default
+    word = value.strip(_SPACE).lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigurationError(
+        f"{name}={value!r}: expected one of {', '.join(TRUE_WORDS)} (on) or {', '.join(FALSE_WORDS)} (off)"
+    )
+
+
+def _order_conflicts(config: MemoryConfig, names_by_level: Mapping[str, str], given: Mapping[str, object]) -> list[str]:
+    """Every pair of thresholds out of order; ``given`` holds the raw value of each level set explicitly."""
     values = {"alert": config.alert_bytes, "cleanup": config.cleanup_bytes, "critical": config.critical_bytes}
 
     def describe(level: str) -> str:
@@ -244,13 +320,15 @@ def _check_order(config: MemoryConfig, names_by_level: Mapping[str, str], given:
         if level not in given:
             return f"{names_by_level[level]}={mb} (unchanged)"
         raw = given[level]
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and float(raw) * MB == values[level]:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and f"{raw!r} MB" == mb:
             return f"{names_by_level[level]}={mb}"
         return f"{names_by_level[level]}={raw!r} ({mb})"
 
-    for low, high in (("alert", "cleanup"), ("cleanup", "critical")):
-        if values[low] > values[high]:
-            raise ConfigurationError(f"{describe(low)} is above {describe(high)}: expected alert <= cleanup <= critical")
+    return [
+        f"{describe(low)} is above {describe(high)}: expected alert <= cleanup <= critical"
+        for low, high in (("alert", "cleanup"), ("cleanup", "critical"))
+        if values[low] > values[high]
+    ]
 
 
 #: The arguments of :func:`setup_memory_limits`, by what they set.
@@ -262,23 +340,33 @@ def with_overrides(base: MemoryConfig, overrides: Mapping[str, object], argument
 
     ``overrides`` maps ``alert``, ``cleanup``, ``critical`` and ``interval`` to the values given;
     ``argument_names`` maps the same keys to the argument names that errors and sources name.
-    Raises :class:`ConfigurationError` on a bad or unordered value. The one place where code
-    overrides the configuration: :func:`setup_memory_limits` and every monitor use it.
+    Raises one :class:`ConfigurationError` listing every bad value and every pair out of order.
+    The one place where code overrides the configuration: :func:`setup_memory_limits` and every
+    monitor use it.
     """
     values = {"alert": base.alert_bytes, "cleanup": base.cleanup_bytes, "critical": base.critical_bytes}
     sources = dict(base.sources)
     given: dict[str, object] = {}
+    problems: list[str] = []
     for level in values:
         if overrides.get(level) is not None:
-            raw = given[level] = overrides[level]
+            raw = overrides[level]
             arg_name = argument_names[level]
-            values[level], origin = parse_threshold_mb(arg_name, raw, base.limit)
+            try:
+                values[level], origin = parse_threshold_mb(arg_name, raw, base.limit)
+            except ConfigurationError as exc:
+                problems.append(str(exc))
+                continue
+            given[level] = raw
             sources[level] = f"code {arg_name}={raw!r} ({origin})"
     interval_s = base.monitoring_interval_s
     if overrides.get("interval") is not None:
         arg_name = argument_names["interval"]
-        interval_s = parse_interval_s(arg_name, overrides["interval"])
-        sources["monitoring_interval"] = f"code {arg_name}={overrides['interval']!r}"
+        try:
+            interval_s = parse_interval_s(arg_name, overrides["interval"])
+            sources["monitoring_interval"] = f"code {arg_name}={overrides['interval']!r}"
+        except ConfigurationError as exc:
+            problems.append(str(exc))
     config = replace(
         base,
         alert_bytes=values["alert"],
@@ -287,12 +375,70 @@ def with_overrides(base: MemoryConfig, overrides: Mapping[str, object], argument
         monitoring_interval_s=interval_s,
         sources=sources,
     )
-    _check_order(config, argument_names, given)
+    if not problems:
+        problems = _order_conflicts(config, argument_names, given)
+    if problems:
+        raise ConfigurationError("; ".join(problems))
     return config
 
 
 _ENV_NAMES = {"alert": names.ENV_ALERT_MB, "cleanup": names.ENV_CLEANUP_MB, "critical": names.ENV_CRITICAL_MB}
 _DEFAULTS = {"alert": DEFAULT_ALERT_MB, "cleanup": DEFAULT_CLEANUP_MB, "critical": DEFAULT_CRITICAL_MB}
+
+
+def _read_environment(env: Mapping[str, str], limit: MemoryLimit) -> tuple[MemoryConfig, list[str], list[str]]:
+    """The configuration ``env`` describes with a default for each bad value (for every threshold
+    when they are out of order), every problem found, and the variables replaced by defaults."""
+    thresholds: dict[str, int] = {}
+    sources: dict[str, str] = {}
+    given: dict[str, object] = {}
+    problems: list[str] = []
+    replaced: list[str] = []
+    for level, var in _ENV_NAMES.items():
+        raw = env.get(var)
+        thresholds[level] = int(_DEFAULTS[level] * MB)
+        sources[level] = f"default ({_DEFAULTS[level]:g} MB)"
+        if raw is None or raw.strip(_SPACE) == "":
+            continue
+        try:
+            thresholds[level], origin = parse_threshold_mb(var, raw, limit)
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+            replaced.append(var)
+            continue
+        given[level] = raw
+        sources[level] = f"environment {var}={raw} ({origin})"
+    raw_interval = env.get(names.ENV_MONITORING_INTERVAL)
+    interval = DEFAULT_MONITORING_INTERVAL_S
+    sources["monitoring_interval"] = f"default ({interval:g} s)"
+    if raw_interval is not None and raw_interval.strip(_SPACE) != "":
+        try:
+            interval = parse_interval_s(names.ENV_MONITORING_INTERVAL, raw_interval)
+            sources["monitoring_interval"] = f"environment {names.ENV_MONITORING_INTERVAL}={raw_interval}"
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+            replaced.append(names.ENV_MONITORING_INTERVAL)
+    config = MemoryConfig(
+        alert_bytes=thresholds["alert"],
+        cleanup_bytes=thresholds["cleanup"],
+        critical_bytes=thresholds["critical"],
+        monitoring_interval_s=interval,
+        limit=limit,
+        sources=sources,
+    )
+    conflicts = _order_conflicts(config, _ENV_NAMES, given)
+    if conflicts:
+        problems.extend(conflicts)
+        defaults = {level: int(_DEFAULTS[level] * MB) for level in _ENV_NAMES}
+        config = replace(
+            config,
+            alert_bytes=defaults["alert"],
+            cleanup_bytes=defaults["cleanup"],
+            critical_bytes=defaults["critical"],
+            sources={**sources, **{level: f"default ({_DEFAULTS[level]:g} MB)" for level in _ENV_NAMES}},
+        )
+        replaced.extend(var for level, var in _ENV_NAMES.items() if level in given and var not in replaced)
+    return config, problems, replaced
 
 
 def load_config(
@@ -304,39 +450,15 @@ def load_config(
 ) -> MemoryConfig:
     """The configuration the ``REER_MEMORY_*`` variables describe, defaults for the rest.
 
-    Raises :class:`ConfigurationError` on a bad or unordered value.
+    Raises one :class:`ConfigurationError` listing every bad value and every pair of
+    thresholds out of order.
     """
     env = os.environ if environ is None else environ
     if limit is None:
         limit = effective_memory_limit(cgroup_root, proc_cgroup)
-    thresholds: dict[str, int] = {}
-    sources: dict[str, str] = {}
-    given: dict[str, object] = {}
-    for level, var in _ENV_NAMES.items():
-        raw = env.get(var)
-        if raw is None or raw.strip() == "":
-            thresholds[level] = int(_DEFAULTS[level] * MB)
-            sources[level] = f"default ({_DEFAULTS[level]:g} MB)"
-        else:
-            given[level] = raw
-            thresholds[level], origin = parse_threshold_mb(var, raw, limit)
-            sources[level] = f"environment {var}={raw} ({origin})"
-    raw_interval = env.get(names.ENV_MONITORING_INTERVAL)
-    if raw_interval is None or raw_interval.strip() == "":
-        interval = DEFAULT_MONITORING_INTERVAL_S
-        sources["monitoring_interval"] = f"default ({interval:g} s)"
-    else:
-        interval = parse_interval_s(names.ENV_MONITORING_INTERVAL, raw_interval)
-        sources["monitoring_interval"] = f"environment {names.ENV_MONITORING_INTERVAL}={raw_interval}"
-    config = MemoryConfig(
-        alert_bytes=thresholds["alert"],
-        cleanup_bytes=thresholds["cleanup"],
-        critical_bytes=thresholds["critical"],
-        monitoring_interval_s=interval,
-        limit=limit,
-        sources=sources,
-    )
-    _check_order(config, _ENV_NAMES, given)
+    config, problems, _ = _read_environment(env, limit)
+    if problems:
+        raise ConfigurationError("; ".join(problems))
     return config
 
 
@@ -354,37 +476,21 @@ def load_config_with_fallbacks(environ: Mapping[str, str] | None = None) -> tupl
     """The configuration ``environ`` describes, bad values replaced by defaults, and what was wrong.
 
     Never raises: for code that must not stop its host (the decorator, auto-instrumentation).
+    Where even the defaults cannot be built (the memory limit unreadable), the limit is taken
+    as unknown (1 PiB).
     """
     environ = os.environ if environ is None else environ
     try:
-        return load_config(environ), None
-    except ConfigurationError as exc:
-        first_error = exc
-    limit = effective_memory_limit()
-    problems: list[str] = []
-    usable = dict(environ)
-    for var in (names.ENV_ALERT_MB, names.ENV_CLEANUP_MB, names.ENV_CRITICAL_MB, names.ENV_MONITORING_INTERVAL):
-        raw = environ.get(var)
-        if raw is None or not raw.strip():
-            continue
-        try:
-            if var == names.ENV_MONITORING_INTERVAL:
-                parse_interval_s(var, raw)
-            else:
-                parse_threshold_mb(var, raw, limit)
-        except ConfigurationError as exc:
-            problems.append(str(exc))
-            usable.pop(var)
-    if problems:
-        replaced = sorted(set(environ) - set(usable))
-        try:
-            config = load_config(usable, limit=limit)
-            return config, "; ".join(problems) + f"; using the default for {' and '.join(replaced)} instead"
-        except ConfigurationError as exc:
-            problems.append(str(exc))
-    else:
-        problems.append(str(first_error))
-    return default_config(limit), "; ".join(problems) + "; using the default thresholds and interval instead"
+        limit = effective_memory_limit()
+    except Exception as exc:  # psutil cannot read the RAM size: thresholds in MB still work
+        limit = MemoryLimit(int(MAX_THRESHOLD_MB * MB), f"unknown ({exc!r})")
+    try:
+        config, problems, replaced = _read_environment(environ, limit)
+    except Exception as exc:  # never expected; still, the host must keep running
+        return default_config(limit), f"reading the REER_MEMORY_* variables failed ({exc!r}); using the defaults instead"
+    if not problems:
+        return config, None
+    return config, "; ".join(problems) + f"; using the default for {' and '.join(sorted(set(replaced)))} instead"
 
 
 def get_config() -> MemoryConfig:

@@ -10,7 +10,7 @@ exception such input has always raised, so ``except ValueError`` / ``except Type
   string, not a path, ...);
 * :class:`NotFoundError` (KeyError): a name asked for that is not known;
 * :class:`TraceStoreError` (ValueError): a trace or trace-store argument;
-* :class:`MalformedLineError` (ValueError): a JSONL line that is not valid JSON (strict readers).
+* :class:`MalformedLineError` (ValueError): a JSONL line that is not valid JSON or too long.
 
 Each message names the argument or variable, the value it got and what was expected.
 """
@@ -49,10 +49,17 @@ class TraceStoreError(ReerMemoryError, ValueError):
 
 
 class MalformedLineError(ReerMemoryError, ValueError):
-    """A JSONL line is not valid JSON (raised only by readers asked not to skip such lines)."""
+    """A JSONL line that is not valid JSON, or longer than the reader's ``max_line_bytes``.
 
-    def __init__(self, path: str, line_number: int, line_offset: int) -> None:
-        super().__init__(f"{path}: line {line_number} (byte offset {line_offset}) is not valid JSON")
+    The message names the file, the 1-based line number, its byte offset and the line's start.
+    """
+
+    def __init__(self, path: str, line_number: int, line_offset: int, snippet: str = "", reason: str = "is not valid JSON") -> None:
+        super().__init__(
+            f"{path}: line {line_number} (byte offset {line_offset}) {reason}: {snippet!r}"
+            " (pass skip_malformed=True to skip such lines)"
+        )
         self.path = path
         self.line_number = line_number
         self.line_offset = line_offset
+        self.snippet = snippet

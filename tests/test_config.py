@@ -408,3 +408,160 @@ def test_listeners_hear_every_change():
         config_module.remove_config_listener(heard.append)
     setup_memory_limits(alert_mb=112)
     assert heard == [config]
+
+
+# --- ranges, number syntax, booleans, every problem at once ----------------------------------
+
+
+@pytest.mark.parametrize("variable", ["REER_MEMORY_ALERT_MB", "REER_MEMORY_CLEANUP_MB", "REER_MEMORY_CRITICAL_MB"])
+@pytest.mark.parametrize("value", ["1e308", "1e400", "1073741825", "inf", "-inf", "nan"])
+def test_a_threshold_above_one_pib_or_not_finite_is_refused_naming_the_range(variable, value):
+    with pytest.raises(ConfigurationError) as caught:
+        load_config({variable: value}, limit=LIMIT_8_GIB)
+    assert f"{variable}={value!r}: expected a positive number of MB (1 MB = 1048576 bytes) up to 1073741824 (1 PiB)" in str(caught.value)
+
+
+def test_a_threshold_of_exactly_one_pib_is_accepted():
+    config = load_config({"REER_MEMORY_ALERT_MB": "1", "REER_MEMORY_CLEANUP_MB": "2", "REER_MEMORY_CRITICAL_MB": "1073741824"}, limit=LIMIT_8_GIB)
+    assert config.critical_bytes == 1 << 50
+
+
+@pytest.mark.parametrize("value", ["1e10", "86400.1", "0.099", "1e-9", "0"])
+def test_an_interval_outside_a_tenth_of_a_second_to_a_day_is_refused(value):
+    with pytest.raises(ConfigurationError) as caught:
+        load_config({"REER_MEMORY_MONITORING_INTERVAL": value}, limit=LIMIT_8_GIB)
+    assert f"REER_MEMORY_MONITORING_INTERVAL={value!r}: expected a positive number of seconds from 0.1 to 86400 (1 day)" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["0.1", "86400", "1e3", " 2.5 ", "+7"])
+def test_intervals_at_and_inside_the_range_are_accepted(value):
+    assert load_config({"REER_MEMORY_MONITORING_INTERVAL": value}, limit=LIMIT_8_GIB).monitoring_interval_s == float(value)
+
+
+@pytest.mark.parametrize("value", ["\uff11\uff10", "1_000", "\u0661\u0660", "0x10", "10 MB", "1,5", "١٠%", "5_0%"])
+def test_only_ascii_decimal_numbers_are_numbers(value):
+    with pytest.raises(ConfigurationError) as caught:
+        load_config({"REER_MEMORY_ALERT_MB": value}, limit=LIMIT_8_GIB)
+    assert f"REER_MEMORY_ALERT_MB={value!r}" in str(caught.value)
+    with pytest.raises(ConfigurationError, match="REER_MEMORY_MONITORING_INTERVAL"):
+        load_config({"REER_MEMORY_MONITORING_INTERVAL": value}, limit=LIMIT_8_GIB)
+
+
+def test_numbers_given_in_code_have_the_same_ranges():
+    before = setup_memory_limits(alert_mb=1000, cleanup_mb=1500, critical_mb=2000, monitoring_interval=30)
+    for kwargs, text in [
+        ({"critical_mb": 1e308}, "critical_mb=1e+308: expected a positive number of MB"),
+        ({"critical_mb": 10**400}, "up to 1073741824 (1 PiB)"),
+        ({"monitoring_interval": 1e10}, "monitoring_interval=10000000000.0: expected a positive number of seconds from 0.1 to 86400"),
+        ({"monitoring_interval": 1e-9}, "monitoring_interval=1e-09"),
+        ({"monitoring_interval": "１０"}, "monitoring_interval='１０'"),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            setup_memory_limits(**kwargs)
+        assert text in str(caught.value)
+    assert get_config() is before
+
+
+def test_every_conflict_is_reported_at_once():
+    with pytest.raises(ConfigurationError) as caught:
+        load_config({"REER_MEMORY_ALERT_MB": "2000", "REER_MEMORY_CRITICAL_MB": "1000"}, limit=LIMIT_8_GIB)
+    message = str(caught.value)
+    assert "REER_MEMORY_ALERT_MB='2000' (2000 MB) is above REER_MEMORY_CLEANUP_MB=1500 MB (unchanged)" in message
+    assert "REER_MEMORY_CLEANUP_MB=1500 MB (unchanged) is above REER_MEMORY_CRITICAL_MB='1000' (1000 MB)" in message
+
+
+def test_every_bad_variable_is_reported_at_once():
+    env = {"REER_MEMORY_ALERT_MB": "lots", "REER_MEMORY_CRITICAL_MB": "inf", "REER_MEMORY_MONITORING_INTERVAL": "1e10"}
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(env, limit=LIMIT_8_GIB)
+    for variable, value in env.items():
+        assert f"{variable}={value!r}" in str(caught.value)
+    config, problem = config_module.load_config_with_fallbacks(env)
+    assert (config.alert_mb, config.critical_mb, config.monitoring_interval_s) == (1000.0, 2000.0, 30.0)
+    assert problem is not None and problem.endswith(
+        "using the default for REER_MEMORY_ALERT_MB and REER_MEMORY_CRITICAL_MB and REER_MEMORY_MONITORING_INTERVAL instead"
+    )
+
+
+def test_code_arguments_report_every_problem_at_once():
+    with pytest.raises(ConfigurationError) as caught:
+        setup_memory_limits(alert_mb="lots", critical_mb=-1, monitoring_interval=0)
+    message = str(caught.value)
+    assert "alert_mb='lots'" in message and "critical_mb=-1" in message and "monitoring_interval=0" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1", True), ("ON", True), (" yes ", True), ("true", True), ("0", False), ("Off", False), ("no", False), ("FALSE", False), ("", True)],
+)
+def test_boolean_variables_accept_the_documented_words(value, expected):
+    assert config_module.parse_bool("REER_MEMORY_RESET_PEAK", value, default=True) is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "enabled", "y", "ｏｎ"])
+def test_boolean_variables_refuse_other_words_naming_the_accepted_ones(value):
+    with pytest.raises(ConfigurationError) as caught:
+        config_module.parse_bool("REER_MEMORY_RESET_PEAK", value, default=True)
+    assert str(caught.value) == (
+        f"REER_MEMORY_RESET_PEAK={value!r}: expected one of 1, true, yes, on (on) or 0, false, no, off (off)"
+    )
+
+
+def test_an_unknown_reset_peak_word_logs_one_line_and_keeps_the_default(caplog):
+    from reer_otel_memory.profiling.probe import _reset_wanted
+
+    with caplog.at_level("ERROR"):
+        assert _reset_wanted({"REER_MEMORY_RESET_PEAK": "maybe"}) is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "reer_otel_memory: REER_MEMORY_RESET_PEAK='maybe': expected one of 1, true, yes, on (on) or 0, false, no, off (off); "
+        "using the default (on) instead"
+    ]
+    assert _reset_wanted({"REER_MEMORY_RESET_PEAK": "off"}) is False
+
+
+OVERFLOWING_SERVICE = """
+import json, logging, signal
+logging.basicConfig(level=logging.ERROR)
+import reer_otel_memory as rom
+from reer_otel_memory import MemoryMonitor, memory_context, setup_memory_limits, start_memory_monitoring
+from reer_otel_memory.ml.resources import MemoryResourceManager
+
+config = rom.get_config()
+monitor = start_memory_monitoring()
+other_mb = MemoryMonitor().alert_threshold_mb
+try:
+    with memory_context("x"):
+        raise KeyError("mine")
+except KeyError as exc:
+    user_error = repr(exc)
+try:
+    MemoryResourceManager().register_resource("r", object(), memory_limit_mb=1e308)
+except rom.ConfigurationError as exc:
+    resource_error = str(exc)
+setup_memory_limits(alert_mb=10)
+print(json.dumps({"alert_mb": config.alert_mb, "interval": config.monitoring_interval_s, "running": monitor.is_running,
+                  "other": other_mb, "user_error": user_error, "resource_error": resource_error}), flush=True)
+"""
+
+
+def test_a_service_with_overflowing_values_starts_with_defaults_and_one_log_line(tmp_path):
+    import subprocess
+    import sys
+
+    from _children import clean_environment
+
+    script = tmp_path / "service.py"
+    script.write_text(OVERFLOWING_SERVICE)
+    env = clean_environment({"REER_MEMORY_ALERT_MB": "1e308", "REER_MEMORY_MONITORING_INTERVAL": "1e10"})
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["alert_mb"] == 1000.0 and report["interval"] == 30.0
+    assert report["running"] is True and report["other"] == 1000.0
+    assert report["user_error"] == "KeyError('mine')"
+    assert "memory_limit_mb=1e+308): expected a positive number of MB up to 1073741824 (1 PiB)" in report["resource_error"]
+    errors = [line for line in done.stderr.splitlines() if "REER_MEMORY" in line]
+    assert len(errors) == 1, done.stderr
+    assert "REER_MEMORY_ALERT_MB='1e308'" in errors[0] and "REER_MEMORY_MONITORING_INTERVAL='1e10'" in errors[0]

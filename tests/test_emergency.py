@@ -110,6 +110,18 @@ def test_a_bad_signal_number_is_refused():
         setup_emergency_memory_handler(12345)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP])
+def test_an_uncatchable_signal_is_refused_naming_it(signum):
+    from reer_otel_memory import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as caught:
+        setup_emergency_memory_handler(signum)
+    assert str(caught.value) == (
+        f"signum={signum.name} ({int(signum)}): this signal cannot be caught, so it cannot ask for a cleanup; "
+        "expected a catchable signal such as signal.SIGUSR1 or signal.SIGUSR2"
+    )
+
+
 def test_remove_restores_the_previous_handler_and_stops_a_monitor_it_started(tmp_path):
     from _procfs import ProcDir
 

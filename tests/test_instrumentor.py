@@ -495,3 +495,21 @@ def test_bad_configuration_logs_one_line_each_and_the_service_runs_on(children):
     assert len([line for line in ours if f"{names.ENV_ALERT_MB}='lots'" in line]) == 1
     assert len([line for line in ours if f"'{child.service}:missing'" in line]) == 1
     assert len([line for line in ours if "'broken'" in line]) == 1
+
+
+def test_overflowing_and_out_of_range_values_fall_back_and_the_service_runs_on(children):
+    child = children({
+        names.ENV_ALERT_MB: "1e308",
+        names.ENV_MONITORING_INTERVAL: "1e10",
+        names.ENV_RESET_PEAK: "maybe",
+        names.ENV_PROFILE_TARGETS: "{service}:handle_request",
+    })
+    samples = child.ready_scrape()
+    assert samples[THRESHOLD][frozenset({("level", "alert")})] == 1000 * MB
+    assert {dict(labels)[OPERATION_LABEL] for labels in samples[OPERATION_COUNT]} == {f"{child.service}.handle_request"}
+    status, stderr = child.finish()
+    assert status == 0, stderr
+    assert "Traceback" not in stderr
+    ours = [line for line in stderr.splitlines() if "reer_otel_memory" in line]
+    assert len([line for line in ours if f"{names.ENV_ALERT_MB}='1e308'" in line and f"{names.ENV_MONITORING_INTERVAL}='1e10'" in line]) == 1, stderr
+    assert len([line for line in ours if f"{names.ENV_RESET_PEAK}='maybe'" in line]) == 1, stderr

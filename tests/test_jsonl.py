@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 
 import pytest
@@ -68,7 +69,7 @@ def test_malformed_and_blank_lines_are_skipped_and_counted_with_line_numbers(tmp
         ],
     )
     for chunk_size in (5, 1 << 20):
-        reader = StreamingJSONLReader(path, chunk_size=chunk_size)
+        reader = StreamingJSONLReader(path, chunk_size=chunk_size, skip_malformed=True)
         assert list(reader) == [{"a": 1}, {"b": 2}, {"c": "é"}, [1, 2]]
         stats = reader.stats
         assert stats.malformed_lines == 6
@@ -80,7 +81,7 @@ def test_malformed_and_blank_lines_are_skipped_and_counted_with_line_numbers(tmp
 def test_reported_malformed_line_numbers_are_bounded_and_the_count_exact(tmp_path):
     path = tmp_path / "bad.jsonl"
     write_lines(path, [b"{bad\n" if i % 2 else b"{}\n" for i in range(1000)])
-    reader = StreamingJSONLReader(path, max_reported_malformed=10)
+    reader = StreamingJSONLReader(path, max_reported_malformed=10, skip_malformed=True)
     assert len(list(reader)) == 500
     assert reader.stats.malformed_lines == 500
     assert reader.stats.malformed_line_numbers == list(range(2, 21, 2))
@@ -158,3 +159,102 @@ def test_bad_arguments_and_missing_file_raise_clearly(tmp_path):
         StreamingJSONLReader(42)  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError):
         list(StreamingJSONLReader(tmp_path / "missing.jsonl"))
+
+
+# --- malformed lines raise by default; skipping is logged; BOM; line length -------------------
+
+
+def test_a_malformed_line_raises_by_default_naming_path_line_and_start(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    write_lines(path, [b'{"ok": 1}\n', b'{"ok": 2, "broken": tru\n', b'{"ok": 3}\n'])
+    for chunk_size in (4, 1 << 20):
+        with pytest.raises(MalformedLineError) as raised:
+            list(StreamingJSONLReader(path, chunk_size=chunk_size))
+        assert str(raised.value) == (
+            f"{path}: line 2 (byte offset 10) is not valid JSON: '{{\"ok\": 2, \"broken\": tru'"
+            " (pass skip_malformed=True to skip such lines)"
+        )
+        assert (raised.value.path, raised.value.line_number, raised.value.line_offset) == (str(path), 2, 10)
+
+
+def test_skipping_logs_one_warning_per_pass_with_the_count_and_first_line_numbers(tmp_path, caplog):
+    path = tmp_path / "bad.jsonl"
+    write_lines(path, [b"{bad\n" if i % 3 == 0 else b"{}\n" for i in range(30)])
+    reader = StreamingJSONLReader(path, skip_malformed=True)
+    with caplog.at_level(logging.WARNING, logger="reer_otel_memory.trace_store.scan"):
+        assert len(list(reader)) == 20
+        assert len(list(reader)) == 20
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: skipped 10 malformed lines (lines 1, 4, 7, 10, 13, ...)"] * 2
+
+
+def test_a_clean_file_logs_nothing(tmp_path, caplog):
+    path = tmp_path / "good.jsonl"
+    write_lines(path, [b"{}\n"] * 3)
+    with caplog.at_level(logging.DEBUG, logger="reer_otel_memory.trace_store.scan"):
+        assert len(list(StreamingJSONLReader(path, skip_malformed=True))) == 3
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 5, 1 << 20])
+def test_a_leading_byte_order_mark_is_skipped(tmp_path, chunk_size):
+    path = tmp_path / "bom.jsonl"
+    write_lines(path, [b'\xef\xbb\xbf{"first": 1}\n', b'{"second": 2}\n'])
+    reader = StreamingJSONLReader(path, chunk_size=chunk_size)
+    assert list(reader) == [{"first": 1}, {"second": 2}]
+    assert reader.stats.malformed_lines == 0
+
+
+def test_a_byte_order_mark_later_in_the_file_is_malformed_and_named(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    write_lines(path, [b"{}\n", b'\xef\xbb\xbf{"x": 1}\n'])
+    with pytest.raises(MalformedLineError) as raised:
+        list(StreamingJSONLReader(path))
+    assert "line 2 (byte offset 3) is not valid JSON: '\\ufeff{\"x\": 1}'" in str(raised.value)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 64, 1 << 20])
+def test_a_line_over_max_line_bytes_raises_without_reading_the_file_whole(tmp_path, chunk_size):
+    path = tmp_path / "long.jsonl"
+    write_lines(path, [b'{"a": 1}\n', b'{"long": "' + b"x" * 500 + b'"}\n', b'{"b": 2}\n'])
+    with pytest.raises(MalformedLineError) as raised:
+        list(StreamingJSONLReader(path, chunk_size=chunk_size, max_line_bytes=100))
+    assert str(raised.value).startswith(f"{path}: line 2 (byte offset 9) is longer than max_line_bytes=100: '{{\"long\": \"xxx")
+
+
+@pytest.mark.parametrize("chunk_size", [7, 64, 1 << 20])
+def test_skipping_drops_an_over_long_line_and_reads_on(tmp_path, chunk_size):
+    path = tmp_path / "long.jsonl"
+    write_lines(path, [b'{"a": 1}\n', b'{"long": "' + b"x" * 500 + b'"}\n', b'{"b": 2}\n', b"x" * 300])
+    reader = StreamingJSONLReader(path, chunk_size=chunk_size, max_line_bytes=100, skip_malformed=True)
+    assert list(reader) == [{"a": 1}, {"b": 2}]
+    assert reader.stats.malformed_line_numbers == [2, 4]
+    assert reader.stats.lines_read == 3
+    assert reader.stats.torn_tail_offset == path.stat().st_size - 300
+
+
+def test_a_file_without_newlines_is_refused_at_the_limit(tmp_path):
+    path = tmp_path / "one-line.jsonl"
+    path.write_bytes(b"[" + b"1," * 5000)
+    with pytest.raises(MalformedLineError, match="line 1 .* is longer than max_line_bytes=1000"):
+        list(StreamingJSONLReader(path, chunk_size=256, max_line_bytes=1000))
+
+
+def test_max_line_bytes_must_be_a_positive_integer(tmp_path):
+    from reer_otel_memory import TraceStoreError
+
+    with pytest.raises(TraceStoreError, match=r"max_line_bytes=0\): expected a positive number of bytes"):
+        StreamingJSONLReader(tmp_path / "x.jsonl", max_line_bytes=0)
+
+
+def test_async_iteration_raises_the_same_error_and_skips_with_the_same_warning(tmp_path, caplog):
+    path = tmp_path / "bad.jsonl"
+    write_lines(path, [b'{"ok": 1}\n', b"{oops\n", b'{"ok": 2}\n'])
+
+    async def collect(reader: StreamingJSONLReader) -> list:
+        return [record async for record in reader]
+
+    with pytest.raises(MalformedLineError, match=r"line 2 \(byte offset 10\) is not valid JSON: '\{oops'"):
+        asyncio.run(collect(StreamingJSONLReader(path)))
+    with caplog.at_level(logging.WARNING, logger="reer_otel_memory.trace_store.scan"):
+        assert asyncio.run(collect(StreamingJSONLReader(path, skip_malformed=True))) == [{"ok": 1}, {"ok": 2}]
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: skipped 1 malformed line (line 2)"]

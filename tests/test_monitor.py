@@ -189,7 +189,7 @@ def test_sampling_is_faster_above_the_alert_level(proc):
 
 def test_a_raising_callback_is_logged_and_the_monitor_keeps_sampling(proc, caplog):
     monitor = make_monitor(proc)
-    monitor.monitoring_interval = 0.01
+    monitor.monitoring_interval = 0.1
     good_calls = []
 
     def broken(snapshot):
@@ -420,7 +420,7 @@ def test_a_growing_process_climbs_through_every_level_counting_each_crossing_onc
         "REER_MEMORY_ALERT_MB": str(base_mb + 40),
         "REER_MEMORY_CLEANUP_MB": str(base_mb + 70),
         "REER_MEMORY_CRITICAL_MB": str(base_mb + 100),
-        "REER_MEMORY_MONITORING_INTERVAL": "0.02",
+        "REER_MEMORY_MONITORING_INTERVAL": "0.1",
     }
     child = children.start(GROWING_CHILD, env=env)
     steps = []
@@ -498,7 +498,7 @@ print(json.dumps({"role": "parent", "running": monitor.is_running, "cleanup_coun
 
 
 def test_a_running_monitor_keeps_running_in_a_forked_child_and_reports_its_memory(children):
-    child = children.start(FORKING_CHILD, env={"REER_MEMORY_MONITORING_INTERVAL": "0.02"})
+    child = children.start(FORKING_CHILD, env={"REER_MEMORY_MONITORING_INTERVAL": "0.1"})
     forked = child.message(lambda m: m["role"] == "child")
     parent = child.message(lambda m: m["role"] == "parent")
     assert child.wait() == 0, child.stderr
@@ -522,3 +522,85 @@ def test_the_default_monitor_reports_this_process(children):
     outside_rss = psutil.Process(report["pid"]).memory_info().rss
     child.send("")
     assert report["rss"] == pytest.approx(outside_rss, rel=0.10)
+
+
+# --- the thread cannot die -------------------------------------------------------------------
+
+
+class _FailingTracker(MemoryTracker):
+    """A tracker whose every record raises, as a full disk or a bug in a hook would."""
+
+    def record(self, snapshot):
+        raise RuntimeError("tracker is broken")
+
+
+class _WaitFailingMonitor(MemoryMonitor):
+    """A monitor whose wait time cannot be computed."""
+
+    def next_wait_s(self) -> float:
+        raise RuntimeError("no wait time")
+
+
+def test_a_failing_sample_is_logged_once_and_the_thread_keeps_running(proc, caplog):
+    monitor = MemoryMonitor(100, 300, 200, 0.1, probe=proc.probe, tracker=_FailingTracker(probe=proc.probe))
+    with caplog.at_level(logging.ERROR, logger=monitor_module.__name__):
+        monitor.start_monitoring()
+        try:
+            wait_for(lambda: monitor.sample_count >= 3, message="the monitor stopped sampling")
+            assert monitor.is_running
+            proc.break_statm()  # now the probe fails too
+            failures = monitor._loop_failures
+            wait_for(lambda: monitor._loop_failures >= failures + 2, message="the monitor stopped trying")
+            assert monitor.is_running
+        finally:
+            monitor.stop_monitoring()
+    lines = [r.getMessage() for r in caplog.records if "memory monitor" in r.getMessage()]
+    assert lines == ["memory monitor sample failed; the monitor carries on: RuntimeError('tracker is broken')"]
+    assert not monitor.is_running
+
+
+def test_a_failing_wait_is_logged_once_and_the_thread_keeps_running(proc, caplog, monkeypatch):
+    # The fallback wait is the default interval: make it short so the test sees several rounds.
+    monkeypatch.setattr(config_module, "DEFAULT_MONITORING_INTERVAL_S", 0.1)
+    monitor = _WaitFailingMonitor(100, 300, 200, 0.1, probe=proc.probe, tracker=MemoryTracker(probe=proc.probe))
+    with caplog.at_level(logging.ERROR, logger=monitor_module.__name__):
+        monitor.start_monitoring()
+        try:
+            wait_for(lambda: monitor.sample_count >= 3, message="the monitor stopped after a failed wait")
+            assert monitor.is_running
+        finally:
+            monitor.stop_monitoring()
+    lines = [r.getMessage() for r in caplog.records if "memory monitor" in r.getMessage()]
+    assert lines == ["memory monitor wait failed; the monitor carries on: RuntimeError('no wait time')"]
+
+
+@pytest.mark.parametrize("interval_s", [1e10, float("inf"), float("nan")])
+def test_a_config_built_with_an_unusable_interval_does_not_kill_the_thread(proc, interval_s):
+    base = config_module.load_config({}, limit=config_module.MemoryLimit(8 << 30, "test"))
+    config = config_module.MemoryConfig(base.alert_bytes, base.cleanup_bytes, base.critical_bytes, interval_s, base.limit)
+    monitor = MemoryMonitor(config=config, probe=proc.probe, tracker=MemoryTracker(probe=proc.probe))
+    assert 0.1 <= monitor.next_wait_s() <= 86400
+    monitor.start_monitoring()
+    try:
+        wait_for(lambda: monitor.sample_count >= 1)
+        monitor._trigger_emergency_cleanup()  # wakes the thread: it must still be there to answer
+        wait_for(lambda: monitor.cleanup_counts["emergency"] == 1, message="the monitor thread died")
+        assert monitor.is_running
+    finally:
+        monitor.stop_monitoring()
+
+
+def test_an_out_of_range_interval_in_code_leaves_a_running_monitor_running(proc):
+    monitor = MemoryMonitor(100, 300, 200, probe=proc.probe, tracker=MemoryTracker(probe=proc.probe))
+    monitor.start_monitoring()
+    try:
+        wait_for(lambda: monitor.sample_count >= 1)
+        with pytest.raises(ConfigurationError, match=r"monitoring_interval=10000000000.0: expected a positive number of seconds from 0.1 to 86400"):
+            config_module.setup_memory_limits(monitoring_interval=1e10)
+        with pytest.raises(ConfigurationError, match=r"monitoring_interval=1e-09"):
+            monitor.configure(monitoring_interval=1e-9)
+        monitor._trigger_emergency_cleanup()
+        wait_for(lambda: monitor.cleanup_counts["emergency"] == 1, message="the monitor thread died")
+        assert monitor.is_running and monitor.monitoring_interval == 30
+    finally:
+        monitor.stop_monitoring()

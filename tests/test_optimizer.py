@@ -36,9 +36,11 @@ def test_force_garbage_collection_collects_cycles_and_measures_rss_freed():
             first, second = Node(touched(MB)), Node(bytearray())
             first.partner, second.partner = second, first
         del first, second
-        result = MemoryOptimizer.force_garbage_collection()
+        result: dict = {}
+        collected = MemoryOptimizer.force_garbage_collection(report=result)
     finally:
         gc.enable()
+    assert type(collected) is int and collected == result["collected"]
     assert set(result["collected_by_generation"]) == {0, 1, 2}
     assert result["collected"] == sum(result["collected_by_generation"].values())
     assert result["collected"] >= 40  # two Nodes and their dicts per cycle
@@ -72,9 +74,12 @@ def test_cleanup_large_objects_releases_caches_and_reports_what_is_still_held():
 
     expensive(1)
     try:
-        report = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=10.0)
+        report: dict = {}
+        cleaned = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=10.0, report=report)
     finally:
         assert MemoryOptimizer.unregister_cache(cache_name)
+    assert type(cleaned) is int and cleaned == report["released"]
+    assert cleaned == report["caches_cleared"] + report["lru_caches_cleared"] + report["collected_objects"]
 
     assert cache.entries == {} and expensive.cache_info().currsize == 0
     assert report["caches_cleared"] >= 1 and report["lru_caches_cleared"] >= 1
@@ -94,7 +99,8 @@ def test_lru_caches_are_kept_when_asked():
         return x * x
 
     square(3)
-    report = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=1000.0, clear_lru_caches=False)
+    report: dict = {}
+    MemoryOptimizer.cleanup_large_objects(size_threshold_mb=1000.0, clear_lru_caches=False, report=report)
     assert square.cache_info().currsize == 1 and report["lru_caches_cleared"] == 0
 
 
@@ -152,7 +158,7 @@ def test_cache_and_threshold_inputs_are_checked():
         MemoryOptimizer.register_cache(5)
     with pytest.raises(TypeError, match=r"name=''"):
         MemoryOptimizer.register_cache({}, name="")
-    with pytest.raises(ValueError, match=r"size_threshold_mb=-1.*>= 0"):
+    with pytest.raises(ValueError, match=r"size_threshold_mb=-1\): expected a number of MB from 0 up to 1073741824 \(1 PiB\)"):
         MemoryOptimizer.cleanup_large_objects(size_threshold_mb=-1)
     with pytest.raises(ValueError, match=r"size_threshold_mb='10'"):
         MemoryOptimizer.find_large_objects("10")
@@ -301,8 +307,10 @@ def test_without_numpy_only_arrays_need_it():
         plain = [1, "a", {"b": 2.5}]
         assert MemoryOptimizer.optimize_numpy_arrays(plain) is plain
         assert MemoryOptimizer.optimize_numpy_arrays({}) == {}
-        assert MemoryOptimizer.force_garbage_collection()["collected"] >= 0
-        assert MemoryOptimizer.cleanup_large_objects(size_threshold_mb=1.0)["threshold_bytes"] == 1048576
+        assert MemoryOptimizer.force_garbage_collection() >= 0
+        details = {}
+        assert MemoryOptimizer.cleanup_large_objects(size_threshold_mb=1.0, report=details) >= 0
+        assert details["threshold_bytes"] == 1048576
         try:
             MemoryOptimizer.optimize_numpy_arrays([Tensor()])
         except ImportError as exc:
@@ -312,3 +320,33 @@ def test_without_numpy_only_arrays_need_it():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Tensor with dtype float64 needs numpy" in done.stdout and "pip install numpy" in done.stdout
+
+
+def test_the_spec_examples_work_as_written():
+    """``collected = force_garbage_collection()`` and ``cleaned = cleanup_large_objects(...)`` are counts."""
+    first, second = Node(bytearray()), Node(bytearray())
+    first.partner, second.partner = second, first
+    del first, second
+    gc.disable()
+    try:
+        collected = MemoryOptimizer.force_garbage_collection()
+    finally:
+        gc.enable()
+    cleaned = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=10.0)
+    assert type(collected) is int and type(cleaned) is int
+    total = 0
+    total += cleaned + collected
+    assert total >= 0 and f"{collected} objects" == f"{int(collected)} objects"
+
+
+@pytest.mark.parametrize("top", [-1, 1.5, True, "3"])
+def test_top_must_be_a_non_negative_integer(top):
+    for method in (MemoryOptimizer.find_large_objects, MemoryOptimizer.cleanup_large_objects):
+        with pytest.raises(ValueError) as caught:
+            method(size_threshold_mb=1000.0, top=top)
+        assert str(caught.value) == f"{method.__name__}(top={top!r}): expected a non-negative integer (how many objects to list)"
+
+
+def test_report_must_be_a_dict():
+    with pytest.raises(TypeError, match=r"force_garbage_collection\(report=True\): expected a dict to fill with the details, or None"):
+        MemoryOptimizer.force_garbage_collection(report=True)

@@ -173,8 +173,8 @@ def test_bad_inputs_raise_clear_errors():
         manager.register_resource("r", resource, cleanup_callback="close")
     with pytest.raises(TypeError, match=r"cleanup_callback=.*no argument or the resource"):
         manager.register_resource("r", resource, cleanup_callback=lambda a, b: None)
-    for limit in (-1, 0, float("nan"), "100"):
-        with pytest.raises(ValueError, match=r"memory_limit_mb=.*finite number of MB > 0"):
+    for limit in (-1, 0, float("nan"), "100", 1e308, 10**400):
+        with pytest.raises(ValueError, match=r"memory_limit_mb=.*expected a positive number of MB up to 1073741824 \(1 PiB\)"):
             manager.register_resource("r", resource, memory_limit_mb=limit)
     with pytest.raises(ValueError, match=r"max_size_objects=0"):
         MemoryResourceManager(max_size_objects=0)

@@ -575,3 +575,56 @@ def test_every_operation_is_a_profiled_span_with_scan_attributes_and_gauges(tmp_
     assert gauge("reer.trace_store.traces") == 3
     run(store.add_trace({"trace_id": "d", "score": 0.5}))
     wait_for(lambda: gauge("reer.trace_store.traces") == 4 and gauge("reer.trace_store.size") > size)
+
+
+def test_reads_go_on_past_damage_and_log_what_they_skipped(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "traces.jsonl"
+    store = REERTraceStore(path)
+    run(store.add_traces([{"trace_id": "a", "score": 1}]))
+    with open(path, "ab") as file:
+        file.write(b"{damaged\n[1, 2]\n")
+    run(store.add_traces([{"trace_id": "b", "score": 2}]))
+    with caplog.at_level(logging.WARNING, logger="reer_otel_memory.trace_store.scan"):
+        stats = run(store.get_memory_efficient_stats())
+    assert stats["total_traces"] == 2 and stats["malformed_line_numbers"] == [2, 3]
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: skipped 2 malformed lines (lines 2, 3)"]
+    store.close()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 64 KiB tmpfs mounted for the test: a disk that really fills up."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_batch_that_fills_the_disk_leaves_nothing_behind_and_says_so(small_filesystem):
+    path = small_filesystem / "traces.jsonl"
+    store = REERTraceStore(path)
+    run(store.add_traces([{"trace_id": f"kept-{i}", "score": i} for i in range(3)]))
+    size_before = path.stat().st_size
+    batch = [{"trace_id": f"lost-{i}", "score": i, "payload": "x" * 4000} for i in range(20)]  # 80 KB > 64 KiB
+    with pytest.raises(OSError) as raised:
+        run(store.add_traces(batch))
+    assert raised.value.errno == 28
+    assert str(raised.value) == (
+        f"[Errno 28] REERTraceStore({str(path)!r}): add_traces of 20 traces failed: No space left on device; "
+        f"none of them was kept (the file is back to its {size_before} bytes)"
+    )
+    assert path.stat().st_size == size_before
+    stats = run(store.get_memory_efficient_stats())
+    assert stats["total_traces"] == 3 and stats["malformed_lines"] == 0 and stats["torn_tail"] is None
+    assert run(store.get_trace("lost-0")) is None
+    # The store goes on working once there is room.
+    assert run(store.add_trace({"trace_id": "after", "score": 1.0})) == "after"
+    assert run(store.get_trace("after")) == {"trace_id": "after", "score": 1.0}
+    store.close()

@@ -2,9 +2,13 @@
 
     from reer_otel_memory import MemoryOptimizer
 
-    report = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=10.0)
-    collected = MemoryOptimizer.force_garbage_collection()
+    cleaned = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=10.0)  # objects and caches released
+    collected = MemoryOptimizer.force_garbage_collection()                   # objects collected
     weights = MemoryOptimizer.optimize_numpy_arrays(weights)
+
+    details: dict = {}
+    MemoryOptimizer.cleanup_large_objects(report=details)  # the same, and what is still held
+    print(details["largest"], details["rss_freed_bytes"])
 
 What each method does, and does not do:
 
@@ -14,13 +18,15 @@ What each method does, and does not do:
   ``functools.lru_cache`` in the process -- collects unreachable reference cycles, returns free
   heap to the OS, and then *finds* the objects still larger than the threshold (``bytes``,
   ``bytearray``, ``array.array``, lists, dicts, sets, tuples by their own size, numpy arrays by
-  ``nbytes``), so you can see what holds the memory. It returns a report with the RSS freed,
-  measured. It walks every object the garbage collector tracks, their direct referents and
+  ``nbytes``), so you can see what holds the memory. It returns how many objects and caches it
+  released (an ``int``); pass ``report={}`` to get the details too: the large objects still held
+  and the RSS freed, measured. It walks every object the garbage collector tracks, their direct referents and
   the locals of every running frame: about 1 s per million objects. The registered caches are
   hooks (of kind ``cache``) in the package's one cleanup registry, so the monitor's cleanups
   (:func:`reer_otel_memory.run_cleanup`) clear them too.
 * :meth:`MemoryOptimizer.force_garbage_collection` collects each generation, trims the heap and
-  reports objects collected per generation and RSS freed.
+  returns the number of objects collected (an ``int``); ``report={}`` receives the count per
+  generation and the RSS freed.
 * :meth:`MemoryOptimizer.optimize_numpy_arrays` returns smaller copies of arrays where the
   values are kept exactly (checked, not assumed): float64 to float32 and complex128 to
   complex64 when every value survives the round trip (or, with ``float_rtol``, stays within
@@ -45,7 +51,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ..config import MB
+from ..config import number_in_range, size_mb_to_bytes
 from ..errors import ConfigurationError, InvalidArgumentError
 from ..monitoring.cleanup import KIND_CACHE, Released, cleanup_registry, release_memory
 
@@ -92,9 +98,24 @@ def _measured(released: Released[Any]) -> dict[str, Any]:
 
 
 def _check_positive(where: str, name: str, value: object, allow_zero: bool = False) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0):
-        return float(value)
+    number = number_in_range(value, 0.0, math.inf, low_inclusive=allow_zero)
+    if number is not None:
+        return number
     raise ConfigurationError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
+
+
+def _check_threshold(where: str, size_threshold_mb: object) -> int:
+    return size_mb_to_bytes(size_threshold_mb, f"{where}(size_threshold_mb={size_threshold_mb!r})", allow_zero=True)
+
+
+def _check_top(where: str, top: object) -> None:
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise ConfigurationError(f"{where}(top={top!r}): expected a non-negative integer (how many objects to list)")
+
+
+def _check_report(where: str, report: object) -> None:
+    if report is not None and not isinstance(report, dict):
+        raise InvalidArgumentError(f"{where}(report={report!r}): expected a dict to fill with the details, or None")
 
 
 class MemoryOptimizer:
@@ -144,51 +165,67 @@ class MemoryOptimizer:
     @staticmethod
     def find_large_objects(size_threshold_mb: float = 10.0, top: int = 10) -> list[dict[str, Any]]:
         """The objects still alive above ``size_threshold_mb``, largest first (type and bytes, at most ``top``)."""
-        threshold = int(_check_positive("find_large_objects", "size_threshold_mb", size_threshold_mb, allow_zero=True) * MB)
+        threshold = _check_threshold("find_large_objects", size_threshold_mb)
+        _check_top("find_large_objects", top)
         return _find_large_objects(threshold)[:top]
 
     @staticmethod
-    def cleanup_large_objects(size_threshold_mb: float = 10.0, *, clear_lru_caches: bool = True, top: int = 10) -> dict[str, Any]:
-        """Release caches and cycles, trim the heap, then report the large objects still held.
+    def cleanup_large_objects(
+        size_threshold_mb: float = 10.0, *, clear_lru_caches: bool = True, top: int = 10, report: dict[str, Any] | None = None
+    ) -> int:
+        """Release caches and cycles, trim the heap, then find the large objects still held.
 
-        Returns ``large_objects_found`` and ``large_objects_bytes`` (objects above the
-        threshold that remain referenced), ``largest`` (up to ``top`` of them: type and
-        bytes), ``caches_cleared``, ``lru_caches_cleared``, ``collected_objects``, and the
-        measured ``rss_freed_bytes`` / ``heap_freed_bytes``.
+        Returns the number of objects and caches released (cycles collected plus caches
+        cleared). ``report``, if a dict, receives the details: ``large_objects_found`` and
+        ``large_objects_bytes`` (objects above the threshold that remain referenced),
+        ``largest`` (up to ``top`` of them: type and bytes), ``caches_cleared``,
+        ``lru_caches_cleared``, ``collected_objects``, ``released``, and the measured
+        ``rss_freed_bytes`` / ``heap_freed_bytes``.
         """
-        threshold = int(_check_positive("cleanup_large_objects", "size_threshold_mb", size_threshold_mb, allow_zero=True) * MB)
+        threshold = _check_threshold("cleanup_large_objects", size_threshold_mb)
+        _check_top("cleanup_large_objects", top)
+        _check_report("cleanup_large_objects", report)
         started = time.perf_counter()
         released = release_memory(lambda: MemoryOptimizer.clear_caches(clear_lru_caches), heap=True)
         registered, lru = released.value
+        count = registered + lru + released.collected_objects
+        if report is None:
+            return count
         found = _find_large_objects(threshold)
-        report = {
-            "threshold_bytes": threshold,
-            "large_objects_found": len(found),
-            "large_objects_bytes": sum(entry["size_bytes"] for entry in found),
-            "largest": found[:top],
-            "caches_cleared": registered,
-            "lru_caches_cleared": lru,
-            "collected_objects": released.collected_objects,
-        }
+        report.update(
+            {
+                "threshold_bytes": threshold,
+                "released": count,
+                "large_objects_found": len(found),
+                "large_objects_bytes": sum(entry["size_bytes"] for entry in found),
+                "largest": found[:top],
+                "caches_cleared": registered,
+                "lru_caches_cleared": lru,
+                "collected_objects": released.collected_objects,
+            }
+        )
         report.update(_measured(released))
         # The call's duration: the census of what is still held as well as the release.
         report["duration_s"] = time.perf_counter() - started
-        return report
+        return count
 
     # --- garbage collection --------------------------------------------------------------------
 
     @staticmethod
-    def force_garbage_collection() -> dict[str, Any]:
-        """Collect generations 0, 1 and 2 in turn and trim the heap; objects collected and RSS freed."""
+    def force_garbage_collection(*, report: dict[str, Any] | None = None) -> int:
+        """Collect generations 0, 1 and 2 in turn and trim the heap; the number of objects collected.
+
+        ``report``, if a dict, receives ``collected``, ``collected_by_generation``,
+        ``uncollectable`` and the measured ``rss_freed_bytes`` / ``heap_freed_bytes``.
+        """
+        _check_report("force_garbage_collection", report)
         released = release_memory(lambda: {generation: gc.collect(generation) for generation in range(3)}, collect=False, heap=True)
         by_generation = released.value
-        report: dict[str, Any] = {
-            "collected": sum(by_generation.values()),
-            "collected_by_generation": by_generation,
-            "uncollectable": len(gc.garbage),
-        }
-        report.update(_measured(released))
-        return report
+        collected = sum(by_generation.values())
+        if report is not None:
+            report.update({"collected": collected, "collected_by_generation": by_generation, "uncollectable": len(gc.garbage)})
+            report.update(_measured(released))
+        return collected
 
     # --- numpy arrays --------------------------------------------------------------------------
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
-import math
 import threading
 import time
 import weakref
@@ -52,7 +51,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
-from ..config import MB
+from ..config import MB, size_mb_to_bytes
 from ..errors import ConfigurationError, InvalidArgumentError
 from ..monitoring.cleanup import register_cleanup_hook
 from .sizing import estimate_size
@@ -167,14 +166,7 @@ class MemoryResourceManager:
             raise InvalidArgumentError(f"register_resource({name!r}, cleanup_callback={cleanup_callback!r}): expected a callable or None")
         limit_bytes = None
         if memory_limit_mb is not None:
-            if (
-                not isinstance(memory_limit_mb, (int, float))
-                or isinstance(memory_limit_mb, bool)
-                or not math.isfinite(memory_limit_mb)
-                or memory_limit_mb <= 0
-            ):
-                raise ConfigurationError(f"register_resource({name!r}, memory_limit_mb={memory_limit_mb!r}): expected a finite number of MB > 0, or None")
-            limit_bytes = int(memory_limit_mb * MB)
+            limit_bytes = size_mb_to_bytes(memory_limit_mb, f"register_resource({name!r}, memory_limit_mb={memory_limit_mb!r})", or_none=True)
 
         entry = _Entry()
         entry.name = name

@@ -49,11 +49,21 @@ class _Installed:
 _installed: dict[int, _Installed] = {}
 
 
+#: Signals no process can catch: a handler for them cannot be installed.
+_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
 def _check_signal(signum: object) -> signal.Signals:
     try:
-        return signal.Signals(signum)  # type: ignore[arg-type]
+        sig = signal.Signals(signum)  # type: ignore[arg-type]
     except (ValueError, TypeError):
         raise ConfigurationError(f"signum={signum!r}: expected a signal number such as signal.SIGUSR1") from None
+    if sig in _UNCATCHABLE:
+        raise ConfigurationError(
+            f"signum={sig.name} ({int(sig)}): this signal cannot be caught, so it cannot ask for a cleanup; "
+            "expected a catchable signal such as signal.SIGUSR1 or signal.SIGUSR2"
+        )
+    return sig
 
 
 def _require_main_thread(function: str, signum: signal.Signals) -> None:
@@ -94,7 +104,10 @@ def setup_emergency_memory_handler(signum: int = signal.SIGUSR1, monitor: Memory
             chained(received, frame)
 
     record = _Installed(handler, previous, monitor, started_monitor=False)
-    signal.signal(sig, handler)
+    try:
+        signal.signal(sig, handler)
+    except (OSError, ValueError) as exc:  # a signal this platform will not let Python handle
+        raise ConfigurationError(f"signum={sig.name} ({int(sig)}): cannot install a handler: {exc}") from None
     _installed[int(sig)] = record
     if not monitor.is_running:
         monitor.start_monitoring()

@@ -24,7 +24,9 @@ growth toward critical is seen in time. It waits on an event, so :meth:`stop_mon
 returns at once. One sample reads ``/proc/self/statm`` (one ``pread``), the allocator heap when
 that reading is cheap, and does the bookkeeping: under 0.1 ms of CPU with the thread's wake-up,
 about 0.02% of one core at a 1 s interval (``make bench``). The thread's CPU time is counted in
-``reer.memory.monitor.cpu``.
+``reer.memory.monitor.cpu``. Nothing but :meth:`stop_monitoring` ends the thread: a sample or
+wait that fails is logged (the first time, then every 100th) and the loop goes on, so
+``is_running`` is true exactly while it samples.
 
 **Cleanup.** At the cleanup and critical levels the monitor runs :func:`~reer_otel_memory.monitoring.cleanup.run_cleanup`
 (hooks, ``gc.collect()``, ``malloc_trim``) on its own thread, at most once per
@@ -129,19 +131,16 @@ class MemoryMonitor:
         hysteresis_share: float = DEFAULT_HYSTERESIS_SHARE,
         cleanup_cooldown_s: float = DEFAULT_CLEANUP_COOLDOWN_S,
     ) -> None:
-        if isinstance(hysteresis_share, bool) or not isinstance(hysteresis_share, (int, float)) or not 0 <= hysteresis_share < 1:
+        share = config_module.number_in_range(hysteresis_share, 0.0, 1.0, high_inclusive=False)
+        if share is None:
             raise ConfigurationError(f"hysteresis_share={hysteresis_share!r}: expected a share of the threshold from 0 up to (not including) 1")
-        if (
-            isinstance(cleanup_cooldown_s, bool)
-            or not isinstance(cleanup_cooldown_s, (int, float))
-            or not math.isfinite(cleanup_cooldown_s)
-            or cleanup_cooldown_s < 0
-        ):
-            raise ConfigurationError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a number of seconds >= 0")
+        cooldown_s = config_module.number_in_range(cleanup_cooldown_s, 0.0, math.inf)
+        if cooldown_s is None:
+            raise ConfigurationError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a finite number of seconds >= 0")
         self._probe = probe if probe is not None else process_probe()
         self._tracker = tracker
-        self.hysteresis_share = float(hysteresis_share)
-        self.cleanup_cooldown_s = float(cleanup_cooldown_s)
+        self.hysteresis_share = share
+        self.cleanup_cooldown_s = cooldown_s
         self._overrides: dict[str, object] = {}
         self._set_overrides(alert_threshold_mb, critical_threshold_mb, cleanup_threshold_mb, monitoring_interval)
         self._follows_process_config = config is None
@@ -219,7 +218,7 @@ class MemoryMonitor:
     def _on_process_config(self, base: MemoryConfig) -> None:
         try:
             config = self._effective(base, self._overrides)
-        except ConfigurationError as exc:
+        except Exception as exc:
             logger.error("memory monitor keeps its thresholds: the new configuration conflicts with its own: %s", exc)
             return
         self._base_config = base
@@ -297,7 +296,13 @@ class MemoryMonitor:
 
     def next_wait_s(self) -> float:
         """Seconds until the next sample: the interval, or the faster pace above the alert level."""
+        # Clamped: a MemoryConfig built directly is not range-checked, and Event.wait overflows
+        # on huge timeouts while tiny ones spin.
         interval = self._config.monitoring_interval_s
+        if not interval >= config_module.MIN_INTERVAL_S:  # NaN too
+            interval = config_module.MIN_INTERVAL_S
+        elif interval > config_module.MAX_INTERVAL_S:
+            interval = config_module.MAX_INTERVAL_S
         if self.level is MemoryLevel.OK:
             return interval
         return min(interval, max(MIN_FAST_INTERVAL_S, interval * FAST_INTERVAL_SHARE))
@@ -479,22 +484,35 @@ class MemoryMonitor:
             run.waking = False
 
     def _loop(self, run: _Run) -> None:
+        # Nothing ends this loop but a stop: a failing sample, wait or bookkeeping step is
+        # logged (once, then every 100th time) and the loop goes on, so is_running stays true
+        # and the emergency signal keeps working.
         while not run.stopping:
             cpu_started_s = time.thread_time()
             try:
                 self._run_pending_emergency()
                 self.sample_once()
             except Exception as exc:
-                self._loop_failures += 1
-                if self._loop_failures == 1:
-                    logger.exception("memory monitor sample failed; retrying every interval")
-                elif self._loop_failures % 100 == 0:
-                    logger.error("memory monitor sample has failed %d times: %r", self._loop_failures, exc)
-            _monitor_metrics.add_monitor_cpu(time.thread_time() - cpu_started_s)
+                self._note_loop_failure("sample", exc)
+            try:
+                _monitor_metrics.add_monitor_cpu(time.thread_time() - cpu_started_s)
+            except Exception as exc:
+                self._note_loop_failure("CPU accounting", exc)
             if run.stopping:
                 break
-            run.wake.wait(self.next_wait_s())
+            try:
+                run.wake.wait(self.next_wait_s())
+            except Exception as exc:
+                self._note_loop_failure("wait", exc)
+                run.wake.wait(config_module.DEFAULT_MONITORING_INTERVAL_S)
             run.wake.clear()
+
+    def _note_loop_failure(self, step: str, exc: Exception) -> None:
+        self._loop_failures += 1
+        if self._loop_failures == 1:
+            logger.error("memory monitor %s failed; the monitor carries on: %r", step, exc, exc_info=exc)
+        elif self._loop_failures % 100 == 0:
+            logger.error("memory monitor %s has failed %d times: %r", step, self._loop_failures, exc)
 
     def _after_fork_in_child(self) -> None:
         was_running = self._run is not None

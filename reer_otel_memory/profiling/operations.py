@@ -207,6 +207,35 @@ class _Operation:
         return self.result
 
 
+def _recording() -> bool:
+    """Whether an SDK records spans; False (measure lightly) if even that cannot be told."""
+    try:
+        return bool((RUNTIME.telemetry or _telemetry.current()).recording())
+    except Exception as exc:  # instrumentation must never break the host's call
+        _log_failure("looking up the telemetry", exc)
+        return False
+
+
+def _attach_context(ctx: Context | None) -> object | None:
+    """Make ``ctx`` current; the token to detach it with (None: nothing attached)."""
+    if ctx is None:
+        return None
+    try:
+        return otel_context.attach(ctx)
+    except Exception as exc:
+        _log_failure("attaching the operation's context", exc)
+        return None
+
+
+def _detach(token: object | None) -> None:
+    if token is None:
+        return
+    try:
+        otel_context.detach(token)  # type: ignore[arg-type]
+    except Exception as exc:
+        _log_failure("detaching the operation's context", exc)
+
+
 def _begin(
     name: str,
     function: str | None,
@@ -215,8 +244,8 @@ def _begin(
     annotate_current: bool,
     attributes: Mapping[str, Any] | None,
 ) -> _Operation | None:
-    operation = _Operation(name, function, metric_attributes)
     try:
+        operation = _Operation(name, function, metric_attributes)
         operation.start(heap, annotate_current, attributes)
     except Exception as exc:  # instrumentation must never break the host's call
         _log_failure("starting a profiled operation", exc)
@@ -235,14 +264,11 @@ def _end(operation: _Operation | None, exc: BaseException | None) -> None:
 
 def _attach(operation: _Operation | None) -> object | None:
     """Make the operation's span current; the token to detach it with (None: nothing attached)."""
-    if operation is None or operation.context is None:
-        return None
-    return otel_context.attach(operation.context)
+    return None if operation is None else _attach_context(operation.context)
 
 
 def _detach_and_end(operation: _Operation | None, token: object | None, exc: BaseException | None) -> None:
-    if token is not None:
-        otel_context.detach(token)  # type: ignore[arg-type]
+    _detach(token)
     _end(operation, exc)
 
 
@@ -271,6 +297,17 @@ def _light(name: str, rss_start: int) -> int:
     except Exception as exc:
         _log_failure("recording a profiled operation", exc)
         return rss_start
+
+
+def _check_options(where: str, heap: object, annotate_current: object, attributes: object) -> None:
+    if heap is not None and not isinstance(heap, bool):
+        raise InvalidArgumentError(f"{where}(heap={heap!r}): expected True, False or None")
+    if not isinstance(annotate_current, bool):
+        raise InvalidArgumentError(f"{where}(annotate_current={annotate_current!r}): expected True or False")
+    if attributes is not None and not isinstance(attributes, Mapping):
+        raise InvalidArgumentError(
+            f"{where}(attributes={attributes!r}): expected a mapping of span attribute names to values, or None"
+        )
 
 
 @overload
@@ -312,6 +349,7 @@ def memory_profile(
         return memory_profile()(operation_name)
     if operation_name is not None and (not isinstance(operation_name, str) or not operation_name):
         raise InvalidArgumentError(f"memory_profile(operation_name={operation_name!r}): expected a non-empty string or None")
+    _check_options("memory_profile", heap, annotate_current, attributes)
     static_attributes = dict(attributes) if attributes else None
 
     def decorate(func: F) -> F:
@@ -325,7 +363,7 @@ def memory_profile(
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 # Without an SDK the same loop runs, unmeasured: asend/athrow must still reach
                 # the wrapped generator (an ``async for`` here would drop them).
-                light_start = None if (RUNTIME.telemetry or _telemetry.current()).recording() else _light_start()
+                light_start = None if _recording() else _light_start()
                 operation = None if light_start is not None else _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 agen = func(*args, **kwargs)
                 ctx = operation.context if operation is not None else None
@@ -334,7 +372,7 @@ def memory_profile(
                 failure: BaseException | None = None
                 try:
                     while True:
-                        token = otel_context.attach(ctx) if ctx is not None else None
+                        token = _attach_context(ctx)
                         try:
                             if to_throw is not None:
                                 thrown, to_throw = to_throw, None
@@ -344,8 +382,7 @@ def memory_profile(
                         except StopAsyncIteration:
                             return
                         finally:
-                            if token is not None:
-                                otel_context.detach(token)
+                            _detach(token)
                         try:
                             to_send = yield item
                         except GeneratorExit:
@@ -370,7 +407,7 @@ def memory_profile(
 
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not (RUNTIME.telemetry or _telemetry.current()).recording():
+                if not _recording():
                     rss_start = _light_start()
                     try:
                         return (yield from func(*args, **kwargs))
@@ -384,7 +421,7 @@ def memory_profile(
                 failure: BaseException | None = None
                 try:
                     while True:
-                        token = otel_context.attach(ctx) if ctx is not None else None
+                        token = _attach_context(ctx)
                         try:
                             if to_throw is not None:
                                 thrown, to_throw = to_throw, None
@@ -394,8 +431,7 @@ def memory_profile(
                         except StopIteration as stop:
                             return stop.value
                         finally:
-                            if token is not None:
-                                otel_context.detach(token)
+                            _detach(token)
                         try:
                             to_send = yield item
                         except GeneratorExit:
@@ -417,7 +453,7 @@ def memory_profile(
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not (RUNTIME.telemetry or _telemetry.current()).recording():
+                if not _recording():
                     rss_start = _light_start()
                     try:
                         return await func(*args, **kwargs)
@@ -437,7 +473,7 @@ def memory_profile(
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not (RUNTIME.telemetry or _telemetry.current()).recording():
+            if not _recording():
                 rss_start = _light_start()
                 try:
                     return func(*args, **kwargs)
@@ -478,6 +514,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(f"memory_context(name={name!r}): expected a non-empty operation name")
+        _check_options("memory_context", heap, annotate_current, attributes)
         self.name = name
         self.heap = heap
         self.annotate_current = annotate_current
@@ -498,7 +535,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         self.span.set_attribute(key, value)
 
     def __enter__(self) -> memory_context:
-        if not (RUNTIME.telemetry or _telemetry.current()).recording():
+        if not _recording():
             self._light_started = time.perf_counter()
             self._light_start = _light_start()
             return self
@@ -514,8 +551,11 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
             # not break where no SDK is configured. Peak and heap are not measured here.
             result = self.result = OperationResult()
             result.operation, result.rss_start, result.rss_end = self.name, rss_start, rss_end
-            result.level = (RUNTIME.config or get_config()).level_for(rss_end)
             result.duration_s = time.perf_counter() - self._light_started
+            try:
+                result.level = (RUNTIME.config or get_config()).level_for(rss_end)
+            except Exception as failure:  # the block's own exception must come through unchanged
+                _log_failure("recording a profiled operation", failure)
             return
         operation, self._operation = self._operation, None
         token, self._token = self._token, None

@@ -29,6 +29,7 @@ child, so a child reads its own memory.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
@@ -40,6 +41,10 @@ import psutil
 
 from .. import _names as names
 from .._runtime import RUNTIME
+from ..config import parse_bool
+from ..errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
 
 _heap_info: Callable[[], object] | None = getattr(psutil, "heap_info", None)
 
@@ -294,8 +299,12 @@ class MemoryProbe:
 
 
 def _reset_wanted(environ: Mapping[str, str]) -> bool:
-    raw = environ.get(names.ENV_RESET_PEAK, "").strip().lower()
-    return raw not in ("0", "false", "no", "off")
+    """``REER_MEMORY_RESET_PEAK`` (default on); a word it does not know logs one line and means on."""
+    try:
+        return parse_bool(names.ENV_RESET_PEAK, environ.get(names.ENV_RESET_PEAK), default=True)
+    except ConfigurationError as exc:
+        logger.error("reer_otel_memory: %s; using the default (on) instead", exc)
+        return True
 
 
 def _new_process_probe() -> MemoryProbe:

@@ -3,7 +3,11 @@
     from reer_otel_memory import StreamingJSONLReader
 
     reader = StreamingJSONLReader(file_path, chunk_size=8192)
-    for record in reader:
+    for record in reader:          # a malformed line raises MalformedLineError (path, line, start)
+        process_record(record)
+
+    reader = StreamingJSONLReader(file_path, skip_malformed=True)
+    for record in reader:          # malformed lines skipped, counted and logged (one warning a pass)
         process_record(record)
     print(reader.stats.records, reader.stats.malformed_lines, reader.stats.malformed_line_numbers)
 
@@ -13,8 +17,12 @@
 Each pass reads the file in chunks of ``chunk_size`` bytes (default 1 MiB; any size works, a
 line longer than a chunk included, larger chunks read faster) and parses every line with the
 C JSON scanner: results equal ``json.loads`` per line at about 1.5x its speed. Blank lines are
-skipped; malformed lines are skipped and counted with their line numbers (``skip_malformed=False``
-raises :class:`~reer_otel_memory.errors.MalformedLineError` instead).
+skipped. A malformed line raises :class:`~reer_otel_memory.errors.MalformedLineError` naming the
+file, the 1-based line number and the line's start, as ``json``, pandas and polars do;
+``skip_malformed=True`` skips such lines instead, counts them with their line numbers in
+:attr:`~StreamingJSONLReader.stats` and logs one warning per pass with the count and the first
+line numbers. A line longer than ``max_line_bytes`` (default 64 MiB) is malformed: it raises,
+or is skipped without ever being held whole. A UTF-8 byte order mark at the start is skipped.
 
 A last line without a trailing newline is returned if it is valid JSON (hand-written files often
 end that way); otherwise it is taken for a record still being written, or cut short by a killed
@@ -33,7 +41,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ..errors import InvalidArgumentError, TraceStoreError
-from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
+from .scan import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_LINE_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
 
 #: Records handed from the worker thread to the event loop at a time by ``async for``.
 ASYNC_BATCH_RECORDS = 1024
@@ -51,9 +59,10 @@ class StreamingJSONLReader:
         file_path: str | os.PathLike[str],
         chunk_size: int = DEFAULT_CHUNK_BYTES,
         *,
-        skip_malformed: bool = True,
+        skip_malformed: bool = False,
         parse_unterminated_tail: bool = True,
         max_reported_malformed: int = MAX_REPORTED_MALFORMED,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         try:
             self.file_path = os.fspath(file_path)
@@ -65,7 +74,12 @@ class StreamingJSONLReader:
             raise TraceStoreError(
                 f"StreamingJSONLReader(max_reported_malformed={max_reported_malformed!r}): expected a non-negative integer"
             )
+        if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+            raise TraceStoreError(f"StreamingJSONLReader(max_line_bytes={max_line_bytes!r}): expected a positive number of bytes")
+        if not isinstance(skip_malformed, bool):
+            raise InvalidArgumentError(f"StreamingJSONLReader(skip_malformed={skip_malformed!r}): expected True or False")
         self.chunk_size = chunk_size
+        self.max_line_bytes = max_line_bytes
         self.skip_malformed = skip_malformed
         self.parse_unterminated_tail = parse_unterminated_tail
         self.max_reported_malformed = max_reported_malformed
@@ -85,6 +99,7 @@ class StreamingJSONLReader:
             parse_unterminated_tail=self.parse_unterminated_tail,
             strict=not self.skip_malformed,
             max_reported_malformed=self.max_reported_malformed,
+            max_line_bytes=self.max_line_bytes,
         )
         return self._scan
 

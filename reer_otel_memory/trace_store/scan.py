@@ -26,16 +26,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from ..errors import MalformedLineError
 
+logger = logging.getLogger(__name__)
+
 #: Bytes read per system call by default: large enough that per-chunk costs vanish.
 DEFAULT_CHUNK_BYTES = 1 << 20
 #: Malformed line numbers kept per pass; the count is always exact.
 MAX_REPORTED_MALFORMED = 100
+#: A longer line is malformed: a file without newlines must not be read into memory whole.
+DEFAULT_MAX_LINE_BYTES = 64 << 20
+#: Characters of a malformed line quoted in errors.
+SNIPPET_CHARS = 60
+#: Line numbers named in the warning a skipping pass logs.
+LOGGED_LINE_NUMBERS = 5
+_BOM = b"\xef\xbb\xbf"
+
+
+def snippet(line: bytes | str) -> str:
+    """The start of a malformed line, for error messages."""
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    return text[:SNIPPET_CHARS] + ("..." if len(text) > SNIPPET_CHARS else "")
 
 # scan_once is set per instance in JSONDecoder.__init__; typeshed does not declare it.
 _scan_once: Callable[[str, int], tuple[Any, int]] = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -97,8 +113,10 @@ class JSONLScan:
     (only used to report malformed lines). ``objects_only`` counts a valid line that is not a
     JSON object as malformed. ``with_offsets`` makes :meth:`records` yield ``(offset, value)``
     with each line's byte offset. ``strict`` raises :class:`MalformedLineError` at the first
-    malformed line instead of skipping it. A missing file raises ``FileNotFoundError`` on
-    iteration.
+    malformed line instead of skipping it; otherwise a pass that skipped lines logs one
+    warning with their count and first line numbers. A line longer than ``max_line_bytes`` is
+    malformed (and never held whole). A UTF-8 byte order mark at the start of the file is
+    skipped. A missing file raises ``FileNotFoundError`` on iteration.
     """
 
     def __init__(
@@ -113,8 +131,11 @@ class JSONLScan:
         parse_unterminated_tail: bool = False,
         strict: bool = False,
         max_reported_malformed: int = MAX_REPORTED_MALFORMED,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.path = os.fspath(path)
+        self.max_line_bytes = max_line_bytes
+        self._next_line = first_line_number
         self.chunk_bytes = chunk_bytes
         self.first_line_number = first_line_number
         self.objects_only = objects_only
@@ -126,11 +147,18 @@ class JSONLScan:
     # --- reading -------------------------------------------------------------------------------
 
     def _blocks(self) -> Iterator[tuple[int, bytes]]:
-        """(offset, bytes) runs of complete lines; sets the torn tail at EOF."""
+        """(offset, bytes) runs of complete lines; sets the torn tail at EOF.
+
+        ``self._next_line`` is the number of the first line of each block when it is yielded.
+        """
         stats = self.stats
         fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             offset = stats.start_offset
+            if offset == 0 and os.pread(fd, len(_BOM), 0) == _BOM:
+                # Editors on Windows write one; it is not part of the first record.
+                offset = stats.end_offset = len(_BOM)
+                stats.bytes_read += len(_BOM)
             if offset:
                 os.lseek(fd, offset, os.SEEK_SET)
             if hasattr(os, "posix_fadvise"):
@@ -138,33 +166,75 @@ class JSONLScan:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
                 except OSError:
                     pass
-            chunk_bytes = self.chunk_bytes
+            limit = self.max_line_bytes
+            # A line within one read is then never longer than the limit: only lines spanning
+            # reads need checking.
+            read_bytes = min(self.chunk_bytes, limit + 1)
             pending: list[bytes] = []  # an unfinished line, in pieces: joining once avoids quadratic copies
+            pending_bytes = 0
+            dropping = False  # inside a line over the limit, read but not kept
             while True:
-                data = os.read(fd, chunk_bytes)
+                data = os.read(fd, read_bytes)
                 if not data:
                     break
                 stats.bytes_read += len(data)
+                if pending or dropping:
+                    nl = data.find(b"\n")
+                    line_bytes = pending_bytes + (len(data) if nl < 0 else nl)
+                    if not dropping and line_bytes > limit:
+                        self._too_long(offset, pending)
+                        pending.clear()
+                        dropping = True
+                    if dropping:
+                        pending_bytes = line_bytes
+                        if nl < 0:
+                            continue
+                        offset = stats.end_offset = offset + line_bytes + 1
+                        pending_bytes, dropping = 0, False
+                        self._next_line += 1
+                        stats.lines_read += 1
+                        data = data[nl + 1 :]
+                        if not data:
+                            continue
                 cut = data.rfind(b"\n") + 1
                 if not cut:
                     pending.append(data)
+                    pending_bytes += len(data)
+                    if pending_bytes > limit:
+                        self._too_long(offset, pending)
+                        pending.clear()
+                        dropping = True
                     continue
                 if pending:
                     pending.append(data[:cut])
                     block = b"".join(pending)
                     pending.clear()
+                    pending_bytes = 0
                 else:
                     block = data if cut == len(data) else data[:cut]
                 stats.end_offset = offset + len(block)
                 yield offset, block
+                self._next_line += block.count(b"\n")
                 offset += len(block)
                 del block
                 if cut < len(data):
                     pending.append(data[cut:])
-            if pending:
+                    pending_bytes = len(data) - cut
+            if dropping:
+                stats.torn_tail_offset, stats.torn_tail_bytes = offset, pending_bytes
+            elif pending:
                 yield from self._tail(offset, b"".join(pending))
         finally:
             os.close(fd)
+
+    def _too_long(self, offset: int, pieces: list[bytes]) -> None:
+        """The line at ``offset`` is over ``max_line_bytes``: raise if strict, else count it as malformed."""
+        if self.strict:
+            start = b"".join(pieces)[: SNIPPET_CHARS * 4]
+            raise MalformedLineError(
+                self.path, self._next_line, offset, snippet(start), f"is longer than max_line_bytes={self.max_line_bytes}"
+            )
+        self.stats._malformed(self._next_line)
 
     def _tail(self, offset: int, tail: bytes) -> Iterator[tuple[int, bytes]]:
         stats = self.stats
@@ -193,17 +263,36 @@ class JSONLScan:
 
     def records(self) -> Generator[Any, None, None]:
         """Every record (or ``(offset, record)`` with ``with_offsets``), in file order."""
-        line_number = self.first_line_number
-        for offset, block in self._blocks():
-            try:
-                text = block.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-            if text is None or (self.with_offsets and len(text) != len(block)):
-                yield from self._records_by_line(block, offset, line_number)
-            else:
-                yield from self._records_of_text(text, offset, line_number)
-            line_number += block.count(b"\n")
+        try:
+            for offset, block in self._blocks():
+                line_number = self._next_line
+                try:
+                    text = block.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = None
+                if text is None or (self.with_offsets and len(text) != len(block)):
+                    yield from self._records_by_line(block, offset, line_number)
+                else:
+                    yield from self._records_of_text(text, offset, line_number)
+        finally:
+            self._log_skipped()
+
+    def _log_skipped(self) -> None:
+        """One warning per pass that skipped malformed lines: data dropped is never dropped silently."""
+        stats = self.stats
+        if self.strict or not stats.malformed_lines:
+            return
+        shown = stats.malformed_line_numbers[:LOGGED_LINE_NUMBERS]
+        more = ", ..." if stats.malformed_lines > len(shown) else ""
+        logger.warning(
+            "%s: skipped %d malformed line%s (line%s %s%s)",
+            self.path,
+            stats.malformed_lines,
+            "" if stats.malformed_lines == 1 else "s",
+            "" if len(shown) == 1 and not more else "s",
+            ", ".join(map(str, shown)),
+            more,
+        )
 
     def _records_of_text(self, text: str, offset: int, first_line_number: int) -> Iterator[Any]:
         """The fast path: the C scanner over the decoded block, one value per line."""
@@ -234,7 +323,9 @@ class JSONLScan:
                         else:
                             stats._malformed(cursor_line)
                             if self.strict:
-                                raise MalformedLineError(self.path, cursor_line, offset + len(text[:pos].encode("utf-8")))
+                                raise MalformedLineError(
+                                    self.path, cursor_line, offset + len(text[:pos].encode("utf-8")), snippet(text[pos:nl])
+                                )
                         skipped += 1
                         pos = nl + 1
                         continue
@@ -262,7 +353,7 @@ class JSONLScan:
             elif value is _BAD:
                 stats._malformed(line_number)
                 if self.strict:
-                    raise MalformedLineError(self.path, line_number, offset + pos)
+                    raise MalformedLineError(self.path, line_number, offset + pos, snippet(block[pos:nl]))
             else:
                 stats.records += 1
                 yield (offset + pos, value) if with_offsets else value

@@ -20,14 +20,17 @@ their order; a missing ``trace_id`` is generated (``uuid4().hex``) and put first
 (``flock``) with one ``write`` of whole lines to an ``O_APPEND`` descriptor, so any number of
 processes and threads can write one file. When the call returns the lines are in the file and
 survive the process being killed; ``durable=True`` also ``fsync``\\ s them (power loss).
-``add_traces`` validates every trace before writing any. A trace that is not a JSON object
+``add_traces`` validates every trace before writing any, and is all or nothing: if a write fails
+(disk full, file size limit) the file is truncated back under the lock, so readers never see part
+of a batch, and the ``OSError`` names the store and says what was kept. A trace that is not a JSON object
 with string keys, whose score is not a finite number, or that does not serialise to strict
 JSON raises :class:`~reer_otel_memory.errors.TraceStoreError` naming it and its value.
 
 **Crash safety.** A writer killed mid-record leaves a last line without its newline (a *torn
 tail*). Reads never return it and report it (``torn_tail`` in the stats); the next append first
 writes a newline, so the torn bytes become one malformed line and no complete record is ever
-lost or corrupted. Malformed lines are skipped and counted with their line numbers.
+lost or corrupted. Reads go on past damage: malformed lines are skipped, counted with their line
+numbers, and each read that skipped any logs one warning naming them.
 
 **Reads** stream through the package's chunked JSONL core (:mod:`reer_otel_memory.trace_store.scan`,
 shared with :class:`~reer_otel_memory.trace_store.jsonl.StreamingJSONLReader`) in a worker thread, in hops
@@ -267,40 +270,56 @@ class REERTraceStore:
         return trace_ids
 
     def _append(self, lines: list[bytes], trace_ids: list[str]) -> None:
-        """Write the lines in batches of whole lines, then note them in the index and count."""
-        start = 0
-        while start < len(lines):
-            stop, batch_bytes = start, 0
-            while stop < len(lines) and (stop == start or batch_bytes + len(lines[stop]) <= WRITE_BATCH_BYTES):
-                batch_bytes += len(lines[stop])
-                stop += 1
-            batch = lines[start:stop]
-            size_before, first_offset = self._write(b"".join(batch))
-            offsets, offset = [], first_offset
-            for line in batch:
-                offsets.append(offset)
-                offset += len(line)
-            self._note_append(size_before, offset, trace_ids[start:stop], offsets)
-            start = stop
+        """Write the lines under the locks, all or none, then note them in the index and count.
 
-    def _write(self, payload: bytes) -> tuple[int, int]:
-        """Append ``payload`` (whole lines) under the locks; the file size before and where it went."""
+        The lines go out in writes of at most :data:`WRITE_BATCH_BYTES`; if one fails (disk
+        full, file size limit), the file is truncated back to its size before the call, so
+        readers never see part of a batch, and the error says so.
+        """
         with self._write_lock:
             fd = self._locked_writer_fd()
             try:
-                size = os.fstat(fd).st_size
-                fresh_line = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-                if fresh_line:
-                    payload = b"\n" + payload  # a torn tail: start on a fresh line
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
+                size_before = os.fstat(fd).st_size
+                fresh_line = size_before > 0 and os.pread(fd, 1, size_before - 1) != b"\n"
+                try:
+                    if fresh_line:
+                        _write_all(fd, b"\n")  # a torn tail: start on a fresh line
+                    start = 0
+                    while start < len(lines):
+                        stop, batch_bytes = start, 0
+                        while stop < len(lines) and (stop == start or batch_bytes + len(lines[stop]) <= WRITE_BATCH_BYTES):
+                            batch_bytes += len(lines[stop])
+                            stop += 1
+                        _write_all(fd, b"".join(lines[start:stop]))
+                        start = stop
+                    if self.durable:
+                        os.fsync(fd)
+                except BaseException as exc:
+                    self._undo_append(fd, size_before, len(lines), exc)
+                    raise
             finally:
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_UN)
-            if self.durable:
-                os.fsync(fd)
-        return size, size + fresh_line
+        offsets, offset = [], size_before + fresh_line
+        for line in lines:
+            offsets.append(offset)
+            offset += len(line)
+        self._note_append(size_before, offset, trace_ids, offsets)
+
+    def _undo_append(self, fd: int, size_before: int, count: int, exc: BaseException) -> None:
+        """Truncate a failed append away (still under the flock); raise an OSError saying what was kept."""
+        what = "add_trace" if count == 1 else f"add_traces of {count} traces"
+        try:
+            os.ftruncate(fd, size_before)
+        except OSError as undo_error:
+            kept = (
+                f"the file could not be truncated back to its {size_before} bytes ({undo_error.strerror or undo_error}): "
+                f"part of the batch may remain after byte offset {size_before}"
+            )
+        else:
+            kept = f"none of them was kept (the file is back to its {size_before} bytes)"
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"REERTraceStore({self.path!r}): {what} failed: {exc.strerror or exc}; {kept}") from exc
 
     def _locked_writer_fd(self) -> int:
         """The append descriptor, exclusively flocked, still naming the file at ``path``."""
@@ -659,6 +678,12 @@ class REERTraceStore:
             "gc_collected_objects": released.collected_objects,
             "heap_trimmed": released.trimmed,
         }
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _take_existing(
