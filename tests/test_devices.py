@@ -62,16 +62,18 @@ def test_the_module_imports_without_importing_any_framework():
     assert completed.stdout.splitlines() == ["(0, None) [] []", "[]"]
 
 
-def test_nvml_without_a_gpu_reports_nothing_and_says_so_once(caplog):
+def test_nvml_without_a_gpu_reports_nothing_and_says_so_once_at_debug(caplog):
+    # No driver is the usual case, not a fault: a host's log must not warn about it.
     pytest.importorskip("pynvml")  # the test extra installs nvidia-ml-py
     devices = DeviceMemory(modules={})
-    with caplog.at_level(logging.WARNING, logger="reer_otel_memory.profiling.devices"):
+    with caplog.at_level(logging.DEBUG, logger="reer_otel_memory.profiling.devices"):
         first = devices.readings()
         devices.readings()
     if any(reading.framework == "nvml" for reading in first):
         pytest.skip("this machine has an NVIDIA driver: NVML reports its GPUs")
     assert first == []
-    assert len([r for r in caplog.records if "nvml" in r.getMessage()]) == 1
+    said = [record for record in caplog.records if "NVML" in record.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.DEBUG
 
 
 def test_a_module_under_a_framework_name_that_is_not_the_framework_is_skipped_with_one_log_line(caplog):

@@ -317,8 +317,11 @@ class DeviceMemory:
 
                         pynvml.nvmlInit()
                         self._nvml = pynvml
-                except Exception as exc:  # no driver, no GPU: NVML is simply not read
-                    self._fail(FRAMEWORK_NVML, exc)
+                except Exception as exc:
+                    # No driver or no GPU is the usual case on most machines, not a fault: one
+                    # debug line, and NVML is not read.
+                    self._failed.add(FRAMEWORK_NVML)
+                    logger.debug("NVML is not read: no NVIDIA driver or device here (%r)", exc)
         return self._nvml
 
     def _nvml_readings(self) -> list[DeviceReading]:
