@@ -28,7 +28,7 @@ from benchmarks._report import Figure
 
 TESTS = 200
 FILES = 4
-ROUNDS = 5
+ROUNDS = 7
 
 CONFTEST = '''
 import json, os, time, pytest
@@ -101,7 +101,7 @@ def run() -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         _write_suite(directory)
-        for name, arguments in modes.items():  # warm the file cache and the bytecode
+        for arguments in modes.values():  # warm the file cache and the bytecode
             _run(directory, arguments, directory / "warmup.jsonl")
         for _ in range(ROUNDS):
             for name, arguments in modes.items():
