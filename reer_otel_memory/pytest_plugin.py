@@ -1,13 +1,19 @@
 """Memory budgets in tests: a pytest plugin with exact peaks, leak checks and a baseline.
 
-Installing the package registers this module with pytest (entry point ``pytest11``, name
-``reer_otel_memory``), but all it does then is add its command-line options and ini keys: no
-test is measured, no marker is registered and no hook runs until it is asked for, by any of
+Installing the package registers a pytest entry point (``pytest11``, name ``reer_otel_memory``:
+the small module ``_reer_otel_memory_pytestplugin``, which imports neither this package nor
+OpenTelemetry), but all it does then is add the command-line options and ini keys below: this
+module is not even imported, no test is measured, no marker is registered and no hook runs until
+the budgets are asked for, by any of
 
 * ``pytest -p reer_otel_memory`` (on the command line, in ``addopts`` or ``PYTEST_ADDOPTS``);
 * ``memory_budgets = true`` in the ini file (``[tool.pytest.ini_options]`` in pyproject.toml);
 * one of its own options: ``--memory-limit``, ``--memory-report``, ``--memory-baseline``,
-  ``--memory-fail-on-increase``, or the ini key ``memory_limit``.
+  ``--memory-fail-on-increase``, or the ini key ``memory_limit``;
+* loading this module as a plugin: ``pytest_plugins = ["reer_otel_memory.pytest_plugin"]`` in a
+  conftest, or ``-p reer_otel_memory.pytest_plugin`` (where plugin autoloading is disabled).
+
+``-p no:reer_otel_memory`` removes the entry point altogether.
 
 Markers::
 
@@ -66,9 +72,8 @@ the plugin costs nothing for unmarked tests; a measured test costs a few microse
 A failing test says, in a few lines: the limit and where it came from, the measured value and
 what it was, the other figures, the top profiled operations by peak growth (when the test ran
 ``@memory_profile`` / ``memory_context`` code), and the names of the spans it produced. For
-that, once the package's profiling module is imported (``@memory_profile`` at a module's top
-level imports it at collection), the package's spans go to an in-memory exporter during a
-budgeted test, unless a global
+that, the package's spans go to an in-memory exporter during a budgeted test (the OpenTelemetry
+SDK is imported once, at the first budgeted test), unless a global
 OpenTelemetry SDK is configured (its spans then go there as before and the failure output
 lists no operations) or the test uses the ``memory_telemetry`` fixture: a
 :class:`reer_otel_memory.testing.TelemetryCapture` of the spans and metrics the test produced.
@@ -88,7 +93,6 @@ import json
 import os
 import re
 import resource
-import sys
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -97,9 +101,10 @@ from typing import Any
 
 import pytest
 
+import _reer_otel_memory_pytestplugin as _entry
+
 from .errors import ConfigurationError
 
-PLUGIN_NAME = "reer_otel_memory"
 _ACTIVE_NAME = "reer_otel_memory.budgets"
 MiB = 1024 * 1024
 #: An increase smaller than this never fails ``--memory-fail-on-increase``: page and allocator noise.
@@ -107,7 +112,6 @@ INCREASE_FLOOR_BYTES = MiB
 DEFAULT_LEAK_CALLS = 10
 #: Read the heap for budget-only tests while one reading costs at most this (seconds).
 CHEAP_HEAP_S = 20e-6
-_OPERATIONS_MODULE = "reer_otel_memory.profiling.operations"
 _MEASURES = ("peak", "retained")
 _UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*\Z")
@@ -144,42 +148,29 @@ def format_size(n_bytes: float) -> str:
     return f"{int(n_bytes)} B"
 
 
-# --- always registered: options and ini keys only ------------------------------------------------
+# --- loading --------------------------------------------------------------------------------------
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("reer-otel-memory", "memory budgets (reer_otel_memory; see its pytest_plugin docs)")
-    group.addoption("--memory-limit", metavar="SIZE", default=None,
-                    help="a limit_memory(SIZE) for every test without its own marker (enables the plugin)")
-    group.addoption("--memory-report", action="store_true", default=False,
-                    help="print each measured test's peak, retained and heap figures at the end (enables the plugin)")
-    group.addoption("--memory-baseline", metavar="FILE", default=None,
-                    help="write the tests' memory figures to FILE, or compare with it under --memory-fail-on-increase")
-    group.addoption("--memory-fail-on-increase", metavar="PCT", default=None,
-                    help="fail tests whose figure grew by more than PCT%% over --memory-baseline FILE")
-    parser.addini("memory_budgets", "enable the reer_otel_memory memory budgets plugin", type="bool", default=False)
-    parser.addini("memory_limit", "a limit_memory(SIZE) for every test without its own marker", default="")
-
-
-def _enabled(config: pytest.Config) -> bool:
-    plugins = config.getoption("plugins", None) or []
-    return bool(
-        PLUGIN_NAME in plugins
-        or config.getini("memory_budgets")
-        or config.getini("memory_limit")
-        or config.getoption("memory_limit")
-        or config.getoption("memory_report")
-        or config.getoption("memory_baseline")
-        or config.getoption("memory_fail_on_increase")
-    )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if not _enabled(config) or config.pluginmanager.has_plugin(_ACTIVE_NAME):
+def activate(config: pytest.Config) -> None:
+    """Register the markers and the budgets for this run (once, however the plugin was enabled)."""
+    if config.pluginmanager.has_plugin(_ACTIVE_NAME):
         return
     for line in _MARKERS:
         config.addinivalue_line("markers", line)
     config.pluginmanager.register(MemoryBudgets(config), _ACTIVE_NAME)
+
+
+# Hooks of this module for when a conftest (``pytest_plugins = ["reer_otel_memory.pytest_plugin"]``)
+# or ``-p reer_otel_memory.pytest_plugin`` loads it directly: that enables the plugin.
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if not pluginmanager.has_plugin(_entry.PLUGIN_NAME):
+        _entry.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    activate(config)
 
 
 # --- what a test asked for --------------------------------------------------------------------------
@@ -335,10 +326,7 @@ class MemoryBudgets:
 
         probe = process_probe()
         leak_deltas = self._run_leak_calls(item, probe, budget) if budget.leak_limit_bytes is not None else None
-        # Profiled code is imported by the time a test that runs it starts (the decorator runs at
-        # import): a test suite without it never loads the OpenTelemetry SDK for the plugin.
-        spans_wanted = budget.limit_bytes is not None and _CAPTURE not in item.stash and _OPERATIONS_MODULE in sys.modules
-        restore = self._bind_spans() if spans_wanted else None
+        restore = self._bind_spans() if budget.limit_bytes is not None and _CAPTURE not in item.stash else None
         children_before = _children_waited_peak() if budget.include_children else 0
         if leak_deltas is not None:
             gc.collect()

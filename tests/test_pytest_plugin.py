@@ -1,7 +1,8 @@
 """The pytest plugin, run on real test files with pytester: budgets, leaks, the baseline, xdist, async.
 
-Inner runs are in-process (fast) except the xdist one, whose workers are processes anyway, and
-the child-process one.
+Inner runs are in-process (fast) except where the outer process's state would change the result
+(a global OpenTelemetry SDK set by an earlier test, the largest child ever waited for) and the
+xdist one, whose workers are processes anyway.
 ``-p no:memray``: pytest-memray, where installed (``make bench`` installs it), reads the same
 marker names on its own.
 """
@@ -9,6 +10,8 @@ marker names on its own.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -93,6 +96,28 @@ def test_without_being_enabled_the_plugin_measures_nothing(pytester: pytest.Pyte
     result.assert_outcomes(passed=1)
     markers = pytester.runpytest(*BARE, "--markers").stdout.str()
     assert "reer_otel_memory" not in markers
+
+
+def test_the_entry_point_pytest_loads_everywhere_imports_neither_the_package_nor_opentelemetry() -> None:
+    code = (
+        "import sys, _reer_otel_memory_pytestplugin; "
+        "print(sorted(m for m in sys.modules if m.startswith(('reer_otel_memory', 'opentelemetry', 'psutil'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_conftest_loading_the_module_enables_it(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["reer_otel_memory.pytest_plugin"]')
+    write_tests(pytester, '''
+        @pytest.mark.limit_memory("5 MiB")
+        def test_over_budget():
+            buffer = touched(20 * 2**20)
+            del buffer
+    ''')
+    result = pytester.runpytest(*BARE)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["memory limit exceeded: * > 5 MiB (limit_memory marker)*"])
 
 
 def test_the_ini_option_enables_it_and_a_default_limit_applies_to_unmarked_tests(pytester: pytest.Pytester) -> None:
@@ -186,7 +211,8 @@ def test_the_failure_names_the_top_profiled_operations_and_the_spans(pytester: p
             load_weights()
             assert [span.name for span in memory_telemetry.spans()] == ["load_weights"]
     ''')
-    result = pytester.runpytest(*ON)
+    # In a fresh process: where an earlier test set a global OpenTelemetry SDK the spans go there.
+    result = pytester.runpytest_subprocess(*ON)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines([
         "*test_model*",
