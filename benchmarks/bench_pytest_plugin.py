@@ -28,7 +28,7 @@ from benchmarks._report import Figure
 
 TESTS = 200
 FILES = 4
-ROUNDS = 7
+ROUNDS = 12
 
 CONFTEST = '''
 import json, os, time, pytest

@@ -36,7 +36,7 @@ What is measured, around the test function's call (fixtures' setup and teardown 
   count.
 * **heap** -- the change of the C allocator's bytes in use (``mallinfo2``), where available;
   for a test with a budget but no report or baseline asked for, only while one reading costs at
-  most 20 us (it walks the allocator's free lists, which gets slower as the heap fragments).
+  most 5 us (it walks the allocator's free lists, which gets slower as the heap fragments).
 * ``include_children=True`` adds the children's peak: the highest RSS high-water mark of the
   child processes still running at the end of the call (``VmHWM`` in ``/proc/PID/status``),
   or of those waited for during it, from ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` -- which is
@@ -111,7 +111,7 @@ MiB = 1024 * 1024
 INCREASE_FLOOR_BYTES = MiB
 DEFAULT_LEAK_CALLS = 10
 #: Read the heap for budget-only tests while one reading costs at most this (seconds).
-CHEAP_HEAP_S = 20e-6
+CHEAP_HEAP_S = 5e-6
 _MEASURES = ("peak", "retained")
 _UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*\Z")
@@ -301,6 +301,11 @@ class MemoryBudgets:
             report.result = []
         return report
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # The OpenTelemetry SDK (about 25 ms to import) is loaded before the first test, not in it.
+        if any(item.stash.get(_BUDGET, Budget()).limit_bytes is not None for item in session.items):
+            self._span_telemetry()
+
     # --- the fixture -------------------------------------------------------------------------------
 
     @pytest.fixture
@@ -391,19 +396,26 @@ class MemoryBudgets:
 
         if _telemetry._global_sdk_configured():
             return None
+        mine = self._span_telemetry()
+        self._spans.clear()
+        previous = _telemetry.current()
+        _telemetry.restore(mine)
+        return lambda: _telemetry.restore(previous)
+
+    def _span_telemetry(self) -> Any:
+        """The package's tracer bound to the plugin's in-memory exporter (meters stay as they are)."""
         if self._telemetry is None:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import SimpleSpanProcessor
             from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+            from . import _telemetry
+
             self._spans = InMemorySpanExporter()
             provider = TracerProvider()
             provider.add_span_processor(SimpleSpanProcessor(self._spans))
             self._telemetry = _telemetry.Telemetry(provider, None)
-        self._spans.clear()
-        previous = _telemetry.current()
-        _telemetry.restore(self._telemetry)
-        return lambda: _telemetry.restore(previous)
+        return self._telemetry
 
     def _check(self, item: pytest.Item, budget: Budget, figures: dict[str, Any], leak_deltas: list[tuple[int, int | None]] | None) -> None:
         problems = []
