@@ -63,20 +63,24 @@ Reports and regressions:
 * ``--memory-fail-on-increase=PCT`` with ``--memory-baseline=FILE`` reads FILE instead and
   fails each test whose figure (its ``measure``; peak growth by default) grew by more than PCT
   percent and by at least 1 MiB (smaller changes are page and allocator noise); the file is
-  not rewritten. (pytest-memray owns ``--fail-on-increase``; the two plugins can be installed
-  side by side.)
+  not rewritten. (pytest-memray owns ``--fail-on-increase``, so the two can be installed side
+  by side; pytest-memray also acts on ``limit_memory`` and ``limit_leaks`` by itself whenever it
+  is installed, tracing every allocation: ``-p no:memray`` leaves the budgets to this plugin.)
 
 A test without a budget is measured only when a report or baseline is asked for, so enabling
-the plugin costs nothing for unmarked tests; a measured test costs a few microseconds.
+the plugin costs nothing for unmarked tests; a measured test costs a handful of system calls
+(``make bench``: tens of microseconds per test), and enabling it imports the package once.
 
 A failing test says, in a few lines: the limit and where it came from, the measured value and
 what it was, the other figures, the top profiled operations by peak growth (when the test ran
 ``@memory_profile`` / ``memory_context`` code), and the names of the spans it produced. For
-that, the package's spans go to an in-memory exporter during a budgeted test (the OpenTelemetry
-SDK is imported once, at the first budgeted test), unless a global
-OpenTelemetry SDK is configured (its spans then go there as before and the failure output
-lists no operations) or the test uses the ``memory_telemetry`` fixture: a
-:class:`reer_otel_memory.testing.TelemetryCapture` of the spans and metrics the test produced.
+that, while tests with a limit run (from the first one's call to the setup of the next test
+without one), the package's spans go to the plugin's in-memory exporter (the OpenTelemetry SDK
+is imported once, before the first test), unless other providers are in force: a global
+OpenTelemetry SDK, or explicit ones (``capture_telemetry()``, the instrumentor), whose spans
+stay theirs; the failure output then lists no operations. The ``memory_telemetry`` fixture
+gives a test a :class:`reer_otel_memory.testing.TelemetryCapture` of the spans and metrics it
+produced (and the failure output uses it).
 
 With pytest-xdist each worker measures its own tests and sends the figures to the controller,
 which prints the report and writes the baseline. Async tests (any plugin that runs them through
@@ -279,6 +283,8 @@ class MemoryBudgets:
         self.figures: dict[str, dict[str, Any]] = {}
         self._spans: Any = None  # the in-memory exporter budgeted tests report to, built on first use
         self._telemetry: Any = None
+        self._previous_telemetry: Any = None  # what was in force before the plugin bound its own
+        self._spans_test: str | None = None  # the test whose spans the exporter holds
 
     # --- collection: bad markers are collection errors -------------------------------------------
 
@@ -319,19 +325,29 @@ class MemoryBudgets:
 
     # --- measuring -------------------------------------------------------------------------------
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        # Before the fixtures: one that binds its own capture must find what was in force before
+        # the plugin, or it would put the plugin's binding back when it ends.
+        if self._previous_telemetry is not None:
+            budget = item.stash.get(_BUDGET, None)
+            if budget is None or budget.limit_bytes is None or "memory_telemetry" in getattr(item, "fixturenames", ()):
+                self._unbind_spans()
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         budget = item.stash.get(_BUDGET, None)
         if budget is None:
             budget = item.stash[_BUDGET] = _budget_for(item, self.default_limit)
         budgeted = budget.limit_bytes is not None or budget.leak_limit_bytes is not None
+        want_spans = budget.limit_bytes is not None and _CAPTURE not in item.stash
         if not budgeted and not self.measure_all and not self.baseline:
             return (yield)
         from .profiling.probe import process_probe
 
         probe = process_probe()
         leak_deltas = self._run_leak_calls(item, probe, budget) if budget.leak_limit_bytes is not None else None
-        restore = self._bind_spans() if budget.limit_bytes is not None and _CAPTURE not in item.stash else None
+        self._spans_test = item.nodeid if want_spans and self._bind_spans() else None
         children_before = _children_waited_peak() if budget.include_children else 0
         if leak_deltas is not None:
             gc.collect()
@@ -344,14 +360,14 @@ class MemoryBudgets:
             result = yield
         except BaseException:
             # The test's own failure is the one to show; the figures are still kept.
-            self._finish(item, probe, budget, window, rss_start, heap_start, started, restore, children_before, leak_deltas, check=False)
+            self._finish(item, probe, budget, window, rss_start, heap_start, started, children_before, leak_deltas, check=False)
             raise
-        self._finish(item, probe, budget, window, rss_start, heap_start, started, restore, children_before, leak_deltas, check=True)
+        self._finish(item, probe, budget, window, rss_start, heap_start, started, children_before, leak_deltas, check=True)
         return result
 
     def _finish(
         self, item: pytest.Item, probe: Any, budget: Budget, window: Any, rss_start: int, heap_start: int | None, started: float,
-        restore: Any, children_before: int, leak_deltas: list[tuple[int, int | None]] | None, *, check: bool,
+        children_before: int, leak_deltas: list[tuple[int, int | None]] | None, *, check: bool,
     ) -> None:
         duration_s = time.perf_counter() - started
         if budget.measure == "retained" or leak_deltas is not None:
@@ -359,8 +375,6 @@ class MemoryBudgets:
         rss_end = probe.rss_bytes()
         peak = probe.end_peak(window, rss_end)
         heap_end = probe.heap_bytes() if heap_start is not None else None
-        if restore is not None:
-            restore()
         figures: dict[str, Any] = {
             "peak_growth_bytes": None if peak is None else peak - rss_start,
             "retained_bytes": rss_end - rss_start,
@@ -390,17 +404,38 @@ class MemoryBudgets:
             deltas.append((probe.rss_bytes() - rss_start, None if heap_start is None or heap_end is None else heap_end - heap_start))
         return deltas
 
-    def _bind_spans(self) -> Any:
-        """Send the package's spans to the plugin's exporter for one test; returns the undo, or None."""
+    def _bind_spans(self) -> bool:
+        """Send the package's spans to the plugin's exporter; False where other providers are in force.
+
+        The binding stays from one budgeted test to the next (about 1 us to check, against tens
+        of microseconds to bind and restore): the setup of the first test without a limit (or
+        with ``memory_telemetry``), and the end of the session, restore what was in force before.
+        """
         from . import _telemetry
 
-        if _telemetry._global_sdk_configured():
-            return None
+        current = _telemetry.current()
+        mine = self._telemetry
+        if mine is not None and current is mine:
+            if _telemetry._global_sdk_configured():  # set since: the spans belong there now
+                self._unbind_spans()
+                return False
+            self._spans.clear()
+            return True
+        # Explicit providers (capture_telemetry, the instrumentor) or a global SDK: their spans stay theirs.
+        if current.tracer_provider is not None or _telemetry._global_sdk_configured():
+            return False
         mine = self._span_telemetry()
         self._spans.clear()
-        previous = _telemetry.current()
+        self._previous_telemetry = current
         _telemetry.restore(mine)
-        return lambda: _telemetry.restore(previous)
+        return True
+
+    def _unbind_spans(self) -> None:
+        from . import _telemetry
+
+        previous, self._previous_telemetry = self._previous_telemetry, None
+        if previous is not None and _telemetry.current() is self._telemetry:
+            _telemetry.restore(previous)
 
     def _span_telemetry(self) -> Any:
         """The package's tracer bound to the plugin's in-memory exporter (meters stay as they are)."""
@@ -452,7 +487,12 @@ class MemoryBudgets:
             parts.append(f"children's peak {format_size(figures['children_peak_bytes'])}")
         lines = ["measured: " + ", ".join(parts)]
         capture = item.stash.get(_CAPTURE, None)
-        spans = list(capture.spans()) if capture is not None else list(self._spans.get_finished_spans()) if self._spans is not None else []
+        if capture is not None:
+            spans = list(capture.spans())
+        elif self._spans_test == item.nodeid:
+            spans = list(self._spans.get_finished_spans())
+        else:
+            spans = []
         top = _top_operations(spans)
         if top:
             lines.append("top operations by peak growth: " + ", ".join(f"{name} {format_size(growth)}" for name, growth in top))
@@ -493,6 +533,7 @@ class MemoryBudgets:
             )
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._unbind_spans()
         if self.baseline_path is None or self.increase_pct is not None or hasattr(self.config, "workerinput"):
             return
         data = {"format": 1, "tests": dict(sorted(self.figures.items()))}

@@ -210,10 +210,25 @@ def test_the_failure_names_the_top_profiled_operations_and_the_spans(pytester: p
         def test_with_the_fixture(memory_telemetry):
             load_weights()
             assert [span.name for span in memory_telemetry.spans()] == ["load_weights"]
+
+        @pytest.fixture
+        def own_capture():
+            from reer_otel_memory.testing import capture_telemetry
+            with capture_telemetry() as capture:
+                yield capture
+
+        @pytest.mark.limit_memory("100 MiB")
+        def test_a_capture_of_its_own_keeps_its_spans(own_capture):
+            load_weights()
+            assert [span.name for span in own_capture.spans()] == ["load_weights"]
+
+        def test_a_test_without_a_limit_runs_with_what_was_in_force():
+            from reer_otel_memory import _telemetry
+            assert _telemetry.current().tracer_provider is None
     ''')
     # In a fresh process: where an earlier test set a global OpenTelemetry SDK the spans go there.
     result = pytester.runpytest_subprocess(*ON)
-    result.assert_outcomes(failed=2)
+    result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines([
         "*test_model*",
         "top operations by peak growth: load_weights ??.? MiB, tokenize *",
