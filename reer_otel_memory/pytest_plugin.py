@@ -107,7 +107,11 @@ import pytest
 
 import _reer_otel_memory_pytestplugin as _entry
 
+from . import _names as names
+from . import _telemetry
 from .errors import ConfigurationError
+from .profiling.leak import LeakDetector
+from .profiling.probe import process_probe
 
 _ACTIVE_NAME = "reer_otel_memory.budgets"
 MiB = 1024 * 1024
@@ -343,8 +347,6 @@ class MemoryBudgets:
         want_spans = budget.limit_bytes is not None and _CAPTURE not in item.stash
         if not budgeted and not self.measure_all and not self.baseline:
             return (yield)
-        from .profiling.probe import process_probe
-
         probe = process_probe()
         leak_deltas = self._run_leak_calls(item, probe, budget) if budget.leak_limit_bytes is not None else None
         self._spans_test = item.nodeid if want_spans and self._bind_spans() else None
@@ -411,8 +413,6 @@ class MemoryBudgets:
         of microseconds to bind and restore): the setup of the first test without a limit (or
         with ``memory_telemetry``), and the end of the session, restore what was in force before.
         """
-        from . import _telemetry
-
         current = _telemetry.current()
         mine = self._telemetry
         if mine is not None and current is mine:
@@ -431,8 +431,6 @@ class MemoryBudgets:
         return True
 
     def _unbind_spans(self) -> None:
-        from . import _telemetry
-
         previous, self._previous_telemetry = self._previous_telemetry, None
         if previous is not None and _telemetry.current() is self._telemetry:
             _telemetry.restore(previous)
@@ -443,8 +441,6 @@ class MemoryBudgets:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import SimpleSpanProcessor
             from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-            from . import _telemetry
 
             self._spans = InMemorySpanExporter()
             provider = TracerProvider()
@@ -553,8 +549,6 @@ def _measured(figures: dict[str, Any], measure: str, include_children: bool) -> 
 
 
 def _judge_leaks(deltas: list[tuple[int, int | None]], budget: Budget) -> str:
-    from .profiling.leak import LeakDetector
-
     assert budget.leak_limit_bytes is not None
     warmup = max(1, len(deltas) // 5)
     judged = len(deltas) - warmup
@@ -574,8 +568,6 @@ def _judge_leaks(deltas: list[tuple[int, int | None]], budget: Budget) -> str:
 
 
 def _top_operations(spans: list[Any], count: int = 3) -> list[tuple[str, int]]:
-    from . import _names as names
-
     growth: dict[str, int] = {}
     for span in spans:
         attributes = span.attributes or {}
