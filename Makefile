@@ -23,6 +23,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m benchmarks
 
 # The same figures on smaller inputs (under a minute), for day-to-day use.

@@ -50,6 +50,26 @@ def test_spec_usage_with_chunk_size_8192(tmp_path):
     assert list(reader) == records  # every iteration is a new pass
 
 
+@pytest.fixture
+def large_jsonl(tmp_path):
+    """About 40 MB of JSON lines, written before the test's memory is measured."""
+    path = tmp_path / "large.jsonl"
+    line = json.dumps({"trace_id": "t", "text": "x" * 400}).encode() + b"\n"
+    with open(path, "wb") as f:
+        for _ in range(40):
+            f.write(line * (1_000_000 // len(line)))
+    return path
+
+
+# Enforced by the package's own pytest plugin (enabled in pyproject.toml): a peak budget far
+# below the file's size, so reading it whole would fail.
+@pytest.mark.limit_memory("16 MB")
+def test_streaming_a_large_file_keeps_memory_far_below_its_size(large_jsonl):
+    reader = StreamingJSONLReader(large_jsonl)
+    assert sum(1 for _ in reader) == reader.stats.records > 90_000
+    assert reader.stats.bytes_read == os.path.getsize(large_jsonl) > 39_000_000
+
+
 def test_malformed_and_blank_lines_are_skipped_and_counted_with_line_numbers(tmp_path):
     path = tmp_path / "mixed.jsonl"
     write_lines(
