@@ -21,6 +21,14 @@ Markers::
     @pytest.mark.limit_memory("24 MB", measure="retained")   # growth still resident at the end
     @pytest.mark.limit_memory("24 MB", include_children=True)
     @pytest.mark.limit_leaks("1 MB", calls=20)               # the body 20 times, growth per call
+    @pytest.mark.limit_device_memory("2 GiB")                # accelerator memory, peak growth
+    @pytest.mark.limit_device_memory("1 GiB", measure="retained")
+
+``limit_device_memory`` reads the accelerator memory of the frameworks the process has imported
+before the test starts (MLX, PyTorch once CUDA is initialised, JAX; see
+:mod:`reer_otel_memory.profiling.devices`), summed over their devices: peak growth above the start
+(exact under nesting, as for RSS) or what is still in use at the end. Where no framework reports
+device memory, nothing is checked and the test gets a warning saying so.
 
 Sizes are an int (bytes) or a string: ``B``, ``KB``/``KiB``, ``MB``/``MiB``, ``GB``/``GiB``,
 where KB = 1000 B and KiB = 1024 B (``"1.5 GiB"``, ``"512KB"``; units are case-insensitive).
@@ -110,6 +118,7 @@ import _reer_otel_memory_pytestplugin as _entry
 from . import _names as names
 from . import _telemetry
 from .errors import ConfigurationError
+from .profiling.devices import device_memory
 from .profiling.leak import LeakDetector
 from .profiling.probe import process_probe
 
@@ -128,6 +137,8 @@ _MARKERS = (
     "memory growth exceeds size (reer_otel_memory)",
     "limit_leaks(size, *, calls=10): run the test body `calls` times; fail when the calls keep retaining "
     "about size or more (reer_otel_memory)",
+    "limit_device_memory(size, *, measure='peak'): fail when the test's peak (or retained) accelerator memory "
+    "growth exceeds size (reer_otel_memory)",
 )
 
 
@@ -195,6 +206,9 @@ class Budget:
     include_children: bool = False
     leak_limit_bytes: int | None = None
     leak_calls: int = 0
+    device_limit_bytes: int | None = None
+    device_limit_text: str = ""
+    device_measure: str = "peak"
 
 
 _BUDGET = pytest.StashKey[Budget]()
@@ -232,6 +246,18 @@ def _budget_for(item: pytest.Item, default_limit: tuple[int, str] | None) -> Bud
         if isinstance(calls, bool) or not isinstance(calls, int) or calls < 2:
             raise ConfigurationError(f"limit_leaks(calls={calls!r}): expected a whole number of calls >= 2")
         fields.update(leak_limit_bytes=_marker_size("limit_leaks", marker.args[0]), leak_calls=calls)
+    marker = item.get_closest_marker("limit_device_memory")
+    if marker is not None:
+        if len(marker.args) != 1 or set(marker.kwargs) - {"measure"}:
+            raise ConfigurationError(f"limit_device_memory{_call_text(marker)}: expected one size and optionally measure=")
+        device_measure = marker.kwargs.get("measure", "peak")
+        if device_measure not in _MEASURES:
+            raise ConfigurationError(f"limit_device_memory(measure={device_measure!r}): expected 'peak' or 'retained'")
+        fields.update(
+            device_limit_bytes=_marker_size("limit_device_memory", marker.args[0]),
+            device_limit_text=str(marker.args[0]),
+            device_measure=device_measure,
+        )
     return Budget(**fields)
 
 
@@ -343,7 +369,7 @@ class MemoryBudgets:
         budget = item.stash.get(_BUDGET, None)
         if budget is None:
             budget = item.stash[_BUDGET] = _budget_for(item, self.default_limit)
-        budgeted = budget.limit_bytes is not None or budget.leak_limit_bytes is not None
+        budgeted = budget.limit_bytes is not None or budget.leak_limit_bytes is not None or budget.device_limit_bytes is not None
         want_spans = budget.limit_bytes is not None and _CAPTURE not in item.stash
         if not budgeted and not self.measure_all and not self.baseline:
             return (yield)
@@ -353,6 +379,8 @@ class MemoryBudgets:
         children_before = _children_waited_peak() if budget.include_children else 0
         if leak_deltas is not None:
             gc.collect()
+        devices = device_memory() if budget.device_limit_bytes is not None or self.measure_all else None
+        device = devices.begin() if devices is not None else (None, 0)
         window, rss_start = probe.begin_peak()
         # The heap delta is a column of the report; for a budget alone it is only a detail of the
         # failure output, read where it is cheap (it walks the allocator's free lists).
@@ -362,14 +390,14 @@ class MemoryBudgets:
             result = yield
         except BaseException:
             # The test's own failure is the one to show; the figures are still kept.
-            self._finish(item, probe, budget, window, rss_start, heap_start, started, children_before, leak_deltas, check=False)
+            self._finish(item, probe, budget, window, rss_start, heap_start, started, children_before, leak_deltas, device, check=False)
             raise
-        self._finish(item, probe, budget, window, rss_start, heap_start, started, children_before, leak_deltas, check=True)
+        self._finish(item, probe, budget, window, rss_start, heap_start, started, children_before, leak_deltas, device, check=True)
         return result
 
     def _finish(
         self, item: pytest.Item, probe: Any, budget: Budget, window: Any, rss_start: int, heap_start: int | None, started: float,
-        children_before: int, leak_deltas: list[tuple[int, int | None]] | None, *, check: bool,
+        children_before: int, leak_deltas: list[tuple[int, int | None]] | None, device: tuple[Any, int], *, check: bool,
     ) -> None:
         duration_s = time.perf_counter() - started
         if budget.measure == "retained" or leak_deltas is not None:
@@ -386,6 +414,11 @@ class MemoryBudgets:
         }
         if budget.include_children:
             figures["children_peak_bytes"], figures["children_rss_bytes"] = _children_figures(children_before)
+        device_window, device_start = device
+        if device_window is not None:
+            device_end, device_peak = device_memory().end(device_window)
+            figures["device_peak_growth_bytes"] = None if device_peak is None else max(0, device_peak - device_start)
+            figures["device_retained_bytes"] = device_end - device_start
         item.stash[_FIGURES] = figures
         if leak_deltas is not None:
             leak_deltas.append((rss_end - rss_start, figures["heap_delta_bytes"]))
@@ -458,6 +491,20 @@ class MemoryBudgets:
             problems.append(
                 f"memory limit exceeded: {format_size(measured)} > {budget.limit_text} ({budget.source}): {what}"
             )
+        if budget.device_limit_bytes is not None:
+            key = "device_peak_growth_bytes" if budget.device_measure == "peak" else "device_retained_bytes"
+            device_measured = figures.get(key)
+            if key not in figures:
+                item.warn(pytest.PytestWarning(
+                    f"limit_device_memory({budget.device_limit_text!r}): no accelerator framework reported device memory "
+                    "during the test (none imported, or no device); nothing was checked"
+                ))
+            elif device_measured is not None and device_measured > budget.device_limit_bytes:
+                what = "peak device memory growth during the test" if budget.device_measure == "peak" else "device memory still in use at the end"
+                problems.append(
+                    f"device memory limit exceeded: {format_size(device_measured)} > {budget.device_limit_text} "
+                    f"(limit_device_memory marker): {what}, summed over {', '.join(device_memory().frameworks()) or 'the devices'}"
+                )
         if leak_deltas is not None and budget.leak_limit_bytes is not None:
             problem = _judge_leaks(leak_deltas, budget)
             if problem:
@@ -481,6 +528,9 @@ class MemoryBudgets:
                  f"heap delta {_size_or_unknown(figures['heap_delta_bytes'])}"]
         if "children_peak_bytes" in figures:
             parts.append(f"children's peak {format_size(figures['children_peak_bytes'])}")
+        if "device_retained_bytes" in figures:
+            parts.append(f"device peak growth {_size_or_unknown(figures['device_peak_growth_bytes'])}")
+            parts.append(f"device retained {format_size(figures['device_retained_bytes'])}")
         lines = ["measured: " + ", ".join(parts)]
         capture = item.stash.get(_CAPTURE, None)
         if capture is not None:
@@ -520,12 +570,14 @@ class MemoryBudgets:
         terminalreporter.write_sep("=", "memory report (reer_otel_memory)")
         rows = sorted(self.figures.items(), key=lambda row: row[1].get("peak_growth_bytes") or 0, reverse=True)
         width = max([len("test"), *(len(nodeid) for nodeid, _ in rows)])
-        terminalreporter.write_line(f"{'test':<{width}}  {'peak growth':>12}  {'retained':>12}  {'heap delta':>12}  {'duration':>9}")
+        terminalreporter.write_line(
+            f"{'test':<{width}}  {'peak growth':>12}  {'retained':>12}  {'heap delta':>12}  {'device peak':>12}  {'duration':>9}"
+        )
         for nodeid, figures in rows:
             terminalreporter.write_line(
                 f"{nodeid:<{width}}  {_size_or_unknown(figures.get('peak_growth_bytes')):>12}  "
                 f"{format_size(figures.get('retained_bytes') or 0):>12}  {_size_or_unknown(figures.get('heap_delta_bytes')):>12}  "
-                f"{figures.get('duration_s', 0.0):>8.3f}s"
+                f"{_size_or_unknown(figures.get('device_peak_growth_bytes')):>12}  {figures.get('duration_s', 0.0):>8.3f}s"
             )
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -358,3 +358,56 @@ def test_include_children_adds_a_child_processes_peak(pytester: pytest.Pytester)
     result = pytester.runpytest_subprocess(*ON)
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(["*test_child_counts*", "*plus its child processes'*", "*children's peak *MiB*"])
+
+
+def test_a_device_budget_catches_accelerator_memory_and_says_what_it_measured(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("mlx.core")  # MLX's CPU build reports real device memory on Linux
+    write_tests(pytester, '''
+        import mlx.core as mx
+
+        @pytest.mark.limit_device_memory("32 MiB")
+        def test_device_peak():
+            arrays = mx.ones((64, 2**18))  # 64 MiB of float32
+            mx.eval(arrays)
+            del arrays
+
+        @pytest.mark.limit_device_memory("32 MiB", measure="retained")
+        def test_device_retained():
+            arrays = mx.ones((64, 2**18))
+            mx.eval(arrays)
+            del arrays
+
+        @pytest.mark.limit_device_memory("32 MiB")
+        def test_device_small():
+            small = mx.ones((1024,))
+            mx.eval(small)
+    ''')
+    result = pytester.runpytest(*ON)
+    result.assert_outcomes(failed=1, passed=2)
+    result.stdout.fnmatch_lines([
+        "*test_device_peak*",
+        "device memory limit exceeded: 64.? MiB > 32 MiB (limit_device_memory marker): peak device memory growth during the test, summed over mlx",
+    ])
+
+
+def test_a_device_budget_without_a_framework_warns_that_nothing_was_checked(pytester: pytest.Pytester) -> None:
+    write_tests(pytester, '''
+        @pytest.mark.limit_device_memory("1 MiB")
+        def test_no_framework():
+            pass
+    ''')
+    # In a fresh process: this one may have imported MLX for other tests.
+    result = pytester.runpytest_subprocess(*ON)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*limit_device_memory('1 MiB'): no accelerator framework reported device memory*"])
+
+
+def test_a_bad_device_budget_is_a_collection_error_naming_test_and_value(pytester: pytest.Pytester) -> None:
+    write_tests(pytester, '''
+        @pytest.mark.limit_device_memory("lots")
+        def test_bad_size():
+            pass
+    ''')
+    result = pytester.runpytest(*ON)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*test_bad_size: limit_device_memory('lots'): size 'lots': expected*"])
