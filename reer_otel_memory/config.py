@@ -27,6 +27,7 @@ raises: it logs one line and uses the default for each bad value.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import numbers
@@ -436,7 +437,7 @@ def _device_thresholds_from(env: Mapping[str, str], sources: dict[str, str], pro
             replaced.append(var)
     # Thresholds of the same unit must be in order; a percentage against MB is only known per device.
     set_levels = [level for level in _DEVICE_ENV_NAMES if level in found]
-    for low, high in zip(set_levels, set_levels[1:]):
+    for low, high in itertools.pairwise(set_levels):
         a, b = found[low], found[high]
         if (a.bytes is not None and b.bytes is not None and a.bytes > b.bytes) or (
             a.percent is not None and b.percent is not None and a.percent > b.percent

@@ -38,8 +38,8 @@ from .._runtime import RUNTIME
 from ..config import get_config
 from ..errors import InvalidArgumentError
 from ..levels import MemoryLevel
-from .flight_recorder import recorder_holder
 from .devices import DeviceWindow, device_memory
+from .flight_recorder import recorder_holder
 from .probe import MemoryProbe, PeakWindow, process_probe
 from .tracker import get_memory_tracker
 
@@ -349,7 +349,7 @@ def _light(name: str, rss_start: int, slot: int = -1) -> int:
     """
     if slot >= 0:
         try:
-            (RUNTIME.flight_recorder or recorder_holder()).recorder.operation_finished(slot)
+            (RUNTIME.flight_recorder or recorder_holder()).recorder.operation_finished(slot)  # type: ignore[union-attr]
         except Exception as exc:
             _log_failure("freeing the flight recorder slot", exc)
     try:
