@@ -26,7 +26,7 @@ ATTR_DEVICE_END = "reer.memory.device.end"
 ATTR_DEVICE_DELTA = "reer.memory.device.delta"
 ATTR_DEVICE_PEAK = "reer.memory.device.peak"
 # A previous process on the same flight recorder file died: the event on the span reporting it.
-OPERATION_PREDECESSOR = "reer.memory.predecessor"
+SPAN_PREDECESSOR = "reer.memory.predecessor"
 EVENT_PREDECESSOR_DIED = "reer.memory.predecessor.died"
 ATTR_PREDECESSOR_PID = "reer.memory.predecessor.pid"
 ATTR_PREDECESSOR_COMMAND = "reer.memory.predecessor.command"

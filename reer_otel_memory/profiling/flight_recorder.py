@@ -414,7 +414,7 @@ def report_predecessor(recorder: FlightRecorder) -> None:
         return
     try:
         span = _telemetry.current().tracer.start_span(
-            names.OPERATION_PREDECESSOR, context=Context(), attributes={names.ATTR_FLIGHT_RECORDER_PATH: recorder.path}
+            names.SPAN_PREDECESSOR, context=Context(), attributes={names.ATTR_FLIGHT_RECORDER_PATH: recorder.path}
         )
         span.add_event(names.EVENT_PREDECESSOR_DIED, predecessor_attributes(record))
         span.end()
