@@ -165,7 +165,11 @@ def test_a_device_threshold_crossing_raises_the_device_level_counts_an_alert_and
     ("variable", "value", "message"),
     [
         ("REER_MEMORY_DEVICE_ALERT_MB", "0", "REER_MEMORY_DEVICE_ALERT_MB='0': expected a positive number of MB"),
-        ("REER_MEMORY_DEVICE_CLEANUP_MB", "120%", "REER_MEMORY_DEVICE_CLEANUP_MB='120%': expected a percentage above 0% and at most 100% of the device's memory limit"),
+        (
+            "REER_MEMORY_DEVICE_CLEANUP_MB",
+            "120%",
+            "REER_MEMORY_DEVICE_CLEANUP_MB='120%': expected a percentage above 0% and at most 100% of the device's memory limit",
+        ),
         ("REER_MEMORY_THRESHOLD_SOURCE", "pss", "REER_MEMORY_THRESHOLD_SOURCE='pss': expected one of rss, working_set"),
     ],
 )
