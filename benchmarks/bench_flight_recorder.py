@@ -24,8 +24,8 @@ from benchmarks.bench_profile import interleaved
 
 def _recorder_medians() -> dict[str, float]:
     from reer_otel_memory import memory_profile
-    from reer_otel_memory.monitoring.flight_recorder import FlightRecorder
     from reer_otel_memory.profiling.devices import DeviceMemory
+    from reer_otel_memory.profiling.flight_recorder import FlightRecorder
     from reer_otel_memory.profiling.probe import process_probe
 
     probe = process_probe()

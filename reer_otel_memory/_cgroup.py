@@ -150,7 +150,8 @@ def _walk_up(base: Path, directory: Path) -> list[Path]:
     return found
 
 
-def _v2_root(cgroup_root: Path) -> Path:
+def v2_root(cgroup_root: Path) -> Path:
+    """Where the v2 hierarchy is: ``<root>/unified`` in the hybrid layout, else the root."""
     # In the hybrid layout the v2 hierarchy is mounted at <root>/unified.
     unified = cgroup_root / "unified"
     return unified if (unified / "cgroup.controllers").exists() else cgroup_root
@@ -226,10 +227,10 @@ def memory_cgroup(
     v2, v1 = cgroup_paths(proc_cgroup)
     v2_directory = None
     if v2 is not None:
-        v2_root = _v2_root(root)
-        v2_directory = v2_root / v2.lstrip("/")
+        unified = v2_root(root)
+        v2_directory = unified / v2.lstrip("/")
         if (v2_directory / "memory.current").exists():
-            return MemoryCgroup(v2_directory, 2, root=v2_root)
+            return MemoryCgroup(v2_directory, 2, root=unified)
     if v1 is not None:
         v1_root = root / "memory"
         v1_directory = v1_root / v1.lstrip("/")

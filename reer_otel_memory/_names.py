@@ -20,6 +20,21 @@ ATTR_FUNCTION = "code.function.name"
 ATTR_LEAK_SUSPECTED = "reer.memory.leak.suspected"
 ATTR_LEAK_BYTES_PER_CALL = "reer.memory.leak.bytes_per_call"
 EVENT_LEAK_SUSPECTED = "reer.memory.leak.suspected"
+# Accelerator memory of a profiled operation, summed over the devices of the frameworks read.
+ATTR_DEVICE_START = "reer.memory.device.start"
+ATTR_DEVICE_END = "reer.memory.device.end"
+ATTR_DEVICE_DELTA = "reer.memory.device.delta"
+ATTR_DEVICE_PEAK = "reer.memory.device.peak"
+# A previous process on the same flight recorder file died: the event on the span reporting it.
+SPAN_PREDECESSOR = "reer.memory.predecessor"
+EVENT_PREDECESSOR_DIED = "reer.memory.predecessor.died"
+ATTR_PREDECESSOR_PID = "reer.memory.predecessor.pid"
+ATTR_PREDECESSOR_COMMAND = "reer.memory.predecessor.command"
+ATTR_PREDECESSOR_LAST_RSS = "reer.memory.predecessor.rss.last"
+ATTR_PREDECESSOR_LAST_WORKING_SET = "reer.memory.predecessor.working_set.last"
+ATTR_PREDECESSOR_OPERATIONS = "reer.memory.predecessor.operations"
+ATTR_PREDECESSOR_OPERATIONS_RSS_START = "reer.memory.predecessor.operations.rss_start"
+ATTR_FLIGHT_RECORDER_PATH = "reer.memory.flight_recorder.path"
 
 # Metric attribute keys.
 LABEL_LEVEL = "level"
@@ -65,6 +80,15 @@ ENV_PROFILE_TARGETS = "REER_MEMORY_PROFILE_TARGETS"
 ENV_RESET_PEAK = "REER_MEMORY_RESET_PEAK"
 ENV_EMERGENCY_SIGNAL = "REER_MEMORY_EMERGENCY_SIGNAL"
 ENV_FLIGHT_RECORDER = "REER_MEMORY_FLIGHT_RECORDER"
+ENV_DEVICE_ALERT_MB = "REER_MEMORY_DEVICE_ALERT_MB"
+ENV_DEVICE_CLEANUP_MB = "REER_MEMORY_DEVICE_CLEANUP_MB"
+ENV_DEVICE_CRITICAL_MB = "REER_MEMORY_DEVICE_CRITICAL_MB"
+ENV_THRESHOLD_SOURCE = "REER_MEMORY_THRESHOLD_SOURCE"
+# What the host levels compare (REER_MEMORY_THRESHOLD_SOURCE), and what else a level change can be of.
+SOURCE_RSS = "rss"
+SOURCE_WORKING_SET = "working_set"
+SOURCE_DEVICE = "device"
+THRESHOLD_SOURCES = (SOURCE_RSS, SOURCE_WORKING_SET)
 # Pre-fork servers (export.workers): where workers leave their pages, and the process that serves them.
 ENV_WORKER_DIR = "REER_MEMORY_WORKER_DIR"
 ENV_WORKER_PARENT = "REER_MEMORY_WORKER_PARENT"
@@ -104,8 +128,7 @@ LABEL_TRACE_STORE_PATH = ATTR_TRACE_STORE_PATH
 METRIC_TRACE_STORE_SIZE = ("reer.trace_store.size", "By", "Size of each trace store's file.")
 METRIC_TRACE_STORE_TRACES = ("reer.trace_store.traces", "1", "Complete trace records in each trace store, as of its latest read or write.")
 
-# Accelerators and containers: the series agreed for the ML-memory work. The alert rules and the
-# dashboard already read them; docs/telemetry.md lists them once the package emits them.
+# Accelerators and containers (the monitor's gauges and counters; the alert rules and dashboard read them).
 LABEL_FRAMEWORK = "framework"
 LABEL_DEVICE = "device"
 METRIC_DEVICE_USED = ("reer.memory.device.used", "By", "Bytes in use on each accelerator device.")

@@ -16,8 +16,9 @@ sound:
 * every other component, and every object registered with :meth:`Runtime.after_fork_call`,
   has its ``_after_fork_in_child()`` method called (reopen descriptors, new locks).
 
-Components are looked up with one dictionary read (about 0.1 us). The four that every profiled
-call reads -- ``probe``, ``tracker``, ``config`` and ``telemetry`` -- are also plain attributes
+Components are looked up with one dictionary read (about 0.1 us). The six that every profiled
+call reads -- ``probe``, ``tracker``, ``config``, ``telemetry``, ``device_memory`` and
+``flight_recorder`` (the holder of the process's recorder, or of None) -- are also plain attributes
 of the runtime once built (``RUNTIME.probe or process_probe()``: one attribute read, about
 30 ns), because a profiled call with no SDK costs only a few microseconds in all.
 """
@@ -46,7 +47,9 @@ class Runtime:
     tracker: Any = None
     config: Any = None
     telemetry: Any = None
-    _HOT = frozenset(("probe", "tracker", "config", "telemetry"))
+    device_memory: Any = None
+    flight_recorder: Any = None
+    _HOT = frozenset(("probe", "tracker", "config", "telemetry", "device_memory", "flight_recorder"))
 
     def __init__(self) -> None:
         self._components: dict[str, Any] = {}

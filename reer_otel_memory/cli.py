@@ -303,7 +303,7 @@ def _add_dashboards(subparsers: _Subparsers) -> None:
 
 
 def _run_postmortem(args: argparse.Namespace) -> int:
-    from .monitoring.flight_recorder import read_flight_record, render_postmortem
+    from .profiling.flight_recorder import read_flight_record, render_postmortem
 
     try:
         record = read_flight_record(args.path)

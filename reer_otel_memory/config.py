@@ -2,13 +2,17 @@
 
 A ``*_MB`` value is a number of MB (1 MB = 1,048,576 bytes) or ``NN%`` of the effective limit:
 the smallest of the cgroup v2 ``memory.max``, the cgroup v1 ``memory.limit_in_bytes`` (both
-walked up the hierarchy) and physical RAM.
+walked up the hierarchy) and physical RAM. A ``REER_MEMORY_DEVICE_*_MB`` value is a number of MB
+or ``NN%`` of each accelerator device's own limit. ``REER_MEMORY_THRESHOLD_SOURCE`` (``rss`` or
+``working_set``) says what the host levels compare.
 
 Ranges, checked in one place (:func:`parse_threshold_mb`, :func:`parse_interval_s`,
 :func:`parse_bool`), for variables and arguments alike:
 
 * thresholds: above 0 and at most 1 PiB (1073741824 MB), or above 0% and at most 100%;
 * monitoring interval: 0.1 s to 86400 s (1 day);
+* device thresholds: as thresholds, the percentage of the device's limit;
+* words (``REER_MEMORY_THRESHOLD_SOURCE``): one of the listed words, any case;
 * booleans (``REER_MEMORY_RESET_PEAK``): ``1 true yes on`` or ``0 false no off``, any case.
 
 Numbers are ASCII decimals (``800``, ``2.5``, ``1e3``): ``inf``, ``nan``, ``1_000`` and other
@@ -23,6 +27,7 @@ raises: it logs one line and uses the default for each bad value.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import numbers
@@ -34,10 +39,11 @@ from pathlib import Path
 
 import psutil
 
+from . import _cgroup
 from . import _names as names
 from ._runtime import RUNTIME
 from .errors import ConfigurationError
-from .levels import MemoryLevel
+from .levels import THRESHOLD_LEVELS, MemoryLevel
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +55,8 @@ DEFAULT_CRITICAL_MB = 2000.0
 DEFAULT_MONITORING_INTERVAL_S = 30.0
 
 #: Where the kernel mounts the cgroup hierarchy; a parameter everywhere so tests build real trees.
-DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
-DEFAULT_PROC_CGROUP = "/proc/self/cgroup"
-
-# cgroup v1 reports "no limit" as a page-rounded LONG_MAX; anything this large is no limit.
-_UNLIMITED_BYTES = 1 << 62
+DEFAULT_CGROUP_ROOT = _cgroup.DEFAULT_CGROUP_ROOT
+DEFAULT_PROC_CGROUP = _cgroup.DEFAULT_PROC_CGROUP
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,11 @@ class MemoryConfig:
     monitoring_interval_s: float
     limit: MemoryLimit
     sources: Mapping[str, str] = field(default_factory=dict)
+    #: Thresholds on each accelerator device by level (``alert``, ``cleanup``, ``critical``); a
+    #: level left out has none. From ``REER_MEMORY_DEVICE_*_MB``.
+    device_thresholds: Mapping[str, DeviceThreshold] = field(default_factory=dict)
+    #: What the host levels compare: ``rss`` or ``working_set`` (``REER_MEMORY_THRESHOLD_SOURCE``).
+    threshold_source: str = names.SOURCE_RSS
 
     @property
     def alert_mb(self) -> float:
@@ -107,55 +115,41 @@ class MemoryConfig:
             return MemoryLevel.ALERT
         return MemoryLevel.OK
 
+    def device_threshold_bytes(self, level: MemoryLevel, limit_bytes: int | None) -> int | None:
+        """Where ``level`` begins on a device with ``limit_bytes`` (None: no such threshold there)."""
+        threshold = self.device_thresholds.get(level.value)
+        return None if threshold is None else threshold.resolve(limit_bytes)
+
+    def device_level_for(self, used_bytes: int, limit_bytes: int | None) -> MemoryLevel:
+        """The level a device's use falls in, without hysteresis: the highest threshold reached."""
+        reached = MemoryLevel.OK
+        for level in THRESHOLD_LEVELS:
+            threshold_bytes = self.device_threshold_bytes(level, limit_bytes)
+            if threshold_bytes is not None and used_bytes >= threshold_bytes:
+                reached = level
+        return reached
+
+
+@dataclass(frozen=True)
+class DeviceThreshold:
+    """One device threshold: a number of bytes, or a percentage of each device's own limit."""
+
+    bytes: int | None = None
+    percent: float | None = None
+
+    def resolve(self, limit_bytes: int | None) -> int | None:
+        """Bytes on a device with ``limit_bytes``; None for a percentage where the limit is unknown."""
+        if self.bytes is not None:
+            return self.bytes
+        if self.percent is None or not limit_bytes:
+            return None
+        return max(1, int(limit_bytes * self.percent / 100))
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}% of the device's limit" if self.percent is not None else f"{(self.bytes or 0) / MB:g} MB"
+
 
 # --- the effective limit -------------------------------------------------------------------
-
-
-def _read_limit_file(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    if not text or text == "max":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        return None
-    return value if 0 < value < _UNLIMITED_BYTES else None
-
-
-def _cgroup_paths(proc_cgroup: str | os.PathLike[str]) -> tuple[str | None, str | None]:
-    """(v2 path, v1 memory path) of this process from ``/proc/self/cgroup``."""
-    v2 = v1 = None
-    try:
-        lines = Path(proc_cgroup).read_text().splitlines()
-    except OSError:
-        return None, None
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":
-            v2 = path
-        elif "memory" in controllers.split(","):
-            v1 = path
-    return v2, v1
-
-
-def _walk_up(base: Path, relative: str, filename: str) -> list[Path]:
-    """``filename`` in the process's cgroup directory and every ancestor up to ``base``."""
-    candidates = []
-    current = (base / relative.lstrip("/")) if relative else base
-    while True:
-        candidates.append(current / filename)
-        if current == base or base not in current.parents:
-            break
-        current = current.parent
-    if candidates[-1] != base / filename:
-        candidates.append(base / filename)
-    return candidates
 
 
 def effective_memory_limit(
@@ -166,25 +160,25 @@ def effective_memory_limit(
     """Smallest of cgroup v2 ``memory.max``, cgroup v1 ``memory.limit_in_bytes`` and RAM.
 
     Both cgroup versions are walked from the process's own cgroup up to the root, since a
-    parent's limit binds its children. Unreadable files and ``max`` mean no limit there.
+    parent's limit binds its children (:mod:`reer_otel_memory._cgroup` finds and reads them).
+    Unreadable files and ``max`` mean no limit there.
     """
     if physical_bytes is None:
         physical_bytes = psutil.virtual_memory().total
     best = MemoryLimit(int(physical_bytes), "physical RAM")
     root = Path(cgroup_root)
-    v2, v1 = _cgroup_paths(proc_cgroup)
+    v2, v1 = _cgroup.cgroup_paths(proc_cgroup)
+    found = []
     if v2 is not None:
-        # In the hybrid layout the v2 hierarchy is mounted at <root>/unified.
-        v2_root = root / "unified" if (root / "unified" / "cgroup.controllers").exists() else root
-        for path in _walk_up(v2_root, v2, "memory.max"):
-            value = _read_limit_file(path)
-            if value is not None and value < best.bytes:
-                best = MemoryLimit(value, f"cgroup v2 {path}")
+        v2_root = _cgroup.v2_root(root)
+        found.append(("cgroup v2", _cgroup.MemoryCgroup(v2_root / v2.lstrip("/"), 2, root=v2_root)))
     if v1 is not None:
-        for path in _walk_up(root / "memory", v1, "memory.limit_in_bytes"):
-            value = _read_limit_file(path)
-            if value is not None and value < best.bytes:
-                best = MemoryLimit(value, f"cgroup v1 {path}")
+        v1_root = root / "memory"
+        found.append(("cgroup v1", _cgroup.MemoryCgroup(v1_root / v1.lstrip("/"), 1, root=v1_root)))
+    for version, cgroup in found:
+        value, path = cgroup.limit()
+        if value is not None and value < best.bytes:
+            best = MemoryLimit(value, f"{version} {path}")
     return best
 
 
@@ -207,7 +201,10 @@ _THRESHOLD_EXPECTED = (
     f"expected a positive number of MB (1 MB = 1048576 bytes) up to {MAX_THRESHOLD_MB:.0f} (1 PiB), "
     "or a percentage like '80%' of the memory limit"
 )
-_PERCENT_EXPECTED = "expected a percentage above 0% and at most 100% of the memory limit, like '80%'"
+_DEVICE_THRESHOLD_EXPECTED = (
+    f"expected a positive number of MB (1 MB = 1048576 bytes) up to {MAX_THRESHOLD_MB:.0f} (1 PiB), "
+    "or a percentage like '80%' of the device's memory limit"
+)
 _INTERVAL_EXPECTED = f"expected a positive number of seconds from {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:.0f} (1 day)"
 
 
@@ -250,6 +247,28 @@ def number_in_range(value: object, low: float, high: float, *, low_inclusive: bo
     return number if _in_range(number, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive) else None
 
 
+def _percent(name: str, value: object, of_what: str) -> float | None:
+    """The share in ``"NN%"`` (above 0, at most 100); None when ``value`` is not a percentage."""
+    if not (isinstance(value, str) and value.strip(_SPACE).endswith("%")):
+        return None
+    share = _decimal(value.strip(_SPACE)[:-1])
+    if share is None or not _in_range(share, 0.0, 100.0, low_inclusive=False):
+        raise ConfigurationError(f"{name}={value!r}: expected a percentage above 0% and at most 100% of {of_what}, like '80%'")
+    return share
+
+
+def _megabytes(name: str, value: object, expected: str) -> float:
+    """A number of MB above 0 and at most :data:`MAX_THRESHOLD_MB` that is at least one byte."""
+    if not isinstance(value, (str, numbers.Real)) or isinstance(value, bool):
+        raise ConfigurationError(f"{name}={value!r}: {expected}, not {type(value).__name__}")
+    mb = _number(value)
+    if mb is None or not _in_range(mb, 0.0, MAX_THRESHOLD_MB, low_inclusive=False):
+        raise ConfigurationError(f"{name}={value!r}: {expected}")
+    if int(mb * MB) < 1:
+        raise ConfigurationError(f"{name}={value!r}: is less than one byte; {expected}")
+    return mb
+
+
 def parse_threshold_mb(name: str, value: object, limit: MemoryLimit) -> tuple[int, str]:
     """Bytes for a ``*_mb`` value (a number of MB or ``"NN%"`` of ``limit``) and its origin.
 
@@ -257,24 +276,38 @@ def parse_threshold_mb(name: str, value: object, limit: MemoryLimit) -> tuple[in
     percentage above 0% and at most 100%. ``name`` is the variable or argument, used in the
     error message.
     """
-    if isinstance(value, str) and value.strip(_SPACE).endswith("%"):
-        share = _decimal(value.strip(_SPACE)[:-1])
-        if share is None or not _in_range(share, 0.0, 100.0, low_inclusive=False):
-            raise ConfigurationError(f"{name}={value!r}: {_PERCENT_EXPECTED}")
+    share = _percent(name, value, "the memory limit")
+    if share is not None:
         threshold_bytes = int(limit.bytes * share / 100)
         if threshold_bytes < 1:
             raise ConfigurationError(
                 f"{name}={value!r}: is less than one byte of the {limit.bytes}-byte limit; expected a larger percentage"
             )
         return threshold_bytes, f"{share:g}% of {limit.bytes} bytes ({limit.source})"
-    if not isinstance(value, (str, numbers.Real)) or isinstance(value, bool):
-        raise ConfigurationError(f"{name}={value!r}: {_THRESHOLD_EXPECTED}, not {type(value).__name__}")
-    mb = _number(value)
-    if mb is None or not _in_range(mb, 0.0, MAX_THRESHOLD_MB, low_inclusive=False):
-        raise ConfigurationError(f"{name}={value!r}: {_THRESHOLD_EXPECTED}")
-    if int(mb * MB) < 1:
-        raise ConfigurationError(f"{name}={value!r}: is less than one byte; {_THRESHOLD_EXPECTED}")
+    mb = _megabytes(name, value, _THRESHOLD_EXPECTED)
     return int(mb * MB), f"{mb:g} MB"
+
+
+def parse_device_threshold_mb(name: str, value: object) -> DeviceThreshold:
+    """A device threshold: a number of MB, or ``"NN%"`` of each device's own limit.
+
+    The same ranges as :func:`parse_threshold_mb`; the percentage is resolved per device, against
+    the limit its framework reports (a device with no known limit has no such threshold).
+    """
+    share = _percent(name, value, "the device's memory limit")
+    if share is not None:
+        return DeviceThreshold(percent=share)
+    return DeviceThreshold(bytes=int(_megabytes(name, value, _DEVICE_THRESHOLD_EXPECTED) * MB))
+
+
+def parse_choice(name: str, value: str | None, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices`` (any case, blanks around ignored); unset or blank: ``default``."""
+    if value is None or not value.strip(_SPACE):
+        return default
+    word = value.strip(_SPACE).lower()
+    if word not in choices:
+        raise ConfigurationError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return word
 
 
 def size_mb_to_bytes(value: object, described_as: str, *, allow_zero: bool = False, or_none: bool = False) -> int:
@@ -386,6 +419,40 @@ _ENV_NAMES = {"alert": names.ENV_ALERT_MB, "cleanup": names.ENV_CLEANUP_MB, "cri
 _DEFAULTS = {"alert": DEFAULT_ALERT_MB, "cleanup": DEFAULT_CLEANUP_MB, "critical": DEFAULT_CRITICAL_MB}
 
 
+_DEVICE_ENV_NAMES = {"alert": names.ENV_DEVICE_ALERT_MB, "cleanup": names.ENV_DEVICE_CLEANUP_MB, "critical": names.ENV_DEVICE_CRITICAL_MB}
+
+
+def _device_thresholds_from(env: Mapping[str, str], sources: dict[str, str], problems: list[str], replaced: list[str]) -> dict[str, DeviceThreshold]:
+    """The device thresholds ``env`` sets (none for a bad one; none at all when two set in the same
+    unit are out of order), noting each in ``sources`` and each problem in ``problems``."""
+    found: dict[str, DeviceThreshold] = {}
+    for level, var in _DEVICE_ENV_NAMES.items():
+        raw = env.get(var)
+        if raw is None or raw.strip(_SPACE) == "":
+            continue
+        try:
+            found[level] = parse_device_threshold_mb(var, raw)
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+            replaced.append(var)
+    # Thresholds of the same unit must be in order; a percentage against MB is only known per device.
+    set_levels = [level for level in _DEVICE_ENV_NAMES if level in found]
+    for low, high in itertools.pairwise(set_levels):
+        a, b = found[low], found[high]
+        if (a.bytes is not None and b.bytes is not None and a.bytes > b.bytes) or (
+            a.percent is not None and b.percent is not None and a.percent > b.percent
+        ):
+            problems.append(
+                f"{_DEVICE_ENV_NAMES[low]}={env[_DEVICE_ENV_NAMES[low]]!r} is above {_DEVICE_ENV_NAMES[high]}={env[_DEVICE_ENV_NAMES[high]]!r}: "
+                "expected alert <= cleanup <= critical"
+            )
+            replaced.extend(_DEVICE_ENV_NAMES[level] for level in set_levels if _DEVICE_ENV_NAMES[level] not in replaced)
+            return {}
+    for level, threshold in found.items():
+        sources[f"device_{level}"] = f"environment {_DEVICE_ENV_NAMES[level]}={env[_DEVICE_ENV_NAMES[level]]} ({threshold})"
+    return found
+
+
 def _read_environment(env: Mapping[str, str], limit: MemoryLimit) -> tuple[MemoryConfig, list[str], list[str]]:
     """The configuration ``env`` describes with a default for each bad value (for every threshold
     when they are out of order), every problem found, and the variables replaced by defaults."""
@@ -418,6 +485,18 @@ def _read_environment(env: Mapping[str, str], limit: MemoryLimit) -> tuple[Memor
         except ConfigurationError as exc:
             problems.append(str(exc))
             replaced.append(names.ENV_MONITORING_INTERVAL)
+    device_thresholds = _device_thresholds_from(env, sources, problems, replaced)
+    raw_source = env.get(names.ENV_THRESHOLD_SOURCE)
+    threshold_source = names.SOURCE_RSS
+    try:
+        threshold_source = parse_choice(names.ENV_THRESHOLD_SOURCE, raw_source, names.THRESHOLD_SOURCES, names.SOURCE_RSS)
+    except ConfigurationError as exc:
+        problems.append(str(exc))
+        replaced.append(names.ENV_THRESHOLD_SOURCE)
+    if names.ENV_THRESHOLD_SOURCE not in replaced and raw_source is not None and raw_source.strip(_SPACE):
+        sources["threshold_source"] = f"environment {names.ENV_THRESHOLD_SOURCE}={raw_source}"
+    else:
+        sources["threshold_source"] = f"default ({names.SOURCE_RSS})"
     config = MemoryConfig(
         alert_bytes=thresholds["alert"],
         cleanup_bytes=thresholds["cleanup"],
@@ -425,6 +504,8 @@ def _read_environment(env: Mapping[str, str], limit: MemoryLimit) -> tuple[Memor
         monitoring_interval_s=interval,
         limit=limit,
         sources=sources,
+        device_thresholds=device_thresholds,
+        threshold_source=threshold_source,
     )
     conflicts = _order_conflicts(config, _ENV_NAMES, given)
     if conflicts:

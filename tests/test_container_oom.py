@@ -25,7 +25,7 @@ from conftest import wait_for
 
 from reer_otel_memory import _names as names
 from reer_otel_memory._cgroup import DEFAULT_CGROUP_ROOT, cgroup_paths, memory_cgroup
-from reer_otel_memory.monitoring.flight_recorder import read_flight_record
+from reer_otel_memory.profiling.flight_recorder import read_flight_record
 
 MB = 1024 * 1024
 LIMIT_BYTES = 200 * MB
@@ -36,7 +36,7 @@ import json, sys
 sys.stdin.readline()  # wait until the test has moved this process into the cgroup
 from reer_otel_memory import memory_context
 from reer_otel_memory._cgroup import memory_cgroup
-from reer_otel_memory.monitoring.flight_recorder import process_flight_recorder
+from reer_otel_memory.profiling.flight_recorder import process_flight_recorder
 from reer_otel_memory.profiling.probe import process_probe
 
 recorder, probe, cgroup = process_flight_recorder(), process_probe(), memory_cgroup()
@@ -57,7 +57,7 @@ with memory_context("{OPERATION}"):
 SUCCESSOR = """
 import json, logging
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-from reer_otel_memory.monitoring.flight_recorder import process_flight_recorder
+from reer_otel_memory.profiling.flight_recorder import process_flight_recorder
 recorder = process_flight_recorder()
 print(json.dumps(recorder.predecessor.report() if recorder.predecessor else None))
 """

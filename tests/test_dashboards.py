@@ -36,7 +36,7 @@ SELECTOR = re.compile(r"(?<![\w:])(ALERTS|(?:[a-z_]+:)?reer_\w+(?::\w+)?)(\{[^}]
 
 def series_the_service_cannot_export() -> set[str]:
     """Series the test's service process does not export on this machine: it imports no accelerator
-    framework (and per-device thresholds are not emitted yet), and a machine without a memory
+    framework (so has no device series, thresholds included), and a machine without a memory
     cgroup (or without PSI for it) has no cgroup series."""
     absent = {series.DEVICE_USED, series.DEVICE_PEAK, series.DEVICE_LIMIT, series.DEVICE_THRESHOLD}
     cgroup = memory_cgroup()

@@ -14,13 +14,13 @@ from _forks import in_forked_child
 from reer_otel_memory import _names as names
 from reer_otel_memory.cli import main
 from reer_otel_memory.errors import ConfigurationError
-from reer_otel_memory.monitoring.flight_recorder import SLOT_CAPACITY, FlightRecorder, read_flight_record, render_postmortem
+from reer_otel_memory.profiling.flight_recorder import SLOT_CAPACITY, FlightRecorder, read_flight_record, render_postmortem
 
 MB = 1024 * 1024
 
 KILLED = """
 import json, os, sys
-from reer_otel_memory.monitoring.flight_recorder import FlightRecorder
+from reer_otel_memory.profiling.flight_recorder import FlightRecorder
 recorder = FlightRecorder.open(sys.argv[1])
 finished = recorder.operation_started("finished_before", 10 << 20)
 recorder.operation_finished(finished)
@@ -64,7 +64,7 @@ def test_a_sigkilled_process_leaves_its_samples_running_operations_and_level_cha
 
 def test_the_next_process_reports_the_death_once_then_owns_the_file(tmp_path, caplog):
     path, pid = _killed_mid_operation(tmp_path)
-    with caplog.at_level("WARNING", logger="reer_otel_memory.monitoring.flight_recorder"):
+    with caplog.at_level("WARNING", logger="reer_otel_memory.profiling.flight_recorder"):
         recorder = FlightRecorder.open(path)
     assert recorder.predecessor is not None
     report = recorder.predecessor.report()
@@ -75,7 +75,7 @@ def test_the_next_process_reports_the_death_once_then_owns_the_file(tmp_path, ca
         FlightRecorder.open(path)
     recorder.close()
     caplog.clear()
-    with caplog.at_level("WARNING", logger="reer_otel_memory.monitoring.flight_recorder"):
+    with caplog.at_level("WARNING", logger="reer_otel_memory.profiling.flight_recorder"):
         again = FlightRecorder.open(path)  # a clean shutdown is no death
     assert again.predecessor is None and not caplog.records
     again.close()
@@ -116,7 +116,7 @@ def test_a_forked_child_does_not_write_into_its_parents_file(tmp_path):
 def test_the_environment_variable_opens_the_process_recorder_and_a_bad_path_is_one_log_line(tmp_path):
     code = (
         "import logging; logging.basicConfig();"
-        "from reer_otel_memory.monitoring.flight_recorder import process_flight_recorder as p;"
+        "from reer_otel_memory.profiling.flight_recorder import process_flight_recorder as p;"
         "print(p() is p(), p() is not None)"
     )
     env = {**os.environ, names.ENV_FLIGHT_RECORDER: str(tmp_path / "env.flight")}

@@ -1,8 +1,8 @@
 """Whatever the package's own steps do, a profiled call lets the user's exception through unchanged.
 
 Each fault is a real object installed in the runtime (``RUNTIME.replace``) and put back after:
-a probe reading a statm file that is not one, or a probe, tracker, configuration or telemetry
-whose every method raises. Each is thrown at every profiled path: function, coroutine,
+a probe reading a statm file that is not one, or a probe, tracker, configuration, telemetry,
+accelerator memory reader or flight recorder whose every method raises. Each is thrown at every profiled path: function, coroutine,
 generator, async generator, ``with`` and ``async with``, with and without an SDK.
 """
 
@@ -17,6 +17,7 @@ from _procfs import ProcDir
 
 from reer_otel_memory import memory_context, memory_profile
 from reer_otel_memory._runtime import RUNTIME
+from reer_otel_memory.profiling.flight_recorder import RecorderHolder
 from reer_otel_memory.testing import capture_telemetry
 
 
@@ -41,6 +42,16 @@ class _RecordingButBroken(_Broken):
         return True
 
 
+class _SlotNotFreed(_Broken):
+    """A flight recorder that hands out a slot, then fails to free it."""
+
+    def __init__(self) -> None:
+        super().__init__("recorder")
+
+    def operation_started(self, name: str, rss_start: int, device_start: int | None = None) -> int:
+        return 0
+
+
 def _broken_statm_probe(tmp_path) -> tuple[object, Callable[[], None]]:
     proc = ProcDir(tmp_path)
     proc.break_statm()
@@ -54,6 +65,9 @@ FAULTS: dict[str, Callable[[Any], tuple[str, object, Callable[[], None]]]] = {
     "config-raising": lambda tmp: ("config", _Broken("config"), lambda: None),
     "telemetry-raising": lambda tmp: ("telemetry", _Broken("telemetry"), lambda: None),
     "telemetry-recording-but-raising": lambda tmp: ("telemetry", _RecordingButBroken("telemetry"), lambda: None),
+    "device-memory-raising": lambda tmp: ("device_memory", _Broken("device_memory"), lambda: None),
+    "flight-recorder-raising": lambda tmp: ("flight_recorder", RecorderHolder(_Broken("recorder")), lambda: None),  # type: ignore[arg-type]
+    "flight-recorder-failing-to-free-its-slot": lambda tmp: ("flight_recorder", RecorderHolder(_SlotNotFreed()), lambda: None),  # type: ignore[arg-type]
 }
 
 

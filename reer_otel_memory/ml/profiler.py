@@ -9,7 +9,9 @@
 
 Each load is one profiled operation: a span named ``model_load`` with ``reer.model.name``,
 ``reer.model.size`` (estimated bytes, see below) and the usual ``reer.memory.*`` attributes
-(RSS start/end/delta, exact peak, heap delta), feeding the ``reer.memory.operation.*`` metrics
+(RSS start/end/delta, exact peak, heap delta, and the model's device footprint
+``reer.memory.device.delta`` / ``.peak`` where an accelerator framework is imported, also in its
+stats as ``load_device_delta_bytes`` / ``load_device_peak_bytes``), feeding the ``reer.memory.operation.*`` metrics
 under ``reer.operation="model_load"``. The profiler keeps, per model, the last load's RSS delta,
 peak growth, heap delta, duration and size estimate, how often it was loaded and unloaded, and
 when it was last used (:meth:`MemoryProfiler.record_model_use`, which
@@ -140,6 +142,10 @@ class ModelStats:
     load_rss_delta_bytes: int = 0
     load_peak_growth_bytes: int | None = None
     load_heap_delta_bytes: int | None = None
+    #: Accelerator bytes the load kept and the highest during it (summed over devices); None
+    #: where no accelerator framework with a device was imported when the load began.
+    load_device_delta_bytes: int | None = None
+    load_device_peak_bytes: int | None = None
     load_duration_s: float = 0.0
     size_bytes: int = 0
     float64_bytes: int = 0
@@ -170,6 +176,8 @@ class ModelStats:
             "load_rss_delta_bytes": self.load_rss_delta_bytes,
             "load_peak_growth_bytes": self.load_peak_growth_bytes,
             "load_heap_delta_bytes": self.load_heap_delta_bytes,
+            "load_device_delta_bytes": self.load_device_delta_bytes,
+            "load_device_peak_bytes": self.load_device_peak_bytes,
             "load_duration_s": self.load_duration_s,
             "size_bytes": self.size_bytes,
             "size_mb": self.size_bytes / MB,
@@ -239,6 +247,8 @@ class MemoryProfiler:
             stats.load_rss_delta_bytes = result.rss_delta
             stats.load_peak_growth_bytes = result.peak_growth
             stats.load_heap_delta_bytes = result.heap_delta
+            stats.load_device_delta_bytes = result.device_delta
+            stats.load_device_peak_bytes = result.device_peak
             stats.load_duration_s = result.duration_s
             stats.size_bytes = size.bytes
             stats.float64_bytes = size.float64_bytes

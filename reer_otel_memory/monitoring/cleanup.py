@@ -13,6 +13,9 @@ and on demand (:meth:`MemoryMonitor.cleanup`), counts each run in
     result = run_cleanup()
     print(result.freed_bytes, result.collected_objects)
 
+The process registry starts with the ``accelerator-caches`` hook: every cleanup also hands the
+cached, unused memory of the accelerator frameworks the process imported back to the device.
+
 One cleanup: every hook (a hook that raises is logged and skipped), then ``gc.collect()``, then
 ``malloc_trim(0)`` on glibc (:func:`trim_heap`) so memory freed by Python goes back to the OS
 and RSS really falls. Its cost is that of a full garbage collection: milliseconds in a small
@@ -39,6 +42,7 @@ import psutil
 from .. import _names as names
 from .._runtime import RUNTIME
 from ..errors import ConfigurationError, InvalidArgumentError
+from ..profiling.devices import device_memory
 from ..profiling.probe import MemoryProbe, process_probe
 
 logger = logging.getLogger(__name__)
@@ -52,6 +56,11 @@ TRIGGERS = names.CLEANUP_TRIGGERS
 KIND_HOOK = "hook"
 #: The kind of a hook that clears a cache (:meth:`MemoryOptimizer.register_cache`).
 KIND_CACHE = "cache"
+#: The kind, and name, of the hook every process registry starts with: it hands the cached,
+#: unused memory of the accelerator frameworks the process has imported back
+#: (``mx.clear_cache``, ``torch.cuda.empty_cache``; nothing where none is imported).
+KIND_DEVICE_CACHES = "device-caches"
+DEVICE_CACHES_HOOK = "accelerator-caches"
 
 _heap_trim: Callable[[], object] | None = getattr(psutil, "heap_trim", None)
 
@@ -117,9 +126,25 @@ class CleanupRegistry:
         return done
 
 
+def _empty_device_caches() -> None:
+    released = device_memory().empty_caches()
+    if released:
+        logger.info("accelerator caches emptied: %s", ", ".join(f"{framework} {size / (1 << 20):.1f} MB" for framework, size in sorted(released.items())))
+
+
+def _process_registry() -> CleanupRegistry:
+    registry = CleanupRegistry()
+    registry.register(DEVICE_CACHES_HOOK, _empty_device_caches, KIND_DEVICE_CACHES)
+    return registry
+
+
 def cleanup_registry() -> CleanupRegistry:
-    """The process's cleanup registry: the hooks :func:`run_cleanup` runs."""
-    return RUNTIME.get("cleanup.registry", CleanupRegistry)
+    """The process's cleanup registry: the hooks :func:`run_cleanup` runs.
+
+    It starts with one hook, ``accelerator-caches``, so that every cleanup (host or device level,
+    emergency, manual) also empties the accelerator frameworks' caches.
+    """
+    return RUNTIME.get("cleanup.registry", _process_registry)
 
 
 def register_cleanup_hook(name: str, hook: Callable[[], object]) -> None:

@@ -4,7 +4,8 @@ Gauges (read when a reader collects, so they report whether or not a monitor thr
 ``reer.memory.rss``, ``peak_rss``, ``heap``, ``limit``, ``utilization``, ``threshold{level}``,
 ``level`` (0 ok .. 3 critical) and ``leak.suspected{reer.operation}``; accelerator memory
 ``device.used``, ``device.peak``, ``device.limit`` ``{framework, device}`` from the frameworks the
-process has imported (:mod:`reer_otel_memory.profiling.devices`); and the container's view,
+process has imported, and ``device.threshold{framework, device, level}`` where device thresholds
+are set (:mod:`reer_otel_memory.profiling.devices`); and the container's view,
 ``cgroup.usage``, ``cgroup.working_set``, ``cgroup.limit``, where the process has a memory cgroup
 (:mod:`reer_otel_memory._cgroup`). The process gauges describe the *reporting monitor*: the monitor started most recently that is still running, else the
 process's default monitor (:func:`reer_otel_memory.monitoring.monitor.get_memory_monitor`).
@@ -35,7 +36,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
-from .._cgroup import CgroupMemory, memory_cgroup
+from .._cgroup import CgroupMemory, MemoryCgroup, memory_cgroup
 from .._runtime import RUNTIME
 from ..config import MemoryConfig
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
@@ -162,9 +163,28 @@ def _device_limit() -> Iterator[Observation]:
             yield Observation(reading.limit_bytes, {names.LABEL_FRAMEWORK: reading.framework, names.LABEL_DEVICE: reading.device})
 
 
+def _device_thresholds() -> Iterator[Observation]:
+    config = _monitor().config
+    if not config.device_thresholds:
+        return
+    for reading in _device_readings():
+        for level in THRESHOLD_LEVELS:
+            threshold_bytes = config.device_threshold_bytes(level, reading.limit_bytes)
+            if threshold_bytes is not None:
+                yield Observation(
+                    threshold_bytes,
+                    {names.LABEL_FRAMEWORK: reading.framework, names.LABEL_DEVICE: reading.device, names.LABEL_LEVEL: level.value},
+                )
+
+
+def process_cgroup() -> MemoryCgroup | None:
+    """The process's memory cgroup, found once per process (None: it has none)."""
+    # A list, since "no cgroup" is an answer worth keeping too.
+    return RUNTIME.get("monitor.cgroup", lambda: [memory_cgroup()])[0]
+
+
 def _cgroup_reading() -> CgroupMemory | None:
-    # Found once per process (a list, since "no cgroup" is an answer worth keeping too).
-    cgroup = RUNTIME.get("monitor.cgroup", lambda: [memory_cgroup()])[0]
+    cgroup = process_cgroup()
     return None if cgroup is None else cgroup.read()
 
 
@@ -233,6 +253,7 @@ _GAUGES = (
     (names.METRIC_DEVICE_USED, _device_used),
     (names.METRIC_DEVICE_PEAK, _device_peak),
     (names.METRIC_DEVICE_LIMIT, _device_limit),
+    (names.METRIC_DEVICE_THRESHOLD, _device_thresholds),
     (names.METRIC_CGROUP_USAGE, _cgroup_value("usage_bytes")),
     (names.METRIC_CGROUP_WORKING_SET, _cgroup_value("working_set_bytes")),
     (names.METRIC_CGROUP_LIMIT, _cgroup_value("limit_bytes")),

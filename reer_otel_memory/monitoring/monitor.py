@@ -57,10 +57,13 @@ from collections.abc import Callable, Mapping
 
 from .. import _names as names
 from .. import config as config_module
+from .._cgroup import CgroupMemory, MemoryCgroup
 from .._runtime import RUNTIME
 from ..config import MB, MemoryConfig
 from ..errors import ConfigurationError, InvalidArgumentError
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
+from ..profiling.devices import DeviceMemory, DeviceReading, device_memory
+from ..profiling.flight_recorder import FlightRecorder, process_flight_recorder
 from ..profiling.probe import MemoryProbe, process_probe
 from ..profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
 from . import metrics as _monitor_metrics
@@ -84,6 +87,8 @@ HEAP_AFFORDABLE_S = 50e-6
 HEAP_RECHECK_SAMPLES = 20
 
 Callback = Callable[[MemorySnapshot], object]
+#: ``cgroup=`` default: the process's own memory cgroup, found once.
+_PROCESS_CGROUP = object()
 
 _LEVEL_BELOW = {
     MemoryLevel.ALERT: MemoryLevel.OK,
@@ -130,6 +135,8 @@ class MemoryMonitor:
         tracker: MemoryTracker | None = None,
         hysteresis_share: float = DEFAULT_HYSTERESIS_SHARE,
         cleanup_cooldown_s: float = DEFAULT_CLEANUP_COOLDOWN_S,
+        cgroup: MemoryCgroup | object | None = _PROCESS_CGROUP,
+        devices: DeviceMemory | None = None,
     ) -> None:
         share = config_module.number_in_range(hysteresis_share, 0.0, 1.0, high_inclusive=False)
         if share is None:
@@ -139,6 +146,11 @@ class MemoryMonitor:
             raise ConfigurationError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a finite number of seconds >= 0")
         self._probe = probe if probe is not None else process_probe()
         self._tracker = tracker
+        if cgroup is not _PROCESS_CGROUP and cgroup is not None and not isinstance(cgroup, MemoryCgroup):
+            raise InvalidArgumentError(f"cgroup={cgroup!r}: expected a MemoryCgroup, None (no cgroup) or nothing (the process's own)")
+        self._cgroup_given = cgroup
+        self._devices = devices
+        self._working_set_missing_logged = False
         self.hysteresis_share = share
         self.cleanup_cooldown_s = cooldown_s
         self._overrides: dict[str, object] = {}
@@ -149,6 +161,8 @@ class MemoryMonitor:
 
         #: The level of the latest sample.
         self.level = MemoryLevel.OK
+        #: The level of each accelerator device, by (framework, device), as of the latest sample.
+        self.device_levels: dict[tuple[str, str], MemoryLevel] = {}
         self._callbacks: list[Callback] = []
         self._callback_failures: dict[int, int] = {}
         self._init_process_state()
@@ -161,6 +175,9 @@ class MemoryMonitor:
         """Counters, locks and thread state: fresh in a new monitor and in a forked child."""
         #: Upward crossings into each level since this monitor (or this forked child) began.
         self.alert_counts: dict[MemoryLevel, int] = {level: 0 for level in THRESHOLD_LEVELS}
+        #: Upward crossings into each level of each device, by (framework, device, level); also in alert_counts.
+        self.device_alert_counts: dict[tuple[str, str, MemoryLevel], int] = {}
+        self.device_levels = {}
         #: Cleanups run, in all and by trigger.
         self.cleanup_count = 0
         self.cleanup_counts: dict[str, int] = {trigger: 0 for trigger in names.CLEANUP_TRIGGERS}
@@ -288,11 +305,53 @@ class MemoryMonitor:
             level = _LEVEL_BELOW[level]
         return level
 
+    def _settle_device(self, current: MemoryLevel, used_bytes: int, limit_bytes: int | None) -> MemoryLevel:
+        """As :meth:`_settle`, for one device against the device thresholds."""
+        config = self._config
+        reached = config.device_level_for(used_bytes, limit_bytes)
+        if reached >= current:
+            return reached
+        level = current
+        while level > reached:
+            threshold_bytes = config.device_threshold_bytes(level, limit_bytes)
+            if threshold_bytes is not None and used_bytes >= threshold_bytes * (1.0 - self.hysteresis_share):
+                break
+            level = _LEVEL_BELOW[level]
+        return level
+
+    @property
+    def cgroup(self) -> MemoryCgroup | None:
+        """The memory cgroup whose working set ``threshold_source=working_set`` compares (None: none)."""
+        given = self._cgroup_given
+        if given is _PROCESS_CGROUP:
+            return _monitor_metrics.process_cgroup()
+        return given if isinstance(given, MemoryCgroup) else None
+
+    def _compared(self, rss_bytes: int, reading: CgroupMemory | None) -> tuple[int, str]:
+        """What the host levels compare, and its name: the RSS, or the cgroup's working set."""
+        if self._config.threshold_source != names.SOURCE_WORKING_SET:
+            return rss_bytes, names.SOURCE_RSS
+        if reading is not None and reading.working_set_bytes is not None:
+            return reading.working_set_bytes, names.SOURCE_WORKING_SET
+        if not self._working_set_missing_logged:
+            self._working_set_missing_logged = True
+            logger.warning(
+                "%s=%s: the process has no memory cgroup with a working set here, so the levels compare RSS",
+                names.ENV_THRESHOLD_SOURCE, names.SOURCE_WORKING_SET,
+            )
+        return rss_bytes, names.SOURCE_RSS
+
+    def _read_cgroup(self) -> CgroupMemory | None:
+        cgroup = self.cgroup
+        return None if cgroup is None else cgroup.read()
+
     def current_level(self) -> MemoryLevel:
-        """The level now: the latest sample's while the thread runs, else settled from RSS read now."""
+        """The level now: the latest sample's while the thread runs, else settled from memory read now."""
         if self.is_running:
             return self.level
-        return self._settle(self.level, self._probe.rss_bytes())
+        rss = self._probe.rss_bytes()
+        reading = self._read_cgroup() if self._config.threshold_source == names.SOURCE_WORKING_SET else None
+        return self._settle(self.level, self._compared(rss, reading)[0])
 
     def next_wait_s(self) -> float:
         """Seconds until the next sample: the interval, or the faster pace above the alert level."""
@@ -317,40 +376,114 @@ class MemoryMonitor:
 
     def sample_once(self) -> MemorySnapshot:
         """Take one sample now: level, alerts, a cleanup when due, callbacks. What each tick does."""
+        config = self._config
+        recorder = process_flight_recorder()
         with self._sample_lock:
             rss = self._probe.rss_bytes()
             heap = self._read_heap()
+            # The cgroup and the devices are read only where something uses them.
+            reading = self._read_cgroup() if recorder is not None or config.threshold_source == names.SOURCE_WORKING_SET else None
+            devices = self._device_readings() if recorder is not None or config.device_thresholds else []
+            compared, source = self._compared(rss, reading)
             previous = self.level
-            level = self._settle(previous, rss)
+            level = self._settle(previous, compared)
             self.level = level
             self.sample_count += 1
             risen = [threshold_level for threshold_level in THRESHOLD_LEVELS if previous < threshold_level <= level]
             for threshold_level in risen:
                 self.alert_counts[threshold_level] += 1
                 _monitor_metrics.count_alert(threshold_level)
+            device_changes = self._settle_devices(devices) if config.device_thresholds else []
             snapshot = MemorySnapshot(time.time(), rss, heap, None, level, previous, level is not previous)
             self.last_snapshot = snapshot
+        if recorder is not None:
+            self._record_flight(recorder, snapshot, reading, devices, compared, source, device_changes)
         self.tracker.record(snapshot)
         if snapshot.crossed:
-            self._log_crossing(snapshot)
-        if level >= MemoryLevel.CLEANUP:
-            self._auto_cleanup(level)
+            self._log_crossing(snapshot, compared, source)
+        for reading_changed, old in device_changes:
+            self._log_device_crossing(reading_changed, old)
+        highest = max([level, *self.device_levels.values()])
+        if highest >= MemoryLevel.CLEANUP:
+            self._auto_cleanup(highest)
         self._run_callbacks(snapshot)
         return snapshot
 
-    def _log_crossing(self, snapshot: MemorySnapshot) -> None:
+    def _device_readings(self) -> list[DeviceReading]:
+        return (self._devices if self._devices is not None else device_memory()).readings()
+
+    def _settle_devices(self, readings: list[DeviceReading]) -> list[tuple[DeviceReading, MemoryLevel]]:
+        """Move each device's level (caller holds the sample lock); the devices that changed, with their old level."""
+        changed = []
+        seen = set()
+        for reading in readings:
+            key = (reading.framework, reading.device)
+            seen.add(key)
+            previous = self.device_levels.get(key, MemoryLevel.OK)
+            level = self._settle_device(previous, reading.used_bytes, reading.limit_bytes)
+            self.device_levels[key] = level
+            for threshold_level in THRESHOLD_LEVELS:
+                if previous < threshold_level <= level:
+                    counted = (reading.framework, reading.device, threshold_level)
+                    self.device_alert_counts[counted] = self.device_alert_counts.get(counted, 0) + 1
+                    self.alert_counts[threshold_level] += 1
+                    _monitor_metrics.count_alert(threshold_level)
+            if level is not previous:
+                changed.append((reading, previous))
+        for key in [key for key in self.device_levels if key not in seen]:
+            del self.device_levels[key]  # a device no longer read (its framework failed) holds no level
+        return changed
+
+    def _record_flight(
+        self,
+        recorder: FlightRecorder,
+        snapshot: MemorySnapshot,
+        reading: CgroupMemory | None,
+        devices: list[DeviceReading],
+        compared: int,
+        source: str,
+        device_changes: list[tuple[DeviceReading, MemoryLevel]],
+    ) -> None:
+        # NVML counts every process on the GPU: the framework readings say what this process holds.
+        own = [device.used_bytes for device in devices if device.process_used_bytes is None and device.framework != "nvml"]
+        recorder.record_sample(
+            snapshot.rss_bytes, None if reading is None else reading.working_set_bytes, sum(own) if own else None, snapshot.level
+        )
+        if snapshot.crossed and snapshot.previous_level is not None:
+            recorder.level_changed(snapshot.previous_level, snapshot.level, compared, source)
+        for device, old in device_changes:
+            recorder.level_changed(old, self.device_levels.get((device.framework, device.device), MemoryLevel.OK), device.used_bytes, names.SOURCE_DEVICE)
+
+    def _log_device_crossing(self, reading: DeviceReading, previous: MemoryLevel) -> None:
+        level = self.device_levels.get((reading.framework, reading.device), MemoryLevel.OK)
+        where = f"{reading.framework} {reading.device}"
+        used_mb = reading.used_bytes / MB
+        if level < previous:
+            threshold = self._config.device_threshold_bytes(previous, reading.limit_bytes) or 0
+            logger.info("device memory level %s on %s: %.1f MB fell below the %s threshold of %.1f MB (was %s)",
+                        level, where, used_mb, previous, threshold / MB, previous)
+            return
+        threshold = self._config.device_threshold_bytes(level, reading.limit_bytes) or 0
+        logger.log(
+            logging.ERROR if level is MemoryLevel.CRITICAL else logging.WARNING,
+            "device memory level %s on %s: %.1f MB reached the %s threshold of %.1f MB (was %s)",
+            level, where, used_mb, level, threshold / MB, previous,
+        )
+
+    def _log_crossing(self, snapshot: MemorySnapshot, compared: int, source: str) -> None:
         level, previous = snapshot.level, snapshot.previous_level
-        rss_mb = snapshot.rss_bytes / MB
+        what = "RSS" if source == names.SOURCE_RSS else "working set"
+        value_mb = compared / MB
         if previous is not None and level < previous:
             logger.info(
-                "memory level %s: RSS %.1f MB fell below the %s threshold of %.1f MB (was %s)",
-                level, rss_mb, previous, self.threshold_bytes(previous) / MB, previous,
+                "memory level %s: %s %.1f MB fell below the %s threshold of %.1f MB (was %s)",
+                level, what, value_mb, previous, self.threshold_bytes(previous) / MB, previous,
             )
             return
         logger.log(
             logging.ERROR if level is MemoryLevel.CRITICAL else logging.WARNING,
-            "memory level %s: RSS %.1f MB reached the %s threshold of %.1f MB (was %s)",
-            level, rss_mb, level, self.threshold_bytes(level) / MB, previous,
+            "memory level %s: %s %.1f MB reached the %s threshold of %.1f MB (was %s)",
+            level, what, value_mb, level, self.threshold_bytes(level) / MB, previous,
         )
 
     def _run_callbacks(self, snapshot: MemorySnapshot) -> None:

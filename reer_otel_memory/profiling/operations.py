@@ -24,7 +24,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -38,8 +38,13 @@ from .._runtime import RUNTIME
 from ..config import get_config
 from ..errors import InvalidArgumentError
 from ..levels import MemoryLevel
+from .devices import DeviceWindow, device_memory
+from .flight_recorder import recorder_holder
 from .probe import MemoryProbe, PeakWindow, process_probe
 from .tracker import get_memory_tracker
+
+if TYPE_CHECKING:
+    from .flight_recorder import FlightRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +89,10 @@ def _log_failure(where: str, exc: BaseException) -> None:
 class OperationResult:
     """What one profiled operation measured (bytes and seconds); None where not measurable."""
 
-    __slots__ = ("duration_s", "heap_delta", "leak_suspected", "level", "operation", "rss_end", "rss_peak", "rss_start")
+    __slots__ = (
+        "device_end", "device_peak", "device_start", "duration_s", "heap_delta", "leak_suspected", "level", "operation", "rss_end",
+        "rss_peak", "rss_start",
+    )
 
     def __init__(self) -> None:
         self.operation = ""
@@ -95,6 +103,16 @@ class OperationResult:
         self.level: MemoryLevel | None = None
         self.duration_s = 0.0
         self.leak_suspected = False
+        #: Accelerator bytes in use at the start and end and the highest during the operation,
+        #: summed over the devices read; None where no framework is read (or no SDK records).
+        self.device_start: int | None = None
+        self.device_end: int | None = None
+        self.device_peak: int | None = None
+
+    @property
+    def device_delta(self) -> int | None:
+        """Accelerator bytes the operation kept (end minus start); None where not read."""
+        return None if self.device_start is None or self.device_end is None else self.device_end - self.device_start
 
     @property
     def rss_delta(self) -> int:
@@ -109,15 +127,19 @@ class OperationResult:
         return (
             f"OperationResult(operation={self.operation!r}, rss_start={self.rss_start}, rss_end={self.rss_end}, "
             f"rss_delta={self.rss_delta}, rss_peak={self.rss_peak}, heap_delta={self.heap_delta}, "
-            f"level={self.level!s}, duration_s={self.duration_s:.6f})"
+            f"device_delta={self.device_delta}, level={self.level!s}, duration_s={self.duration_s:.6f})"
         )
 
 
 class _Operation:
     """One running profiled operation: its span, peak window and start readings."""
 
-    __slots__ = ("context", "function", "heap_start", "metric_attributes", "name", "owns_span", "probe", "result", "span", "started", "telemetry", "window")
+    __slots__ = (
+        "context", "device_window", "function", "heap_start", "metric_attributes", "name", "owns_span", "probe", "recorder", "result", "slot",
+        "span", "started", "telemetry", "window",
+    )
     window: PeakWindow  # set by start(); finish() runs only after a successful start()
+    device_window: DeviceWindow | None
 
     def __init__(self, name: str, function: str | None, metric_attributes: Mapping[str, str]) -> None:
         self.name = name
@@ -129,6 +151,8 @@ class _Operation:
         self.owns_span = False
         self.context: Context | None = None
         self.heap_start: int | None = None
+        self.recorder: FlightRecorder | None = None
+        self.slot = -1
 
     def start(self, heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None) -> None:
         telemetry = self.telemetry = RUNTIME.telemetry or _telemetry.current()
@@ -141,9 +165,20 @@ class _Operation:
             self.context = trace.set_span_in_context(span)
         self.span = span
         probe = self.probe = RUNTIME.probe or process_probe()
-        self.window, self.result.rss_start = probe.begin_peak()
+        result = self.result
+        self.window, result.rss_start = probe.begin_peak()
+        # None (about 0.1 us) unless a framework with a device is imported.
+        device_window, device_start = (RUNTIME.device_memory or device_memory()).begin()
+        self.device_window = device_window
+        if device_window is not None:
+            result.device_start = device_start
         if _want_heap(self.name, heap, probe):
             self.heap_start = probe.heap_bytes()
+        # Last: once the slot is taken nothing here can fail, so finish() always frees it.
+        recorder = (RUNTIME.flight_recorder or recorder_holder()).recorder
+        if recorder is not None:
+            self.slot = recorder.operation_started(self.name, result.rss_start, result.device_start)
+            self.recorder = recorder
         self.started = time.perf_counter()
 
     def finish(self, exc: BaseException | None) -> OperationResult:
@@ -158,6 +193,8 @@ class _Operation:
                     result.heap_delta = heap_end - self.heap_start
             rss_end = result.rss_end = probe.rss_bytes()
             peak = result.rss_peak = probe.end_peak(self.window, rss_end)
+            if self.device_window is not None:
+                result.device_end, result.device_peak = (RUNTIME.device_memory or device_memory()).end(self.device_window)
             level = result.level = (RUNTIME.config or get_config()).level_for(rss_end)
             result.duration_s = duration
             delta = rss_end - result.rss_start
@@ -182,6 +219,12 @@ class _Operation:
                     attributes[names.ATTR_RSS_PEAK] = peak
                 if result.heap_delta is not None:
                     attributes[names.ATTR_HEAP_DELTA] = result.heap_delta
+                if result.device_start is not None and result.device_end is not None:
+                    attributes[names.ATTR_DEVICE_START] = result.device_start
+                    attributes[names.ATTR_DEVICE_END] = result.device_end
+                    attributes[names.ATTR_DEVICE_DELTA] = result.device_end - result.device_start
+                    if result.device_peak is not None:
+                        attributes[names.ATTR_DEVICE_PEAK] = result.device_peak
                 if suspected:
                     attributes[names.ATTR_LEAK_SUSPECTED] = True
                 span.set_attributes(attributes)
@@ -201,10 +244,19 @@ class _Operation:
                 if peak is not None:
                     telemetry.operation_peak.record(max(0, peak - result.rss_start), metric_attributes)
         finally:
+            if self.recorder is not None:
+                self._leave_recorder()
             # Even if a measurement failed, the span must end, or it never reaches an exporter.
             if self.owns_span and span is not None:
                 span.end()
         return self.result
+
+    def _leave_recorder(self) -> None:
+        recorder, self.recorder = self.recorder, None
+        try:
+            recorder.operation_finished(self.slot)  # type: ignore[union-attr]
+        except Exception as exc:  # in a finally block: must not replace what is being raised
+            _log_failure("freeing the flight recorder slot", exc)
 
 
 def _recording() -> bool:
@@ -272,21 +324,34 @@ def _detach_and_end(operation: _Operation | None, token: object | None, exc: Bas
     _end(operation, exc)
 
 
-def _light_start() -> int:
-    """RSS at the start of an operation measured without an SDK (0 if it cannot be read)."""
+def _light_start(name: str) -> tuple[int, int]:
+    """No SDK: RSS at the start of an operation (0 if it cannot be read), and its flight recorder
+    slot (-1: none, or no recorder configured)."""
     try:
-        return (RUNTIME.probe or process_probe()).rss_bytes()
+        rss_start = (RUNTIME.probe or process_probe()).rss_bytes()
     except Exception as exc:  # instrumentation must never break the host's call
         _log_failure("reading RSS", exc)
-        return 0
+        return 0, -1
+    try:
+        recorder = (RUNTIME.flight_recorder or recorder_holder()).recorder
+        if recorder is not None:
+            return rss_start, recorder.operation_started(name, rss_start)
+    except Exception as exc:
+        _log_failure("writing the flight recorder", exc)
+    return rss_start, -1
 
 
-def _light(name: str, rss_start: int) -> int:
+def _light(name: str, rss_start: int, slot: int = -1) -> int:
     """No SDK: keep the tracker and leak detection fed with two RSS reads and nothing else.
 
     About 2 us on top of the two reads. Returns the RSS at the end (the start if unreadable).
     Runs in ``finally`` blocks, so it never raises.
     """
+    if slot >= 0:
+        try:
+            (RUNTIME.flight_recorder or recorder_holder()).recorder.operation_finished(slot)  # type: ignore[union-attr]
+        except Exception as exc:
+            _log_failure("freeing the flight recorder slot", exc)
     try:
         rss_end = (RUNTIME.probe or process_probe()).rss_bytes()
         if rss_start:
@@ -363,7 +428,7 @@ def memory_profile(
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 # Without an SDK the same loop runs, unmeasured: asend/athrow must still reach
                 # the wrapped generator (an ``async for`` here would drop them).
-                light_start = None if _recording() else _light_start()
+                light_start = None if _recording() else _light_start(name)
                 operation = None if light_start is not None else _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 agen = func(*args, **kwargs)
                 ctx = operation.context if operation is not None else None
@@ -397,7 +462,7 @@ def memory_profile(
                     raise
                 finally:
                     if light_start is not None:
-                        _light(name, light_start)
+                        _light(name, *light_start)
                     else:
                         _end(operation, failure)
 
@@ -408,11 +473,11 @@ def memory_profile(
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if not _recording():
-                    rss_start = _light_start()
+                    rss_start, slot = _light_start(name)
                     try:
                         return (yield from func(*args, **kwargs))
                     finally:
-                        _light(name, rss_start)
+                        _light(name, rss_start, slot)
                 operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 gen = func(*args, **kwargs)
                 ctx = operation.context if operation is not None else None
@@ -454,11 +519,11 @@ def memory_profile(
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if not _recording():
-                    rss_start = _light_start()
+                    rss_start, slot = _light_start(name)
                     try:
                         return await func(*args, **kwargs)
                     finally:
-                        _light(name, rss_start)
+                        _light(name, rss_start, slot)
                 operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 token = _attach(operation)
                 try:
@@ -474,11 +539,11 @@ def memory_profile(
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not _recording():
-                rss_start = _light_start()
+                rss_start, slot = _light_start(name)
                 try:
                     return func(*args, **kwargs)
                 finally:
-                    _light(name, rss_start)
+                    _light(name, rss_start, slot)
             operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
             token = _attach(operation)
             try:
@@ -502,7 +567,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     measurements. ``op.set_attribute(key, value)`` adds attributes to the span.
     """
 
-    __slots__ = ("_light_start", "_light_started", "_operation", "_token", "annotate_current", "attributes", "heap", "name", "result")
+    __slots__ = ("_light_slot", "_light_start", "_light_started", "_operation", "_token", "annotate_current", "attributes", "heap", "name", "result")
 
     def __init__(
         self,
@@ -522,6 +587,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         self._operation: _Operation | None = None
         self._token: object | None = None
         self._light_start: int | None = None
+        self._light_slot = -1
         self.result: OperationResult | None = None
 
     @property
@@ -537,7 +603,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     def __enter__(self) -> memory_context:
         if not _recording():
             self._light_started = time.perf_counter()
-            self._light_start = _light_start()
+            self._light_start, self._light_slot = _light_start(self.name)
             return self
         self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes)
         self._token = _attach(self._operation)
@@ -546,7 +612,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if self._light_start is not None:
             rss_start, self._light_start = self._light_start, None
-            rss_end = _light(self.name, rss_start)
+            rss_end = _light(self.name, rss_start, self._light_slot)
             # Without an SDK the block still gets its result: code written against it must
             # not break where no SDK is configured. Peak and heap are not measured here.
             result = self.result = OperationResult()

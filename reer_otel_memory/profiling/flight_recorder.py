@@ -13,8 +13,11 @@ even when the process is killed mid-record. It holds:
 
 ``reer-otel-memory postmortem PATH`` prints the last seconds before the death as a table and a
 terminal chart and names the operations that were running and how much each had grown. A
-process opening the same path first reports its predecessor's death once (a log line, and
-:attr:`FlightRecorder.predecessor` for a span event), then reuses the file.
+process opening the same path first reports its predecessor's death once (a log line, and a
+short root span ``reer.memory.predecessor`` carrying the event ``reer.memory.predecessor.died``
+with the predecessor's pid, last RSS and working set, and the operations that were running),
+then reuses the file. The process's recorder (:func:`process_flight_recorder`) opens on first
+use: the monitor's first sample, the instrumentor, or the first profiled call, whichever comes first.
 
 Cost (``benchmarks/bench_flight_recorder.py``): ``operation_started`` + ``operation_finished``
 together about 0.9 us (a fifth of a profiled no-op without an SDK), ``record_sample`` about 0.6 us. A forked child does not write into its
@@ -39,8 +42,11 @@ import time
 from dataclasses import dataclass, field
 
 import psutil
+from opentelemetry.context import Context
+from opentelemetry.util.types import AttributeValue
 
 from .. import _names as names
+from .. import _telemetry
 from .._runtime import RUNTIME
 from ..errors import ConfigurationError
 from ..levels import MemoryLevel
@@ -371,28 +377,77 @@ class FlightRecorder:
 # --- the process's recorder -----------------------------------------------------------------
 
 
-class _Opened:
-    """The process's recorder, or None where none is configured or it could not open."""
+class RecorderHolder:
+    """The process's recorder, or None where none is configured or it could not open.
+
+    Profiled calls read ``(RUNTIME.flight_recorder or recorder_holder()).recorder``: two attribute
+    reads when no recorder is configured.
+    """
+
+    __slots__ = ("recorder",)
 
     def __init__(self, recorder: FlightRecorder | None) -> None:
         self.recorder = recorder
 
 
-def _from_environment() -> _Opened:
+def predecessor_attributes(record: FlightRecord) -> dict[str, AttributeValue]:
+    """The span event attributes describing a predecessor's death (its last RSS, what was running)."""
+    attributes: dict[str, AttributeValue] = {
+        names.ATTR_PREDECESSOR_PID: record.pid,
+        names.ATTR_PREDECESSOR_COMMAND: record.command,
+        names.ATTR_PREDECESSOR_OPERATIONS: [operation.name for operation in record.running],
+        names.ATTR_PREDECESSOR_OPERATIONS_RSS_START: [operation.rss_start_bytes for operation in record.running],
+    }
+    last = record.last_sample
+    if last is not None:
+        attributes[names.ATTR_PREDECESSOR_LAST_RSS] = last.rss_bytes
+        if last.working_set_bytes is not None:
+            attributes[names.ATTR_PREDECESSOR_LAST_WORKING_SET] = last.working_set_bytes
+    return attributes
+
+
+def report_predecessor(recorder: FlightRecorder) -> None:
+    """Report the predecessor's death (if any) as a short root span ``reer.memory.predecessor``
+    with one event ``reer.memory.predecessor.died``, on the telemetry in force. Never raises."""
+    record = recorder.predecessor
+    if record is None:
+        return
+    try:
+        span = _telemetry.current().tracer.start_span(
+            names.SPAN_PREDECESSOR, context=Context(), attributes={names.ATTR_FLIGHT_RECORDER_PATH: recorder.path}
+        )
+        span.add_event(names.EVENT_PREDECESSOR_DIED, predecessor_attributes(record))
+        span.end()
+    except Exception as exc:  # the log line has already said it; the host runs on
+        logger.warning("flight recorder %s: could not report the previous process's death as a span: %r", recorder.path, exc)
+
+
+def _from_environment() -> RecorderHolder:
     path = os.environ.get(names.ENV_FLIGHT_RECORDER, "").strip()
     if not path:
-        return _Opened(None)
+        return RecorderHolder(None)
     try:
-        return _Opened(FlightRecorder.open(path))
+        recorder = FlightRecorder.open(path)
     except (OSError, ConfigurationError) as exc:
         # Under auto-instrumentation: one line, and the host runs on without a recorder.
         logger.warning("%s=%r: no flight recorder: %s", names.ENV_FLIGHT_RECORDER, path, exc)
-        return _Opened(None)
+        return RecorderHolder(None)
+    report_predecessor(recorder)
+    return RecorderHolder(recorder)
+
+
+def recorder_holder() -> RecorderHolder:
+    """The holder of the process's recorder, opened from ``REER_MEMORY_FLIGHT_RECORDER`` on first use."""
+    return RUNTIME.get("flight_recorder", _from_environment)
 
 
 def process_flight_recorder() -> FlightRecorder | None:
-    """The recorder ``REER_MEMORY_FLIGHT_RECORDER`` names, opened on first use; None without one."""
-    return RUNTIME.get("flight_recorder", _from_environment).recorder
+    """The recorder ``REER_MEMORY_FLIGHT_RECORDER`` names, opened on first use; None without one.
+
+    A predecessor that died is reported when it opens: a log line, and a short span
+    ``reer.memory.predecessor`` with the event ``reer.memory.predecessor.died``.
+    """
+    return (RUNTIME.flight_recorder or recorder_holder()).recorder
 
 
 # --- the postmortem ----------------------------------------------------------------------------
