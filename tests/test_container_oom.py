@@ -41,8 +41,7 @@ from reer_otel_memory.profiling.probe import process_probe
 
 recorder, probe, cgroup = process_flight_recorder(), process_probe(), memory_cgroup()
 held = []
-with memory_context("{OPERATION}"):
-    slot = recorder.operation_started("{OPERATION}", probe.rss_bytes())
+with memory_context("{OPERATION}"):  # the profiled operation holds its own flight recorder slot
     paused = False
     while True:
         held.append(b"x" * (8 << 20))  # touched: every page is charged to the cgroup

@@ -271,7 +271,7 @@ def test_baseline_round_trip_and_fail_on_increase(pytester: pytest.Pytester) -> 
 def test_the_report_lists_tests_by_peak(pytester: pytest.Pytester) -> None:
     write_tests(pytester, '''
         def test_small():
-            buffer = touched(1 * 2**20)
+            buffer = touched(4 * 2**20)
 
         def test_big():
             buffer = touched(16 * 2**20)
@@ -280,9 +280,9 @@ def test_the_report_lists_tests_by_peak(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
         "*memory report (reer_otel_memory)*",
-        "test * peak growth * retained * heap delta * duration",
-        "test_budgets.py::test_big * 16.? MiB *",
-        "test_budgets.py::test_small * 1.? MiB *",
+        "test * peak growth * retained * heap delta * device peak * duration",
+        "test_budgets.py::test_big * 1?.? MiB *",
+        "test_budgets.py::test_small * ?.? MiB *",  # a page already resident can take a few KiB off
     ])
 
 

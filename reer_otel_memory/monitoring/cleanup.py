@@ -13,10 +13,10 @@ and on demand (:meth:`MemoryMonitor.cleanup`), counts each run in
     result = run_cleanup()
     print(result.freed_bytes, result.collected_objects)
 
-The process registry starts with the ``accelerator-caches`` hook: every cleanup also hands the
-cached, unused memory of the accelerator frameworks the process imported back to the device.
-
-One cleanup: every hook (a hook that raises is logged and skipped), then ``gc.collect()``, then
+One cleanup: every hook (a hook that raises is logged and skipped), then the accelerator
+frameworks' caches the process imported are emptied (``mx.clear_cache``,
+``torch.cuda.empty_cache``: cached, unused device memory goes back to the device), then
+``gc.collect()``, then
 ``malloc_trim(0)`` on glibc (:func:`trim_heap`) so memory freed by Python goes back to the OS
 and RSS really falls. Its cost is that of a full garbage collection: milliseconds in a small
 process, up to seconds with millions of container objects, which is why the monitor keeps a
@@ -56,11 +56,6 @@ TRIGGERS = names.CLEANUP_TRIGGERS
 KIND_HOOK = "hook"
 #: The kind of a hook that clears a cache (:meth:`MemoryOptimizer.register_cache`).
 KIND_CACHE = "cache"
-#: The kind, and name, of the hook every process registry starts with: it hands the cached,
-#: unused memory of the accelerator frameworks the process has imported back
-#: (``mx.clear_cache``, ``torch.cuda.empty_cache``; nothing where none is imported).
-KIND_DEVICE_CACHES = "device-caches"
-DEVICE_CACHES_HOOK = "accelerator-caches"
 
 _heap_trim: Callable[[], object] | None = getattr(psutil, "heap_trim", None)
 
@@ -126,25 +121,21 @@ class CleanupRegistry:
         return done
 
 
-def _empty_device_caches() -> None:
-    released = device_memory().empty_caches()
-    if released:
-        logger.info("accelerator caches emptied: %s", ", ".join(f"{framework} {size / (1 << 20):.1f} MB" for framework, size in sorted(released.items())))
-
-
-def _process_registry() -> CleanupRegistry:
-    registry = CleanupRegistry()
-    registry.register(DEVICE_CACHES_HOOK, _empty_device_caches, KIND_DEVICE_CACHES)
-    return registry
+def _run_hooks_and_empty_device_caches() -> tuple[HooksRun, dict[str, int]]:
+    hooks = cleanup_registry().run()
+    try:
+        emptied = device_memory().empty_caches()
+    except Exception as exc:  # a framework's failure must not stop the cleanup
+        logger.warning("emptying the accelerator caches failed: %r", exc)
+        emptied = {}
+    if emptied:
+        logger.info("accelerator caches emptied: %s", ", ".join(f"{framework} {size / (1 << 20):.1f} MB" for framework, size in sorted(emptied.items())))
+    return hooks, emptied
 
 
 def cleanup_registry() -> CleanupRegistry:
-    """The process's cleanup registry: the hooks :func:`run_cleanup` runs.
-
-    It starts with one hook, ``accelerator-caches``, so that every cleanup (host or device level,
-    emergency, manual) also empties the accelerator frameworks' caches.
-    """
-    return RUNTIME.get("cleanup.registry", _process_registry)
+    """The process's cleanup registry: the hooks :func:`run_cleanup` runs."""
+    return RUNTIME.get("cleanup.registry", CleanupRegistry)
 
 
 def register_cleanup_hook(name: str, hook: Callable[[], object]) -> None:
@@ -258,6 +249,8 @@ class CleanupResult:
     hooks_failed: list[str] = field(default_factory=list)
     trimmed: bool = False
     duration_s: float = 0.0
+    #: Bytes each accelerator framework's cache held when the cleanup emptied it.
+    device_caches_emptied: dict[str, int] = field(default_factory=dict)
 
     @property
     def freed_bytes(self) -> int:
@@ -273,14 +266,14 @@ def check_trigger(trigger: object) -> str:
 
 
 def run_cleanup(trigger: str = names.TRIGGER_MANUAL, probe: MemoryProbe | None = None) -> CleanupResult:
-    """Run every hook, ``gc.collect()``, and trim the heap; measure the RSS freed.
+    """Run every hook, empty the accelerator caches, ``gc.collect()``, and trim the heap; measure the RSS freed.
 
     A hook that raises is logged and skipped: cleanup always completes. ``trigger`` is one of
     :data:`TRIGGERS` and is only recorded in the result.
     """
     check_trigger(trigger)
-    released = release_memory(cleanup_registry().run, probe=probe)
-    hooks = released.value
+    released = release_memory(_run_hooks_and_empty_device_caches, probe=probe)
+    hooks, emptied = released.value
     return CleanupResult(
         trigger,
         released.rss_before_bytes,
@@ -290,4 +283,5 @@ def run_cleanup(trigger: str = names.TRIGGER_MANUAL, probe: MemoryProbe | None =
         hooks.failed,
         released.trimmed,
         released.duration_s,
+        emptied,
     )
