@@ -81,8 +81,21 @@ def _with_sdk(with_metrics: bool) -> dict[str, float]:
                 }
             )
 
+    telemetry = _telemetry.current()
+    operation = {"reer.operation": "noop"}
+
+    def bare_span_and_records() -> None:
+        # What any design emitting the same telemetry pays: the span, plus the two histogram
+        # records a profiled call makes, by hand on the same instruments.
+        bare_span()
+        telemetry.operation_duration.record(1e-6, operation)
+        telemetry.operation_peak.record(0, operation)
+
+    candidates = {"bare": bare_span, "decorated": decorated, "heap": decorated_heap}
+    if with_metrics:
+        candidates["bare_records"] = bare_span_and_records
     try:
-        medians = interleaved({"bare": bare_span, "decorated": decorated, "heap": decorated_heap})
+        medians = interleaved(candidates)
     finally:
         _telemetry.restore(previous)
         tracer_provider.shutdown()
@@ -109,12 +122,14 @@ def _sdk_figures() -> list[Figure]:
     both = _in_fresh_interpreter("b._with_sdk(with_metrics=True)")
     return [
         Figure("decorated no-op, tracing SDK (adaptive heap)", tracing["decorated"], "us/call",
-               bare, tracing["bare"], "<= 1.5x"),
+               bare, tracing["bare"], "<= 1.3x"),
         Figure("decorated no-op, tracing SDK, heap read on every call", tracing["heap"], "us/call",
                bare, tracing["bare"]),
         # The two histogram records per call cost what the metrics SDK charges any caller.
         Figure("decorated no-op, tracing + metrics SDK (adaptive heap)", both["decorated"], "us/call",
                bare, both["bare"]),
+        Figure("decorated no-op, tracing + metrics SDK (adaptive heap)", both["decorated"], "us/call",
+               bare + " + the same 2 histogram records", both["bare_records"], "<= 1.3x"),
     ]
 
 
@@ -138,7 +153,7 @@ def _without_sdk() -> list[Figure]:
     return [
         Figure("decorated no-op, no SDK configured", medians["decorated"], "us/call",
                "undecorated call", medians["plain"]),
-        Figure("added cost with no SDK configured", extra, "us/call", target="<= 5 us"),
+        Figure("added cost with no SDK configured", extra, "us/call", target="<= 3 us"),
     ]
 
 
