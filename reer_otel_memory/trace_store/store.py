@@ -57,7 +57,6 @@ the store's latest full read plus its own appends; absent until known), by
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import weakref
@@ -76,7 +75,7 @@ from ..profiling.operations import memory_context, memory_profile
 from ..profiling.probe import process_probe
 from .index import OffsetIndex, index_key
 from .records import ScoreStats, encode_trace, is_finite_number, query_predicate, short_repr
-from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
+from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, decode_line, take
 
 try:
     import fcntl
@@ -504,7 +503,7 @@ class REERTraceStore:
         """
         self._after_fork()
         with memory_context(names.OPERATION_TRACE_STORE_STATS, attributes=self._span_attributes) as operation:
-            scan = self._scan()
+            scan = self._scan(field="score")  # decodes the scores only
             scores = ScoreStats()
             run = AsyncPass(scan)
             exhausted = False
@@ -593,10 +592,9 @@ class REERTraceStore:
                 return index, 0, 0
             with self._state_lock:
                 start, lines_before = index.indexed_through, index.lines_through
-            scan = self._scan(start_offset=start, first_line_number=lines_before + 1, with_offsets=True)
+            scan = self._scan(start_offset=start, first_line_number=lines_before + 1, with_offsets=True, field="trace_id")
             pending: list[tuple[int, int]] = []
-            for offset, record in scan.records():
-                trace_id = record.get("trace_id")
+            for offset, trace_id in scan.records():
                 if type(trace_id) is str:
                     pending.append((index_key(trace_id), offset))
                     if len(pending) >= 4096:
@@ -634,10 +632,7 @@ class REERTraceStore:
         finally:
             os.close(fd)
         line = b"".join(pieces)
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            return None, len(line) + 1
+        record = decode_line(line)
         return (record if type(record) is dict else None), len(line) + 1
 
     def _find_by_scan(self, trace_id: str) -> tuple[dict[str, Any] | None, ScanStats]:
