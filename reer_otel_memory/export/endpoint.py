@@ -229,7 +229,8 @@ class _Page:
     def gzipped(self) -> bytes:
         with self._lock:
             if self._gzipped is None:
-                # Level 1: most of the size saved for a fraction of level 9's time (make bench).
+                # Level 1: 266 KiB -> 13.7 KiB in about 0.7 ms with 100 operations; level 6 saves
+                # another 1.6 KiB for three times the CPU (python -m benchmarks monitor).
                 self._gzipped = gzip.compress(self.body, compresslevel=1)
             return self._gzipped
 
