@@ -129,7 +129,21 @@ def scrape_child() -> None:
 
     text = OpenTelemetryText()
     format_ms = _cpu_ms(lambda: text.format(collected))
+    format_cold_ms = _cpu_ms(lambda: OpenTelemetryText().format(collected))  # every series as if it changed
     format_bare_ms = _cpu_ms(lambda: generate_latest(Translated()))
+    import gzip
+
+    page = text.format(collected)
+    gzip_levels = {level: (_cpu_ms(lambda level=level: gzip.compress(page, compresslevel=level)), len(gzip.compress(page, compresslevel=level)))
+                   for level in (1, 6)}
+    if os.environ.get("BENCH_PROFILE"):
+        # Where a scrape's CPU goes, function by function (stderr): BENCH_PROFILE=1 python -m benchmarks monitor
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        profile.runcall(lambda: [exporter._pipeline.render() for _ in range(SCRAPES)])
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
 
     # Same lines as ours: without the *_created series prometheus_client adds by default.
     disable_created_metrics()
@@ -145,7 +159,8 @@ def scrape_child() -> None:
     server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
     print(json.dumps({
         "ours_url": endpoint.url, "bare_url": f"http://127.0.0.1:{server.server_port}/metrics",
-        "collect_ms": collect_ms, "format_ms": format_ms, "format_bare_ms": format_bare_ms,
+        "collect_ms": collect_ms, "format_ms": format_ms, "format_bare_ms": format_bare_ms, "format_cold_ms": format_cold_ms,
+        "gzip_levels": gzip_levels,
     }), flush=True)
     sys.stdin.read()
 
@@ -198,6 +213,12 @@ def run() -> list[Figure]:
         Figure("  of which SDK collection, CPU", scrape["collect_ms"], "ms"),
         Figure("  of which text formatting, CPU", scrape["format_ms"], "ms",
                "exporter translation + generate_latest, same data", scrape["format_bare_ms"]),
+        Figure("  text formatting when every series changed, CPU", scrape["format_cold_ms"], "ms",
+               "exporter translation + generate_latest, same data", scrape["format_bare_ms"]),
+        *(
+            Figure(f"  gzip level {level} of the page ({size / 1024:.1f} KiB), CPU", ms, "ms")
+            for level, (ms, size) in sorted(scrape["gzip_levels"].items(), key=lambda item: int(item[0]))
+        ),
     ]
 
 

@@ -98,3 +98,21 @@ def test_the_endpoint_serves_the_package_metrics_and_only_on_metrics():
             assert error.code == 404
     finally:
         endpoint.shutdown()
+
+
+def test_one_formatter_stays_identical_across_scrapes_as_series_change_and_appear():
+    # The formatter reuses an unchanged histogram series' lines: changed, new and untouched
+    # series must all still read as the exporter writes them.
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": "svc"}))
+    text = OpenTelemetryText()
+    try:
+        histogram = provider.get_meter("a").create_histogram("reer.memory.operation.peak", unit="By")
+        for scrape in range(4):
+            histogram.record(scrape * 512, {"reer.operation": "busy"})
+            if scrape % 2:
+                histogram.record(7, {"reer.operation": f"new{scrape}"})
+            data = reader.get_metrics_data()
+            assert text.format(data) == reference_page(data)
+    finally:
+        provider.shutdown()

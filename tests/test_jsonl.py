@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 
 import pytest
@@ -278,3 +279,26 @@ def test_async_iteration_raises_the_same_error_and_skips_with_the_same_warning(t
     with caplog.at_level(logging.WARNING, logger="reer_otel_memory.trace_store.scan"):
         assert asyncio.run(collect(StreamingJSONLReader(path, skip_malformed=True))) == [{"ok": 1}, {"ok": 2}]
     assert [r.getMessage() for r in caplog.records] == [f"{path}: skipped 1 malformed line (line 2)"]
+
+
+def test_what_msgspec_refuses_reads_as_json_loads_gives_it(tmp_path):
+    # NaN, Infinity, integers beyond 64 bits and lone surrogates: json.loads accepts them, msgspec does not.
+    lines = [b'{"a": NaN}\n', b'{"a": -Infinity}\n', b'{"big": 123456789012345678901234567890}\n', b'{"s": "\\ud800"}\n', b"[1, 2]\n"]
+    path = tmp_path / "stdlib.jsonl"
+    write_lines(path, lines)
+    records = list(StreamingJSONLReader(path))
+    assert math.isnan(records[0]["a"]) and records[1]["a"] == -math.inf
+    assert records[2]["big"] == 123456789012345678901234567890 and type(records[2]["big"]) is int
+    assert records[3:] == [json.loads(line) for line in lines[3:]]
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1 << 20])
+def test_invalid_utf8_is_malformed_at_its_line_and_byte_offset(tmp_path, chunk_size):
+    path = tmp_path / "bad.jsonl"
+    write_lines(path, [b'{"x": "caf\xc3\xa9"}\n', b'{"x": "\xff"}\n', b"{}\n"])
+    with pytest.raises(MalformedLineError) as raised:
+        list(StreamingJSONLReader(path, chunk_size=chunk_size))
+    assert (raised.value.line_number, raised.value.line_offset) == (2, len('{"x": "café"}\n'.encode()))
+    reader = StreamingJSONLReader(path, chunk_size=chunk_size, skip_malformed=True)
+    assert list(reader) == [{"x": "café"}, {}]
+    assert reader.stats.malformed_line_numbers == [2]

@@ -628,3 +628,30 @@ def test_a_batch_that_fills_the_disk_leaves_nothing_behind_and_says_so(small_fil
     assert run(store.add_trace({"trace_id": "after", "score": 1.0})) == "after"
     assert run(store.get_trace("after")) == {"trace_id": "after", "score": 1.0}
     store.close()
+
+
+def test_stats_and_index_decode_one_field_yet_count_what_a_full_read_returns(tmp_path):
+    # Stats decode only the scores, the index only the ids: a line whose other fields are not
+    # valid JSON (bad UTF-8, a bad literal) is malformed for them as for a full read.
+    path = tmp_path / "traces.jsonl"
+    path.write_bytes(
+        b'{"trace_id": "a", "score": 0.5, "text": "caf\xc3\xa9"}\n'
+        b'{"trace_id": "b", "score": 0.9, "text": "\xff"}\n'
+        b'{"trace_id": "c", "score": 0.1, "text": nope}\n'
+        b'{"trace_id": "d", "score": NaN, "n": 123456789012345678901234567890}\n'
+        b'["not", "an", "object"]\n'
+        b'{"trace_id": "e", "steps": [{"score": 7}]}\n'
+    )
+    store = REERTraceStore(path)
+    stats = run(store.get_memory_efficient_stats())
+    full = run(_collect(store))
+    assert stats["total_traces"] == len(full) == 3
+    assert stats["malformed_line_numbers"] == [2, 3, 5]
+    assert (stats["scored_traces"], stats["score_min"], stats["score_max"]) == (1, 0.5, 0.5)
+    assert run(store.get_trace("b")) is None
+    assert run(store.get_trace("d"))["n"] == 123456789012345678901234567890
+    assert run(store.get_trace("e")) == {"trace_id": "e", "steps": [{"score": 7}]}
+
+
+async def _collect(store):
+    return [trace async for chunk in store.stream_traces_filtered() for trace in chunk]

@@ -53,11 +53,13 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from opentelemetry.sdk.metrics import (
     Counter,
+    ExemplarReservoir,
     Histogram,
     ObservableCounter,
     ObservableGauge,
@@ -128,6 +130,7 @@ class _Pipeline:
     def connect(self) -> None:
         from opentelemetry import metrics
         from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+        from opentelemetry.sdk.metrics.view import View
         from opentelemetry.sdk.resources import Resource
 
         # Series carry exactly the labels docs/telemetry.md lists (no otel_scope_* labels: metric
@@ -137,7 +140,11 @@ class _Pipeline:
         # The text format carries no exemplars: offering every measurement to exemplar
         # reservoirs would only cost time on each record and each scrape.
         self.provider = MeterProvider(
-            metric_readers=[self.reader], resource=Resource.create(), exemplar_filter=AlwaysOffExemplarFilter()
+            metric_readers=[self.reader],
+            resource=Resource.create(),
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            # ... nor collecting them: each point's reservoir would still be asked on every scrape.
+            views=[View(instrument_name="*", exemplar_reservoir_factory=_no_exemplars)],
         )
         if isinstance(metrics.get_meter_provider(), metrics._internal._ProxyMeterProvider):
             metrics.set_meter_provider(self.provider)
@@ -161,6 +168,23 @@ class _Pipeline:
 
 
 _pipeline: _Pipeline | None = None
+
+
+class _NoExemplars(ExemplarReservoir):
+    """The endpoint's exemplar reservoir: none kept, none collected (the text format has none)."""
+
+    def offer(self, value: Any, time_unix_nano: int, attributes: Any, context: Any) -> None:
+        pass
+
+    def collect(self, point_attributes: Any) -> list[Any]:
+        return []
+
+
+_NO_EXEMPLARS = _NoExemplars()
+
+
+def _no_exemplars(aggregation_type: type) -> Callable[..., ExemplarReservoir]:
+    return lambda **options: _NO_EXEMPLARS
 
 
 #: Connections waiting to be accepted (the kernel's queue): a burst of scrapes waits there.
@@ -205,7 +229,8 @@ class _Page:
     def gzipped(self) -> bytes:
         with self._lock:
             if self._gzipped is None:
-                # Level 1: most of the size saved for a fraction of level 9's time (make bench).
+                # Level 1: 266 KiB -> 13.7 KiB in about 0.7 ms with 100 operations; level 6 saves
+                # another 1.6 KiB for three times the CPU (python -m benchmarks monitor).
                 self._gzipped = gzip.compress(self.body, compresslevel=1)
             return self._gzipped
 

@@ -5,8 +5,11 @@ The page is what ``PrometheusMetricReader`` (no scope or resource labels) and
 them), in about a third of the time: with 100 profiled operations a page has about 3,000 lines,
 mostly histogram buckets, and the usual path builds a ``prometheus_client`` family and sample
 object for each line, then validates and escapes every name again on every line. Here each
-name is mapped (by ``naming``) and escaped once and remembered, and each distinct label set is
-rendered once.
+name is mapped (by ``naming``) and escaped once and remembered, each distinct label set is
+rendered once, and a histogram series whose counts and sum did not change since the last
+scrape (most of them, between two scrapes) reuses its lines whole: about 1 ms for such a page,
+about 12 ms when every series changed, against about 40 ms for the exporter's path
+(``python -m benchmarks monitor``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ _metric_names: dict[str, str] = {}
 _label_blocks: dict[tuple[tuple[str, str], ...], str] = {}
 _label_names: dict[str, str] = {}
 _attribute_labels: dict[str, str] = {}
+_labels_by_attributes: dict[tuple[tuple[str, Any], ...], dict[str, str]] = {}
+_bounds_texts: dict[tuple[float, ...], tuple[str, ...]] = {}
 
 
 def _escaped(cache: dict[str, str], escape: Any, name: str) -> str:
@@ -123,6 +128,8 @@ class OpenTelemetryText:
         self._target_info: str | None = None
         self._families: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._prefixes: dict[tuple[Any, ...], list[str]] = {}
+        #: Each histogram series' counts, sum and lines at the last scrape.
+        self._series: dict[tuple[Any, ...], tuple[tuple[int, ...], Any, str]] = {}
 
     def _family(self, name: str, unit: str, kind: str) -> tuple[str, str]:
         """(family name, identity the exporter merges families by), from ``naming``, remembered."""
@@ -134,9 +141,9 @@ class OpenTelemetryText:
                 self._families[key] = found
         return found
 
-    def _bucket_prefixes(self, name: str, row: dict[str, str], bounds: list[str]) -> list[str]:
+    def _bucket_prefixes(self, name: str, row: dict[str, str], bounds: tuple[str, ...]) -> list[str]:
         """``name_bucket{...,le="B",...} `` for each bound: the same for every scrape of a series."""
-        key = (name, tuple(row.items()), tuple(bounds))
+        key = (name, tuple(row.items()), bounds)
         prefixes = self._prefixes.get(key)
         if prefixes is None:
             prefixes = []
@@ -176,20 +183,36 @@ class OpenTelemetryText:
             help_text = _help_text(documentation)
             exposed = name + "_total" if kind == "counter" else name
             output.append(f"# HELP {_metric_name(exposed)} {help_text}\n# TYPE {_metric_name(exposed)} {kind}\n")
-            for labels, value in points:
-                row = dict(zip(label_keys, labels, strict=True))
-                if kind == "histogram":
-                    bounds, counts, total = value
-                    cumulative = 0
-                    for prefix, count in zip(self._bucket_prefixes(name, row, bounds), counts, strict=True):
-                        cumulative += count
-                        output.append(f"{prefix}{_go_float(cumulative)}\n")
-                    if bounds and float(bounds[0]) >= 0 and total is not None:
-                        output.append(_sample_line(name + "_count", row, cumulative, None))
-                        output.append(_sample_line(name + "_sum", row, total, None))
-                else:
-                    output.append(_sample_line(exposed, row, value, None))
+            if kind != "histogram":
+                for labels, value in points:
+                    output.append(_sample_line(exposed, dict(zip(label_keys, labels, strict=True)), value, None))
+                continue
+            series = self._series
+            for labels, (bounds, bucket_counts, total) in points:
+                # Most series did not change since the last scrape: their lines are reused whole.
+                key = (name, tuple(label_keys), tuple(labels), bounds)
+                counts = tuple(bucket_counts)
+                cached = series.get(key)
+                if cached is not None and cached[0] == counts and cached[1] == total:
+                    output.append(cached[2])
+                    continue
+                text = self._histogram_text(name, dict(zip(label_keys, labels, strict=True)), bounds, counts, total)
+                if cached is None and len(series) >= _MAX_CACHED_LABEL_SETS:
+                    series.clear()
+                series[key] = (counts, total, text)
+                output.append(text)
         return "".join(output).encode("utf-8")
+
+    def _histogram_text(self, name: str, row: dict[str, str], bounds: tuple[str, ...], counts: tuple[int, ...], total: Any) -> str:
+        lines = []
+        cumulative = 0
+        for prefix, count in zip(self._bucket_prefixes(name, row, bounds), counts, strict=True):
+            cumulative += count
+            lines.append(f"{prefix}{_go_float(cumulative)}\n")
+        if bounds and float(bounds[0]) >= 0 and total is not None:
+            lines.append(_sample_line(name + "_count", row, cumulative, None))
+            lines.append(_sample_line(name + "_sum", row, total, None))
+        return "".join(lines)
 
     def _add_metric(self, families: dict[str, list[Any]], metric: Any) -> None:
         data = metric.data
@@ -211,12 +234,11 @@ class OpenTelemetryText:
         values: list[Any] = []
         keys: set[str] = set()
         for point in data.data_points:
-            labels = {_attribute_label(key): _label_text_value(value) for key, value in point.attributes.items()}
+            labels = _point_labels(point.attributes)
             keys.update(labels)
             rows.append(labels)
             if kind == "histogram":
-                bounds = [f"{bound}" for bound in point.explicit_bounds] + ["+Inf"]
-                values.append((bounds, point.bucket_counts, point.sum))
+                values.append((_bounds_text(point.explicit_bounds), point.bucket_counts, point.sum))
             else:
                 values.append(point.value)
         label_keys = sorted(keys)
@@ -225,6 +247,33 @@ class OpenTelemetryText:
             families[family_id] = [family, description, kind, label_keys, points]
         else:
             entry[4].extend(points)
+
+
+def _point_labels(attributes: Any) -> dict[str, str]:
+    """A point's labels (shared: not to be changed), remembered by its attributes: each scrape repeats them."""
+    try:
+        key: Any = tuple(attributes.items())
+        labels = _labels_by_attributes.get(key)
+    except TypeError:  # an unhashable value
+        key, labels = None, None
+    if labels is None:
+        labels = {_attribute_label(name): _label_text_value(value) for name, value in attributes.items()}
+        if key is not None:
+            if len(_labels_by_attributes) >= _MAX_CACHED_LABEL_SETS:
+                _labels_by_attributes.clear()
+            _labels_by_attributes[key] = labels
+    return labels
+
+
+def _bounds_text(explicit_bounds: Any) -> tuple[str, ...]:
+    """A histogram's ``le`` values (its bounds as the exporter prints them, then ``+Inf``), remembered."""
+    key = tuple(explicit_bounds)
+    text = _bounds_texts.get(key)
+    if text is None:
+        text = (*(f"{bound}" for bound in key), "+Inf")
+        if len(_bounds_texts) < _MAX_CACHED_NAMES:
+            _bounds_texts[key] = text
+    return text
 
 
 def _label_text_value(value: Any) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
@@ -183,9 +184,26 @@ def process_cgroup() -> MemoryCgroup | None:
     return RUNTIME.get("monitor.cgroup", lambda: [memory_cgroup()])[0]
 
 
+#: One cgroup reading serves every cgroup instrument of a collection (five of them, about eight
+#: file reads each): a reading younger than this is reused.
+CGROUP_READING_TTL_S = 0.5
+
+
+class _LatestCgroupReading:
+    def __init__(self) -> None:
+        self.read_at = -CGROUP_READING_TTL_S
+        self.reading: CgroupMemory | None = None
+
+
 def _cgroup_reading() -> CgroupMemory | None:
     cgroup = process_cgroup()
-    return None if cgroup is None else cgroup.read()
+    if cgroup is None:
+        return None
+    latest = RUNTIME.get("monitor.cgroup_reading", _LatestCgroupReading)
+    now = time.monotonic()
+    if now - latest.read_at >= CGROUP_READING_TTL_S:  # two threads at once only read twice: harmless
+        latest.reading, latest.read_at = cgroup.read(), now
+    return latest.reading
 
 
 def _cgroup_value(field: str) -> Callable[[], Iterator[Observation]]:

@@ -65,15 +65,14 @@ class ScoreStats:
         self.low: float | None = None
         self.high: float | None = None
 
-    def consume(self, records: Iterator[dict[str, Any]], stats: ScanStats, max_bytes: int) -> bool:
-        """Fold records in until ``max_bytes`` more are read; True once the pass is exhausted."""
+    def consume(self, scores: Iterator[Any], stats: ScanStats, max_bytes: int) -> bool:
+        """Fold in the ``score`` of each record until ``max_bytes`` more are read; True once the pass is exhausted."""
         byte_limit = stats.bytes_read + max_bytes
         count, total = self.count, self.total
         low = float("inf") if self.low is None else self.low
         high = float("-inf") if self.high is None else self.high
         exhausted = True
-        for record in records:
-            score = record.get("score")
+        for score in scores:
             if (type(score) is float and score - score == 0.0) or type(score) is int:
                 count += 1
                 total += score

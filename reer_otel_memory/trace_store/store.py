@@ -35,8 +35,9 @@ numbers, and each read that skipped any logs one warning naming them.
 **Reads** stream through the package's chunked JSONL core (:mod:`reer_otel_memory.trace_store.scan`,
 shared with :class:`~reer_otel_memory.trace_store.jsonl.StreamingJSONLReader`) in a worker thread, in hops
 of a few MiB each (2 MiB for queries, 8 MiB for stats), so the event loop never blocks and
-memory does not grow with the file (about 7 MiB of peak RSS growth for stats and 17 MiB for a
-filtered stream over a million traces: ``python -m benchmarks trace_store``).
+memory does not grow with the file (about 11 MiB of peak RSS growth for stats and 22 MiB for a
+filtered stream over 1 GiB of traces: ``python -m benchmarks trace_store``). Stats decode only
+each record's score and the index only its id, the rest of each line being validated, not built.
 ``lazy_query_traces`` stops reading once it has ``limit`` traces. ``get_trace`` looks ids up in
 an index of byte offsets built on first use: an open-addressing table of two ``int64`` arrays
 (16 bytes a slot, about 32 MiB for a million traces, where a dict would take about five
@@ -57,7 +58,6 @@ the store's latest full read plus its own appends; absent until known), by
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import weakref
@@ -76,7 +76,7 @@ from ..profiling.operations import memory_context, memory_profile
 from ..profiling.probe import process_probe
 from .index import OffsetIndex, index_key
 from .records import ScoreStats, encode_trace, is_finite_number, query_predicate, short_repr
-from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
+from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, decode_line, take
 
 try:
     import fcntl
@@ -504,7 +504,7 @@ class REERTraceStore:
         """
         self._after_fork()
         with memory_context(names.OPERATION_TRACE_STORE_STATS, attributes=self._span_attributes) as operation:
-            scan = self._scan()
+            scan = self._scan(field="score")  # decodes the scores only
             scores = ScoreStats()
             run = AsyncPass(scan)
             exhausted = False
@@ -593,10 +593,9 @@ class REERTraceStore:
                 return index, 0, 0
             with self._state_lock:
                 start, lines_before = index.indexed_through, index.lines_through
-            scan = self._scan(start_offset=start, first_line_number=lines_before + 1, with_offsets=True)
+            scan = self._scan(start_offset=start, first_line_number=lines_before + 1, with_offsets=True, field="trace_id")
             pending: list[tuple[int, int]] = []
-            for offset, record in scan.records():
-                trace_id = record.get("trace_id")
+            for offset, trace_id in scan.records():
                 if type(trace_id) is str:
                     pending.append((index_key(trace_id), offset))
                     if len(pending) >= 4096:
@@ -634,10 +633,7 @@ class REERTraceStore:
         finally:
             os.close(fd)
         line = b"".join(pieces)
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            return None, len(line) + 1
+        record = decode_line(line)
         return (record if type(record) is dict else None), len(line) + 1
 
     def _find_by_scan(self, trace_id: str) -> tuple[dict[str, Any] | None, ScanStats]:
