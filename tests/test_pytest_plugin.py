@@ -168,9 +168,15 @@ def test_limit_leaks_fails_a_leaking_test_and_passes_a_steady_one(pytester: pyte
     write_tests(pytester, '''
         CALLS = []
 
+        import mmap
+
         @pytest.mark.limit_leaks("1 MB", calls=10)
         def test_leaking():
-            KEEP.append(touched(512 * 1024))
+            # A mapping of its own each call: resident growth whatever the allocator kept free
+            # from earlier tests in this process.
+            block = mmap.mmap(-1, 512 * 1024)
+            block.write(b"x" * (512 * 1024))
+            KEEP.append(block)
 
         @pytest.mark.limit_leaks("1 MB", calls=10)
         def test_steady():
