@@ -10,7 +10,9 @@ A pre-fork server forks while other threads may hold a lock, and the child inher
 held forever. One fork hook, registered when the first piece of state is built, keeps the child
 sound:
 
-* every lock handed out by :meth:`Runtime.lock` is replaced by a fresh one;
+* every lock handed out by :meth:`Runtime.lock` is replaced by a fresh one (and a lock handed out
+  by :meth:`Runtime.fork_guard` is held across the fork itself, so that no fork happens while a
+  thread is inside what it guards);
 * a component built with ``fresh_in_child=True`` (counters that Prometheus must see restart) is
   dropped, so the child builds its own on first use;
 * every other component, and every object registered with :meth:`Runtime.after_fork_call`,
@@ -55,6 +57,7 @@ class Runtime:
         self._components: dict[str, Any] = {}
         self._fresh_in_child: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
+        self._guards: set[str] = set()
         # Reentrant: a factory may ask for another component (the tracker needs the probe).
         self._build_lock = threading.RLock()
         self._instances: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -114,6 +117,15 @@ class Runtime:
             found = self._locks.setdefault(name, threading.Lock())  # atomic: one lock per name
         return found
 
+    def fork_guard(self, name: str) -> threading.Lock:
+        """The lock called ``name``, which a ``fork()`` also takes and holds while it forks.
+
+        For work that must not be forked in the middle of (it holds a library's locks the child
+        would inherit held); take it afresh each time, as :meth:`lock`.
+        """
+        self._guards.add(name)
+        return self.lock(name)
+
     # --- fork ------------------------------------------------------------------------------
 
     def after_fork_call(self, instance: object) -> None:
@@ -129,8 +141,21 @@ class Runtime:
             with self._build_lock:  # reentrant: get() and replace() already hold it
                 if not self._hooked:
                     if hasattr(os, "register_at_fork"):
-                        os.register_at_fork(after_in_child=self._after_fork_in_child)
+                        os.register_at_fork(
+                            before=self._before_fork, after_in_parent=self._after_fork_in_parent, after_in_child=self._after_fork_in_child
+                        )
                     self._hooked = True
+
+    def _held_guards(self) -> list[threading.Lock]:
+        return [self.lock(name) for name in sorted(self._guards)]  # one order: no deadlock between guards
+
+    def _before_fork(self) -> None:
+        for guard in self._held_guards():
+            guard.acquire()
+
+    def _after_fork_in_parent(self) -> None:
+        for guard in reversed(self._held_guards()):
+            guard.release()
 
     def _after_fork_in_child(self) -> None:
         # Only the forking thread exists now: no lock is needed, and none may be waited on.

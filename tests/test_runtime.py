@@ -112,3 +112,34 @@ def test_an_instance_registered_for_fork_is_not_kept_alive():
     del instance
     gc.collect()
     assert ref() is None
+
+
+def test_a_fork_waits_for_a_fork_guard_held_by_another_thread():
+    runtime = Runtime()
+    guard = runtime.fork_guard("collecting")
+    events: list[str] = []
+    holding, forking = threading.Event(), threading.Event()
+
+    def collect() -> None:
+        with runtime.fork_guard("collecting"):
+            holding.set()
+            forking.wait(DEADLINE_S)  # the other thread is about to fork
+            events.append("collected")
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    assert holding.wait(DEADLINE_S)
+    seen_in_child: list[object] = []
+
+    def fork() -> None:
+        forking.set()
+        seen_in_child.append(in_forked_child(lambda: {"events": events, "guard_free": runtime.fork_guard("collecting").acquire(timeout=DEADLINE_S)}))
+
+    forker = threading.Thread(target=fork)
+    forker.start()
+    forker.join(DEADLINE_S * 2)
+    collector.join(DEADLINE_S)
+    # The fork happened only once the collection was over, and the child's guard is its own.
+    assert seen_in_child == [{"events": ["collected"], "guard_free": True}]
+    assert guard.acquire(timeout=DEADLINE_S)  # released in the parent after the fork
+    guard.release()  # every later fork in this process takes it

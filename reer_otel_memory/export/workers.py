@@ -49,31 +49,10 @@ _SUFFIX = ".prom"
 _HEADER = "# reer-otel-memory worker"
 
 
-# Held while this process collects its own series for a scrape, and across fork(): a worker
-# forked in the middle of a collection would inherit the SDK's locks held, and hang on its first
-# collection. Registered with os.register_at_fork on first use, never at import.
-_collecting = threading.Lock()
-_fork_guard_registered = False
-
-
-def _hold_across_fork() -> None:
-    global _fork_guard_registered
-    if _fork_guard_registered:
-        return
-    _fork_guard_registered = True
-
-    def acquire() -> None:
-        _collecting.acquire()
-
-    def release() -> None:
-        _collecting.release()
-
-    def reset_in_child() -> None:
-        global _collecting
-        _collecting = threading.Lock()
-
-    # Through the global: a child has its own lock (for its own children), not the one it inherited held.
-    os.register_at_fork(before=acquire, after_in_parent=release, after_in_child=reset_in_child)
+#: Held while this process collects its own series for a scrape, and across fork()
+#: (:meth:`Runtime.fork_guard`): a worker forked in the middle of a collection would inherit the
+#: SDK's locks held, and hang on its first collection.
+_COLLECTING = "export.workers.collecting"
 
 
 def _prometheus_reader_collector(meter_provider: Any) -> Any:
@@ -226,7 +205,7 @@ class WorkerPages:
         """This process's families, with every live worker's merged in, each sample labelled ``pid``."""
         if os.getpid() != self.parent_pid:
             return list(self.collect())
-        with _collecting:
+        with RUNTIME.fork_guard(_COLLECTING):
             own = list(self.collect())
         with self._lock:
             workers = self._worker_families()
@@ -282,7 +261,6 @@ def share_worker_metrics(meter_provider: Any, interval_s: float) -> WorkerPages 
     os.environ[names.ENV_WORKER_PARENT] = str(os.getpid())
     # Spawned workers start their own exporter: any free port, not the parent's.
     os.environ[names.ENV_PROMETHEUS_PORT] = "0"
-    _hold_across_fork()
     # The registry calls collector.collect(): in the parent it now serves the merged page (the
     # collector stays registered, so the reader's own shutdown still finds it).
     collector.collect = pages.merged
