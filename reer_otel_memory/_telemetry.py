@@ -35,13 +35,12 @@ def _global_sdk_configured() -> bool:
     Reads the API's module globals directly (``get_tracer_provider()`` costs about 1 us, too
     much for a check on every profiled call); falls back to the public calls if they move.
     """
-    tracer_provider = getattr(trace, "_TRACER_PROVIDER", _MISSING)
-    meter_provider = getattr(_metrics_internal, "_METER_PROVIDER", _MISSING)
-    if tracer_provider is _MISSING or meter_provider is _MISSING:
+    try:
+        return trace._TRACER_PROVIDER is not None or _metrics_internal._METER_PROVIDER is not None
+    except AttributeError:
         return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) or not isinstance(
             metrics.get_meter_provider(), _metrics_internal._ProxyMeterProvider
         )
-    return tracer_provider is not None or meter_provider is not None
 
 
 def _global_meter_configured() -> bool:

@@ -141,3 +141,29 @@ def test_postmortem_command(tmp_path, capsys):
     assert "not a flight recorder file" in capsys.readouterr().err
     assert main(["postmortem", str(tmp_path / "missing")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+SEEN_IN_FLIGHT = """
+import json
+from reer_otel_memory import memory_profile
+from reer_otel_memory.profiling.flight_recorder import SLOT_CAPACITY, process_flight_recorder
+
+recorder = process_flight_recorder()
+
+@memory_profile(operation_name="fast")
+def fast():
+    return SLOT_CAPACITY - len(recorder._free_slots)  # slots in use; reading the file would make the call slow
+
+print(json.dumps([fast() for _ in range(20)]))
+"""
+
+
+def test_with_a_recorder_and_no_sdk_every_call_of_a_fast_operation_is_in_flight(tmp_path):
+    # Without an SDK fast operations are measured on a sample of calls, but a configured recorder
+    # must see every operation running, or a postmortem could miss the one that was killed.
+    path = tmp_path / "fast.flight"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("REER_MEMORY_", "OTEL_"))}
+    env[names.ENV_FLIGHT_RECORDER] = str(path)
+    done = subprocess.run([sys.executable, "-c", SEEN_IN_FLIGHT, str(path)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [1] * 20

@@ -631,9 +631,10 @@ def test_each_call_adds_a_snapshot(telemetry):
 
 NO_SDK_SCRIPT = textwrap.dedent(
     """
-    import asyncio, json
+    import asyncio, json, time
     from opentelemetry import trace
     from reer_otel_memory import get_memory_tracker, memory_context, memory_profile
+    from reer_otel_memory.profiling import operations
 
     marker = object()
 
@@ -717,10 +718,19 @@ NO_SDK_SCRIPT = textwrap.dedent(
     results["span_recording"] = block.span.is_recording()
     results["block_result"] = [block.result.operation, block.result.rss_delta, block.result.level.value, block.result.duration_s > 0, block.result.rss_peak]
     results["proxy_provider"] = isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-    for _ in range(20):
+    for _ in range(200):
         plain(1)
+
+    @memory_profile(operation_name="slow")
+    def slow():
+        time.sleep(0.0002)  # the workload: a call long enough to be measured every time
+
+    for _ in range(10):
+        slow()
     results["snapshots"] = sorted({s.operation for s in get_memory_tracker().snapshots})
     results["plain_snapshots"] = sum(1 for s in get_memory_tracker().snapshots if s.operation == "plain")
+    results["slow_snapshots"] = sum(1 for s in get_memory_tracker().snapshots if s.operation == "slow")
+    results["sample_every"] = operations.LIGHT_SAMPLE_EVERY
     results["leak_states"] = sorted(name for name, _ in get_memory_tracker().leak_detector.states())
     print(json.dumps(results))
     """
@@ -746,6 +756,9 @@ def test_without_an_sdk_results_are_unchanged_and_the_tracker_is_fed():
     assert (operation, level, timed, peak) == ("block", "ok", True, None)
     assert rss_delta >= 7 * MiB
     assert results["proxy_provider"] is True
-    assert results["snapshots"] == ["accumulator", "async_accumulator", "async_generator", "block", "coroutine", "failing", "generator", "plain"]
-    assert results["plain_snapshots"] == 21
+    assert results["snapshots"] == ["accumulator", "async_accumulator", "async_generator", "block", "coroutine", "failing", "generator", "plain", "slow"]
+    # A fast operation is measured on its first call and then one call in LIGHT_SAMPLE_EVERY
+    # (201 calls); one that lasts long enough on every call.
+    assert results["plain_snapshots"] == -(-201 // results["sample_every"])
+    assert results["slow_snapshots"] == 10
     assert "plain" in results["leak_states"]

@@ -13,8 +13,12 @@ operation while a heap reading costs at most :data:`CHEAP_HEAP_S`.
 The process's probe, tracker, configuration and telemetry are read as attributes of the runtime
 (``RUNTIME.probe or process_probe()``: one attribute read once built).
 
-Cost per call (``make bench``): a span with eight attributes plus about 6 us of probe reads;
-with no OpenTelemetry SDK configured, two RSS reads and the tracker bookkeeping.
+Cost per call (``make bench``): a span with eight attributes plus about 6 us of probe reads.
+With no OpenTelemetry SDK configured nothing leaves the process but the tracker ring and leak
+detection, so a decorated function is measured (two RSS reads and the bookkeeping) on every call
+only while its calls average :data:`LIGHT_EVERY_CALL_S` or more, or a flight recorder is
+configured; a faster one on one call in :data:`LIGHT_SAMPLE_EVERY` (see :class:`_LightSampler`).
+``memory_context`` blocks, whose result the caller reads, are measured every time.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 HEAP_COST_FACTOR = 50.0
 #: Measure the heap on an operation's first call when one reading costs at most this.
 CHEAP_HEAP_S = 5e-6
+#: Without an SDK, an operation whose measured calls average at least this long is measured on
+#: every call: the two RSS reads then add at most a few percent.
+LIGHT_EVERY_CALL_S = 100e-6
+#: Without an SDK, a faster operation is measured on one call in this many (its first included).
+LIGHT_SAMPLE_EVERY = 16
 _MAX_TRACKED_DURATIONS = 1000
 _mean_duration_s: dict[str, float] = {}
 _failure_logged = False
@@ -324,6 +333,40 @@ def _detach_and_end(operation: _Operation | None, token: object | None, exc: Bas
     _end(operation, exc)
 
 
+class _LightSampler:
+    """Which calls of one decorated function are measured when no SDK is configured.
+
+    Nothing leaves the process from such a call but the tracker ring and leak detection, so a
+    fast operation is measured on one call in :data:`LIGHT_SAMPLE_EVERY`: the two RSS reads
+    (about 2 us each here) would otherwise cost more than the call. Each measured call still
+    reports its own start and end, so leak detection judges true per-call deltas, only on fewer
+    calls. Operations averaging :data:`LIGHT_EVERY_CALL_S` or more, and every call while a
+    flight recorder is configured (it must see every operation in flight), are always measured.
+    Counting is not locked: a lost update under a race only shifts which call is measured.
+    """
+
+    __slots__ = ("countdown", "mean_s")
+
+    def __init__(self) -> None:
+        self.countdown = 0  # calls still to skip; the first call is measured
+        self.mean_s = 0.0  # smoothed duration of the measured calls
+
+    def skip(self) -> bool:
+        """True when this call is not measured (about 0.2 us)."""
+        countdown = self.countdown
+        if countdown <= 0 or self.mean_s >= LIGHT_EVERY_CALL_S:
+            self.countdown = LIGHT_SAMPLE_EVERY - 1
+            return False
+        if (RUNTIME.flight_recorder or recorder_holder()).recorder is not None:
+            return False
+        self.countdown = countdown - 1
+        return True
+
+    def measured(self, duration_s: float) -> None:
+        mean = self.mean_s
+        self.mean_s = duration_s if mean == 0.0 else 0.7 * mean + 0.3 * duration_s
+
+
 def _light_start(name: str) -> tuple[int, int]:
     """No SDK: RSS at the start of an operation (0 if it cannot be read), and its flight recorder
     slot (-1: none, or no recorder configured)."""
@@ -421,15 +464,18 @@ def memory_profile(
         function = f"{getattr(func, '__module__', None) or '?'}.{getattr(func, '__qualname__', repr(func))}"
         name = operation_name or function
         metric_attributes = {names.LABEL_OPERATION: name}
+        sampler = _LightSampler()
 
         if inspect.isasyncgenfunction(func):
 
             @functools.wraps(func)
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                # Without an SDK the same loop runs, unmeasured: asend/athrow must still reach
+                # Without an SDK the same loop runs with no span: asend/athrow must still reach
                 # the wrapped generator (an ``async for`` here would drop them).
-                light_start = None if _recording() else _light_start(name)
-                operation = None if light_start is not None else _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
+                recording = _recording()
+                light_start = None if recording or sampler.skip() else _light_start(name)
+                operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes) if recording else None
+                started = time.perf_counter()
                 agen = func(*args, **kwargs)
                 ctx = operation.context if operation is not None else None
                 to_send: Any = None
@@ -462,6 +508,7 @@ def memory_profile(
                     raise
                 finally:
                     if light_start is not None:
+                        sampler.measured(time.perf_counter() - started)
                         _light(name, *light_start)
                     else:
                         _end(operation, failure)
@@ -473,10 +520,14 @@ def memory_profile(
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if not _recording():
+                    if sampler.skip():
+                        return (yield from func(*args, **kwargs))
                     rss_start, slot = _light_start(name)
+                    started = time.perf_counter()
                     try:
                         return (yield from func(*args, **kwargs))
                     finally:
+                        sampler.measured(time.perf_counter() - started)
                         _light(name, rss_start, slot)
                 operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 gen = func(*args, **kwargs)
@@ -519,10 +570,14 @@ def memory_profile(
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if not _recording():
+                    if sampler.skip():
+                        return await func(*args, **kwargs)
                     rss_start, slot = _light_start(name)
+                    started = time.perf_counter()
                     try:
                         return await func(*args, **kwargs)
                     finally:
+                        sampler.measured(time.perf_counter() - started)
                         _light(name, rss_start, slot)
                 operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 token = _attach(operation)
@@ -539,10 +594,14 @@ def memory_profile(
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not _recording():
+                if sampler.skip():
+                    return func(*args, **kwargs)
                 rss_start, slot = _light_start(name)
+                started = time.perf_counter()
                 try:
                     return func(*args, **kwargs)
                 finally:
+                    sampler.measured(time.perf_counter() - started)
                     _light(name, rss_start, slot)
             operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
             token = _attach(operation)
