@@ -95,7 +95,7 @@ def run_profiled(
     ``extra_attributes(value)`` runs after the measurements are taken and before the span
     ends, so its cost (say, a size estimate) is not counted in the operation.
     """
-    operation = _profile._begin(operation_name, None, {names.LABEL_OPERATION: operation_name}, True, False, attributes)
+    operation = _profile._begin(operation_name, None, {names.LABEL_OPERATION: operation_name}, True, False, attributes, True)
     if operation is None:  # the failure is logged once by _profile; still measure for the caller
         result = OperationResult()
         result.operation = operation_name
@@ -127,6 +127,7 @@ def run_profiled(
     finally:
         if owns_span and span is not None:
             span.end()
+    assert operation.result is not None  # kept: _begin(..., keep_result=True)
     return value, operation.result
 
 

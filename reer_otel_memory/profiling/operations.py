@@ -140,26 +140,29 @@ class OperationResult:
         )
 
 
-class _Operation:
-    """One running profiled operation: its span, peak window and start readings."""
+class _Operation(PeakWindow):
+    """One running profiled operation: its span, start readings, and its own peak window.
+
+    Being the peak window itself, and building an :class:`OperationResult` only where a caller
+    reads it (``keep_result``), saves three objects per call on the hot path.
+    """
 
     __slots__ = (
-        "context", "device_window", "function", "heap_start", "metric_attributes", "name", "owns_span", "probe", "recorder", "result", "slot",
-        "span", "started", "telemetry", "window",
+        "context", "device_start", "device_window", "function", "heap_start", "metric_attributes", "name", "owns_span", "probe",
+        "recorder", "result", "rss_start", "slot", "span", "started", "telemetry",
     )
-    window: PeakWindow  # set by start(); finish() runs only after a successful start()
-    device_window: DeviceWindow | None
+    device_window: DeviceWindow | None  # set by start(); finish() runs only after a successful start()
 
-    def __init__(self, name: str, function: str | None, metric_attributes: Mapping[str, str]) -> None:
+    def __init__(self, name: str, function: str | None, metric_attributes: Mapping[str, str], keep_result: bool) -> None:
         self.name = name
         self.function = function
         self.metric_attributes = metric_attributes
-        self.result = OperationResult()
-        self.result.operation = name
+        self.result: OperationResult | None = OperationResult() if keep_result else None
         self.span: Span | None = None
         self.owns_span = False
         self.context: Context | None = None
         self.heap_start: int | None = None
+        self.device_start: int | None = None
         self.recorder: FlightRecorder | None = None
         self.slot = -1
 
@@ -167,57 +170,65 @@ class _Operation:
         telemetry = self.telemetry = RUNTIME.telemetry or _telemetry.current()
         if annotate_current:
             span = trace.get_current_span()
-            self.owns_span = False
         else:
             span = telemetry.tracer.start_span(self.name, attributes=attributes)
             self.owns_span = True
             self.context = trace.set_span_in_context(span)
         self.span = span
         probe = self.probe = RUNTIME.probe or process_probe()
-        result = self.result
-        self.window, result.rss_start = probe.begin_peak()
+        rss_start = self.rss_start = probe.open_window(self)
         # None (about 0.1 us) unless a framework with a device is imported.
         device_window, device_start = (RUNTIME.device_memory or device_memory()).begin()
         self.device_window = device_window
         if device_window is not None:
-            result.device_start = device_start
-        if _want_heap(self.name, heap, probe):
+            self.device_start = device_start
+        if heap is not False and _want_heap(self.name, heap, probe):
             self.heap_start = probe.heap_bytes()
         # Last: once the slot is taken nothing here can fail, so finish() always frees it.
         recorder = (RUNTIME.flight_recorder or recorder_holder()).recorder
         if recorder is not None:
-            self.slot = recorder.operation_started(self.name, result.rss_start, result.device_start)
+            self.slot = recorder.operation_started(self.name, rss_start, self.device_start)
             self.recorder = recorder
         self.started = time.perf_counter()
 
-    def finish(self, exc: BaseException | None) -> OperationResult:
+    def finish(self, exc: BaseException | None) -> None:
         span = self.span
         try:
             duration = time.perf_counter() - self.started
-            result = self.result
+            name = self.name
             probe = self.probe
+            heap_delta = None
             if self.heap_start is not None:
                 heap_end = probe.heap_bytes()
                 if heap_end is not None:
-                    result.heap_delta = heap_end - self.heap_start
-            rss_end = result.rss_end = probe.rss_bytes()
-            peak = result.rss_peak = probe.end_peak(self.window, rss_end)
+                    heap_delta = heap_end - self.heap_start
+            rss_end = probe.rss_bytes()
+            peak = probe.end_peak(self, rss_end)
+            device_start = self.device_start
+            device_end = device_peak = None
             if self.device_window is not None:
-                result.device_end, result.device_peak = (RUNTIME.device_memory or device_memory()).end(self.device_window)
-            level = result.level = (RUNTIME.config or get_config()).level_for(rss_end)
-            result.duration_s = duration
-            delta = rss_end - result.rss_start
-            _remember_duration(self.name, duration)
+                device_end, device_peak = (RUNTIME.device_memory or device_memory()).end(self.device_window)
+            level = (RUNTIME.config or get_config()).level_for(rss_end)
+            rss_start = self.rss_start
+            delta = rss_end - rss_start
+            _remember_duration(name, duration)
 
             tracker = RUNTIME.tracker or get_memory_tracker()
-            tracker.record_operation(self.name, rss_end, level)
-            raised = tracker.leak_detector.observe(self.name, delta, result.heap_delta)
-            suspected = result.leak_suspected = tracker.leak_detector.is_suspected(self.name)
+            tracker.record_operation(name, rss_end, level)
+            leak_detector = tracker.leak_detector
+            raised = leak_detector.observe(name, delta, heap_delta)
+            suspected = leak_detector.is_suspected(name)
+
+            result = self.result
+            if result is not None:
+                result.operation, result.rss_start, result.rss_end, result.rss_peak = name, rss_start, rss_end, peak
+                result.heap_delta, result.level, result.duration_s, result.leak_suspected = heap_delta, level, duration, suspected
+                result.device_start, result.device_end, result.device_peak = device_start, device_end, device_peak
 
             if span is not None and span.is_recording():
                 attributes: dict[str, AttributeValue] = {
-                    names.ATTR_OPERATION: self.name,
-                    names.ATTR_RSS_START: result.rss_start,
+                    names.ATTR_OPERATION: name,
+                    names.ATTR_RSS_START: rss_start,
                     names.ATTR_RSS_END: rss_end,
                     names.ATTR_RSS_DELTA: delta,
                     names.ATTR_LEVEL: level.value,
@@ -226,21 +237,21 @@ class _Operation:
                     attributes[names.ATTR_FUNCTION] = self.function
                 if peak is not None:
                     attributes[names.ATTR_RSS_PEAK] = peak
-                if result.heap_delta is not None:
-                    attributes[names.ATTR_HEAP_DELTA] = result.heap_delta
-                if result.device_start is not None and result.device_end is not None:
-                    attributes[names.ATTR_DEVICE_START] = result.device_start
-                    attributes[names.ATTR_DEVICE_END] = result.device_end
-                    attributes[names.ATTR_DEVICE_DELTA] = result.device_end - result.device_start
-                    if result.device_peak is not None:
-                        attributes[names.ATTR_DEVICE_PEAK] = result.device_peak
+                if heap_delta is not None:
+                    attributes[names.ATTR_HEAP_DELTA] = heap_delta
+                if device_start is not None and device_end is not None:
+                    attributes[names.ATTR_DEVICE_START] = device_start
+                    attributes[names.ATTR_DEVICE_END] = device_end
+                    attributes[names.ATTR_DEVICE_DELTA] = device_end - device_start
+                    if device_peak is not None:
+                        attributes[names.ATTR_DEVICE_PEAK] = device_peak
                 if suspected:
                     attributes[names.ATTR_LEAK_SUSPECTED] = True
                 span.set_attributes(attributes)
                 if raised:
                     span.add_event(
                         names.EVENT_LEAK_SUSPECTED,
-                        {names.ATTR_OPERATION: self.name, names.ATTR_LEAK_BYTES_PER_CALL: tracker.leak_detector.bytes_per_call(self.name)},
+                        {names.ATTR_OPERATION: name, names.ATTR_LEAK_BYTES_PER_CALL: leak_detector.bytes_per_call(name)},
                     )
                 if exc is not None:
                     span.record_exception(exc)
@@ -249,16 +260,15 @@ class _Operation:
             if telemetry.metrics_recording():
                 metric_attributes = self.metric_attributes
                 telemetry.operation_duration.record(duration, metric_attributes)
-                telemetry.add_operation_net(self.name, delta)
+                telemetry.add_operation_net(name, delta)
                 if peak is not None:
-                    telemetry.operation_peak.record(max(0, peak - result.rss_start), metric_attributes)
+                    telemetry.operation_peak.record(peak - rss_start if peak > rss_start else 0, metric_attributes)
         finally:
             if self.recorder is not None:
                 self._leave_recorder()
             # Even if a measurement failed, the span must end, or it never reaches an exporter.
             if self.owns_span and span is not None:
                 span.end()
-        return self.result
 
     def _leave_recorder(self) -> None:
         recorder, self.recorder = self.recorder, None
@@ -304,9 +314,10 @@ def _begin(
     heap: bool | None,
     annotate_current: bool,
     attributes: Mapping[str, Any] | None,
+    keep_result: bool = False,
 ) -> _Operation | None:
     try:
-        operation = _Operation(name, function, metric_attributes)
+        operation = _Operation(name, function, metric_attributes, keep_result)
         operation.start(heap, annotate_current, attributes)
     except Exception as exc:  # instrumentation must never break the host's call
         _log_failure("starting a profiled operation", exc)
@@ -664,7 +675,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
             self._light_started = time.perf_counter()
             self._light_start, self._light_slot = _light_start(self.name)
             return self
-        self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes)
+        self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes, True)
         self._token = _attach(self._operation)
         return self
 

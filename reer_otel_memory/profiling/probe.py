@@ -243,11 +243,16 @@ class MemoryProbe:
         and reset the mark when it is above the RSS.
         """
         window = PeakWindow()
+        return window, self.open_window(window)
+
+    def open_window(self, window: PeakWindow) -> int:
+        """:meth:`begin_peak` into a window the caller made (a subclass, say); returns the RSS at its start."""
+        window.hwm_start = 0
         mode = self._peak_mode
         if mode is _PEAK_NONE:
             rss = self.rss_bytes()
             window.peak_bytes = rss
-            return window, rss
+            return rss
         with self._lock:
             if mode is _PEAK_NORESET:
                 window.hwm_start = self._hwm_bytes()
@@ -270,7 +275,7 @@ class MemoryProbe:
                     os.pwrite(self._clear_refs_fd, b"5", 0)
             window.peak_bytes = rss
             self._active.add(window)
-        return window, rss
+        return rss
 
     def end_peak(self, window: PeakWindow, end_rss: int) -> int | None:
         """Close ``window``; the highest RSS seen in it, or None where it cannot be known.

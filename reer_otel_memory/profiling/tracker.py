@@ -50,6 +50,9 @@ class MemorySnapshot(NamedTuple):
         return None if self.heap_bytes is None else self.heap_bytes / MB
 
 
+_LEVEL_BY_VALUE = {level.value: level for level in MemoryLevel}
+
+
 def _slope_per_s(points: list[tuple[float, int]]) -> float:
     """Least-squares slope of (time, bytes) in bytes per second."""
     n = len(points)
@@ -72,7 +75,10 @@ class MemoryTracker:
         if probe is None:
             probe = process_probe()
         self._probe = probe
-        # Profiled calls append plain tuples (cheaper); :attr:`snapshots` makes them MemorySnapshots.
+        # Profiled calls append plain (timestamp, rss, operation, level value) tuples: cheaper to
+        # make, and the garbage collector stops tracking them (atomic items only) instead of
+        # walking a thousand of them in every older-generation pass. :attr:`snapshots` makes
+        # them MemorySnapshots.
         self._snapshots: collections.deque[MemorySnapshot | tuple[Any, ...]] = collections.deque(maxlen=max_snapshots)
         self._lock = threading.Lock()
         self.leak_detector = leak_detector if leak_detector is not None else LeakDetector()
@@ -95,7 +101,7 @@ class MemoryTracker:
 
         The ring holds a plain tuple; :attr:`snapshots` turns it into a MemorySnapshot.
         """
-        self._snapshots.append((time.time(), rss_bytes, None, operation, level, None, False))
+        self._snapshots.append((time.time(), rss_bytes, operation, level.value))
         if rss_bytes > self._peak_rss_bytes:
             self._peak_rss_bytes = rss_bytes
 
@@ -111,8 +117,11 @@ class MemoryTracker:
     @property
     def snapshots(self) -> list[MemorySnapshot]:
         """The snapshots held now, oldest first (a copy)."""
-        make = MemorySnapshot._make
-        return [s if type(s) is MemorySnapshot else make(s) for s in list(self._snapshots)]
+        level = _LEVEL_BY_VALUE
+        return [
+            s if type(s) is MemorySnapshot else MemorySnapshot(s[0], s[1], None, s[2], level[s[3]])
+            for s in list(self._snapshots)
+        ]
 
     def clear(self) -> None:
         """Forget every snapshot and leak statistic; the baseline becomes the RSS now."""
