@@ -149,7 +149,7 @@ class _Operation(PeakWindow):
 
     __slots__ = (
         "context", "device_start", "device_window", "function", "heap_start", "metric_attributes", "name", "owns_span", "probe",
-        "recorder", "result", "rss_start", "slot", "span", "started", "telemetry",
+        "recorder", "result", "rss_start", "slot", "span", "started", "telemetry", "token",
     )
     device_window: DeviceWindow | None  # set by start(); finish() runs only after a successful start()
 
@@ -165,6 +165,7 @@ class _Operation(PeakWindow):
         self.device_start: int | None = None
         self.recorder: FlightRecorder | None = None
         self.slot = -1
+        self.token: object | None = None  # set where _begin(..., attach=True) made the span current
 
     def start(self, heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None) -> None:
         telemetry = self.telemetry = RUNTIME.telemetry or _telemetry.current()
@@ -315,33 +316,31 @@ def _begin(
     annotate_current: bool,
     attributes: Mapping[str, Any] | None,
     keep_result: bool = False,
+    attach: bool = False,
 ) -> _Operation | None:
+    """Start an operation (None where that failed, logged once); ``attach``: make its span current
+    until :func:`_end` (calls and blocks; generators attach around each step instead)."""
     try:
         operation = _Operation(name, function, metric_attributes, keep_result)
         operation.start(heap, annotate_current, attributes)
     except Exception as exc:  # instrumentation must never break the host's call
         _log_failure("starting a profiled operation", exc)
         return None
+    if attach and operation.context is not None:
+        operation.token = _attach_context(operation.context)
     return operation
 
 
 def _end(operation: _Operation | None, exc: BaseException | None) -> None:
+    """Detach the span if :func:`_begin` attached it, then finish the operation. Never raises."""
     if operation is None:
         return
+    if operation.token is not None:
+        _detach(operation.token)
     try:
         operation.finish(exc)
     except Exception as failure:
         _log_failure("finishing a profiled operation", failure)
-
-
-def _attach(operation: _Operation | None) -> object | None:
-    """Make the operation's span current; the token to detach it with (None: nothing attached)."""
-    return None if operation is None else _attach_context(operation.context)
-
-
-def _detach_and_end(operation: _Operation | None, token: object | None, exc: BaseException | None) -> None:
-    _detach(token)
-    _end(operation, exc)
 
 
 class _LightSampler:
@@ -590,14 +589,13 @@ def memory_profile(
                     finally:
                         sampler.measured(time.perf_counter() - started)
                         _light(name, rss_start, slot)
-                operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
-                token = _attach(operation)
+                operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes, False, True)
                 try:
                     result = await func(*args, **kwargs)
                 except BaseException as exc:
-                    _detach_and_end(operation, token, exc)
+                    _end(operation, exc)
                     raise
-                _detach_and_end(operation, token, None)
+                _end(operation, None)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
@@ -614,14 +612,13 @@ def memory_profile(
                 finally:
                     sampler.measured(time.perf_counter() - started)
                     _light(name, rss_start, slot)
-            operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
-            token = _attach(operation)
+            operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes, False, True)
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                _detach_and_end(operation, token, exc)
+                _end(operation, exc)
                 raise
-            _detach_and_end(operation, token, None)
+            _end(operation, None)
             return result
 
         wrapper.__reer_memory_profiled__ = True  # type: ignore[attr-defined]
@@ -637,7 +634,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     measurements. ``op.set_attribute(key, value)`` adds attributes to the span.
     """
 
-    __slots__ = ("_light_slot", "_light_start", "_light_started", "_operation", "_token", "annotate_current", "attributes", "heap", "name", "result")
+    __slots__ = ("_light_slot", "_light_start", "_light_started", "_operation", "annotate_current", "attributes", "heap", "name", "result")
 
     def __init__(
         self,
@@ -655,7 +652,6 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         self.annotate_current = annotate_current
         self.attributes = dict(attributes) if attributes else None
         self._operation: _Operation | None = None
-        self._token: object | None = None
         self._light_start: int | None = None
         self._light_slot = -1
         self.result: OperationResult | None = None
@@ -675,8 +671,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
             self._light_started = time.perf_counter()
             self._light_start, self._light_slot = _light_start(self.name)
             return self
-        self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes, True)
-        self._token = _attach(self._operation)
+        self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes, True, True)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -694,8 +689,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
                 _log_failure("recording a profiled operation", failure)
             return
         operation, self._operation = self._operation, None
-        token, self._token = self._token, None
-        _detach_and_end(operation, token, exc)
+        _end(operation, exc)
         if operation is not None:
             self.result = operation.result
 
