@@ -93,33 +93,37 @@ def _cpu_ms(action) -> float:
     return statistics.median(times) * 1e3
 
 
-def scrape_child() -> None:
-    """Runs in a child: serves both endpoints, prints their URLs and CPU figures as JSON, and
-    keeps serving until stdin closes, so the scrapes come from another process, as
-    Prometheus's do (a client in the same process would share its interpreter lock)."""
-    from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, start_http_server
+def _record_operations() -> None:
+    from reer_otel_memory import memory_context
 
-    from reer_otel_memory import memory_context, start_memory_monitoring, start_prometheus_exporter
-    from reer_otel_memory._telemetry import BYTES_BUCKETS, DURATION_BUCKETS
-
-    endpoint = start_prometheus_exporter(port=0)
-    start_memory_monitoring()
     for index in range(OPERATIONS):
-        for _ in range(3):
-            with memory_context(f"operation_{index:03d}"):
-                pass
-    # Where a scrape's CPU goes: the SDK's collection, then the text formatting of that one
-    # collection (ours, and the OpenTelemetry exporter's translation + generate_latest).
+        with memory_context(f"operation_{index:03d}"):
+            pass
+
+
+def _cumulative_formatting() -> dict[str, float]:
+    """Text formatting of a cumulative collection of the same series (as any OpenTelemetry reader
+    takes one): ours with nothing cached, and the OpenTelemetry exporter's translation followed by
+    ``generate_latest``. Taken on a private provider, before the endpoint starts."""
     from opentelemetry.exporter.prometheus import _CustomCollector
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from prometheus_client.exposition import generate_latest
 
-    from reer_otel_memory.export import endpoint as exporter
+    from reer_otel_memory import _telemetry
     from reer_otel_memory.export.exposition import OpenTelemetryText
 
-    reader = exporter._pipeline.reader
-    collect_ms = _cpu_ms(reader.collect)
-    reader.collect()
-    collected = reader._collected
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    previous = _telemetry.current()
+    _telemetry.configure(previous.tracer_provider, provider)
+    try:
+        for _ in range(3):
+            _record_operations()
+        collected = reader.get_metrics_data()
+    finally:
+        _telemetry.restore(previous)
+        provider.shutdown()
 
     class Translated:
         def collect(self):
@@ -127,22 +131,62 @@ def scrape_child() -> None:
             collector.add_metrics_data(collected)
             return list(collector.collect())
 
-    text = OpenTelemetryText()
-    format_ms = _cpu_ms(lambda: text.format(collected))
-    format_cold_ms = _cpu_ms(lambda: OpenTelemetryText().format(collected))  # every series as if it changed
-    format_bare_ms = _cpu_ms(lambda: generate_latest(Translated()))
+    return {
+        "format_cold_ms": _cpu_ms(lambda: OpenTelemetryText().format(collected)),  # every series as new
+        "format_bare_ms": _cpu_ms(lambda: generate_latest(Translated())),
+    }
+
+
+def _render_after_changes_ms(render) -> float:
+    """CPU of a page rendered after every operation was called once more since the last one."""
+    render()
+    times = []
+    for _ in range(SCRAPES):
+        _record_operations()
+        started = time.process_time()
+        render()
+        times.append(time.process_time() - started)
+    return statistics.median(times) * 1e3
+
+
+def scrape_child() -> None:
+    """Runs in a child: serves both endpoints, prints their URLs and CPU figures as JSON, and
+    keeps serving until stdin closes, so the scrapes come from another process, as
+    Prometheus's do (a client in the same process would share its interpreter lock)."""
     import gzip
 
-    page = text.format(collected)
-    gzip_levels = {level: (_cpu_ms(lambda level=level: gzip.compress(page, compresslevel=level)), len(gzip.compress(page, compresslevel=level)))
-                   for level in (1, 6)}
+    from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, start_http_server
+
+    from reer_otel_memory import start_memory_monitoring, start_prometheus_exporter
+    from reer_otel_memory._telemetry import BYTES_BUCKETS, DURATION_BUCKETS
+
+    figures = _cumulative_formatting()
+    endpoint = start_prometheus_exporter(port=0)
+    start_memory_monitoring()
+    for _ in range(3):
+        _record_operations()
+    # Where a scrape's CPU goes: the SDK's collection (histograms as deltas, summed by the page),
+    # then the text formatting; and the whole render when every series changed since the last.
+    from reer_otel_memory.export import endpoint as exporter
+
+    reader = exporter._pipeline.reader
+    render = exporter._pipeline.render
+    figures["collect_ms"] = _cpu_ms(reader.collect)
+    figures["format_ms"] = _cpu_ms(reader._page.render)
+    figures["render_ms"] = _cpu_ms(render)
+    figures["render_changed_ms"] = _render_after_changes_ms(render)
+    page = render()
+    figures["gzip_levels"] = {
+        level: (_cpu_ms(lambda level=level: gzip.compress(page, compresslevel=level)), len(gzip.compress(page, compresslevel=level)))
+        for level in (1, 6)
+    }
     if os.environ.get("BENCH_PROFILE"):
         # Where a scrape's CPU goes, function by function (stderr): BENCH_PROFILE=1 python -m benchmarks monitor
         import cProfile
         import pstats
 
         profile = cProfile.Profile()
-        profile.runcall(lambda: [exporter._pipeline.render() for _ in range(SCRAPES)])
+        profile.runcall(lambda: [render() for _ in range(SCRAPES)])
         pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
 
     # Same lines as ours: without the *_created series prometheus_client adds by default.
@@ -157,11 +201,8 @@ def scrape_child() -> None:
         duration.labels(name).observe(0.001)
         net.labels(name).set(0)
     server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
-    print(json.dumps({
-        "ours_url": endpoint.url, "bare_url": f"http://127.0.0.1:{server.server_port}/metrics",
-        "collect_ms": collect_ms, "format_ms": format_ms, "format_bare_ms": format_bare_ms, "format_cold_ms": format_cold_ms,
-        "gzip_levels": gzip_levels,
-    }), flush=True)
+    figures.update(ours_url=endpoint.url, bare_url=f"http://127.0.0.1:{server.server_port}/metrics")
+    print(json.dumps(figures), flush=True)
     sys.stdin.read()
 
 
@@ -210,10 +251,11 @@ def run() -> list[Figure]:
             f"/metrics scrape with gzip, as Prometheus asks ({scrape['gzip_size_bytes'] / 1024:.0f} KiB), median",
             scrape["ours_gzip_ms"], "ms", "bare prometheus_client registry, gzip", scrape["bare_gzip_ms"], target="<= 10 ms",
         ),
+        Figure("  page render (collection + text), CPU", scrape["render_ms"], "ms"),
         Figure("  of which SDK collection, CPU", scrape["collect_ms"], "ms"),
-        Figure("  of which text formatting, CPU", scrape["format_ms"], "ms",
-               "exporter translation + generate_latest, same data", scrape["format_bare_ms"]),
-        Figure("  text formatting when every series changed, CPU", scrape["format_cold_ms"], "ms",
+        Figure("  of which text formatting, CPU", scrape["format_ms"], "ms"),
+        Figure(f"  page render after all {OPERATIONS} operations were called again, CPU", scrape["render_changed_ms"], "ms"),
+        Figure("  text formatting of a cumulative collection, nothing cached, CPU", scrape["format_cold_ms"], "ms",
                "exporter translation + generate_latest, same data", scrape["format_bare_ms"]),
         *(
             Figure(f"  gzip level {level} of the page ({size / 1024:.1f} KiB), CPU", ms, "ms")
