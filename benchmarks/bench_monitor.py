@@ -101,10 +101,12 @@ def _record_operations() -> None:
             pass
 
 
-def _cumulative_formatting() -> dict[str, float]:
-    """Text formatting of a cumulative collection of the same series (as any OpenTelemetry reader
-    takes one): ours with nothing cached, and the OpenTelemetry exporter's translation followed by
-    ``generate_latest``. Taken on a private provider, before the endpoint starts."""
+def formatting_child() -> None:
+    """Runs in a child of its own (its calls would add series to the scraped one's page), prints
+    JSON: text formatting of a cumulative collection of the same operations, as any OpenTelemetry
+    reader takes one (ours with nothing cached, and the OpenTelemetry exporter's translation
+    followed by ``generate_latest``); then the endpoint's render when every operation was called
+    again since the last (a busy service between two scrapes)."""
     from opentelemetry.exporter.prometheus import _CustomCollector
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -131,10 +133,19 @@ def _cumulative_formatting() -> dict[str, float]:
             collector.add_metrics_data(collected)
             return list(collector.collect())
 
-    return {
+    figures = {
         "format_cold_ms": _cpu_ms(lambda: OpenTelemetryText().format(collected)),  # every series as new
         "format_bare_ms": _cpu_ms(lambda: generate_latest(Translated())),
     }
+    from reer_otel_memory import start_memory_monitoring, start_prometheus_exporter
+    from reer_otel_memory.export import endpoint as exporter
+
+    start_prometheus_exporter(port=0)
+    start_memory_monitoring()
+    for _ in range(3):
+        _record_operations()
+    figures["render_changed_ms"] = _render_after_changes_ms(exporter._pipeline.render)
+    print(json.dumps(figures), flush=True)
 
 
 def _render_after_changes_ms(render) -> float:
@@ -160,13 +171,13 @@ def scrape_child() -> None:
     from reer_otel_memory import start_memory_monitoring, start_prometheus_exporter
     from reer_otel_memory._telemetry import BYTES_BUCKETS, DURATION_BUCKETS
 
-    figures = _cumulative_formatting()
+    figures: dict[str, object] = {}
     endpoint = start_prometheus_exporter(port=0)
     start_memory_monitoring()
     for _ in range(3):
         _record_operations()
     # Where a scrape's CPU goes: the SDK's collection (histograms as deltas, summed by the page),
-    # then the text formatting; and the whole render when every series changed since the last.
+    # then the text formatting.
     from reer_otel_memory.export import endpoint as exporter
 
     reader = exporter._pipeline.reader
@@ -174,7 +185,6 @@ def scrape_child() -> None:
     figures["collect_ms"] = _cpu_ms(reader.collect)
     figures["format_ms"] = _cpu_ms(reader._page.render)
     figures["render_ms"] = _cpu_ms(render)
-    figures["render_changed_ms"] = _render_after_changes_ms(render)
     page = render()
     figures["gzip_levels"] = {
         level: (_cpu_ms(lambda level=level: gzip.compress(page, compresslevel=level)), len(gzip.compress(page, compresslevel=level)))
@@ -206,7 +216,16 @@ def scrape_child() -> None:
     sys.stdin.read()
 
 
+def _child_figures(function: str) -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, "-c", f"from benchmarks.bench_monitor import {function}; {function}()"],
+        capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    ).stdout
+    return json.loads(output.splitlines()[-1])
+
+
 def scrape_times() -> dict[str, float]:
+    formatting = _child_figures("formatting_child")
     child = subprocess.Popen(
         [sys.executable, "-c", "from benchmarks.bench_monitor import scrape_child; scrape_child()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -214,6 +233,7 @@ def scrape_times() -> dict[str, float]:
     )
     try:
         figures = json.loads(child.stdout.readline())
+        figures.update(formatting)
         figures["ours_ms"] = _fetch_ms(figures["ours_url"])
         figures["bare_ms"] = _fetch_ms(figures["bare_url"])
         figures["ours_gzip_ms"] = _fetch_ms(figures["ours_url"], gzip=True)
