@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from itertools import accumulate
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import AggregationTemporality, Gauge, Histogram, Sum
@@ -131,7 +132,7 @@ class OpenTelemetryText:
     def __init__(self) -> None:
         self._target_info: str | None = None
         self._families: dict[tuple[str, str, str], tuple[str, str]] = {}
-        self._prefixes: dict[tuple[Any, ...], list[str]] = {}
+        self._prefixes: dict[tuple[Any, ...], tuple[list[str], tuple[str, str] | None]] = {}
         #: Each histogram series' counts, sum and lines at the last scrape.
         self._series: dict[tuple[Any, ...], tuple[tuple[int, ...], Any, str]] = {}
         #: Each family of running totals: the state its text was made from, and the text.
@@ -147,19 +148,24 @@ class OpenTelemetryText:
                 self._families[key] = found
         return found
 
-    def _bucket_prefixes(self, name: str, row: dict[str, str], bounds: tuple[str, ...]) -> list[str]:
-        """``name_bucket{...,le="B",...} `` for each bound: the same for every scrape of a series."""
+    def _bucket_prefixes(self, name: str, row: dict[str, str], bounds: tuple[str, ...]) -> tuple[list[str], tuple[str, str] | None]:
+        """``name_bucket{...,le="B",...} `` for each bound, and ``name_count{...} `` with ``name_sum{...} ``
+        (None where the exporter writes neither): the same for every scrape of a series."""
         key = (name, tuple(row.items()), bounds)
         prefixes = self._prefixes.get(key)
         if prefixes is None:
-            prefixes = []
+            buckets = []
             for bound in bounds:
                 labels = dict(row)
                 labels["le"] = bound
-                prefixes.append(f"{_metric_name(name + '_bucket')}{_label_block(labels)} ")
+                buckets.append(f"{_metric_name(name + '_bucket')}{_label_block(labels)} ")
+            label_text = _label_block(row) if row else ""
+            totals = None
+            if bounds and float(bounds[0]) >= 0:
+                totals = (f"{_metric_name(name + '_count')}{label_text} ", f"{_metric_name(name + '_sum')}{label_text} ")
             if len(self._prefixes) >= _MAX_CACHED_LABEL_SETS:
                 self._prefixes.clear()
-            self._prefixes[key] = prefixes
+            prefixes = self._prefixes[key] = (buckets, totals)
         return prefixes
 
     def _target_info_text(self, metrics_data: Any) -> str:
@@ -262,14 +268,15 @@ class OpenTelemetryText:
         return text
 
     def _histogram_text(self, name: str, row: dict[str, str], bounds: tuple[str, ...], counts: tuple[int, ...], total: Any) -> str:
-        lines = []
-        cumulative = 0
-        for prefix, count in zip(self._bucket_prefixes(name, row, bounds), counts, strict=True):
-            cumulative += count
-            lines.append(f"{prefix}{_go_float(cumulative)}\n")
-        if bounds and float(bounds[0]) >= 0 and total is not None:
-            lines.append(_sample_line(name + "_count", row, cumulative, None))
-            lines.append(_sample_line(name + "_sum", row, total, None))
+        buckets, totals = self._bucket_prefixes(name, row, bounds)
+        # The lines of most pages: keep to one formatted string per line (counts are whole numbers).
+        lines = [
+            f"{prefix}{cumulative}.0\n" if type(cumulative) is int and 0 <= cumulative < 1_000_000 else f"{prefix}{_go_float(cumulative)}\n"
+            for prefix, cumulative in zip(buckets, accumulate(counts), strict=True)
+        ]
+        if totals is not None and total is not None:
+            count_prefix, sum_prefix = totals
+            lines.append(f"{count_prefix}{_go_float(sum(counts))}\n{sum_prefix}{_go_float(total)}\n")
         return "".join(lines)
 
     def _add_metric(self, families: dict[str, list[Any]], metric: Any) -> None:
