@@ -93,33 +93,39 @@ def _cpu_ms(action) -> float:
     return statistics.median(times) * 1e3
 
 
-def scrape_child() -> None:
-    """Runs in a child: serves both endpoints, prints their URLs and CPU figures as JSON, and
-    keeps serving until stdin closes, so the scrapes come from another process, as
-    Prometheus's do (a client in the same process would share its interpreter lock)."""
-    from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, start_http_server
+def _record_operations() -> None:
+    from reer_otel_memory import memory_context
 
-    from reer_otel_memory import memory_context, start_memory_monitoring, start_prometheus_exporter
-    from reer_otel_memory._telemetry import BYTES_BUCKETS, DURATION_BUCKETS
-
-    endpoint = start_prometheus_exporter(port=0)
-    start_memory_monitoring()
     for index in range(OPERATIONS):
-        for _ in range(3):
-            with memory_context(f"operation_{index:03d}"):
-                pass
-    # Where a scrape's CPU goes: the SDK's collection, then the text formatting of that one
-    # collection (ours, and the OpenTelemetry exporter's translation + generate_latest).
+        with memory_context(f"operation_{index:03d}"):
+            pass
+
+
+def formatting_child() -> None:
+    """Runs in a child of its own (its calls would add series to the scraped one's page), prints
+    JSON: text formatting of a cumulative collection of the same operations, as any OpenTelemetry
+    reader takes one (ours with nothing cached, and the OpenTelemetry exporter's translation
+    followed by ``generate_latest``); then the endpoint's render when every operation was called
+    again since the last (a busy service between two scrapes)."""
     from opentelemetry.exporter.prometheus import _CustomCollector
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from prometheus_client.exposition import generate_latest
 
-    from reer_otel_memory.export import endpoint as exporter
+    from reer_otel_memory import _telemetry
     from reer_otel_memory.export.exposition import OpenTelemetryText
 
-    reader = exporter._pipeline.reader
-    collect_ms = _cpu_ms(reader.collect)
-    reader.collect()
-    collected = reader._collected
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    previous = _telemetry.current()
+    _telemetry.configure(previous.tracer_provider, provider)
+    try:
+        for _ in range(3):
+            _record_operations()
+        collected = reader.get_metrics_data()
+    finally:
+        _telemetry.restore(previous)
+        provider.shutdown()
 
     class Translated:
         def collect(self):
@@ -127,22 +133,70 @@ def scrape_child() -> None:
             collector.add_metrics_data(collected)
             return list(collector.collect())
 
-    text = OpenTelemetryText()
-    format_ms = _cpu_ms(lambda: text.format(collected))
-    format_cold_ms = _cpu_ms(lambda: OpenTelemetryText().format(collected))  # every series as if it changed
-    format_bare_ms = _cpu_ms(lambda: generate_latest(Translated()))
+    figures = {
+        "format_cold_ms": _cpu_ms(lambda: OpenTelemetryText().format(collected)),  # every series as new
+        "format_bare_ms": _cpu_ms(lambda: generate_latest(Translated())),
+    }
+    from reer_otel_memory import start_memory_monitoring, start_prometheus_exporter
+    from reer_otel_memory.export import endpoint as exporter
+
+    start_prometheus_exporter(port=0)
+    start_memory_monitoring()
+    for _ in range(3):
+        _record_operations()
+    figures["render_changed_ms"] = _render_after_changes_ms(exporter._pipeline.render)
+    print(json.dumps(figures), flush=True)
+
+
+def _render_after_changes_ms(render) -> float:
+    """CPU of a page rendered after every operation was called once more since the last one."""
+    render()
+    times = []
+    for _ in range(SCRAPES):
+        _record_operations()
+        started = time.process_time()
+        render()
+        times.append(time.process_time() - started)
+    return statistics.median(times) * 1e3
+
+
+def scrape_child() -> None:
+    """Runs in a child: serves both endpoints, prints their URLs and CPU figures as JSON, and
+    keeps serving until stdin closes, so the scrapes come from another process, as
+    Prometheus's do (a client in the same process would share its interpreter lock)."""
     import gzip
 
-    page = text.format(collected)
-    gzip_levels = {level: (_cpu_ms(lambda level=level: gzip.compress(page, compresslevel=level)), len(gzip.compress(page, compresslevel=level)))
-                   for level in (1, 6)}
+    from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, start_http_server
+
+    from reer_otel_memory import start_memory_monitoring, start_prometheus_exporter
+    from reer_otel_memory._telemetry import BYTES_BUCKETS, DURATION_BUCKETS
+
+    figures: dict[str, object] = {}
+    endpoint = start_prometheus_exporter(port=0)
+    start_memory_monitoring()
+    for _ in range(3):
+        _record_operations()
+    # Where a scrape's CPU goes: the SDK's collection (histograms as deltas, summed by the page),
+    # then the text formatting.
+    from reer_otel_memory.export import endpoint as exporter
+
+    reader = exporter._pipeline.reader
+    render = exporter._pipeline.render
+    figures["collect_ms"] = _cpu_ms(reader.collect)
+    figures["format_ms"] = _cpu_ms(reader._page.render)
+    figures["render_ms"] = _cpu_ms(render)
+    page = render()
+    figures["gzip_levels"] = {
+        level: (_cpu_ms(lambda level=level: gzip.compress(page, compresslevel=level)), len(gzip.compress(page, compresslevel=level)))
+        for level in (1, 6)
+    }
     if os.environ.get("BENCH_PROFILE"):
         # Where a scrape's CPU goes, function by function (stderr): BENCH_PROFILE=1 python -m benchmarks monitor
         import cProfile
         import pstats
 
         profile = cProfile.Profile()
-        profile.runcall(lambda: [exporter._pipeline.render() for _ in range(SCRAPES)])
+        profile.runcall(lambda: [render() for _ in range(SCRAPES)])
         pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
 
     # Same lines as ours: without the *_created series prometheus_client adds by default.
@@ -157,15 +211,21 @@ def scrape_child() -> None:
         duration.labels(name).observe(0.001)
         net.labels(name).set(0)
     server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
-    print(json.dumps({
-        "ours_url": endpoint.url, "bare_url": f"http://127.0.0.1:{server.server_port}/metrics",
-        "collect_ms": collect_ms, "format_ms": format_ms, "format_bare_ms": format_bare_ms, "format_cold_ms": format_cold_ms,
-        "gzip_levels": gzip_levels,
-    }), flush=True)
+    figures.update(ours_url=endpoint.url, bare_url=f"http://127.0.0.1:{server.server_port}/metrics")
+    print(json.dumps(figures), flush=True)
     sys.stdin.read()
 
 
+def _child_figures(function: str) -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, "-c", f"from benchmarks.bench_monitor import {function}; {function}()"],
+        capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    ).stdout
+    return json.loads(output.splitlines()[-1])
+
+
 def scrape_times() -> dict[str, float]:
+    formatting = _child_figures("formatting_child")
     child = subprocess.Popen(
         [sys.executable, "-c", "from benchmarks.bench_monitor import scrape_child; scrape_child()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -173,6 +233,7 @@ def scrape_times() -> dict[str, float]:
     )
     try:
         figures = json.loads(child.stdout.readline())
+        figures.update(formatting)
         figures["ours_ms"] = _fetch_ms(figures["ours_url"])
         figures["bare_ms"] = _fetch_ms(figures["bare_url"])
         figures["ours_gzip_ms"] = _fetch_ms(figures["ours_url"], gzip=True)
@@ -210,10 +271,11 @@ def run() -> list[Figure]:
             f"/metrics scrape with gzip, as Prometheus asks ({scrape['gzip_size_bytes'] / 1024:.0f} KiB), median",
             scrape["ours_gzip_ms"], "ms", "bare prometheus_client registry, gzip", scrape["bare_gzip_ms"], target="<= 10 ms",
         ),
+        Figure("  page render (collection + text), CPU", scrape["render_ms"], "ms"),
         Figure("  of which SDK collection, CPU", scrape["collect_ms"], "ms"),
-        Figure("  of which text formatting, CPU", scrape["format_ms"], "ms",
-               "exporter translation + generate_latest, same data", scrape["format_bare_ms"]),
-        Figure("  text formatting when every series changed, CPU", scrape["format_cold_ms"], "ms",
+        Figure("  of which text formatting, CPU", scrape["format_ms"], "ms"),
+        Figure(f"  page render after all {OPERATIONS} operations were called again, CPU", scrape["render_changed_ms"], "ms"),
+        Figure("  text formatting of a cumulative collection, nothing cached, CPU", scrape["format_cold_ms"], "ms",
                "exporter translation + generate_latest, same data", scrape["format_bare_ms"]),
         *(
             Figure(f"  gzip level {level} of the page ({size / 1024:.1f} KiB), CPU", ms, "ms")

@@ -1,4 +1,4 @@
-"""The text exposition writes exactly what PrometheusMetricReader + generate_latest write."""
+"""The text exposition writes exactly what PrometheusMetricReader + generate_latest write, also from histogram deltas."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.prometheus import _CustomCollector
 from opentelemetry.metrics import Observation
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client.exposition import generate_latest
 
 from reer_otel_memory import memory_context, start_prometheus_exporter
-from reer_otel_memory.export.exposition import OpenTelemetryText
+from reer_otel_memory.export.exposition import CARDINALITY_LIMIT, CumulativeText, OpenTelemetryText
 
 
 def reference_page(metrics_data) -> bytes:
@@ -116,3 +116,72 @@ def test_one_formatter_stays_identical_across_scrapes_as_series_change_and_appea
             assert text.format(data) == reference_page(data)
     finally:
         provider.shutdown()
+
+
+def _delta_and_cumulative_readers():
+    delta = InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
+    cumulative = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[delta, cumulative], resource=Resource.create({"service.name": "svc"}))
+    return provider, delta, cumulative
+
+
+def test_histograms_summed_from_deltas_read_as_the_cumulative_collection_scrape_after_scrape():
+    # The endpoint collects histograms as deltas; its page must stay what a cumulative
+    # collection gives, byte for byte: new, changed and idle series, series whose attributes
+    # come in another order, True apart from 1, the same name in two scopes, metrics that come
+    # and go, and a collection nobody scrapes (a force_flush) in between.
+    provider, delta, cumulative = _delta_and_cumulative_readers()
+    page = CumulativeText()
+    shown = {"gauge": True}
+    try:
+        meter, other = provider.get_meter("a"), provider.get_meter("b")
+        peak = meter.create_histogram("reer.memory.operation.peak", unit="By", explicit_bucket_boundaries_advisory=[0.5, 1024.0, 1e7])
+        duration = other.create_histogram("reer.memory.operation.peak", unit="By", explicit_bucket_boundaries_advisory=[1.0, 2.0])
+        counter = meter.create_counter("reer.memory.alerts")
+        meter.create_observable_gauge("reer.memory.rss", callbacks=[lambda options: [Observation(5)] if shown["gauge"] else []], unit="By")
+        late = None
+        for scrape in range(6):
+            peak.record(scrape * 700, {"reer.operation": "busy", "flag": True})
+            peak.record(0.25, {"flag": True, "reer.operation": "busy"})
+            if scrape % 2:
+                peak.record(7, {"reer.operation": f"new{scrape}", "flag": 1})
+                duration.record(1.5 * scrape, {"reer.operation": "other"})
+            if scrape == 3:
+                late = meter.create_histogram("late.histogram", unit="s")
+            if late is not None and scrape != 4:
+                late.record(scrape, {"k": [1, 2]})
+            counter.add(scrape, {"level": "alert"})
+            shown["gauge"] = scrape != 2
+            if scrape == 4:
+                page.add(delta.get_metrics_data())  # collected but not scraped: its deltas count
+                cumulative.get_metrics_data()
+                peak.record(3, {"reer.operation": "busy", "flag": True})
+            page.add(delta.get_metrics_data())
+            expected = reference_page(cumulative.get_metrics_data())
+            assert page.render() == expected, f"scrape {scrape}"
+        assert b'reer_memory_operation_peak_bytes_count{flag="true",reer_operation="busy"} 13.0' in page.render()
+    finally:
+        provider.shutdown()
+
+
+def test_histogram_series_past_the_cardinality_limit_overflow_as_in_the_cumulative_collection():
+    provider, delta, cumulative = _delta_and_cumulative_readers()
+    page = CumulativeText()
+    try:
+        histogram = provider.get_meter("a").create_histogram("many", unit="By")
+        for index in range(CARDINALITY_LIMIT - 10):
+            histogram.record(index, {"n": index})
+        page.add(delta.get_metrics_data())
+        assert page.render() == reference_page(cumulative.get_metrics_data())
+        for index in range(CARDINALITY_LIMIT - 15, CARDINALITY_LIMIT + 5):
+            histogram.record(index, {"n": index})
+        page.add(delta.get_metrics_data())
+        rendered = page.render()
+        assert rendered == reference_page(cumulative.get_metrics_data())
+        assert b'many_bytes_count{n="",otel_metric_overflow="true"} 5.0' in rendered
+    finally:
+        provider.shutdown()
+
+
+def test_nothing_collected_yet_is_an_empty_page():
+    assert CumulativeText().render() == b""
