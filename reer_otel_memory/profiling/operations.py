@@ -157,7 +157,10 @@ class _Operation(PeakWindow):
         self.name = name
         self.function = function
         self.metric_attributes = metric_attributes
-        self.result: OperationResult | None = OperationResult() if keep_result else None
+        self.result: OperationResult | None = None
+        if keep_result:
+            self.result = OperationResult()
+            self.result.operation = name  # named even if a measurement fails
         self.span: Span | None = None
         self.owns_span = False
         self.context: Context | None = None
