@@ -319,6 +319,19 @@ class JSONLScan:
         finally:
             self._log_skipped()
 
+    def runs(self) -> Generator[Iterator[Any], None, None]:
+        """The records of :meth:`records`, one iterator per read of the file; consume each
+        whole before asking for the next.
+
+        A caller that handles records in C (``list.extend(filter(...))``) then runs no Python
+        code of its own per record, and can stop between reads (a byte budget per hop).
+        """
+        try:
+            for offset, block, end in self._blocks():
+                yield self._records_of_block(block, end, offset, self._next_line)
+        finally:
+            self._log_skipped()
+
     def _log_skipped(self) -> None:
         """One warning per pass that skipped malformed lines: data dropped is never dropped silently."""
         stats = self.stats
@@ -428,7 +441,8 @@ def take(
 
 class AsyncPass:
     """Drives a pass from the event loop: each :meth:`hop` runs ``fn(records, *args)`` in a
-    worker thread, so no file I/O or parsing blocks the loop.
+    worker thread, so no file I/O or parsing blocks the loop. With ``by_read``, ``records`` is
+    :meth:`JSONLScan.runs` (an iterator of records per read) instead of :meth:`JSONLScan.records`.
 
     :meth:`close` ends the pass at once unless a cancelled hop may still be running it in its
     thread; then the pass closes when that hop lets go of it.
@@ -436,9 +450,9 @@ class AsyncPass:
 
     __slots__ = ("busy", "records", "scan")
 
-    def __init__(self, scan: JSONLScan) -> None:
+    def __init__(self, scan: JSONLScan, *, by_read: bool = False) -> None:
         self.scan = scan
-        self.records = scan.records()
+        self.records: Generator[Any, None, None] = scan.runs() if by_read else scan.records()
         self.busy = False
 
     async def hop(self, fn: Callable[..., Any], *args: Any) -> Any:
