@@ -1,7 +1,7 @@
 """Trace store over 1 GiB of realistic traces: stats and filtered streaming vs a json.loads loop; get_trace on 1,000,000 traces.
 
-Throughput is the best of ``ROUNDS`` passes over the same file (the page cache is warm for
-every contender). Peak memory is the growth of peak RSS above the start of the operation,
+Throughput is the best of ``ROUNDS`` passes over the same file, the contenders taking turns in
+each round (the page cache is warm for every contender). Peak memory is the growth of peak RSS above the start of the operation,
 each measured in a fresh interpreter. ``get_trace`` is timed per call, after the index is
 built, on a store of a million short traces, each call in the same event loop.
 """
@@ -16,10 +16,9 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
 
 from benchmarks._report import Figure, scaled
-from benchmarks._traces import realistic_traces_file
+from benchmarks._traces import best_of_interleaved, realistic_traces_file
 
 TRACES = scaled(1_000_000, 50_000)
 LOOKUPS = scaled(5_000, 1_000)
@@ -81,15 +80,6 @@ async def _store_filtered(store) -> int:
     return kept
 
 
-def _best_s(fn: Callable[[], object]) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(ROUNDS):
-        started = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, result
-
-
 _PEAK_CHILD = """
     import asyncio, sys
     from reer_otel_memory import PROBE
@@ -137,12 +127,20 @@ def run() -> list[Figure]:
     path, traces = realistic_traces_file()
     size_mb = os.path.getsize(path) / _MB
     store = REERTraceStore(path)
-    loop_stats_s, expected = _best_s(lambda: _loop_stats(path))
-    store_stats_s, stats = _best_s(lambda: asyncio.run(store.get_memory_efficient_stats()))
+    best = best_of_interleaved(
+        {
+            "loop stats": lambda: _loop_stats(path),
+            "store stats": lambda: asyncio.run(store.get_memory_efficient_stats()),
+            "loop filtered": lambda: _loop_filtered(path),
+            "store filtered": lambda: asyncio.run(_store_filtered(store)),
+        },
+        ROUNDS,
+    )
+    (loop_stats_s, expected), (store_stats_s, stats) = best["loop stats"], best["store stats"]
+    (loop_filtered_s, expected_kept), (store_filtered_s, kept) = best["loop filtered"], best["store filtered"]
+    assert isinstance(stats, dict) and isinstance(expected, dict)
     assert stats["total_traces"] == expected["total_traces"] == traces
     assert abs(stats["score_mean"] - expected["score_mean"]) < 1e-9
-    loop_filtered_s, expected_kept = _best_s(lambda: _loop_filtered(path))
-    store_filtered_s, kept = _best_s(lambda: asyncio.run(_store_filtered(store)))
     assert kept == expected_kept
     stats_peak = _peak_growth_mb(path, "stats")
     filtered_peak = _peak_growth_mb(path, "filtered")
