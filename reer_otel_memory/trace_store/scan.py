@@ -7,9 +7,10 @@ msgspec straight out of the chunk (a ``memoryview`` slice: no per-line copy). A 
 at its line's newline, so a line holding two values, or a value spread over two lines, is
 malformed. A line msgspec refuses goes to ``json.loads``, which decides: results equal a
 ``json.loads`` per line, NaN, Infinity, integers beyond 64 bits and lone surrogates included
-(msgspec refuses the first, second and last), at about 3x its speed on long records
-(``python -m benchmarks jsonl``). Passes that need one field of each record (``field=``: the
-store's scores and ids) decode only that field; the rest of the line is validated, not built.
+(msgspec refuses the first, second and last), at 2.2x its speed on realistic traces
+(``python -m benchmarks jsonl``; msgspec alone parses them at 2.5x, orjson at 2.1x). Passes
+that need one field of each record (``field=``: the store's scores and ids) decode only that
+field; the rest of the line is validated, not built.
 
 Memory is constant in the file size: one chunk of bytes, its decoded text, and the record being
 handed out (a line longer than a chunk is held whole, as it must be). Malformed and blank lines
@@ -19,7 +20,10 @@ A last line without its newline is a *torn tail*: a writer was killed mid-record
 writing it. It is not returned (unless ``parse_unterminated_tail`` asks for a valid one to be)
 and is reported in :attr:`ScanStats.torn_tail_offset` / ``torn_tail_bytes``.
 
-Costs: reading and splitting are a small part; building the Python objects is the rest.
+Costs, per record of realistic traces (1.5 KB): about 1 us reading, finding the line and
+handing the record out, the rest parsing and building the Python objects (7.6 us, against
+19 us for ``json.loads`` per line). Reads are handed on whole, never copied, and lines are
+counted as they are parsed: copying each read and counting its newlines cost 2 us a record.
 """
 
 from __future__ import annotations
