@@ -693,10 +693,9 @@ class _ChunkFiller:
     """The hops of ``stream_traces_filtered``: whole reads filtered in C into chunks, the
     unfinished chunk carried to the next hop.
 
-    Per record only the parse and the filter run: ``list.extend(filter(...))`` over a read's
-    records replaces a Python loop that cost a tenth of the pass, and a hop stops between reads
-    once it has read its byte budget, so it holds at most a budget's worth of traces beyond the
-    unfinished chunk.
+    Per record only the parse and the filter run (``list.extend(filter(...))`` over a read's
+    records: no Python loop of the hop's own), and a hop stops between reads once it has read
+    its byte budget, so it holds at most a budget's worth of traces beyond the unfinished chunk.
     """
 
     __slots__ = ("chunk_size", "kept", "predicate")
