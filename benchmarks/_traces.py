@@ -2,6 +2,7 @@
 written once per benchmark run into a temporary directory and shared by the benchmarks that read it.
 
 1 GiB in the full run, 64 MiB in the short mode (``REER_BENCH_QUICK=1``); about 1.6 KB a trace.
+:func:`best_of_interleaved` times the passes over it that a benchmark compares.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import random
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 
 from benchmarks._report import scaled
 
@@ -65,3 +68,18 @@ def realistic_traces_file() -> tuple[str, int]:
                 count += 2_000
         _made["file"] = (path, count)
     return _made["file"]
+
+
+def best_of_interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, tuple[float, object]]:
+    """Each contender's best time in seconds over ``rounds`` (and what it returned), the
+    contenders taking turns within each round: on a shared machine a slow minute then slows
+    every contender of a ratio alike instead of one of them."""
+    best: dict[str, tuple[float, object]] = {name: (float("inf"), None) for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            started = time.perf_counter()
+            result = fn()
+            elapsed = time.perf_counter() - started
+            if elapsed < best[name][0]:
+                best[name] = (elapsed, result)
+    return best

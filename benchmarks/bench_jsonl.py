@@ -1,7 +1,7 @@
 """StreamingJSONLReader over a file of realistic traces (1 GiB) vs json.loads per line; orjson and msgspec per line beside.
 
-Throughput is the best of ``ROUNDS`` passes (the page cache is warm for every contender); peak
-RSS growth of a pass is measured in a fresh interpreter.
+Throughput is the best of ``ROUNDS`` passes, the contenders taking turns in each round (the page
+cache is warm for every contender); peak RSS growth of a pass is measured in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -11,23 +11,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 
 from benchmarks._report import Figure, scaled
-from benchmarks._traces import realistic_traces_file
+from benchmarks._traces import best_of_interleaved, realistic_traces_file
 
 ROUNDS = scaled(3, 1)
 _MB = 1 << 20
-
-
-def _best_s(fn: Callable[[], int], expected: int) -> float:
-    best = float("inf")
-    for _ in range(ROUNDS):
-        started = time.perf_counter()
-        assert fn() == expected
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def _loop(path: str, loads: Callable[[bytes], object]) -> int:
@@ -70,10 +60,22 @@ def run() -> list[Figure]:
 
     path, traces = realistic_traces_file()
     size_mb = os.path.getsize(path) / _MB
-    loop_s = _best_s(lambda: _loop(path, json.loads), traces)
-    default_s = _best_s(lambda: _reader(path, None), traces)
-    small_s = _best_s(lambda: _reader(path, 8192), traces)
-    msgspec_s = _best_s(lambda: _loop(path, msgspec.json.Decoder().decode), traces)
+    contenders: dict[str, Callable[[], object]] = {
+        "loop": lambda: _loop(path, json.loads),
+        "default": lambda: _reader(path, None),
+        "small": lambda: _reader(path, 8192),
+        "msgspec": lambda: _loop(path, msgspec.json.Decoder().decode),
+    }
+    try:
+        import orjson
+    except ImportError:
+        orjson = None
+    else:
+        contenders["orjson"] = lambda: _loop(path, orjson.loads)
+    best = best_of_interleaved(contenders, ROUNDS)
+    for name, (_, count) in best.items():
+        assert count == traces, (name, count, traces)
+    loop_s, default_s, small_s, msgspec_s = (best[name][0] for name in ("loop", "default", "small", "msgspec"))
     peak_mb = _peak_growth_mb(path)
     us = lambda seconds: seconds / traces * 1e6  # noqa: E731
     label = f"{traces:,} traces, {size_mb:.0f} MiB"
@@ -85,10 +87,6 @@ def run() -> list[Figure]:
         Figure("StreamingJSONLReader: peak RSS growth", peak_mb, "MiB", "file size", size_mb, "<= 10 MiB"),
         Figure("  msgspec.json.Decoder().decode per line", us(msgspec_s), "us", "json.loads per line", us(loop_s)),
     ]
-    try:
-        import orjson
-    except ImportError:
-        return figures
-    orjson_s = _best_s(lambda: _loop(path, orjson.loads), traces)
-    figures.append(Figure("  orjson.loads per line", us(orjson_s), "us", "json.loads per line", us(loop_s)))
+    if orjson is not None:
+        figures.append(Figure("  orjson.loads per line", us(best["orjson"][0]), "us", "json.loads per line", us(loop_s)))
     return figures

@@ -332,6 +332,24 @@ def test_stream_traces_filtered_yields_full_chunks_and_runs_the_filter_off_the_l
     assert filter_threads and loop_thread not in filter_threads
 
 
+def test_stream_traces_filtered_chunks_span_reads_and_hops_in_file_order(tmp_path):
+    # About 5 MiB in reads of 4 KiB: many reads per hop, several hops, chunks cut across both.
+    store = REERTraceStore(tmp_path / "traces.jsonl", chunk_bytes=4096)
+    run(store.add_traces([{"trace_id": f"t{i}", "score": i % 10 / 10, "pad": "z" * 230} for i in range(20_000)]))
+    with open(store.path, "ab") as f:
+        f.write(b'[1]\n\n{"trace_id": "last", "score": 0.9}\n{"torn')
+
+    async def chunks(filter_func):
+        return [chunk async for chunk in store.stream_traces_filtered(filter_func, chunk_size=333)]
+
+    kept = run(chunks(lambda t: t["score"] >= 0.5))
+    expected = [f"t{i}" for i in range(20_000) if i % 10 >= 5] + ["last"]
+    assert [len(chunk) for chunk in kept] == [333] * (len(expected) // 333) + [len(expected) % 333]
+    assert [t["trace_id"] for chunk in kept for t in chunk] == expected
+    everything = run(chunks(None))
+    assert sum(map(len, everything)) == 20_001 and everything[-1][-1]["trace_id"] == "last"
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
