@@ -38,13 +38,21 @@ def release_free_memory() -> None:
         heap_trim()
 
 
+#: About what :func:`small_objects` allocates.
+SMALL_OBJECTS_BYTES = 220 * 1024
+
+
 def small_objects() -> list[dict[str, int]]:
     """About 220 KiB of small Python objects (each well under pymalloc's 512-byte limit)."""
     return [{"row": i} for i in range(1200)]
 
 
 def fill_free_small_object_memory(max_chunks: int = 2000) -> list[object]:
-    """Allocate small objects until RSS grows with every chunk; keep the result alive meanwhile."""
+    """Allocate small objects until RSS grows by most of every chunk; keep the result alive meanwhile.
+
+    Growth by a few pages is not enough: an earlier test that freed many small objects leaves
+    free pools scattered through arenas that stay resident, and chunks keep landing in them.
+    """
     ballast: list[object] = []
     growing_in_a_row = 0
     rss = PROBE.rss_bytes()
@@ -52,6 +60,6 @@ def fill_free_small_object_memory(max_chunks: int = 2000) -> list[object]:
         assert len(ballast) < max_chunks, "Python's free small-object memory never ran out"
         ballast.append(small_objects())
         now = PROBE.rss_bytes()
-        growing_in_a_row = growing_in_a_row + 1 if now > rss else 0
+        growing_in_a_row = growing_in_a_row + 1 if now - rss >= SMALL_OBJECTS_BYTES // 2 else 0
         rss = now
     return ballast
