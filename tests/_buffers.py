@@ -13,6 +13,7 @@ that retains small objects first fills the free room in those arenas with
 from __future__ import annotations
 
 import gc
+import mmap
 
 import psutil
 
@@ -28,6 +29,14 @@ def touched(n_bytes: int) -> bytearray:
     buffer = bytearray(n_bytes)
     buffer[::PAGE_BYTES] = b"x" * len(range(0, n_bytes, PAGE_BYTES))
     return buffer
+
+
+def mapped(n_bytes: int) -> mmap.mmap:
+    """Fresh anonymous pages, every one written: resident and new whatever the allocators hold free."""
+    block = mmap.mmap(-1, n_bytes)
+    for offset in range(0, n_bytes, PAGE_BYTES):
+        block[offset] = 1
+    return block
 
 
 def release_free_memory() -> None:

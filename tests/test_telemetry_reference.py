@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import mmap
 import re
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _buffers import KiB, release_free_memory, touched
+from _buffers import KiB, mapped
 
 from reer_otel_memory import PROBE, MemoryLevel, get_memory_tracker, load_config, memory_context, memory_profile
 from reer_otel_memory import _names as names
@@ -308,13 +309,14 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emitted]:
     tracker.clear()
     found = Emitted()
     with capture_telemetry() as telemetry:
-        retained: list[bytearray] = []
+        retained: list[mmap.mmap] = []
 
         @memory_profile(operation_name=USER_OPERATION)
         def leaky_call() -> None:
-            retained.append(touched(256 * KiB))
+            # Fresh pages each call: a leak of reused free memory would not show in RSS after
+            # whatever the earlier tests of the run left free.
+            retained.append(mapped(256 * KiB))
 
-        release_free_memory()  # a leak shows in RSS once freed memory is used up
         for _ in range(40):
             leaky_call()
         retained.clear()
