@@ -462,6 +462,10 @@ def memory_profile(
     current span (say, a framework's server span) instead of opening a child span.
     ``attributes``: extra span attributes.
 
+    With no OpenTelemetry SDK configured there is no span: the call feeds the tracker and leak
+    detection only, and a fast function (under :data:`LIGHT_EVERY_CALL_S` a call) is measured on
+    one call in :data:`LIGHT_SAMPLE_EVERY`.
+
         @memory_profile(operation_name="data_processing")
         def process_data(data):
             return [x * 2 for x in data]

@@ -2,7 +2,8 @@
 
 This is the hot path of everything else, so each read is a single cheap system call on Linux:
 
-* **RSS** -- ``os.pread`` on a kept ``/proc/self/statm`` descriptor (about 1.5 us).
+* **RSS** -- ``pread`` on a kept ``/proc/self/statm`` descriptor (about 1.5-2.5 us), called with
+  the GIL held (see :func:`_statm_pages_reader`).
 * **Heap** -- allocator bytes in use from ``psutil.heap_info()`` (glibc ``mallinfo2``). It sees
   large native allocations that RSS misses until pages are touched, but it walks the free
   lists: about 1 us in a fresh process, milliseconds in a fragmented one. The probe times
