@@ -59,7 +59,7 @@ def _statm_pages_reader(fd: int) -> Callable[[], int]:
     server's workers) the thread then hands the GIL over and waits to get it back, which costs a
     traced call more than the read itself (``benchmarks/bench_profile.py``, tracing SDK with a
     batch span processor: 1.56-1.69x a bare span with ``os.pread``, 1.39-1.42x with the GIL kept,
-    in one session). A read of ``statm`` never blocks. Where ctypes or ``pread`` is missing, or
+    measured the same hour). A read of ``statm`` never blocks. Where ctypes or ``pread`` is missing, or
     the interpreter runs without a GIL, ``os.pread`` is used.
 
     The buffer is shared by the threads reading one descriptor: a thread switch between the read
