@@ -216,3 +216,27 @@ def test_options_of_the_wrong_kind_are_refused_naming_them(make, message):
     with pytest.raises(InvalidArgumentError) as caught:
         make()
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("key", ["device_memory", "flight_recorder"])
+def test_an_operation_that_fails_to_start_leaves_no_peak_window_open(key):
+    # The probe keeps every open window to fold later high-water marks into; one left behind by
+    # a failed start would stay for the life of the process, one more per failing call.
+    from reer_otel_memory.profiling.probe import process_probe
+
+    broken = _Broken(key) if key == "device_memory" else RecorderHolder(_Broken("recorder"))  # type: ignore[arg-type]
+    probe = process_probe()
+    previous = RUNTIME.peek(key)
+    RUNTIME.replace(key, broken)
+    try:
+        with capture_telemetry():
+
+            @memory_profile(operation_name="fails_to_start")
+            def work() -> int:
+                return 1
+
+            open_before = len(probe._active)
+            assert [work() for _ in range(5)] == [1] * 5
+            assert len(probe._active) == open_before
+    finally:
+        RUNTIME.replace(key, previous)

@@ -181,18 +181,24 @@ class _Operation(PeakWindow):
         self.span = span
         probe = self.probe = RUNTIME.probe or process_probe()
         rss_start = self.rss_start = probe.open_window(self)
-        # None (about 0.1 us) unless a framework with a device is imported.
-        device_window, device_start = (RUNTIME.device_memory or device_memory()).begin()
-        self.device_window = device_window
-        if device_window is not None:
-            self.device_start = device_start
-        if heap is not False and _want_heap(self.name, heap, probe):
-            self.heap_start = probe.heap_bytes()
-        # Last: once the slot is taken nothing here can fail, so finish() always frees it.
-        recorder = (RUNTIME.flight_recorder or recorder_holder()).recorder
-        if recorder is not None:
-            self.slot = recorder.operation_started(self.name, rss_start, self.device_start)
-            self.recorder = recorder
+        try:
+            # None (about 0.1 us) unless a framework with a device is imported.
+            device_window, device_start = (RUNTIME.device_memory or device_memory()).begin()
+            self.device_window = device_window
+            if device_window is not None:
+                self.device_start = device_start
+            if heap is not False and _want_heap(self.name, heap, probe):
+                self.heap_start = probe.heap_bytes()
+            # Last: once the slot is taken nothing here can fail, so finish() always frees it.
+            recorder = (RUNTIME.flight_recorder or recorder_holder()).recorder
+            if recorder is not None:
+                self.slot = recorder.operation_started(self.name, rss_start, self.device_start)
+                self.recorder = recorder
+        except BaseException:
+            # finish() will not run: close the window, or the probe would keep it (and fold
+            # every later high-water mark into it) for the life of the process.
+            probe.end_peak(self, rss_start)
+            raise
         self.started = time.perf_counter()
 
     def finish(self, exc: BaseException | None) -> None:
