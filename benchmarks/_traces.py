@@ -1,7 +1,7 @@
 """A file of realistic reasoning traces (nested steps with tool calls, long text, some non-ASCII),
 written once per benchmark run into a temporary directory and shared by the benchmarks that read it.
 
-1 GiB in the full run, 64 MiB in the short mode (``REER_BENCH_QUICK=1``); about 1.6 KB a trace.
+1 GiB in the full run, 32 MiB in the short mode (``REER_BENCH_QUICK=1``); about 1.6 KB a trace.
 :func:`best_of_interleaved` times the passes over it that a benchmark compares.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from benchmarks._report import scaled
 
-TARGET_BYTES = scaled(1 << 30, 64 << 20)
+TARGET_BYTES = scaled(1 << 30, 32 << 20)
 _WORDS = [
     "the", "model", "considers", "whether", "the", "answer", "follows", "from", "the", "premises", "and",
     "checks", "each", "value", "against", "the", "constraint", "before", "the", "next", "si", "la", "réponse",

@@ -28,7 +28,7 @@ import urllib.request
 
 from benchmarks._report import QUICK, Figure, scaled
 
-MONITOR_WINDOW_S = float(os.environ.get("BENCH_MONITOR_SECONDS", "60" if not QUICK else "5"))
+MONITOR_WINDOW_S = float(os.environ.get("BENCH_MONITOR_SECONDS", "60" if not QUICK else "3"))
 MONITOR_INTERVAL_S = 1.0
 BARE_SAMPLES = 5_000
 OPERATIONS = 100

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from benchmarks._report import Figure, scaled
 
-CALLS = scaled(20_000, 3_000)
+CALLS = scaled(20_000, 2_000)
 ROUNDS = scaled(7, 3)
 
 

@@ -1,7 +1,7 @@
 """The pytest plugin's overhead on 200 small tests, each under limit_memory: vs no plugin, and vs pytest-memray.
 
 One generated suite of 200 small tests (a few hundred microseconds of work each, every one marked
-``limit_memory("512 MB")``), run in subprocesses three ways, interleaved, best of ROUNDS:
+``limit_memory("512 MB")``), run in subprocesses three ways, interleaved, best of ROUNDS (12; 2 in the short mode):
 
 * no plugin: the markers are inert (``-p no:memray``, this package's plugin not enabled);
 * this plugin: ``-p reer_otel_memory`` (pytest-memray blocked);
@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._report import Figure
+from benchmarks._report import Figure, scaled
 
 TESTS = 200
 FILES = 4
-ROUNDS = 12
+ROUNDS = scaled(12, 2)
 
 CONFTEST = '''
 import json, os, time, pytest
