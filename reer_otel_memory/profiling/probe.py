@@ -48,7 +48,6 @@ from ..errors import ConfigurationError
 logger = logging.getLogger(__name__)
 
 _heap_info: Callable[[], object] | None = getattr(psutil, "heap_info", None)
-_getrusage = resource.getrusage
 
 
 def _statm_pages_reader(fd: int) -> Callable[[], int]:
@@ -305,19 +304,14 @@ class MemoryProbe:
             else:
                 # Read before every reset, even with no window open: the lifetime peak
                 # (the peak_rss gauge) would otherwise lose what the reset clears.
-                if mode is _PEAK_RUSAGE:  # _hwm_bytes() and rss_bytes() inlined: the hot path
-                    hwm = _getrusage(self._rusage_who).ru_maxrss * 1024
-                    if hwm > self._lifetime_peak_bytes:
-                        self._lifetime_peak_bytes = hwm
-                else:
-                    hwm = self._hwm_bytes()
+                hwm = self._hwm_bytes()
                 active = self._active
                 if active and hwm > min(other.peak_bytes for other in active):
                     hwm = self._verified_hwm(hwm)
                     for other in active:
                         if other.peak_bytes < hwm:
                             other.peak_bytes = hwm
-                rss = self._statm_pages() * self._page_size if self._statm_fd >= 0 else self.rss_bytes()
+                rss = self.rss_bytes()
                 if hwm > rss:
                     # The mark is above the RSS now, so it says nothing about this window:
                     # reset it. When it equals the RSS (nothing was freed since the mark was
@@ -338,12 +332,7 @@ class MemoryProbe:
             return None
         with self._lock:
             self._active.discard(window)
-            if mode is _PEAK_RUSAGE:
-                hwm = _getrusage(self._rusage_who).ru_maxrss * 1024
-                if hwm > self._lifetime_peak_bytes:
-                    self._lifetime_peak_bytes = hwm
-            else:
-                hwm = self._hwm_bytes()
+            hwm = self._hwm_bytes()
             floor = window.peak_bytes if window.peak_bytes > end_rss else end_rss
             if hwm > floor:
                 hwm = self._verified_hwm(hwm)
