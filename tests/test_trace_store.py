@@ -372,21 +372,48 @@ def test_leaving_a_query_early_or_cancelling_it_closes_the_file(tmp_path, teleme
     assert span.attributes["reer.trace_store.records_returned"] == 1
     assert span.attributes["reer.trace_store.bytes_read"] < path.stat().st_size
 
+    # Cancelled while the worker thread is inside the pass, after the consumer has had its first
+    # chunks: the filter (run in that thread) holds the next hop until the task is cancelled.
+    received: list[list[dict]] = []
+    consumer_has_chunks = threading.Event()
+    worker_held = threading.Event()
+    release_the_worker = threading.Event()
+
     async def cancel_a_stream():
+        loop = asyncio.get_running_loop()
+        worker_in_the_pass = asyncio.Event()
+
+        def keep(trace):
+            if consumer_has_chunks.is_set() and not worker_held.is_set():
+                worker_held.set()
+                loop.call_soon_threadsafe(worker_in_the_pass.set)
+                release_the_worker.wait(60)
+            return True
+
         async def consume():
-            async for _chunk in store.stream_traces_filtered(lambda t: False):
-                pass
+            async for chunk in store.stream_traces_filtered(keep):
+                received.append(chunk)
+                consumer_has_chunks.set()
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        try:
+            in_the_pass = asyncio.create_task(worker_in_the_pass.wait())
+            await asyncio.wait([task, in_the_pass], return_when=asyncio.FIRST_COMPLETED)
+            in_the_pass.cancel()
+            assert not task.done(), "the stream ended in one hop: the file should span several"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            release_the_worker.set()
 
     run(cancel_a_stream())  # returns once the worker thread let go of the pass
     gc.collect()
     assert open_fds() == before
-    assert telemetry.spans("trace_store_stream_filtered")
+    assert received and sum(map(len, received)) < 60_000
+    (stream,) = telemetry.spans("trace_store_stream_filtered")
+    assert stream.attributes["reer.trace_store.records_returned"] == sum(map(len, received))
+    assert stream.attributes["reer.trace_store.bytes_read"] < path.stat().st_size
 
 
 def test_a_missing_file_is_an_empty_store_created_on_first_write(tmp_path):
