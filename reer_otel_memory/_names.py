@@ -20,6 +20,21 @@ ATTR_FUNCTION = "code.function.name"
 ATTR_LEAK_SUSPECTED = "reer.memory.leak.suspected"
 ATTR_LEAK_BYTES_PER_CALL = "reer.memory.leak.bytes_per_call"
 EVENT_LEAK_SUSPECTED = "reer.memory.leak.suspected"
+# Other profiled operations, in any thread or task, in flight at any time during the operation's window.
+ATTR_OVERLAP = "reer.memory.overlap"
+# A process-level leak verdict: the process grows, and the operations that could be the cause.
+ATTR_LEAK_CANDIDATES = "reer.memory.leak.candidates"
+EVENT_PROCESS_LEAK_SUSPECTED = "reer.memory.leak.process_suspected"
+
+# Explanations: the allocation sites (and operations) holding memory allocated in a window.
+SPAN_EXPLAIN = "reer.memory.explain"
+ATTR_EXPLAIN_SITES = "reer.memory.explain.sites"
+ATTR_EXPLAIN_SITE_BYTES = "reer.memory.explain.site_bytes"
+ATTR_EXPLAIN_OPERATIONS = "reer.memory.explain.operations"
+ATTR_EXPLAIN_OPERATION_BYTES = "reer.memory.explain.operation_bytes"
+ATTR_EXPLAIN_SECONDS = "reer.memory.explain.seconds"
+ATTR_EXPLAIN_REASON = "reer.memory.explain.reason"
+ATTR_EXPLAIN_BACKEND = "reer.memory.explain.backend"
 # Accelerator memory of a profiled operation, summed over the devices of the frameworks read.
 ATTR_DEVICE_START = "reer.memory.device.start"
 ATTR_DEVICE_END = "reer.memory.device.end"
@@ -56,6 +71,10 @@ METRIC_OPERATION_PEAK = ("reer.memory.operation.peak", "By", "Peak RSS growth ab
 METRIC_OPERATION_NET = ("reer.memory.operation.net", "By", "Sum of RSS deltas of a profiled operation.")
 METRIC_OPERATION_DURATION = ("reer.memory.operation.duration", "s", "Duration of a profiled operation.")
 METRIC_LEAK_SUSPECTED = ("reer.memory.leak.suspected", "1", "1 while an operation is suspected of leaking memory.")
+METRIC_PROCESS_LEAK_SUSPECTED = (
+    "reer.memory.leak.process_suspected", "1",
+    "1 while the process's retained memory grows and no single profiled operation can be shown to own the growth.",
+)
 METRIC_MONITOR_CPU = ("reer.memory.monitor.cpu", "s", "CPU time spent by the memory monitor thread.")
 
 # Models and managed resources.
@@ -84,6 +103,8 @@ ENV_DEVICE_ALERT_MB = "REER_MEMORY_DEVICE_ALERT_MB"
 ENV_DEVICE_CLEANUP_MB = "REER_MEMORY_DEVICE_CLEANUP_MB"
 ENV_DEVICE_CRITICAL_MB = "REER_MEMORY_DEVICE_CRITICAL_MB"
 ENV_THRESHOLD_SOURCE = "REER_MEMORY_THRESHOLD_SOURCE"
+ENV_EXPLAIN = "REER_MEMORY_EXPLAIN"
+ENV_EXPLAIN_SECONDS = "REER_MEMORY_EXPLAIN_SECONDS"
 # What the host levels compare (REER_MEMORY_THRESHOLD_SOURCE), and what else a level change can be of.
 SOURCE_RSS = "rss"
 SOURCE_WORKING_SET = "working_set"

@@ -1,18 +1,29 @@
-"""Leak detection per profiled operation.
+"""Leak verdicts: which operation keeps memory, judged only on evidence that is its own.
 
-After a warm-up, an operation is suspected of leaking when, over its recent calls, the memory it
-retains per call is robustly positive: the median per-call delta is at least ``floor_bytes``,
-most deltas are positive, and the window's total growth agrees (so a cache that fills and is
-flushed does not count). A steady workload, whose deltas scatter around zero, is never flagged.
+Each call of an operation gives one *retained* figure: what it kept, in the smaller of two
+views. The end view is the change from its start to its end; the start-to-start view is the
+change from its start to the start of its next call, so memory it hands to a caller that drops
+it is not counted. Where the call read the heap, the figure is the heap's change plus the part
+of the RSS change that Python's small-object blocks can account for (their arenas are mapped
+outside ``malloc``): pages the allocator merely reused or faulted in for transient buffers do
+not count. Elsewhere it is the RSS change.
 
-Two windows are judged, and either can raise the suspicion: RSS deltas, which every call has
-and which see everything resident, Python's own small-object arenas included; and allocator
-heap deltas, from the calls that measured them, which see native allocations to the byte even
-before their pages are touched, but not those arenas (they are mapped outside ``malloc``).
+A call whose window overlapped another profiled operation (``reer.memory.overlap`` > 0) is not
+the operation's own evidence: it goes to a *contested* window instead. Two judgements run on
+each window every few calls after a warm-up: a short one (the median retained figure is at
+least ``floor_bytes`` and most calls retain) and a long one (over up to ``long_window`` calls,
+at least ``long_floor_bytes`` a call, spread over every quarter of the window, so a cache that
+is cleared now and then never qualifies).
 
-The first judgement waits for ``min_samples`` calls after the warm-up (call 32 by default), so
-a bounded cache that fills over its first couple of dozen calls and then evicts is seen to stop
-growing before it could look like a leak; a real leak is flagged on that call.
+The verdict:
+
+* own evidence holds and no other Python thread was busy meanwhile: the operation is suspected;
+* otherwise (contested evidence, or another thread used more than ``busy_thread_share`` of the
+  time, as an unprofiled leaking thread would): a *process-level* verdict naming the candidate
+  operations, never an accusation of one of them;
+* an explanation (``profiling.explain``) that attributes live bytes by allocating frame settles
+  it: an operation owning most of the new live bytes is suspected, one owning next to none is
+  cleared.
 """
 
 from __future__ import annotations
@@ -21,12 +32,31 @@ import bisect
 import collections
 import logging
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
+from .. import _names as names
 from .._runtime import RUNTIME
 from ..errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
 logger = logging.getLogger(__name__)
+
+#: Python small-object blocks are at most this many bytes: a bound on what a block count can hold.
+_MAX_SMALL_BLOCK = 512
+#: An explanation settles a verdict only when the window's new live bytes reach this many floors.
+_EXPLANATION_FLOORS = 4
+#: Share of an explanation's new live bytes that confirms an operation, and that clears one.
+_CONFIRM_SHARE = 0.5
+_CLEAR_SHARE = 0.1
+#: A candidate's other-thread check needs at least this much wall time since its mark.
+_MIN_MARK_AGE_S = 0.002
+#: The other-thread mark is renewed this often while an operation is not a candidate.
+_MARK_RENEW_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -41,19 +71,77 @@ class LeakSuspect:
         return {"operation": self.operation, "bytes_per_call": self.bytes_per_call, "calls_seen": self.calls_seen}
 
 
-class _OperationHistory:
-    __slots__ = ("bytes_per_call", "calls", "deltas", "heap_deltas", "suspected")
+class CallStart(NamedTuple):
+    """What a call read at its start, for the start-to-start view (heap and blocks: None if unread)."""
 
-    def __init__(self, window: int) -> None:
-        self.deltas: collections.deque[int] = collections.deque(maxlen=window)  # RSS, every call
-        self.heap_deltas: collections.deque[int] | None = None  # heap, once a call measures it
+    rss: int
+    heap: int | None = None
+    blocks: int | None = None
+
+
+def retained_bytes(rss_delta: int, heap_delta: int | None, blocks_delta: int | None) -> int:
+    """One view of what a call kept (see the module docs): the heap's change plus the part of
+    the RSS change that new small-object blocks can hold; the RSS change where the heap is unread."""
+    if heap_delta is None:
+        return rss_delta
+    rest = rss_delta - heap_delta
+    if rest <= 0 or not blocks_delta or blocks_delta <= 0:
+        return heap_delta
+    return heap_delta + min(rest, blocks_delta * _MAX_SMALL_BLOCK)
+
+
+class _Evidence:
+    """Retained figures of one kind (own or contested): a short and a long window."""
+
+    __slots__ = ("long", "short")
+
+    def __init__(self, window: int, long_window: int) -> None:
+        self.short: collections.deque[int] = collections.deque(maxlen=window)
+        self.long: collections.deque[int] = collections.deque(maxlen=long_window)
+
+    def add(self, retained: int) -> None:
+        self.short.append(retained)
+        self.long.append(retained)
+
+
+class _OperationHistory:
+    __slots__ = (
+        "announce", "bytes_per_call", "calls", "candidate", "contested", "explained", "mark", "own", "pending", "suspected",
+        "threads", "vetoed",
+    )
+
+    def __init__(self, window: int, long_window: int) -> None:
+        self.own = _Evidence(window, long_window)
+        self.contested = _Evidence(window, long_window)
         self.calls = 0
         self.suspected = False
+        self.candidate = False  # a process-level candidate
+        self.explained = False  # the suspicion was confirmed by an explanation
+        self.vetoed = False  # an explanation showed the operation owns next to none of the growth
+        self.announce = False  # a suspicion raised outside a call: the next call reports it
         self.bytes_per_call = 0
+        self.pending: tuple[CallStart, int, int] | None = None  # previous call: start, end view, overlap
+        self.threads: set[int] = set()  # native ids of the threads the operation ran in
+        self.mark: tuple[float, dict[int, int]] | None = None  # wall time, CPU ns per thread
+
+
+def _thread_cpu_ns(task_dir: str) -> dict[int, int]:
+    """CPU nanoseconds of each Python thread of the process, by native id (from ``schedstat``)."""
+    cpu: dict[int, int] = {}
+    for thread in threading.enumerate():
+        native = thread.native_id
+        if native is None:
+            continue
+        try:
+            with open(f"{task_dir}/{native}/schedstat", "rb") as handle:
+                cpu[native] = int(handle.read().split(None, 1)[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return cpu
 
 
 class LeakDetector:
-    """Watches per-call RSS deltas of each operation; bounded to ``max_operations`` names."""
+    """Leak verdicts per operation (see the module docs); bounded to ``max_operations`` names."""
 
     def __init__(
         self,
@@ -64,9 +152,16 @@ class LeakDetector:
         positive_share: float = 0.75,
         check_every: int = 4,
         max_operations: int = 1000,
+        *,
+        long_window: int = 256,
+        long_min_samples: int = 128,
+        long_floor_bytes: int = 8 * 1024,
+        busy_thread_share: float = 0.05,
+        task_dir: str = "/proc/self/task",
     ) -> None:
         for argument, value in (
             ("window", window), ("min_samples", min_samples), ("check_every", check_every), ("max_operations", max_operations),
+            ("long_window", long_window), ("long_min_samples", long_min_samples),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"LeakDetector({argument}={value!r}): expected a whole number >= 1")
@@ -77,10 +172,17 @@ class LeakDetector:
                 f"LeakDetector(min_samples={min_samples!r}, window={window!r}): "
                 "expected min_samples <= window, or the window is never judged"
             )
-        if isinstance(floor_bytes, bool) or not isinstance(floor_bytes, (int, float)) or floor_bytes <= 0:
-            raise ConfigurationError(f"LeakDetector(floor_bytes={floor_bytes!r}): expected a positive number of bytes")
-        if isinstance(positive_share, bool) or not isinstance(positive_share, (int, float)) or not 0 < positive_share <= 1:
-            raise ConfigurationError(f"LeakDetector(positive_share={positive_share!r}): expected a share above 0 and at most 1")
+        if long_min_samples > long_window:
+            raise ConfigurationError(
+                f"LeakDetector(long_min_samples={long_min_samples!r}, long_window={long_window!r}): "
+                "expected long_min_samples <= long_window, or the long window is never judged"
+            )
+        for argument, number in (("floor_bytes", floor_bytes), ("long_floor_bytes", long_floor_bytes)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
+                raise ConfigurationError(f"LeakDetector({argument}={number!r}): expected a positive number of bytes")
+        for argument, share in (("positive_share", positive_share), ("busy_thread_share", busy_thread_share)):
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+                raise ConfigurationError(f"LeakDetector({argument}={share!r}): expected a share above 0 and at most 1")
         self.window = window
         self.warmup_calls = warmup_calls
         self.min_samples = min_samples
@@ -88,78 +190,247 @@ class LeakDetector:
         self.positive_share = positive_share
         self.check_every = check_every
         self.max_operations = max_operations
+        self.long_window = long_window
+        self.long_min_samples = long_min_samples
+        self.long_floor_bytes = long_floor_bytes
+        self.busy_thread_share = busy_thread_share
+        self.task_dir = task_dir
         self._lock = threading.Lock()
         self._ops: collections.OrderedDict[str, _OperationHistory] = collections.OrderedDict()
+        self._process_suspected = False
+        self._explainer_hooked = False
         RUNTIME.after_fork_call(self)
 
     def _after_fork_in_child(self) -> None:
         # Another thread may have held the lock when the process forked.
         self._lock = threading.Lock()
+        for history in self._ops.values():
+            history.threads = set()
+            history.mark = None
 
-    def observe(self, operation: str, rss_delta: int, heap_delta: int | None = None) -> bool | None:
-        """Add one call's delta. Returns True on the call that raised the suspicion, False on
-        one that cleared it, None when nothing changed.
+    # --- one call ------------------------------------------------------------------------------
 
-        ``heap_delta``, where the call measured it, goes to a second window judged alongside
-        the RSS one (see the module docs): neither signal alone sees every leak.
-        About 0.5 us: the lock is taken only to add an operation and on every
-        ``check_every``-th call, when the window is judged.
+    def observe(
+        self,
+        operation: str,
+        rss_delta: int,
+        heap_delta: int | None = None,
+        *,
+        blocks_delta: int | None = None,
+        overlap: int = 0,
+        start: CallStart | None = None,
+        span: Span | None = None,
+    ) -> bool | None:
+        """Add one call. Returns True on the call that raised the operation's suspicion (or the
+        first call after an explanation raised it), False on one that cleared it, None otherwise.
+
+        ``start``: the call's start readings, for the start-to-start view; without it each call
+        is judged on its end view alone (a test body run in a loop, say). ``overlap``: other
+        profiled operations in flight during the call. ``span``: the call's span, for the
+        process-level event and the explanation's link.
         """
         history = self._ops.get(operation)
         if history is None:
             with self._lock:
                 history = self._ops.get(operation)
                 if history is None:
-                    history = self._ops[operation] = _OperationHistory(self.window)
+                    history = self._ops[operation] = _OperationHistory(self.window, self.long_window)
                     if len(self._ops) > self.max_operations:
                         self._ops.popitem(last=False)
         history.calls += 1  # a lost increment under a race only shifts when the next check runs
         calls = history.calls
+        threads = history.threads
+        if len(threads) < 64:
+            threads.add(threading.get_native_id())
         if calls <= self.warmup_calls:
+            if start is not None:
+                history.pending = None
             return None
-        history.deltas.append(rss_delta)
-        if heap_delta is not None:
-            heap_deltas = history.heap_deltas
-            if heap_deltas is None:
-                heap_deltas = history.heap_deltas = collections.deque(maxlen=self.window)
-            heap_deltas.append(heap_delta)
-        if calls % self.check_every or len(history.deltas) < self.min_samples:
+        if calls == self.warmup_calls + 1 and history.mark is None:
+            history.mark = (time.monotonic(), _thread_cpu_ns(self.task_dir))
+        end_view = retained_bytes(rss_delta, heap_delta, blocks_delta)
+        if start is None:
+            (history.contested if overlap else history.own).add(end_view)
+        else:
+            previous, history.pending = history.pending, (start, end_view, overlap)
+            if previous is not None:
+                before, previous_end, previous_overlap = previous
+                heap_step = None if start.heap is None or before.heap is None else start.heap - before.heap
+                blocks_step = None if start.blocks is None or before.blocks is None else start.blocks - before.blocks
+                step = retained_bytes(start.rss - before.rss, heap_step, blocks_step)
+                retained = step if step < previous_end else previous_end
+                (history.contested if previous_overlap else history.own).add(retained)
+        if history.announce:
+            history.announce = False
+            return True
+        if calls % self.check_every:
             return None
-        with self._lock:
-            if operation in self._ops:
-                # Operations still being called move to the back, so eviction (past
-                # max_operations names) drops the ones not seen for longest.
-                self._ops.move_to_end(operation)
-            suspected, per_call = self._judge(history.deltas)
-            heap_deltas = history.heap_deltas
-            if heap_deltas is not None and len(heap_deltas) >= self.min_samples:
-                heap_suspected, heap_per_call = self._judge(heap_deltas)
-                # Each signal misses some memory the other sees: the larger estimate is closer.
-                if heap_suspected and (not suspected or heap_per_call > per_call):
-                    suspected, per_call = True, heap_per_call
-            history.bytes_per_call = per_call
-            if suspected == history.suspected:
-                return None
-            history.suspected = suspected
-            samples = len(history.deltas)
-        if suspected:
-            logger.warning(
-                "memory leak suspected in operation %r: about %d bytes retained per call over the last %d calls",
-                operation, per_call, samples,
-            )
-        return suspected
+        return self._check(operation, history, span)
 
-    def _judge(self, deltas: collections.deque[int]) -> tuple[bool, int]:
+    # --- judgements ----------------------------------------------------------------------------
+
+    def _judge_short(self, deltas: collections.deque[int]) -> tuple[bool, int]:
+        n = len(deltas)
+        if n < self.min_samples:
+            return False, 0
         ordered = sorted(deltas)
-        n = len(ordered)
         median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) // 2
         positive = n - bisect.bisect_right(ordered, 0)  # in C: this runs every few calls on the hot path
         total = sum(ordered)
         suspected = median >= self.floor_bytes and positive >= self.positive_share * n and total >= median * n // 2
         return suspected, median
 
+    def _judge_long(self, deltas: collections.deque[int]) -> tuple[bool, int]:
+        n = len(deltas)
+        if n < self.long_min_samples:
+            return False, 0
+        values = list(deltas)
+        total = sum(values)
+        rate = total // n
+        if rate < self.long_floor_bytes:
+            return False, rate
+        quarter = n // 4
+        least = min(sum(values[i * quarter : (i + 1) * quarter]) for i in range(4))
+        # Growth in every quarter, each at least a quarter of its fair share: a steady leak,
+        # not one step, and not a cache that was cleared inside the window.
+        return least * 16 >= total, rate
+
+    def _judge(self, evidence: _Evidence) -> tuple[bool, int]:
+        short, per_call = self._judge_short(evidence.short)
+        if short:
+            return True, per_call
+        return self._judge_long(evidence.long)
+
+    def _others_busy(self, history: _OperationHistory) -> bool | None:
+        """Whether Python threads the operation never ran in used more than ``busy_thread_share``
+        of the time since its mark; None while that cannot be told yet (a new mark)."""
+        if threading.active_count() == 1:
+            return False  # no other Python thread
+        now = time.monotonic()
+        mark = history.mark
+        if mark is None or now - mark[0] < _MIN_MARK_AGE_S:
+            if mark is None:
+                history.mark = (now, _thread_cpu_ns(self.task_dir))
+            return None
+        cpu = _thread_cpu_ns(self.task_dir)
+        if not cpu:
+            return False  # unreadable here: judged on the operation's evidence alone
+        since, before = mark
+        own = history.threads
+        other_ns = sum(ns - before.get(native, 0) for native, ns in cpu.items() if native not in own and native in before)
+        return other_ns > self.busy_thread_share * (now - since) * 1e9
+
+    def _check(self, operation: str, history: _OperationHistory, span: Span | None) -> bool | None:
+        own_suspected, own_per_call = self._judge(history.own)
+        contested_suspected, contested_per_call = self._judge(history.contested)
+        with self._lock:
+            if operation in self._ops:
+                # Operations still being called move to the back, so eviction (past
+                # max_operations names) drops the ones not seen for longest.
+                self._ops.move_to_end(operation)
+        if own_suspected and not history.vetoed and not history.suspected:
+            busy = self._others_busy(history)
+            if busy is None:
+                return None  # decided on a later check, once the other threads' share is known
+            own_suspected = not busy
+            if busy:
+                contested_suspected, contested_per_call = True, own_per_call
+        elif not own_suspected and not contested_suspected:
+            mark = history.mark
+            if mark is None or time.monotonic() - mark[0] > _MARK_RENEW_S:
+                history.mark = (time.monotonic(), _thread_cpu_ns(self.task_dir))
+        if history.vetoed:
+            contested_suspected, contested_per_call = contested_suspected or own_suspected, max(contested_per_call, own_per_call)
+            own_suspected = False
+        keep_explained = history.explained and (own_suspected or contested_suspected)
+        suspected = own_suspected or keep_explained
+        history.bytes_per_call = own_per_call if own_suspected else contested_per_call if keep_explained else 0
+        candidate = contested_suspected and not suspected
+        changed = None
+        if suspected != history.suspected:
+            history.suspected = suspected
+            changed = suspected
+            if not suspected:
+                history.explained = False
+        if candidate != history.candidate:
+            history.candidate = candidate
+            if candidate:
+                history.bytes_per_call = contested_per_call
+        self._update_process_verdict(operation, span)
+        if changed:
+            logger.warning(
+                "memory leak suspected in operation %r: about %d bytes retained per call over its recent calls",
+                operation, history.bytes_per_call,
+            )
+            self._request_explanation(f"operation {operation!r} suspected of leaking", [operation], span)
+        return changed
+
+    def _update_process_verdict(self, operation: str, span: Span | None) -> None:
+        candidates = self.candidates()
+        suspected = bool(candidates)
+        if suspected == self._process_suspected:
+            return
+        self._process_suspected = suspected
+        if not suspected:
+            logger.info("process-level memory growth no longer seen in the profiled operations")
+            return
+        logger.warning(
+            "memory grows while profiled operations overlap other work: it cannot be told which owns the growth "
+            "(candidate operations: %s); an explanation names the allocating lines",
+            ", ".join(candidates),
+        )
+        if span is not None and span.is_recording():
+            span.add_event(names.EVENT_PROCESS_LEAK_SUSPECTED, {names.ATTR_LEAK_CANDIDATES: candidates})
+        self._request_explanation("process memory grows: " + ", ".join(candidates), candidates, span)
+
+    # --- explanations --------------------------------------------------------------------------
+
+    def _request_explanation(self, reason: str, operations: Sequence[str], span: Span | None) -> None:
+        try:
+            from .explain import auto_explainer
+
+            explainer = auto_explainer()
+            if not self._explainer_hooked:
+                self._explainer_hooked = True
+                explainer.add_listener(self.on_explanation)
+            links = [span.get_span_context()] if span is not None and span.is_recording() else []
+            explainer.request(reason, list(operations), links)
+        except Exception as exc:  # an explanation is a help, never a failure of the host's call
+            logger.debug("explanation not requested: %r", exc)
+
+    def on_explanation(self, explanation: object, reason: object = None, operations: object = None) -> None:
+        """Settle verdicts from an explanation's live bytes per operation (see the module docs)."""
+        total = int(getattr(explanation, "total_bytes", 0) or 0)
+        by_operation: dict[str, int] = dict(getattr(explanation, "operations", {}) or {})
+        if total < _EXPLANATION_FLOORS * self.floor_bytes:
+            return
+        raised: list[str] = []
+        with self._lock:
+            for name, history in self._ops.items():
+                share = by_operation.get(name, 0) / total
+                if share >= _CONFIRM_SHARE:
+                    history.vetoed = False
+                    if not history.suspected:
+                        history.suspected = history.explained = history.announce = True
+                        history.candidate = False
+                        if not history.bytes_per_call:
+                            history.bytes_per_call = max(self._judge(history.contested)[1], self._judge(history.own)[1])
+                        raised.append(name)
+                    else:
+                        history.explained = True
+                elif share < _CLEAR_SHARE and (history.suspected or history.candidate):
+                    history.vetoed = True
+                    if history.suspected:
+                        history.suspected = history.explained = False
+                        history.candidate = True
+        for name in raised:
+            logger.warning("memory leak suspected in operation %r: an explanation attributes most new live memory to it", name)
+        self._process_suspected = bool(self.candidates())
+
+    # --- reading -------------------------------------------------------------------------------
+
     def bytes_per_call(self, operation: str) -> int:
-        """The latest robust estimate of bytes retained per call (0 before the first check)."""
+        """The latest estimate of bytes retained per call (0 before the first check)."""
         history = self._ops.get(operation)
         return 0 if history is None else history.bytes_per_call
 
@@ -169,11 +440,16 @@ class LeakDetector:
 
     def suspects(self) -> list[LeakSuspect]:
         with self._lock:
-            return [
-                LeakSuspect(name, h.bytes_per_call, h.calls)
-                for name, h in self._ops.items()
-                if h.suspected
-            ]
+            return [LeakSuspect(name, h.bytes_per_call, h.calls) for name, h in self._ops.items() if h.suspected]
+
+    def candidates(self) -> list[str]:
+        """Operations named by a process-level verdict: their calls show growth that cannot be
+        shown to be their own. Empty while there is no such verdict."""
+        return [name for name, h in list(self._ops.items()) if h.candidate and not h.suspected]
+
+    def process_suspected(self) -> bool:
+        """Whether the process-level verdict holds (see :meth:`candidates`)."""
+        return bool(self.candidates())
 
     def states(self) -> list[tuple[str, bool]]:
         """(operation, suspected) for every operation seen, for the leak gauge."""
@@ -183,3 +459,4 @@ class LeakDetector:
     def clear(self) -> None:
         with self._lock:
             self._ops.clear()
+            self._process_suspected = False

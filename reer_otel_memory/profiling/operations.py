@@ -26,8 +26,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from opentelemetry import context as otel_context
@@ -44,6 +46,7 @@ from ..errors import InvalidArgumentError
 from ..levels import MemoryLevel
 from .devices import DeviceWindow, device_memory
 from .flight_recorder import recorder_holder
+from .leak import CallStart
 from .probe import MemoryProbe, PeakWindow, process_probe
 from .tracker import get_memory_tracker
 
@@ -65,7 +68,10 @@ LIGHT_EVERY_CALL_S = 100e-6
 LIGHT_SAMPLE_EVERY = 16
 _MAX_TRACKED_DURATIONS = 1000
 _mean_duration_s: dict[str, float] = {}
-_failure_logged = False
+_failures_logged: set[str] = set()
+#: The operation in flight in the current thread or task, kept in the OpenTelemetry context that
+#: runs its code: an operation started inside it is its own work (not an overlap).
+_OPERATION_KEY = otel_context.create_key("reer.memory.operation")
 
 
 def _want_heap(name: str, heap: bool | None, probe: MemoryProbe) -> bool:
@@ -89,18 +95,46 @@ def _remember_duration(name: str, duration_s: float) -> None:
 
 
 def _log_failure(where: str, exc: BaseException) -> None:
-    global _failure_logged
-    if not _failure_logged:
-        _failure_logged = True
+    """Log each distinct failure (where, and the kind of exception) once for the process."""
+    key = f"{where}: {type(exc).__qualname__}"
+    if key not in _failures_logged and len(_failures_logged) < 100:
+        _failures_logged.add(key)
         logger.error("reer_otel_memory: %s failed, operation not measured: %r", where, exc)
+
+
+def _note_function(name: str, func: Callable[..., Any]) -> None:
+    """Register the function's lines under the operation, for explanations' attribution."""
+    try:
+        from .explain import note_function
+
+        note_function(name, func)
+    except Exception as exc:
+        _log_failure("registering the operation's code for explanations", exc)
+
+
+def _note_block(name: str, frame: FrameType | None, first_line: int) -> None:
+    """Register a ``memory_context`` block's lines, from its entry to its exit line."""
+    if frame is None:
+        return
+    try:
+        from .explain import note_block
+
+        note_block(name, frame.f_code.co_filename, first_line, frame.f_lineno)
+    except Exception as exc:
+        _log_failure("registering the block's code for explanations", exc)
+
+
+def _current_operation() -> PeakWindow | None:
+    window = otel_context.get_value(_OPERATION_KEY)
+    return window if isinstance(window, PeakWindow) else None
 
 
 class OperationResult:
     """What one profiled operation measured (bytes and seconds); None where not measurable."""
 
     __slots__ = (
-        "device_end", "device_peak", "device_start", "duration_s", "heap_delta", "leak_suspected", "level", "operation", "rss_end",
-        "rss_peak", "rss_start",
+        "device_end", "device_peak", "device_start", "duration_s", "heap_delta", "leak_suspected", "level", "operation", "overlap",
+        "rss_end", "rss_peak", "rss_start",
     )
 
     def __init__(self) -> None:
@@ -112,6 +146,9 @@ class OperationResult:
         self.level: MemoryLevel | None = None
         self.duration_s = 0.0
         self.leak_suspected = False
+        #: Other profiled operations in flight during this one (see ``reer.memory.overlap``);
+        #: above 0, the RSS and heap figures include their memory too.
+        self.overlap = 0
         #: Accelerator bytes in use at the start and end and the highest during the operation,
         #: summed over the devices read; None where no framework is read (or no SDK records).
         self.device_start: int | None = None
@@ -136,7 +173,7 @@ class OperationResult:
         return (
             f"OperationResult(operation={self.operation!r}, rss_start={self.rss_start}, rss_end={self.rss_end}, "
             f"rss_delta={self.rss_delta}, rss_peak={self.rss_peak}, heap_delta={self.heap_delta}, "
-            f"device_delta={self.device_delta}, level={self.level!s}, duration_s={self.duration_s:.6f})"
+            f"device_delta={self.device_delta}, level={self.level!s}, overlap={self.overlap}, duration_s={self.duration_s:.6f})"
         )
 
 
@@ -148,8 +185,8 @@ class _Operation(PeakWindow):
     """
 
     __slots__ = (
-        "context", "device_start", "device_window", "function", "heap_start", "metric_attributes", "name", "owns_span", "probe",
-        "recorder", "result", "rss_start", "slot", "span", "started", "telemetry", "token",
+        "blocks_start", "context", "device_start", "device_window", "function", "heap_start", "metric_attributes", "name", "owns_span",
+        "probe", "recorder", "result", "rss_start", "slot", "span", "started", "telemetry", "token",
     )
     device_window: DeviceWindow | None  # set by start(); finish() runs only after a successful start()
 
@@ -165,6 +202,7 @@ class _Operation(PeakWindow):
         self.owns_span = False
         self.context: Context | None = None
         self.heap_start: int | None = None
+        self.blocks_start: int | None = None
         self.device_start: int | None = None
         self.recorder: FlightRecorder | None = None
         self.slot = -1
@@ -172,12 +210,16 @@ class _Operation(PeakWindow):
 
     def start(self, heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None) -> None:
         telemetry = self.telemetry = RUNTIME.telemetry or _telemetry.current()
+        current = otel_context.get_current()
+        parent = current.get(_OPERATION_KEY)
+        self.parent = parent if isinstance(parent, PeakWindow) else None
         if annotate_current:
-            span = trace.get_current_span()
+            span = trace.get_current_span(current)
         else:
-            span = telemetry.tracer.start_span(self.name, attributes=attributes)
+            span = telemetry.tracer.start_span(self.name, current, attributes=attributes)
             self.owns_span = True
-            self.context = trace.set_span_in_context(span)
+            current = trace.set_span_in_context(span, current)
+        self.context = otel_context.set_value(_OPERATION_KEY, self, current)
         self.span = span
         probe = self.probe = RUNTIME.probe or process_probe()
         rss_start = self.rss_start = probe.open_window(self)
@@ -188,7 +230,9 @@ class _Operation(PeakWindow):
             if device_window is not None:
                 self.device_start = device_start
             if heap is not False and _want_heap(self.name, heap, probe):
-                self.heap_start = probe.heap_bytes()
+                reading = probe.heap_reading()
+                if reading is not None:
+                    self.heap_start, self.blocks_start = reading
             # Last: once the slot is taken nothing here can fail, so finish() always frees it.
             recorder = (RUNTIME.flight_recorder or recorder_holder()).recorder
             if recorder is not None:
@@ -207,13 +251,16 @@ class _Operation(PeakWindow):
             duration = time.perf_counter() - self.started
             name = self.name
             probe = self.probe
-            heap_delta = None
-            if self.heap_start is not None:
-                heap_end = probe.heap_bytes()
-                if heap_end is not None:
-                    heap_delta = heap_end - self.heap_start
+            heap_delta = blocks_delta = None
+            heap_start = self.heap_start
+            if heap_start is not None:
+                reading = probe.heap_reading()
+                if reading is not None:
+                    heap_delta = reading[0] - heap_start
+                    blocks_delta = reading[1] - self.blocks_start  # type: ignore[operator]  # read with the heap
             rss_end = probe.rss_bytes()
             peak = probe.end_peak(self, rss_end)
+            overlap = self.overlap
             device_start = self.device_start
             device_end = device_peak = None
             if self.device_window is not None:
@@ -226,7 +273,10 @@ class _Operation(PeakWindow):
             tracker = RUNTIME.tracker or get_memory_tracker()
             tracker.record_operation(name, rss_end, level)
             leak_detector = tracker.leak_detector
-            raised = leak_detector.observe(name, delta, heap_delta)
+            raised = leak_detector.observe(
+                name, delta, heap_delta, blocks_delta=blocks_delta, overlap=overlap,
+                start=CallStart(rss_start, heap_start, self.blocks_start), span=span,
+            )
             suspected = leak_detector.is_suspected(name)
 
             result = self.result
@@ -234,6 +284,7 @@ class _Operation(PeakWindow):
                 result.operation, result.rss_start, result.rss_end, result.rss_peak = name, rss_start, rss_end, peak
                 result.heap_delta, result.level, result.duration_s, result.leak_suspected = heap_delta, level, duration, suspected
                 result.device_start, result.device_end, result.device_peak = device_start, device_end, device_peak
+                result.overlap = overlap
 
             if span is not None and span.is_recording():
                 attributes: dict[str, AttributeValue] = {
@@ -242,6 +293,7 @@ class _Operation(PeakWindow):
                     names.ATTR_RSS_END: rss_end,
                     names.ATTR_RSS_DELTA: delta,
                     names.ATTR_LEVEL: level.value,
+                    names.ATTR_OVERLAP: overlap,
                 }
                 if self.function is not None:
                     attributes[names.ATTR_FUNCTION] = self.function
@@ -270,9 +322,11 @@ class _Operation(PeakWindow):
             if telemetry.metrics_recording():
                 metric_attributes = self.metric_attributes
                 telemetry.operation_duration.record(duration, metric_attributes)
-                telemetry.add_operation_net(name, delta)
-                if peak is not None:
-                    telemetry.operation_peak.record(peak - rss_start if peak > rss_start else 0, metric_attributes)
+                # An overlapped window's figures are the process's, not the operation's own.
+                if not overlap:
+                    telemetry.add_operation_net(name, delta)
+                    if peak is not None:
+                        telemetry.operation_peak.record(peak - rss_start if peak > rss_start else 0, metric_attributes)
         finally:
             if self.recorder is not None:
                 self._leave_recorder()
@@ -386,40 +440,64 @@ class _LightSampler:
         self.mean_s = duration_s if mean == 0.0 else 0.7 * mean + 0.3 * duration_s
 
 
-def _light_start(name: str) -> tuple[int, int]:
-    """No SDK: RSS at the start of an operation (0 if it cannot be read), and its flight recorder
-    slot (-1: none, or no recorder configured)."""
+class _Light(PeakWindow):
+    """One call measured without an SDK: its start, its flight recorder slot (-1: none), and the
+    token of the context that marks it in flight for operations started inside it."""
+
+    __slots__ = ("rss_start", "slot", "token")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rss_start = 0
+        self.slot = -1
+        self.token: object | None = None
+
+
+def _light_start(name: str, attach: bool = True) -> _Light:
+    """No SDK: the start of an operation (``rss_start`` 0 if RSS cannot be read); ``attach``:
+    mark it current until :func:`_light` (not around a generator's steps, which the caller runs)."""
+    light = _Light()
     try:
-        rss_start = (RUNTIME.probe or process_probe()).rss_bytes()
+        probe = RUNTIME.probe or process_probe()
+        parent = otel_context.get_value(_OPERATION_KEY)
+        light.parent = parent if isinstance(parent, PeakWindow) else None
+        probe.open_flight(light)
+        light.rss_start = probe.rss_bytes()
     except Exception as exc:  # instrumentation must never break the host's call
         _log_failure("reading RSS", exc)
-        return 0, -1
+        return light
+    if attach:
+        light.token = _attach_context(otel_context.set_value(_OPERATION_KEY, light))
     try:
         recorder = (RUNTIME.flight_recorder or recorder_holder()).recorder
         if recorder is not None:
-            return rss_start, recorder.operation_started(name, rss_start)
+            light.slot = recorder.operation_started(name, light.rss_start)
     except Exception as exc:
         _log_failure("writing the flight recorder", exc)
-    return rss_start, -1
+    return light
 
 
-def _light(name: str, rss_start: int, slot: int = -1) -> int:
+def _light(name: str, light: _Light) -> int:
     """No SDK: keep the tracker and leak detection fed with two RSS reads and nothing else.
 
-    About 2 us on top of the two reads. Returns the RSS at the end (the start if unreadable).
-    Runs in ``finally`` blocks, so it never raises.
+    Returns the RSS at the end (the start if unreadable). Runs in ``finally`` blocks, so it
+    never raises.
     """
-    if slot >= 0:
+    _detach(light.token)
+    rss_start = light.rss_start
+    if light.slot >= 0:
         try:
-            (RUNTIME.flight_recorder or recorder_holder()).recorder.operation_finished(slot)  # type: ignore[union-attr]
+            (RUNTIME.flight_recorder or recorder_holder()).recorder.operation_finished(light.slot)  # type: ignore[union-attr]
         except Exception as exc:
             _log_failure("freeing the flight recorder slot", exc)
     try:
-        rss_end = (RUNTIME.probe or process_probe()).rss_bytes()
+        probe = RUNTIME.probe or process_probe()
+        overlap = probe.close_flight(light)
+        rss_end = probe.rss_bytes()
         if rss_start:
             tracker = RUNTIME.tracker or get_memory_tracker()
             tracker.record_operation(name, rss_end, (RUNTIME.config or get_config()).level_for(rss_end))
-            tracker.leak_detector.observe(name, rss_end - rss_start)
+            tracker.leak_detector.observe(name, rss_end - rss_start, overlap=overlap, start=CallStart(rss_start))
         return rss_end
     except Exception as exc:
         _log_failure("recording a profiled operation", exc)
@@ -488,6 +566,7 @@ def memory_profile(
         name = operation_name or function
         metric_attributes = {names.LABEL_OPERATION: name}
         sampler = _LightSampler()
+        _note_function(name, func)
 
         if inspect.isasyncgenfunction(func):
 
@@ -496,7 +575,7 @@ def memory_profile(
                 # Without an SDK the same loop runs with no span: asend/athrow must still reach
                 # the wrapped generator (an ``async for`` here would drop them).
                 recording = _recording()
-                light_start = None if recording or sampler.skip() else _light_start(name)
+                light_start = None if recording or sampler.skip() else _light_start(name, attach=False)
                 operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes) if recording else None
                 started = time.perf_counter()
                 agen = func(*args, **kwargs)
@@ -532,7 +611,7 @@ def memory_profile(
                 finally:
                     if light_start is not None:
                         sampler.measured(time.perf_counter() - started)
-                        _light(name, *light_start)
+                        _light(name, light_start)
                     else:
                         _end(operation, failure)
 
@@ -545,13 +624,13 @@ def memory_profile(
                 if not _recording():
                     if sampler.skip():
                         return (yield from func(*args, **kwargs))
-                    rss_start, slot = _light_start(name)
+                    light = _light_start(name, attach=False)
                     started = time.perf_counter()
                     try:
                         return (yield from func(*args, **kwargs))
                     finally:
                         sampler.measured(time.perf_counter() - started)
-                        _light(name, rss_start, slot)
+                        _light(name, light)
                 operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
                 gen = func(*args, **kwargs)
                 ctx = operation.context if operation is not None else None
@@ -595,13 +674,13 @@ def memory_profile(
                 if not _recording():
                     if sampler.skip():
                         return await func(*args, **kwargs)
-                    rss_start, slot = _light_start(name)
+                    light = _light_start(name)
                     started = time.perf_counter()
                     try:
                         return await func(*args, **kwargs)
                     finally:
                         sampler.measured(time.perf_counter() - started)
-                        _light(name, rss_start, slot)
+                        _light(name, light)
                 operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes, False, True)
                 try:
                     result = await func(*args, **kwargs)
@@ -618,13 +697,13 @@ def memory_profile(
             if not _recording():
                 if sampler.skip():
                     return func(*args, **kwargs)
-                rss_start, slot = _light_start(name)
+                light = _light_start(name)
                 started = time.perf_counter()
                 try:
                     return func(*args, **kwargs)
                 finally:
                     sampler.measured(time.perf_counter() - started)
-                    _light(name, rss_start, slot)
+                    _light(name, light)
             operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes, False, True)
             try:
                 result = func(*args, **kwargs)
@@ -647,7 +726,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     measurements. ``op.set_attribute(key, value)`` adds attributes to the span.
     """
 
-    __slots__ = ("_light_slot", "_light_start", "_light_started", "_operation", "annotate_current", "attributes", "heap", "name", "result")
+    __slots__ = ("_first_line", "_light", "_light_started", "_operation", "annotate_current", "attributes", "heap", "name", "result")
 
     def __init__(
         self,
@@ -665,8 +744,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         self.annotate_current = annotate_current
         self.attributes = dict(attributes) if attributes else None
         self._operation: _Operation | None = None
-        self._light_start: int | None = None
-        self._light_slot = -1
+        self._light: _Light | None = None
         self.result: OperationResult | None = None
 
     @property
@@ -680,21 +758,31 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         self.span.set_attribute(key, value)
 
     def __enter__(self) -> memory_context:
+        return self._enter(sys._getframe(1))
+
+    def _enter(self, frame: FrameType | None) -> memory_context:
+        self._first_line = frame.f_lineno if frame is not None else 0
         if not _recording():
             self._light_started = time.perf_counter()
-            self._light_start, self._light_slot = _light_start(self.name)
+            self._light = _light_start(self.name)
             return self
         self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes, True, True)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if self._light_start is not None:
-            rss_start, self._light_start = self._light_start, None
-            rss_end = _light(self.name, rss_start, self._light_slot)
+        self._exit(exc, sys._getframe(1))
+
+    def _exit(self, exc: BaseException | None, frame: FrameType | None) -> None:
+        _note_block(self.name, frame, self._first_line)
+        if self._light is not None:
+            light, self._light = self._light, None
+            rss_start = light.rss_start
+            rss_end = _light(self.name, light)
             # Without an SDK the block still gets its result: code written against it must
             # not break where no SDK is configured. Peak and heap are not measured here.
             result = self.result = OperationResult()
             result.operation, result.rss_start, result.rss_end = self.name, rss_start, rss_end
+            result.overlap = light.overlap
             result.duration_s = time.perf_counter() - self._light_started
             try:
                 result.level = (RUNTIME.config or get_config()).level_for(rss_end)
@@ -707,7 +795,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
             self.result = operation.result
 
     async def __aenter__(self) -> memory_context:
-        return self.__enter__()
+        return self._enter(sys._getframe(1))
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.__exit__(exc_type, exc, tb)
+        self._exit(exc, sys._getframe(1))

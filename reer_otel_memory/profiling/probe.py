@@ -110,13 +110,22 @@ def _rusage_who() -> int:
 
 
 class PeakWindow:
-    """An open measurement of the highest RSS between :meth:`MemoryProbe.begin_peak` and end."""
+    """An open measurement of the highest RSS between :meth:`MemoryProbe.begin_peak` and end.
 
-    __slots__ = ("hwm_start", "peak_bytes")
+    ``overlap``, once the window has ended: how many other windows were open at any time
+    during it, not counting its ``parent`` chain (the operations it runs inside, in the same
+    thread or task) nor the windows opened inside it: those are the same work, not other work.
+    """
+
+    __slots__ = ("hwm_start", "nested", "open_seq", "overlap", "parent", "peak_bytes")
 
     def __init__(self) -> None:
         self.peak_bytes = 0
         self.hwm_start = 0
+        self.parent: PeakWindow | None = None
+        self.overlap = 0
+        self.open_seq = 0  # windows opened in the process before and with this one
+        self.nested = 0  # windows opened inside this one (its descendants)
 
 
 # Peak modes.
@@ -139,6 +148,7 @@ class MemoryProbe:
         self._page_size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self._lock = threading.Lock()
         self._active: set[PeakWindow] = set()
+        self._opened = 0  # windows opened so far, for the overlap count
         self._lifetime_peak_bytes = 0
         #: Seconds one ``heap_info()`` call took, smoothed; 0 until first measured.
         self.heap_cost_s = 0.0
@@ -239,6 +249,27 @@ class MemoryProbe:
         self.heap_cost_s = cost if self.heap_cost_s == 0.0 else 0.8 * self.heap_cost_s + 0.2 * cost
         return int(getattr(info, "heap_used", 0)) + int(getattr(info, "mmap_used", 0))
 
+    def heap_reading(self) -> tuple[int, int] | None:
+        """The allocator heap (:meth:`heap_bytes`) and the count of Python small-object blocks in
+        use (``sys.getallocatedblocks()``), read together; None where the heap is unknown.
+
+        The heap does not see Python's small objects (their arenas are mapped outside
+        ``malloc``); the block count does, so the two together tell retained Python objects
+        from pages the allocator merely reused. Both walk allocator structures, so the pair is
+        timed into :attr:`heap_cost_s`.
+        """
+        if _heap_info is None:
+            return None
+        started = time.perf_counter()
+        try:
+            info = _heap_info()
+        except (OSError, RuntimeError, NotImplementedError):
+            return None
+        blocks = sys.getallocatedblocks()
+        cost = time.perf_counter() - started
+        self.heap_cost_s = cost if self.heap_cost_s == 0.0 else 0.8 * self.heap_cost_s + 0.2 * cost
+        return int(getattr(info, "heap_used", 0)) + int(getattr(info, "mmap_used", 0)), blocks
+
     def _hwm_bytes(self) -> int:
         """The kernel's RSS high-water mark since the last reset (caller holds the lock)."""
         hwm = resource.getrusage(self._rusage_who).ru_maxrss * 1024 if self._peak_mode is _PEAK_RUSAGE else self._vmhwm_bytes()
@@ -289,11 +320,31 @@ class MemoryProbe:
         window = PeakWindow()
         return window, self.open_window(window)
 
+    def _enter_flight(self, window: PeakWindow) -> None:
+        """Count ``window`` in flight (caller holds the lock): the other windows open now, less
+        its own ancestors, are its overlap so far; each open ancestor counts it as nested."""
+        active = self._active
+        opened = self._opened = self._opened + 1
+        window.open_seq = opened
+        window.nested = 0
+        others = len(active)
+        ancestor = window.parent
+        while ancestor is not None:
+            if ancestor in active:
+                others -= 1
+                ancestor.nested += 1
+            ancestor = ancestor.parent
+        window.overlap = others
+        active.add(window)
+
     def open_window(self, window: PeakWindow) -> int:
-        """:meth:`begin_peak` into a window the caller made (a subclass, say); returns the RSS at its start."""
+        """:meth:`begin_peak` into a window the caller made (a subclass, say, with its ``parent``
+        set); returns the RSS at its start."""
         window.hwm_start = 0
         mode = self._peak_mode
         if mode is _PEAK_NONE:
+            with self._lock:
+                self._enter_flight(window)
             rss = self.rss_bytes()
             window.peak_bytes = rss
             return rss
@@ -318,8 +369,20 @@ class MemoryProbe:
                     # set) it already measures from here, and the reset is skipped.
                     os.pwrite(self._clear_refs_fd, b"5", 0)
             window.peak_bytes = rss
-            self._active.add(window)
+            self._enter_flight(window)
         return rss
+
+    def open_flight(self, window: PeakWindow) -> None:
+        """Count ``window`` in flight without measuring a peak; :meth:`close_flight` ends it."""
+        with self._lock:
+            self._enter_flight(window)
+
+    def close_flight(self, window: PeakWindow) -> int:
+        """End a window opened by :meth:`open_flight`; its overlap (see :class:`PeakWindow`)."""
+        with self._lock:
+            self._active.discard(window)
+            window.overlap += self._opened - window.open_seq - window.nested
+        return window.overlap
 
     def end_peak(self, window: PeakWindow, end_rss: int) -> int | None:
         """Close ``window``; the highest RSS seen in it, or None where it cannot be known.
@@ -329,9 +392,11 @@ class MemoryProbe:
         """
         mode = self._peak_mode
         if mode is _PEAK_NONE:
+            self.close_flight(window)
             return None
         with self._lock:
             self._active.discard(window)
+            window.overlap += self._opened - window.open_seq - window.nested
             hwm = self._hwm_bytes()
             floor = window.peak_bytes if window.peak_bytes > end_rss else end_rss
             if hwm > floor:
