@@ -17,6 +17,11 @@ pytest_plugins = ["_children"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# A leak verdict in one test must not leave a tracing window running into the next: tests that
+# want explanations build their own AutoExplainer (child processes inherit this; tests of the
+# variable set it themselves).
+os.environ.setdefault("REER_MEMORY_EXPLAIN", "off")
+
 
 @pytest.fixture
 def telemetry() -> Iterator[TelemetryCapture]:

@@ -221,6 +221,10 @@ def _leak_suspected() -> Iterator[Observation]:
         yield Observation(1 if suspected else 0, {names.LABEL_OPERATION: operation})
 
 
+def _process_leak_suspected() -> Iterator[Observation]:
+    yield Observation(1 if get_memory_tracker().leak_detector.process_suspected() else 0)
+
+
 def _alerts() -> Iterator[Observation]:
     counts = totals()
     for level in THRESHOLD_LEVELS:
@@ -268,6 +272,7 @@ _GAUGES = (
     (names.METRIC_THRESHOLD, _thresholds),
     (names.METRIC_LEVEL, _level),
     (names.METRIC_LEAK_SUSPECTED, _leak_suspected),
+    (names.METRIC_PROCESS_LEAK_SUSPECTED, _process_leak_suspected),
     (names.METRIC_DEVICE_USED, _device_used),
     (names.METRIC_DEVICE_PEAK, _device_peak),
     (names.METRIC_DEVICE_LIMIT, _device_limit),

@@ -4,9 +4,11 @@ Each call of an operation gives one *retained* figure: what it kept, in the smal
 views. The end view is the change from its start to its end; the start-to-start view is the
 change from its start to the start of its next call, so memory it hands to a caller that drops
 it is not counted. Where the call read the heap, the figure is the heap's change plus the part
-of the RSS change that Python's small-object blocks can account for (their arenas are mapped
-outside ``malloc``): pages the allocator merely reused or faulted in for transient buffers do
-not count. Elsewhere it is the RSS change.
+of the RSS change that new Python small-object blocks can account for (their arenas are mapped
+outside ``malloc``; at least a typical block's size each, as they may fill free arena space
+that neither figure sees): pages the allocator merely reused or faulted in for transient
+buffers do not count. Elsewhere it is the RSS change. An RSS-only suspicion of an operation
+whose calls can read the heap is judged again on heap readings before it is raised.
 
 A call whose window overlapped another profiled operation (``reer.memory.overlap`` > 0) is not
 the operation's own evidence: it goes to a *contested* window instead. Two judgements run on
@@ -35,7 +37,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _names as names
 from .._runtime import RUNTIME
@@ -48,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 #: Python small-object blocks are at most this many bytes: a bound on what a block count can hold.
 _MAX_SMALL_BLOCK = 512
+#: A typical small-object block (a small dict or list, a short str): what new blocks hold at
+#: least when their memory came from free space in arenas, where neither RSS nor heap moves.
+_TYPICAL_SMALL_BLOCK = 64
 #: An explanation settles a verdict only when the window's new live bytes reach this many floors.
 _EXPLANATION_FLOORS = 4
 #: Share of an explanation's new live bytes that confirms an operation, and that clears one.
@@ -84,30 +89,36 @@ def retained_bytes(rss_delta: int, heap_delta: int | None, blocks_delta: int | N
     the RSS change that new small-object blocks can hold; the RSS change where the heap is unread."""
     if heap_delta is None:
         return rss_delta
-    rest = rss_delta - heap_delta
-    if rest <= 0 or not blocks_delta or blocks_delta <= 0:
+    if not blocks_delta or blocks_delta <= 0:
         return heap_delta
-    return heap_delta + min(rest, blocks_delta * _MAX_SMALL_BLOCK)
+    rest = rss_delta - heap_delta
+    held = min(rest, blocks_delta * _MAX_SMALL_BLOCK) if rest > 0 else 0
+    return heap_delta + max(held, blocks_delta * _TYPICAL_SMALL_BLOCK)
 
 
 class _Evidence:
     """Retained figures of one kind (own or contested): a short and a long window."""
 
-    __slots__ = ("long", "short")
+    __slots__ = ("long", "short", "short_heap")
 
     def __init__(self, window: int, long_window: int) -> None:
         self.short: collections.deque[int] = collections.deque(maxlen=window)
+        self.short_heap: collections.deque[bool] = collections.deque(maxlen=window)  # each figure read the heap
         self.long: collections.deque[int] = collections.deque(maxlen=long_window)
 
-    def add(self, retained: int) -> None:
+    def add(self, retained: int, heap: bool) -> None:
         self.short.append(retained)
+        self.short_heap.append(heap)
         self.long.append(retained)
+
+    def mostly_rss(self) -> bool:
+        return sum(self.short_heap) * 2 < len(self.short_heap)
 
 
 class _OperationHistory:
     __slots__ = (
-        "announce", "bytes_per_call", "calls", "candidate", "contested", "explained", "mark", "own", "pending", "suspected",
-        "threads", "vetoed",
+        "announce", "bytes_per_call", "calls", "candidate", "contested", "explained", "heap_read", "heap_seen", "mark", "own", "pending",
+        "rechecked", "suspected", "threads", "vetoed",
     )
 
     def __init__(self, window: int, long_window: int) -> None:
@@ -120,6 +131,9 @@ class _OperationHistory:
         self.vetoed = False  # an explanation showed the operation owns next to none of the growth
         self.announce = False  # a suspicion raised outside a call: the next call reports it
         self.bytes_per_call = 0
+        self.heap_read = False  # the latest call read the heap
+        self.heap_seen = False  # some call read it: the heap can be read for this operation
+        self.rechecked = False  # an RSS-only suspicion was set aside once to be judged on the heap
         self.pending: tuple[CallStart, int, int] | None = None  # previous call: start, end view, overlap
         self.threads: set[int] = set()  # native ids of the threads the operation ran in
         self.mark: tuple[float, dict[int, int]] | None = None  # wall time, CPU ns per thread
@@ -158,7 +172,12 @@ class LeakDetector:
         long_floor_bytes: int = 8 * 1024,
         busy_thread_share: float = 0.05,
         task_dir: str = "/proc/self/task",
+        heap_watch_calls: int = 512,
+        explainer: Any = None,
     ) -> None:
+        """``explainer``: what verdicts ask for explanations (``request`` and ``add_listener``,
+        as :class:`~reer_otel_memory.profiling.explain.AutoExplainer`); None: the process's own;
+        False: none."""
         for argument, value in (
             ("window", window), ("min_samples", min_samples), ("check_every", check_every), ("max_operations", max_operations),
             ("long_window", long_window), ("long_min_samples", long_min_samples),
@@ -195,6 +214,8 @@ class LeakDetector:
         self.long_floor_bytes = long_floor_bytes
         self.busy_thread_share = busy_thread_share
         self.task_dir = task_dir
+        self.heap_watch_calls = heap_watch_calls
+        self._explainer = explainer
         self._lock = threading.Lock()
         self._ops: collections.OrderedDict[str, _OperationHistory] = collections.OrderedDict()
         self._process_suspected = False
@@ -248,9 +269,13 @@ class LeakDetector:
             return None
         if calls == self.warmup_calls + 1 and history.mark is None:
             history.mark = (time.monotonic(), _thread_cpu_ns(self.task_dir))
+        if heap_delta is not None:
+            history.heap_read = history.heap_seen = True
+        else:
+            history.heap_read = False
         end_view = retained_bytes(rss_delta, heap_delta, blocks_delta)
         if start is None:
-            (history.contested if overlap else history.own).add(end_view)
+            (history.contested if overlap else history.own).add(end_view, heap_delta is not None)
         else:
             previous, history.pending = history.pending, (start, end_view, overlap)
             if previous is not None:
@@ -259,7 +284,7 @@ class LeakDetector:
                 blocks_step = None if start.blocks is None or before.blocks is None else start.blocks - before.blocks
                 step = retained_bytes(start.rss - before.rss, heap_step, blocks_step)
                 retained = step if step < previous_end else previous_end
-                (history.contested if previous_overlap else history.own).add(retained)
+                (history.contested if previous_overlap else history.own).add(retained, heap_step is not None)
         if history.announce:
             history.announce = False
             return True
@@ -328,6 +353,12 @@ class LeakDetector:
                 # Operations still being called move to the back, so eviction (past
                 # max_operations names) drops the ones not seen for longest.
                 self._ops.move_to_end(operation)
+        if own_suspected and not history.vetoed and not history.suspected and history.heap_seen and history.own.mostly_rss() and not history.rechecked:
+            # RSS alone misleads where pages are reused across operations: judge the suspicion
+            # again on calls that read the heap (see wants_heap) before raising it.
+            history.rechecked = True
+            history.own = _Evidence(self.window, self.long_window)
+            return None
         if own_suspected and not history.vetoed and not history.suspected:
             busy = self._others_busy(history)
             if busy is None:
@@ -387,9 +418,13 @@ class LeakDetector:
 
     def _request_explanation(self, reason: str, operations: Sequence[str], span: Span | None) -> None:
         try:
-            from .explain import auto_explainer
+            explainer = self._explainer
+            if explainer is False:
+                return
+            if explainer is None:
+                from .explain import auto_explainer
 
-            explainer = auto_explainer()
+                explainer = auto_explainer()
             if not self._explainer_hooked:
                 self._explainer_hooked = True
                 explainer.add_listener(self.on_explanation)
@@ -433,6 +468,14 @@ class LeakDetector:
         """The latest estimate of bytes retained per call (0 before the first check)."""
         history = self._ops.get(operation)
         return 0 if history is None else history.bytes_per_call
+
+    def wants_heap(self, operation: str) -> bool:
+        """Whether the operation's calls should read the heap even where that costs more than
+        usual: during its first ``heap_watch_calls`` calls and while it is a suspect or candidate."""
+        history = self._ops.get(operation)
+        if history is None or history.calls < self.heap_watch_calls:
+            return True
+        return history.suspected or history.candidate or history.rechecked
 
     def is_suspected(self, operation: str) -> bool:
         history = self._ops.get(operation)

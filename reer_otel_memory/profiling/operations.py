@@ -10,6 +10,9 @@ by default (``heap=None``) a call whose operation took, on average so far, at le
 slower as the heap fragments, from about 1 us to milliseconds), and the first call of an
 operation while a heap reading costs at most :data:`CHEAP_HEAP_S`.
 
+Leak verdicts also read it, while one reading costs at most :data:`HEAP_WATCH_MAX_S`, on an
+operation's first calls and while it is under suspicion (:meth:`LeakDetector.wants_heap`).
+
 The process's probe, tracker, configuration and telemetry are read as attributes of the runtime
 (``RUNTIME.probe or process_probe()``: one attribute read once built).
 
@@ -61,6 +64,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 HEAP_COST_FACTOR = 50.0
 #: Measure the heap on an operation's first call when one reading costs at most this.
 CHEAP_HEAP_S = 5e-6
+#: Leak verdicts read the heap on an operation's first calls and while it is under suspicion,
+#: whatever the operation's length, while one reading costs at most this.
+HEAP_WATCH_MAX_S = 100e-6
 #: Without an SDK, an operation whose measured calls average at least this long is measured on
 #: every call: the two RSS reads then add at most a few percent.
 LIGHT_EVERY_CALL_S = 100e-6
@@ -81,7 +87,11 @@ def _want_heap(name: str, heap: bool | None, probe: MemoryProbe) -> bool:
     expected = _mean_duration_s.get(name)
     if expected is None:
         return cost <= CHEAP_HEAP_S
-    return expected >= HEAP_COST_FACTOR * cost
+    if expected >= HEAP_COST_FACTOR * cost:
+        return True
+    # A leak verdict needs the heap where RSS misleads (pages reused across operations): read it
+    # while cheap during an operation's first calls and while it is under suspicion.
+    return cost <= HEAP_WATCH_MAX_S and (RUNTIME.tracker or get_memory_tracker()).leak_detector.wants_heap(name)
 
 
 def _remember_duration(name: str, duration_s: float) -> None:
