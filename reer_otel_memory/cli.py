@@ -9,10 +9,14 @@
     reer-otel-memory dashboards [--output FILE]         # the Grafana dashboard JSON
     reer-otel-memory postmortem PATH [--seconds N]      # a flight recorder file: the last seconds
                                                         # before the process died, what was running
+    reer-otel-memory explain PID [--seconds S] [--top N] [--json]
+                                       # ask a running process which lines hold the memory it
+                                       # allocates over S seconds (its explain listener)
     reer-otel-memory --version
 
 Exit status: 0 on success, 2 on a bad configuration or bad arguments (the message names the
-variable or argument and the value it got).
+variable or argument and the value it got), 1 when ``explain`` gets no explanation (no such
+process, no listener, permission denied, the process cannot explain now).
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that builds its parser and sets
 the function to run; :data:`SUBCOMMANDS` lists them, in the order ``--help`` shows them.
@@ -330,10 +334,84 @@ def _add_postmortem(subparsers: _Subparsers) -> None:
     parser.set_defaults(run=_run_postmortem)
 
 
+# --- explain -------------------------------------------------------------------------------
+
+
+def _pid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a process id") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a process id")
+    return value
+
+
+def _window_seconds(text: str) -> float:
+    from .profiling.explain import MAX_SECONDS
+
+    value = _positive_float(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds, at most {MAX_SECONDS:g}")
+    return value
+
+
+def _top(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of sites, at least 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of sites, at least 1")
+    return value
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from .profiling.explain import MemoryExplanation
+    from .profiling.explain_listener import ExplainRequestError, request_explanation
+
+    try:
+        answer = request_explanation(
+            args.pid, args.seconds, top=args.top, on_wait=lambda note: print(f"{PROG} explain: process {args.pid}: {note}", file=sys.stderr)
+        )
+    except ExplainRequestError as exc:
+        print(f"{PROG} explain: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION if exc.kind == "bad_request" else 1
+    if args.json:
+        json.dump({"pid": args.pid, **answer}, sys.stdout, indent=2)
+        print()
+        return 0
+    try:
+        explanation = MemoryExplanation.from_dict(answer)
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"{PROG} explain: process {args.pid} answered an explanation that cannot be read: {exc!r}", file=sys.stderr)
+        return 1
+    print(f"process {args.pid}:")
+    print(explanation.format())
+    return 0
+
+
+def _add_explain(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="ask a running process which lines hold the memory it allocates over a few seconds",
+        description="Connect to the explain listener of process PID (started there by opentelemetry-instrument "
+        "or start_memory_monitoring(), unless REER_MEMORY_EXPLAIN=off), have it trace its allocations for "
+        "--seconds, and print the allocation sites, and the profiled operations, holding what is still live "
+        "at the end. Run it as the process's user or as root. Exits 1 when no explanation can be had "
+        "(no such process, no listener, permission denied, tracing unavailable there), 2 on bad arguments.",
+    )
+    parser.add_argument("pid", type=_pid, metavar="PID", help="the process to explain")
+    parser.add_argument("--seconds", type=_window_seconds, default=10.0, help="how long the process traces its allocations (default 10 s)")
+    parser.add_argument("--top", type=_top, default=10, help="how many allocation sites to show (default 10)")
+    parser.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    parser.set_defaults(run=_run_explain)
+
+
 # --- the parser ----------------------------------------------------------------------------
 
 #: Every subcommand: a function adding its parser (with ``run=``) to the subparsers.
-SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_config, _add_demo, _add_rules, _add_dashboards, _add_postmortem]
+SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_config, _add_demo, _add_rules, _add_dashboards, _add_postmortem, _add_explain]
 
 
 def build_parser() -> argparse.ArgumentParser:

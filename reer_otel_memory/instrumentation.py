@@ -71,6 +71,7 @@ from . import _names as names
 from . import _telemetry
 from .config import get_config
 from .errors import ConfigurationError
+from .profiling.explain_listener import start_explain_listener
 from .profiling.operations import memory_profile
 
 if TYPE_CHECKING:
@@ -349,6 +350,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._previous_telemetry = _telemetry.current()
         _telemetry.configure(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
         self._start_monitor(bool(kwargs.get("start_monitor", True)))
+        start_explain_listener()  # `reer-otel-memory explain PID`; never raises, off with REER_MEMORY_EXPLAIN=off
         self._share_worker_metrics(kwargs.get("meter_provider"))
         if emergency_signal is not None:
             self._install_emergency_handler(emergency_signal)

@@ -742,9 +742,12 @@ def get_memory_monitor() -> MemoryMonitor:
 
 
 def start_memory_monitoring() -> MemoryMonitor:
-    """Start the default monitor's thread; returns the monitor."""
+    """Start the default monitor's thread, and the explain listener unless ``REER_MEMORY_EXPLAIN=off``; returns the monitor."""
+    from ..profiling.explain_listener import start_explain_listener
+
     monitor = get_memory_monitor()
     monitor.start_monitoring()
+    start_explain_listener()  # never raises: a listener that cannot start is logged
     return monitor
 
 
