@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -17,6 +18,7 @@ from _procfs import ProcDir
 from conftest import wait_for
 
 from reer_otel_memory import MemoryMonitor, MemoryOptimizer, MemoryTracker, register_cleanup_hook, run_cleanup, unregister_cleanup_hook
+from reer_otel_memory.monitoring import monitor as monitor_module
 from reer_otel_memory.monitoring.cleanup import KIND_CACHE, CleanupRegistry, cleanup_hook_names, cleanup_registry, release_memory
 
 
@@ -87,11 +89,33 @@ def test_bad_hook_and_bad_trigger_are_refused():
         run_cleanup("sometimes")
 
 
-def test_cleanup_runs_at_the_cleanup_level_then_waits_out_its_cooldown(proc):
-    monitor = make_monitor(proc, cooldown_s=0.5)
+class MonitorClock:
+    """The monitor module's ``time``, with a monotonic clock that only the test moves."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> MonitorClock:
+    """The cooldown is measured on this clock, so how long a cleanup takes here does not matter."""
+    fake = MonitorClock()
+    monkeypatch.setattr(monitor_module, "time", fake)
+    return fake
+
+
+def test_cleanup_runs_at_the_cleanup_level_then_waits_out_its_cooldown(proc, clock):
+    monitor = make_monitor(proc, cooldown_s=60)
     proc.set_rss(250 * MB)
     monitor.sample_once()
     assert monitor.cleanup_counts["threshold"] == 1
+    clock.now_s += 59
     monitor.sample_once()
     monitor.sample_once()
     assert monitor.cleanup_count == 1  # within the cooldown: no storm
@@ -99,10 +123,13 @@ def test_cleanup_runs_at_the_cleanup_level_then_waits_out_its_cooldown(proc):
     proc.set_rss(350 * MB)
     monitor.sample_once()
     assert monitor.cleanup_counts["critical"] == 1
+    clock.now_s += 59
     monitor.sample_once()
     assert monitor.cleanup_count == 2
     # Once the cooldown has passed, a process still critical is cleaned up again.
-    wait_for(lambda: monitor.sample_once() and monitor.cleanup_counts["critical"] == 2, message="cleanup after the cooldown")
+    clock.now_s += 2
+    monitor.sample_once()
+    assert monitor.cleanup_counts["critical"] == 2
 
 
 def test_no_automatic_cleanup_below_the_cleanup_level(proc):
