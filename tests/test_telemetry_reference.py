@@ -17,6 +17,7 @@ import mmap
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,9 @@ from typing import Any
 
 import pytest
 from _buffers import KiB, mapped
+from conftest import wait_for
 
-from reer_otel_memory import PROBE, MemoryLevel, get_memory_tracker, load_config, memory_context, memory_profile
+from reer_otel_memory import PROBE, LeakDetector, MemoryLevel, get_memory_tracker, load_config, memory_context, memory_profile
 from reer_otel_memory import _names as names
 from reer_otel_memory import config as config_module
 from reer_otel_memory._cgroup import memory_cgroup
@@ -277,6 +279,38 @@ def metric_kind(data: Any) -> str:
 
 
 USER_OPERATION = "reference_leaky_call"
+
+
+def explain_process_level_growth() -> None:
+    """Leaking calls that always overlap another operation: a process-level verdict, then an explanation."""
+    from reer_otel_memory.profiling.explain import AutoExplainer
+
+    explainer = AutoExplainer(enabled=True, seconds=0.2)
+    tracker = get_memory_tracker()
+    previous = tracker.leak_detector
+    tracker.leak_detector = LeakDetector(explainer=explainer)
+    kept: list[bytes] = []
+    done = threading.Event()
+
+    @memory_profile(operation_name="reference_waiting_call")
+    def waiting_call() -> None:
+        done.wait(0.002)
+
+    @memory_profile(operation_name="reference_overlapped_leak")
+    def overlapped_leak() -> bool:
+        kept.append(b"x" * (64 * KiB))
+        return explainer.latest() is not None
+
+    thread = threading.Thread(target=lambda: [waiting_call() for _ in iter(done.is_set, True)], daemon=True)
+    thread.start()
+    try:
+        wait_for(overlapped_leak, timeout_s=30, interval_s=0, message="an explanation of the overlapped leak")
+        explainer.wait_idle(10)
+    finally:
+        done.set()
+        thread.join(10)
+        tracker.leak_detector = previous
+        kept.clear()
 FAILING_OPERATION = "reference_failing_block"
 
 
@@ -320,6 +354,7 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emitted]:
         for _ in range(40):
             leaky_call()
         retained.clear()
+        explain_process_level_growth()
         with pytest.raises(ValueError), memory_context(FAILING_OPERATION):
             raise ValueError("raised inside a profiled block")
 
@@ -389,12 +424,16 @@ def package_operations() -> set[str]:
 
 
 def test_every_emitted_span_attribute_is_on_the_page_with_its_type(page: Page, emitted: Emitted) -> None:
-    types = {"int": int, "str": str, "bool": bool}
+    types = {"int": int, "str": str, "bool": bool, "float": float, "str[]": str, "int[]": int}
     for span_name, attributes in emitted.span_attributes.items():
         for key, value in attributes.items():
             assert key in page.attributes, f"span {span_name!r} carries {key!r}, which docs/telemetry.md does not list"
             documented = ticked(page.attributes[key]["type"])[0]
-            assert type(value) is types[documented], f"{key} on {span_name!r} is {type(value).__name__}; the page says {documented}"
+            if documented.endswith("[]"):
+                assert isinstance(value, (list, tuple)), f"{key} on {span_name!r} is {type(value).__name__}; the page says {documented}"
+                assert all(type(item) is types[documented] for item in value), f"{key} on {span_name!r}: items are not {documented}"
+            else:
+                assert type(value) is types[documented], f"{key} on {span_name!r} is {type(value).__name__}; the page says {documented}"
 
 
 def peak_measurable() -> bool:
