@@ -56,6 +56,10 @@ _LAZY = {
     "unregister_cleanup_hook": "monitoring.cleanup",
     "run_cleanup": "monitoring.cleanup",
     "REERTraceStore": "trace_store",
+    "explain_memory": "profiling.explain",
+    "MemoryExplanation": "profiling.explain",
+    "AllocationSite": "profiling.explain",
+    "ExplainUnavailableError": "profiling.explain",
 }
 
 
@@ -76,14 +80,17 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "PROBE",
+    "AllocationSite",
     "CleanupResult",
     "ConfigurationError",
+    "ExplainUnavailableError",
     "InvalidArgumentError",
     "LazyModelLoader",
     "LeakDetector",
     "LeakSuspect",
     "MalformedLineError",
     "MemoryConfig",
+    "MemoryExplanation",
     "MemoryInstrumentor",
     "MemoryLevel",
     "MemoryLimit",
@@ -102,6 +109,7 @@ __all__ = [
     "TraceStoreError",
     "__version__",
     "effective_memory_limit",
+    "explain_memory",
     "get_config",
     "get_memory_monitor",
     "get_memory_profiler",

@@ -1,0 +1,756 @@
+"""Explanations: which lines, and which profiled operations, hold the memory a process grows by.
+
+:func:`explain_memory` traces the process's allocations with :mod:`tracemalloc` for a bounded
+window and reports the allocation sites, and the profiled operations, holding the bytes that were
+allocated during the window and are still live at its end. :class:`AutoExplainer` runs one such
+window in the background when a leak is suspected, and reports it as a span, a log line and to
+its listeners.
+
+Tracebacks are recorded :data:`TRACEBACK_FRAMES` (32) frames deep: an allocation is attributed to
+the profiled operation whose code is on its stack, and that frame must be among those recorded,
+under whatever library calls lie between it and the allocation; tracemalloc's cost per allocation
+grows with the depth it records, so it stays bounded.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import linecache
+import logging
+import math
+import os
+import site as site_module
+import sys
+import sysconfig
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext
+from opentelemetry.util.types import AttributeValue
+
+from .. import _names as names
+from .. import _telemetry
+from .._runtime import RUNTIME
+from ..config import number_in_range, parse_choice
+from ..errors import ConfigurationError, ReerMemoryError
+
+logger = logging.getLogger(__name__)
+
+#: Frames recorded per allocation (see the module docs).
+TRACEBACK_FRAMES = 32
+#: The longest window :func:`explain_memory` accepts, seconds.
+MAX_SECONDS = 3600.0
+#: A window ends early once tracemalloc's own memory passes this, so that it stays bounded.
+MAX_TRACING_BYTES = 512 * 1024 * 1024
+#: Frames kept in each site's traceback.
+SITE_FRAMES = 5
+#: Code ranges kept for attribution; the oldest are dropped beyond this.
+MAX_RANGES = 10_000
+#: Source files whose function index is kept.
+_MAX_INDEXED_FILES = 256
+_POLL_S = 0.1
+_BACKEND = "tracemalloc"
+_WINDOW_LOCK = "explain.window"
+_RANGES_LOCK = "explain.ranges"
+_UNATTRIBUTED = "(unattributed)"
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_THIS_FILE = os.path.abspath(__file__)
+_TRACEMALLOC_FILE = os.path.abspath(tracemalloc.__file__)
+#: What ``tracemalloc.take_snapshot`` wraps (see :func:`_capture`); None where it is missing.
+_get_traces: Callable[[], Sequence[Any]] | None = getattr(tracemalloc, "_get_traces", None)
+
+
+class ExplainUnavailableError(ReerMemoryError, RuntimeError):
+    """An explanation window cannot run now: other tracing is active, or a window already runs."""
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AllocationSite:
+    """A line whose allocations made during the window are still live at its end."""
+
+    filename: str
+    lineno: int
+    function: str
+    size_bytes: int
+    count: int
+    #: ``"path:line function"`` of the site and its callers, innermost first.
+    traceback: tuple[str, ...] = ()
+
+    @property
+    def location(self) -> str:
+        """``"path:line function"``."""
+        return f"{self.filename}:{self.lineno} {self.function}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "filename": self.filename,
+            "lineno": self.lineno,
+            "function": self.function,
+            "size_bytes": self.size_bytes,
+            "count": self.count,
+            "traceback": list(self.traceback),
+        }
+
+
+@dataclass(frozen=True)
+class MemoryExplanation:
+    """What an explanation window found: the sites and operations holding what it allocated."""
+
+    sites: tuple[AllocationSite, ...]
+    #: Bytes still live per profiled operation they were allocated under, largest first.
+    operations: dict[str, int]
+    unattributed_bytes: int
+    total_bytes: int
+    #: The window's actual length.
+    seconds: float
+    backend: str = _BACKEND
+    #: Why the window ended before its length ("" when it ran its length).
+    ended_early: str = ""
+    sites_total: int = field(default=0)
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-serialisable dict (read back by :meth:`from_dict`)."""
+        return {
+            "backend": self.backend,
+            "seconds": self.seconds,
+            "total_bytes": self.total_bytes,
+            "unattributed_bytes": self.unattributed_bytes,
+            "ended_early": self.ended_early,
+            "sites_total": self.sites_total,
+            "sites": [site.as_dict() for site in self.sites],
+            "operations": dict(self.operations),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MemoryExplanation:
+        """The explanation :meth:`as_dict` described."""
+        sites = tuple(
+            AllocationSite(
+                filename=str(site["filename"]),
+                lineno=int(site["lineno"]),
+                function=str(site["function"]),
+                size_bytes=int(site["size_bytes"]),
+                count=int(site["count"]),
+                traceback=tuple(str(line) for line in site.get("traceback", ())),
+            )
+            for site in data.get("sites", ())
+        )
+        return cls(
+            sites=sites,
+            operations={str(name): int(size) for name, size in dict(data.get("operations", {})).items()},
+            unattributed_bytes=int(data.get("unattributed_bytes", 0)),
+            total_bytes=int(data.get("total_bytes", 0)),
+            seconds=float(data.get("seconds", 0.0)),
+            backend=str(data.get("backend", _BACKEND)),
+            ended_early=str(data.get("ended_early", "")),
+            sites_total=int(data.get("sites_total", len(sites))),
+        )
+
+    def format(self) -> str:
+        """A readable table: the sites (bytes, blocks, where), then the operations."""
+        lines = [
+            f"Allocated in the {self.seconds:.1f} s window and still live at its end: {self.total_bytes:,} bytes"
+            f" ({self.backend}; top {len(self.sites)} of {self.sites_total} sites)"
+        ]
+        if self.ended_early:
+            lines.append(f"The window ended early: {self.ended_early}")
+        lines.append(f"{'bytes':>14} {'blocks':>8}  site")
+        for site in self.sites:
+            lines.append(f"{site.size_bytes:>14,} {site.count:>8,}  {site.location}")
+            lines.extend(f"{'':>24}    called from {caller}" for caller in site.traceback[1:])
+        lines.append("")
+        lines.append(f"{'bytes':>14} {'share':>7}  operation")
+        rows = [*self.operations.items(), (_UNATTRIBUTED, self.unattributed_bytes)]
+        for name, size in rows:
+            share = size / self.total_bytes if self.total_bytes else 0.0
+            lines.append(f"{size:>14,} {share:>7.1%}  {name}")
+        return "\n".join(lines)
+
+
+# --- code ranges of profiled operations ------------------------------------------------------
+
+#: (operation, filename, first line, last line), oldest first.
+_ranges: collections.OrderedDict[tuple[str, str, int, int], None] = collections.OrderedDict()
+_ranges_version = 0
+
+
+def note_block(operation: str, filename: str, first_line: int, last_line: int) -> None:
+    """Attribute allocations made while ``filename``'s lines ``first_line``..``last_line`` run to ``operation``.
+
+    Called on every exit of a profiled block: one dictionary lookup once the range is known.
+    """
+    key = (operation, filename, first_line, last_line)
+    if key in _ranges:
+        return
+    _add_range(key)
+
+
+def note_function(operation: str, func: Callable[..., object]) -> None:
+    """Attribute allocations made while ``func``'s code runs to ``operation`` (once per decoration)."""
+    code = getattr(func, "__code__", None)
+    if code is None:
+        code = getattr(getattr(func, "__wrapped__", None), "__code__", None)
+    if code is None:
+        return
+    first = code.co_firstlineno
+    last = first
+    for _start, _end, line in code.co_lines():
+        if line is not None and line > last:
+            last = line
+    _add_range((operation, code.co_filename, first, last))
+
+
+def _add_range(key: tuple[str, str, int, int]) -> None:
+    global _ranges_version
+    with RUNTIME.lock(_RANGES_LOCK):
+        if key in _ranges:
+            return
+        _ranges[key] = None
+        while len(_ranges) > MAX_RANGES:
+            _ranges.popitem(last=False)
+        _ranges_version += 1
+
+
+def _ranges_by_file() -> dict[str, list[tuple[int, int, str]]]:
+    """The registered ranges by file, narrowest first (so the first one containing a line wins)."""
+    with RUNTIME.lock(_RANGES_LOCK):
+        keys = list(_ranges)
+    by_file: dict[str, list[tuple[int, int, str]]] = {}
+    for operation, filename, first, last in keys:
+        by_file.setdefault(filename, []).append((first, last, operation))
+    for ranges in by_file.values():
+        ranges.sort(key=lambda r: (r[1] - r[0], -r[0]))
+    return by_file
+
+
+class _Attributor:
+    """The operation an allocation was made under: the innermost frame inside a registered range."""
+
+    def __init__(self) -> None:
+        self._by_file = _ranges_by_file()
+        #: The files holding profiled code.
+        self.files: Mapping[str, object] = self._by_file
+        self._cache: dict[tuple[str, int], str | None] = {}
+
+    def operation(self, frames: Sequence[tuple[str, int]]) -> str | None:
+        by_file = self._by_file
+        for frame in frames:
+            if frame[0] not in by_file:
+                continue
+            if frame in self._cache:
+                found = self._cache[frame]
+            else:
+                filename, lineno = frame
+                found = self._cache[frame] = next((op for first, last, op in by_file[filename] if first <= lineno <= last), None)
+            if found is not None:
+                return found
+        return None
+
+
+# --- function names from source --------------------------------------------------------------
+
+_function_index: collections.OrderedDict[str, list[tuple[int, int, str]] | None] = collections.OrderedDict()
+
+
+def _index_source(filename: str) -> list[tuple[int, int, str]] | None:
+    """(first line, last line, qualified name) of every def in ``filename``; None if unreadable."""
+    lines = linecache.getlines(filename)
+    if not lines:
+        return None
+    try:
+        tree = ast.parse("".join(lines), filename)
+    except (SyntaxError, ValueError):
+        return None
+    found: list[tuple[int, int, str]] = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{prefix}{child.name}"
+                found.append((child.lineno, child.end_lineno or child.lineno, name))
+                visit(child, name + ".")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return found
+
+
+def function_at(filename: str, lineno: int) -> str:
+    """The (qualified) name of the innermost def containing the line; ``<module>`` outside any; ``?`` if unreadable."""
+    with RUNTIME.lock("explain.sources"):
+        if filename in _function_index:
+            index = _function_index[filename]
+            _function_index.move_to_end(filename)
+        else:
+            index = _function_index[filename] = _index_source(filename)
+            while len(_function_index) > _MAX_INDEXED_FILES:
+                _function_index.popitem(last=False)
+    if index is None:
+        return "?"
+    best: tuple[int, int, str] | None = None
+    for first, last, name in index:
+        if first <= lineno <= last and (best is None or first >= best[0]):
+            best = (first, last, name)
+    return best[2] if best is not None else "<module>"
+
+
+# --- the window -------------------------------------------------------------------------------
+
+
+class _WindowState:
+    """Whether this process's window started tracemalloc, so a forked child can stop it."""
+
+    def __init__(self) -> None:
+        self.tracing = False
+
+    def _after_fork_in_child(self) -> None:
+        # The window's thread does not exist in the child: nothing would ever stop its tracing.
+        if self.tracing:
+            self.tracing = False
+            tracemalloc.stop()
+
+
+def _window_state() -> _WindowState:
+    return RUNTIME.get("explain_window", _WindowState)
+
+
+def memray_tracking() -> bool:
+    """True while a ``memray.Tracker`` is active in this process.
+
+    memray has no public query for it. While a Tracker is active it sets ``_name`` and ``_ident``
+    on :class:`threading.Thread` to its ``ThreadNameInterceptor`` and installs its
+    ``start_thread_trace`` as the threading profile hook; either is taken as the sign.
+    """
+    if "memray" not in sys.modules:
+        return False
+    interceptor = getattr(sys.modules.get("memray._thread_name_interceptor"), "ThreadNameInterceptor", None)
+    if isinstance(interceptor, type) and isinstance(vars(threading.Thread).get("_ident"), interceptor):
+        return True
+    hook = getattr(sys.modules.get("memray._memray"), "start_thread_trace", None)
+    return hook is not None and threading.getprofile() is hook
+
+
+def unavailable_reason() -> str | None:
+    """Why a window cannot start now (other tracing in the process), or None."""
+    if tracemalloc.is_tracing():
+        return (
+            "tracemalloc is already tracing in this process (started by other code); "
+            "an explanation window would replace its traces, so none is started"
+        )
+    if memray_tracking():
+        return "memray is tracking this process; an explanation window would distort its capture, so none is started"
+    return None
+
+
+def _check_arguments(seconds: object, top: object) -> tuple[float, int]:
+    window = number_in_range(seconds, 0.0, MAX_SECONDS, low_inclusive=False)
+    if window is None:
+        raise ConfigurationError(f"explain_memory(seconds={seconds!r}): expected a number of seconds above 0 and at most {MAX_SECONDS:.0f}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ConfigurationError(f"explain_memory(top={top!r}): expected an int of at least 1")
+    return window, top
+
+
+def explain_memory(seconds: float = 10.0, *, top: int = 10) -> MemoryExplanation:
+    """Trace allocations for ``seconds``; the ``top`` sites, and the operations, holding what stays live.
+
+    The calling thread waits for the window. Raises :class:`ExplainUnavailableError` when
+    tracemalloc is already tracing (the user's own tracing is left untouched), memray is
+    tracking, or another window is running in the process.
+    """
+    window, top = _check_arguments(seconds, top)
+    return _explain(window, top, threading.Event())
+
+
+def _explain(seconds: float, top: int, stop: threading.Event) -> MemoryExplanation:
+    lock = RUNTIME.lock(_WINDOW_LOCK)
+    if not lock.acquire(blocking=False):
+        raise ExplainUnavailableError("an explanation window is already running in this process; one runs at a time")
+    try:
+        reason = unavailable_reason()
+        if reason is not None:
+            raise ExplainUnavailableError(reason)
+        state = _window_state()
+        captured: Any = ()
+        ended_early = ""
+        started = ended = time.monotonic()
+        try:
+            state.tracing = True
+            tracemalloc.start(TRACEBACK_FRAMES)
+            started = time.monotonic()
+            ended_early = _wait(started + seconds, stop)
+            if not tracemalloc.is_tracing():
+                raise ExplainUnavailableError("tracemalloc was stopped by other code during the explanation window")
+            captured = _capture()
+            ended = time.monotonic()
+        finally:
+            if state.tracing:
+                state.tracing = False
+                tracemalloc.stop()
+        return _build(_grouped(captured), top, ended - started, ended_early)
+    finally:
+        lock.release()
+
+
+def _wait(deadline: float, stop: threading.Event) -> str:
+    """Sleep until ``deadline``, a stop, or tracemalloc's memory passing its bound; why it ended early."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return ""
+        if stop.wait(min(remaining, _POLL_S)):
+            return "stopped"
+        if tracemalloc.get_tracemalloc_memory() > MAX_TRACING_BYTES:
+            logger.info("explanation window ended early: tracemalloc's own memory passed %d bytes", MAX_TRACING_BYTES)
+            return f"tracemalloc's own memory passed {MAX_TRACING_BYTES} bytes"
+
+
+def _capture() -> Any:
+    """What tracemalloc holds now: its raw traces, or a snapshot where they cannot be had.
+
+    ``tracemalloc._get_traces`` is what ``take_snapshot`` wraps. It hands each distinct traceback
+    out as one shared tuple (frames innermost first), so grouping needs no hashing of frames and
+    no object per frame; where it is missing, the public snapshot is used.
+    """
+    if _get_traces is not None:
+        return _get_traces()
+    return tracemalloc.take_snapshot()
+
+
+def _grouped(captured: Any) -> list[tuple[int, int, tuple[tuple[str, int], ...]]]:
+    """(bytes, blocks, frames innermost first) per distinct traceback of what :func:`_capture` took."""
+    if isinstance(captured, tracemalloc.Snapshot):
+        return [
+            (stat.size, stat.count, tuple((frame.filename, frame.lineno) for frame in reversed(stat.traceback)))
+            for stat in captured.statistics("traceback")
+        ]
+    groups: dict[int, list[Any]] = {}
+    for trace_tuple in captured:  # (domain, size, frames, ...)
+        frames = trace_tuple[2]
+        group = groups.get(id(frames))
+        if group is None:
+            groups[id(frames)] = [trace_tuple[1], 1, frames]
+        else:
+            group[0] += trace_tuple[1]
+            group[1] += 1
+    return [(size, blocks, frames) for size, blocks, frames in groups.values()]
+
+
+_USER, _LIBRARY, _INTERNAL, _OWN = range(4)
+
+
+def _library_prefixes() -> tuple[str, ...]:
+    found = {sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    found.update(site_module.getsitepackages() if hasattr(site_module, "getsitepackages") else ())
+    return tuple(sorted(os.path.join(path, "") for path in found if path))
+
+
+def _classify(filename: str, libraries: tuple[str, ...], profiled: Mapping[str, object]) -> int:
+    """Whose code ``filename`` is: the window's own, this package's (or tracemalloc's), a library's, or the user's."""
+    if filename == _THIS_FILE:
+        return _OWN
+    if filename.startswith(_PACKAGE_DIR) or filename == _TRACEMALLOC_FILE:
+        return _INTERNAL
+    if filename in profiled:
+        return _USER  # code with profiled operations is the user's wherever it is installed
+    if filename.startswith(libraries) or filename.startswith("<frozen "):
+        return _LIBRARY
+    return _USER
+
+
+def _build(groups: Iterable[tuple[int, int, tuple[tuple[str, int], ...]]], top: int, seconds: float, ended_early: str) -> MemoryExplanation:
+    attributor = _Attributor()
+    libraries = _library_prefixes()
+    kinds: dict[str, int] = {}
+    sites: dict[tuple[str, int], list[Any]] = {}  # (file, line) -> [bytes, blocks, largest traceback's bytes, frames from the site]
+    operations: dict[str, int] = {}
+    unattributed = 0
+    total = 0
+    for size, blocks, frames in groups:
+        first_outside = first_user = -1
+        own = False
+        for index, (filename, _lineno) in enumerate(frames):
+            kind = kinds.get(filename)
+            if kind is None:
+                kind = kinds[filename] = _classify(filename, libraries, attributor.files)
+            if kind == _OWN:
+                own = True  # the window's own bookkeeping
+                break
+            if kind != _INTERNAL and first_outside < 0:
+                first_outside = index
+            if kind == _USER:
+                first_user = index
+                break
+        if own or first_outside < 0:
+            continue
+        site_at = first_user if first_user >= 0 else first_outside
+        total += size
+        operation = attributor.operation(frames)
+        if operation is None:
+            unattributed += size
+        else:
+            operations[operation] = operations.get(operation, 0) + size
+        site = sites.get(frames[site_at])
+        if site is None:
+            sites[frames[site_at]] = [size, blocks, size, frames[site_at:]]
+        else:
+            site[0] += size
+            site[1] += blocks
+            if size > site[2]:
+                site[2], site[3] = size, frames[site_at:]
+    chosen = sorted(sites.items(), key=lambda item: item[1][0], reverse=True)[:top]
+    return MemoryExplanation(
+        sites=tuple(
+            AllocationSite(
+                filename=filename,
+                lineno=lineno,
+                function=function_at(filename, lineno),
+                size_bytes=size,
+                count=blocks,
+                traceback=tuple(f"{path}:{line} {function_at(path, line)}" for path, line in list(site_frames)[:SITE_FRAMES]),
+            )
+            for (filename, lineno), (size, blocks, _largest, site_frames) in chosen
+        ),
+        operations=dict(sorted(operations.items(), key=lambda item: item[1], reverse=True)),
+        unattributed_bytes=unattributed,
+        total_bytes=total,
+        seconds=seconds,
+        ended_early=ended_early,
+        sites_total=len(sites),
+    )
+
+
+# --- explanations on demand -------------------------------------------------------------------
+
+Listener = Callable[[MemoryExplanation, str, tuple[str, ...]], object]
+
+
+def _seconds_from_env(value: str | None, default: float) -> float:
+    if value is None or not value.strip():
+        return default
+    text = value.strip()
+    number: float | None = None
+    if text.isascii() and "_" not in text:
+        try:
+            number = number_in_range(float(text), 0.0, MAX_SECONDS, low_inclusive=False)
+        except ValueError:
+            number = None
+    if number is None:
+        logger.error(
+            "%s=%r: expected a number of seconds above 0 and at most %.0f; using %g",
+            names.ENV_EXPLAIN_SECONDS, value, MAX_SECONDS, default,
+        )
+        return default
+    return number
+
+
+def _enabled_from_env(value: str | None) -> bool:
+    try:
+        return parse_choice(names.ENV_EXPLAIN, value, ("auto", "off"), "auto") == "auto"
+    except ConfigurationError as exc:
+        logger.error("%s; using auto", exc)
+        return True
+
+
+class AutoExplainer:
+    """Runs one explanation window in the background when asked, and reports what it found.
+
+    :meth:`request` never blocks and never raises into its caller (a leak detector on a profiled
+    call's path). A finished window is reported three ways: a ``reer.memory.explain`` span linked
+    to the suspected operations' spans, one warning log line, and each listener's call.
+
+    Windows take at most ``max_share`` of wall time: after a window of ``w`` seconds ends, the
+    next may start only ``w / max_share - w`` seconds later. Tracing slows every allocation in the
+    process while it runs, so its share of time, not a count of windows, is what is bounded.
+    """
+
+    def __init__(
+        self,
+        enabled: bool | None = None,
+        seconds: float | None = None,
+        max_share: float = 0.02,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        top: int = 10,
+    ) -> None:
+        """``enabled`` and ``seconds`` default to ``REER_MEMORY_EXPLAIN`` and ``REER_MEMORY_EXPLAIN_SECONDS``."""
+        if enabled is None:
+            enabled = _enabled_from_env(os.environ.get(names.ENV_EXPLAIN))
+        if seconds is None:
+            seconds = _seconds_from_env(os.environ.get(names.ENV_EXPLAIN_SECONDS), 10.0)
+        self.seconds, self.top = _check_arguments(seconds, top)
+        share = number_in_range(max_share, 0.0, 1.0, low_inclusive=False)
+        if share is None:
+            raise ConfigurationError(f"AutoExplainer(max_share={max_share!r}): expected a share above 0 and at most 1")
+        self.enabled = bool(enabled)
+        self.max_share = share
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._next_allowed = -math.inf
+        self._logged: set[str] = set()
+        self._listeners: list[Listener] = []
+        self._latest: MemoryExplanation | None = None
+        RUNTIME.after_fork_call(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The window's thread does not exist in the child; its tracing is stopped by _WindowState.
+        self._lock = threading.Lock()
+        self._thread = None
+        self._stop = threading.Event()
+
+    # --- listeners -----------------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(explanation, reason, operations)`` after each window."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def latest(self) -> MemoryExplanation | None:
+        """The last window's explanation, or None."""
+        return self._latest
+
+    # --- windows -------------------------------------------------------------------------------
+
+    def request(self, reason: str, operations: Sequence[str], links: Sequence[SpanContext] = ()) -> bool:
+        """Start one window in a daemon thread; False when off, too soon, busy or tracing is unavailable."""
+        try:
+            if not self.enabled:
+                return False
+            with self._lock:
+                if self._thread is not None and self._thread.is_alive():
+                    return False
+                if self._clock() < self._next_allowed:
+                    return False
+                unavailable = unavailable_reason()
+                if unavailable is not None:
+                    self._log_unavailable(unavailable)
+                    return False
+                if RUNTIME.lock(_WINDOW_LOCK).locked():
+                    return False  # explain_memory is running elsewhere in the process
+                self._stop = threading.Event()
+                thread = threading.Thread(
+                    target=self._run,
+                    args=(str(reason), tuple(operations), tuple(links), self._stop),
+                    name="reer-memory-explain",
+                    daemon=True,
+                )
+                thread.start()
+                self._thread = thread
+            return True
+        except Exception as exc:  # never into the caller
+            logger.error("explanation request failed: %r", exc)
+            return False
+
+    def stop(self) -> None:
+        """End a running window now (it still reports what it saw)."""
+        self._stop.set()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait for the running window, if any, to finish and report; False on timeout."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _log_unavailable(self, reason: str) -> None:
+        if reason not in self._logged:
+            self._logged.add(reason)
+            logger.warning("no memory explanation: %s", reason)
+
+    def _run(self, reason: str, operations: tuple[str, ...], links: tuple[SpanContext, ...], stop: threading.Event) -> None:
+        start_ns = time.time_ns()
+        try:
+            explanation = _explain(self.seconds, self.top, stop)
+        except ExplainUnavailableError as exc:
+            with self._lock:
+                self._log_unavailable(str(exc))
+            return
+        except Exception:
+            logger.exception("memory explanation window failed")
+            return
+        end_ns = time.time_ns()
+        window = explanation.seconds
+        with self._lock:
+            self._latest = explanation
+            self._next_allowed = self._clock() + window / self.max_share - window
+            listeners = list(self._listeners)
+        self._report(explanation, reason, operations, links, start_ns, end_ns)
+        for listener in listeners:
+            try:
+                listener(explanation, reason, operations)
+            except Exception:
+                logger.exception("memory explanation listener %r failed", listener)
+
+    def _report(
+        self, explanation: MemoryExplanation, reason: str, operations: tuple[str, ...], links: tuple[SpanContext, ...], start_ns: int, end_ns: int
+    ) -> None:
+        try:
+            attributes: dict[str, AttributeValue] = {
+                names.ATTR_EXPLAIN_SITES: [site.location for site in explanation.sites],
+                names.ATTR_EXPLAIN_SITE_BYTES: [site.size_bytes for site in explanation.sites],
+                names.ATTR_EXPLAIN_OPERATIONS: list(explanation.operations),
+                names.ATTR_EXPLAIN_OPERATION_BYTES: list(explanation.operations.values()),
+                names.ATTR_EXPLAIN_SECONDS: explanation.seconds,
+                names.ATTR_EXPLAIN_REASON: reason,
+                names.ATTR_EXPLAIN_BACKEND: explanation.backend,
+            }
+            span = _telemetry.current().tracer.start_span(
+                names.SPAN_EXPLAIN,
+                context=Context(),
+                links=[Link(context) for context in links if context.is_valid],
+                attributes=attributes,
+                start_time=start_ns,
+            )
+            span.end(end_time=end_ns)
+        except Exception:
+            logger.exception("reporting a memory explanation as a span failed")
+        logger.warning("%s", summary(explanation, reason, operations))
+
+
+def summary(explanation: MemoryExplanation, reason: str, operations: Sequence[str]) -> str:
+    """One line: the top site and the suspected operations' shares of what the window left live."""
+    total = explanation.total_bytes
+
+    def share(size: int) -> str:
+        return f"{size / total:.0%}" if total else "0%"
+
+    if explanation.sites:
+        site = explanation.sites[0]
+        head = f"top allocation site {site.location} holds {site.size_bytes} of {total} bytes"
+    else:
+        head = f"{total} bytes"
+    shares = [f"{name} {share(explanation.operations.get(name, 0))}" for name in operations]
+    largest = next(iter(explanation.operations), None)
+    if largest is not None and largest not in operations:
+        shares.append(f"largest: {largest} {share(explanation.operations[largest])}")
+    shares.append(f"unattributed {share(explanation.unattributed_bytes)}")
+    return (
+        f"memory explanation ({reason}): {head} allocated in the last {explanation.seconds:.1f} s and still live;"
+        f" operations: {', '.join(shares)}"
+    )
+
+
+def auto_explainer() -> AutoExplainer:
+    """The process's explainer, configured from the environment on first use."""
+    return RUNTIME.get("auto_explainer", AutoExplainer)
