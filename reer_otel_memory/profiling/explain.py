@@ -6,17 +6,25 @@ allocated during the window and are still live at its end. :class:`AutoExplainer
 window in the background when a leak is suspected, and reports it as a span, a log line and to
 its listeners.
 
-Tracebacks are recorded :data:`TRACEBACK_FRAMES` (32) frames deep: an allocation is attributed to
-the profiled operation whose code is on its stack, and that frame must be among those recorded,
-under whatever library calls lie between it and the allocation; tracemalloc's cost per allocation
-grows with the depth it records, so it stays bounded.
+A site is the innermost line of an allocation's traceback in the service's own code: frames of
+this package, the standard library and installed third-party packages are passed over (a file
+holding a profiled operation is the service's wherever it is installed), so that two lines
+leaking through ``json.loads`` are two sites, not one line of json's decoder. A traceback with no
+such frame is sited at its innermost line outside this package. An allocation belongs to the
+operation whose registered code (:func:`note_function`, :func:`note_block`) holds the innermost
+frame of its traceback that lies in any; within that frame, the narrowest range.
+
+Tracebacks are recorded :data:`TRACEBACK_FRAMES` (32) frames deep: the profiled operation's frame
+must be among those recorded, under whatever library calls lie between it and the allocation.
+Recording a frame means a line-number lookup on every allocation, so tracing slows allocations in
+proportion to the frames recorded (docs/performance.md); a window therefore runs for a bounded
+time, one at a time, and :class:`AutoExplainer` keeps windows to a small share of wall time.
 """
 
 from __future__ import annotations
 
 import ast
 import collections
-import linecache
 import logging
 import math
 import os
@@ -25,6 +33,7 @@ import sys
 import sysconfig
 import threading
 import time
+import tokenize
 import tracemalloc
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -181,7 +190,6 @@ class MemoryExplanation:
 
 #: (operation, filename, first line, last line), oldest first.
 _ranges: collections.OrderedDict[tuple[str, str, int, int], None] = collections.OrderedDict()
-_ranges_version = 0
 
 
 def note_block(operation: str, filename: str, first_line: int, last_line: int) -> None:
@@ -211,14 +219,12 @@ def note_function(operation: str, func: Callable[..., object]) -> None:
 
 
 def _add_range(key: tuple[str, str, int, int]) -> None:
-    global _ranges_version
     with RUNTIME.lock(_RANGES_LOCK):
         if key in _ranges:
             return
         _ranges[key] = None
         while len(_ranges) > MAX_RANGES:
             _ranges.popitem(last=False)
-        _ranges_version += 1
 
 
 def _ranges_by_file() -> dict[str, list[tuple[int, int, str]]]:
@@ -264,12 +270,10 @@ _function_index: collections.OrderedDict[str, list[tuple[int, int, str]] | None]
 
 def _index_source(filename: str) -> list[tuple[int, int, str]] | None:
     """(first line, last line, qualified name) of every def in ``filename``; None if unreadable."""
-    lines = linecache.getlines(filename)
-    if not lines:
-        return None
     try:
-        tree = ast.parse("".join(lines), filename)
-    except (SyntaxError, ValueError):
+        with tokenize.open(filename) as source:  # the encoding its coding line names
+            tree = ast.parse(source.read(), filename)
+    except (OSError, SyntaxError, ValueError):  # no such file, not Python, not decodable
         return None
     found: list[tuple[int, int, str]] = []
 
