@@ -1,8 +1,9 @@
 """An allocation-heavy loop inside an explanation window, vs bare, plain tracemalloc and memray.
 
-The loop builds and drops 20,000 dicts (5,000 in the short mode), each an int, a str, 64 bytes
-and a two-item list, at a stack depth of 30 frames, as a request handler under a web framework
-would. Each configuration is
+Two loops at a stack depth of 30 frames, as a request handler under a web framework would run:
+one builds and drops 20,000 dicts (5,000 in the short mode), each an int, a str, 64 bytes and a
+two-item list; the other makes 50,000 small Python calls (5,000), each allocating an int, which
+is where memray, whose profile hook runs on every call, pays most. Each configuration is
 timed in interleaved rounds with the bare loop, in the same child process, and the medians
 compared:
 
@@ -42,8 +43,9 @@ from pathlib import Path
 from benchmarks._report import Figure, scaled
 
 ROWS = scaled(20_000, 5_000)
+CALLS = scaled(50_000, 5_000)
 DEPTH = 30
-ROUNDS = scaled(7, 5)
+ROUNDS = scaled(7, 3)
 LOOPS_PER_ROUND = scaled(3, 2)
 LIVE_BLOCKS = scaled(1_000_000, 200_000)
 EXPLAIN_LOGGER = "reer_otel_memory.profiling.explain"
@@ -54,17 +56,31 @@ def workload() -> int:
     return len(rows)
 
 
+def small(i: int) -> int:
+    return i + 1
+
+
+def calls() -> int:
+    total = 0
+    for i in range(CALLS):
+        total += small(i)
+    return total
+
+
+WORKLOADS: dict[str, Callable[[], int]] = {"dicts": workload, "calls": calls}
+
+
 def at_depth(depth: int, fn: Callable[[], int]) -> int:
     if depth <= 1:
         return fn()
     return at_depth(depth - 1, fn)
 
 
-def timed_loop() -> float:
-    """Seconds per workload run at the stack depth, over LOOPS_PER_ROUND runs."""
+def timed_loop(fn: Callable[[], int] = workload) -> float:
+    """Seconds per run of ``fn`` at the stack depth, over LOOPS_PER_ROUND runs."""
     started = time.perf_counter()
     for _ in range(LOOPS_PER_ROUND):
-        at_depth(DEPTH, workload)
+        at_depth(DEPTH, fn)
     return (time.perf_counter() - started) / LOOPS_PER_ROUND
 
 
@@ -128,16 +144,19 @@ GROUPS = (("explain", "tracemalloc32", "tracemalloc1"), ("memray",), ("memray_py
 
 
 def measure_here(names: list[str]) -> dict[str, float]:
-    """Median seconds per loop of ``bare`` and each named configuration, rounds interleaved (in this process)."""
+    """Median seconds per loop, ``"workload:configuration"``, of ``bare`` and each named configuration,
+    rounds interleaved, in this process."""
     logging.getLogger(EXPLAIN_LOGGER).setLevel(logging.ERROR)
     chosen = ["bare", *names]
-    samples: dict[str, list[float]] = {name: [] for name in chosen}
-    at_depth(DEPTH, workload)  # warm up
+    samples: dict[str, list[float]] = {f"{load}:{name}": [] for load in WORKLOADS for name in chosen}
+    for fn in WORKLOADS.values():
+        at_depth(DEPTH, fn)  # warm up
     for _ in range(ROUNDS):
-        for name in chosen:
-            with CONFIGURATIONS[name]():
-                samples[name].append(timed_loop())
-    return {name: statistics.median(values) for name, values in samples.items()}
+        for load, fn in WORKLOADS.items():
+            for name in chosen:
+                with CONFIGURATIONS[name]():
+                    samples[f"{load}:{name}"].append(timed_loop(fn))
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def measure_in_child(names: tuple[str, ...]) -> dict[str, float]:
@@ -174,22 +193,27 @@ def window_end_ms() -> tuple[float, int]:
 
 def run() -> list[Figure]:
     logging.getLogger(EXPLAIN_LOGGER).setLevel(logging.ERROR)
-    has_memray = importlib.util.find_spec("memray") is not None
-    tracemalloc_group = measure_in_child(GROUPS[0])
-    base = tracemalloc_group["bare"] * 1e3
-    figures = [
-        Figure(f"{ROWS:,} dicts built at stack depth {DEPTH}, bare", base, "ms"),
-        Figure("  inside an explain_memory window (tracemalloc, 32 frames)", tracemalloc_group["explain"] * 1e3, "ms", "bare", base),
-        Figure("  under plain tracemalloc, 32 frames", tracemalloc_group["tracemalloc32"] * 1e3, "ms", "bare", base),
-        Figure("  under plain tracemalloc, 1 frame", tracemalloc_group["tracemalloc1"] * 1e3, "ms", "bare", base),
-        Figure("  explain_memory window vs plain tracemalloc at 32 frames", tracemalloc_group["explain"] * 1e3, "ms",
-               "plain tracemalloc, 32 frames", tracemalloc_group["tracemalloc32"] * 1e3, target="<= 1.1x"),
-    ]
-    if has_memray:
-        for name, label in (("memray", "memray Tracker (malloc-level, aggregated file)"), ("memray_python", "memray Tracker, trace_python_allocators")):
-            measured = measure_in_child((name,))
-            figures.append(Figure(f"  under {label}", measured[name] * 1e3, "ms", "bare, its own child", measured["bare"] * 1e3))
-    else:
+    measured = measure_in_child(GROUPS[0])
+    memray_rows = (("memray", "memray Tracker (malloc-level, aggregated file)"), ("memray_python", "memray Tracker, trace_python_allocators"))
+    if importlib.util.find_spec("memray") is not None:
+        for name, _label in memray_rows:
+            measured.update({f"{key}@{name}": value for key, value in measure_in_child((name,)).items()})
+    figures: list[Figure] = []
+    for load, title in (("dicts", f"{ROWS:,} dicts built"), ("calls", f"{CALLS:,} small Python calls (an int allocated each)")):
+        base = measured[f"{load}:bare"] * 1e3
+        figures += [
+            Figure(f"{title} at stack depth {DEPTH}, bare", base, "ms"),
+            Figure("  inside an explain_memory window (tracemalloc, 32 frames)", measured[f"{load}:explain"] * 1e3, "ms", "bare", base),
+            Figure("  under plain tracemalloc, 32 frames", measured[f"{load}:tracemalloc32"] * 1e3, "ms", "bare", base),
+            Figure("  under plain tracemalloc, 1 frame", measured[f"{load}:tracemalloc1"] * 1e3, "ms", "bare", base),
+            Figure("  explain_memory window vs plain tracemalloc at 32 frames", measured[f"{load}:explain"] * 1e3, "ms",
+                   "plain tracemalloc, 32 frames", measured[f"{load}:tracemalloc32"] * 1e3, target="<= 1.1x"),
+        ]
+        for name, label in memray_rows:
+            if f"{load}:{name}@{name}" in measured:
+                figures.append(Figure(f"  under {label}", measured[f"{load}:{name}@{name}"] * 1e3, "ms",
+                                      "bare, its own child", measured[f"{load}:bare@{name}"] * 1e3))
+    if not any("@" in key for key in measured):
         figures.append(Figure("  memray not installed (make bench installs the bench extra): its rows skipped", 0.0, ""))
     end_ms, blocks = window_end_ms()
     figures.append(Figure(f"ending a window with {blocks:,} blocks live (snapshot, grouping, span)", end_ms, "ms", target="<= 2000 ms"))
