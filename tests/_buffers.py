@@ -12,6 +12,7 @@ that retains small objects first fills the free room in those arenas with
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import mmap
 
@@ -45,6 +46,25 @@ def release_free_memory() -> None:
     heap_trim = getattr(psutil, "heap_trim", None)
     if heap_trim is not None:
         heap_trim()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def free_heap_bytes() -> int | None:
+    """Bytes the C allocator holds free in its arenas (glibc's ``mallinfo2().fordblks``); None elsewhere.
+
+    A request larger than this cannot reuse a free chunk: it gets fresh pages. :func:`release_free_memory`
+    hands a free chunk's pages back but keeps the chunk, and ``calloc`` zeroes (so touches) a
+    reused chunk where fresh pages are zero already.
+    """
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
 
 
 #: About what :func:`small_objects` allocates.

@@ -11,7 +11,7 @@ import threading
 
 import psutil
 import pytest
-from _buffers import MiB, release_free_memory, touched
+from _buffers import MiB, free_heap_bytes, mapped, release_free_memory, touched
 
 from reer_otel_memory import PROBE, MemoryProbe
 from reer_otel_memory.profiling import probe as probe_module
@@ -56,13 +56,15 @@ def test_rss_sees_touched_memory():
 
 @pytest.mark.skipif(not hasattr(psutil, "heap_info"), reason="psutil.heap_info() is not available here")
 def test_heap_sees_a_large_untouched_native_allocation():
+    # bytes(n) is calloc'd: the allocator hands out n bytes on fresh pages and touches none of
+    # them. n is more than the allocator holds free, so no chunk earlier tests freed is reused.
+    size = 64 * MiB + -(-(free_heap_bytes() or 0) // MiB) * MiB
     heap_before, rss_before = PROBE.heap_bytes(), PROBE.rss_bytes()
-    # bytes(n) is calloc'd: the allocator hands out 64 MiB but no page is touched.
-    untouched = bytes(64 * MiB)
+    untouched = bytes(size)
     heap_after, rss_after = PROBE.heap_bytes(), PROBE.rss_bytes()
     del untouched
     assert heap_before is not None and heap_after is not None
-    assert close_to(heap_after - heap_before, 64 * MiB, 0.02)
+    assert close_to(heap_after - heap_before, size, 0.02)
     assert rss_after - rss_before < 4 * MiB
     assert PROBE.heap_cost_s > 0
 
@@ -90,8 +92,9 @@ def test_peak_is_never_below_start_or_end():
 @linux_only
 def test_peak_sees_memory_freed_before_the_end():
     window, start = PROBE.begin_peak()
-    spike = touched(96 * MiB)
-    del spike
+    # Mapped pages, unmapped at close: the allocator could keep a freed heap chunk resident.
+    spike = mapped(96 * MiB)
+    spike.close()
     end = PROBE.rss_bytes()
     peak = PROBE.end_peak(window, end)
     assert peak is not None
@@ -186,8 +189,8 @@ def test_without_clear_refs_a_peak_is_exact_or_absent(tmp_path):
     # The high-water mark is already above anything the next window sees: no peak, not a wrong one.
     reset, _ = PROBE.begin_peak()  # resets the kernel's mark, so the spike below sets it
     PROBE.end_peak(reset, PROBE.rss_bytes())
-    spike = touched(96 * MiB)
-    del spike
+    spike = mapped(96 * MiB)  # given back at close, so RSS falls below the mark
+    spike.close()
     window, start = probe.begin_peak()
     end = probe.rss_bytes()
     assert probe.end_peak(window, end) is None
