@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from _buffers import touched
+from _buffers import mapped, touched
 from opentelemetry.trace import StatusCode
 
 from reer_otel_memory import PROBE, MemoryProfiler, get_memory_profiler
@@ -142,9 +142,11 @@ def test_load_peak_far_above_retained_memory_is_a_recommendation(telemetry):
     profiler = MemoryProfiler()
 
     def load_through_a_copy():
-        staging = touched(40 * MB)  # above glibc's largest mmap threshold: freed straight back to the OS
+        # Mapped pages, unmapped at close: freed straight back to the OS whatever the allocator
+        # holds free from earlier tests (a freed heap chunk it reused would stay resident).
+        staging = mapped(40 * MB)
         model = Model(weights=bytearray(staging[: 2 * MB]))
-        del staging
+        staging.close()
         return model
 
     model = profiler.profile_model_loading("copying", load_through_a_copy)
