@@ -435,6 +435,44 @@ def test_a_forked_child_does_not_inherit_the_windows_tracing():
     assert in_child == [False, "tracemalloc"]
 
 
+# --- memray (native=True) ---------------------------------------------------------------------
+
+
+def test_a_native_window_names_the_leaking_line_and_operation(kept_ranges):
+    pytest.importorskip("memray")
+    np = pytest.importorskip("numpy")
+    explain.note_function("explain_native_leaker", leak_buffers)
+    leaked: list[object] = []
+    result: list[MemoryExplanation] = []
+    thread = in_thread(lambda: result.append(explain_memory(0.5, native=True)))
+    wait_for(explain.memray_tracking, timeout_s=10, message="the memray window to start")
+    leak_buffers(leaked)
+    arrays = [np.ones(100_000) for _ in range(4)]  # native-numpy
+    thread.join(30)
+    (explanation,) = result
+    assert explanation.backend == "memray"
+    top = explanation.sites[0]
+    assert (top.filename, top.lineno, top.function) == (THIS_FILE, marker_line("leak-buffers"), "leak_buffers")
+    assert top.size_bytes == pytest.approx(buffers_bytes(), rel=0.10)
+    assert explanation.operations["explain_native_leaker"] == pytest.approx(buffers_bytes(), rel=0.10)
+    numpy_site = next(site for site in explanation.sites if site.lineno == marker_line("native-numpy"))
+    assert numpy_site.size_bytes == pytest.approx(4 * 100_000 * 8, rel=0.10)
+    assert not explain.memray_tracking() and not tracemalloc.is_tracing()
+    del arrays
+
+
+def test_native_without_memray_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "memray", None)  # as if it were not installed
+    with pytest.raises(ExplainUnavailableError, match=r"native=True\) needs memray.*pip install memray"):
+        explain_memory(0.05, native=True)
+    assert explain_memory(0.05).backend == "tracemalloc"  # the lock was given back
+
+
+def test_native_must_be_a_bool():
+    with pytest.raises(ConfigurationError, match=r"native='yes'.*expected True or False"):
+        explain_memory(1, native="yes")
+
+
 # --- AutoExplainer ----------------------------------------------------------------------------
 
 
