@@ -109,11 +109,12 @@ def no_window_running():
 @pytest.fixture
 def kept_ranges():
     """The process's registered code ranges, put back as they were after the test."""
-    saved = dict(explain._ranges)
+    saved = dict(explain._ranges), dict(explain._blocks_seen)
     yield
     with RUNTIME.lock(explain._RANGES_LOCK):
-        explain._ranges.clear()
-        explain._ranges.update(saved)
+        for registry, kept in zip((explain._ranges, explain._blocks_seen), saved):
+            registry.clear()
+            registry.update(kept)
 
 
 # --- sites ------------------------------------------------------------------------------------
@@ -297,6 +298,39 @@ def test_a_profiled_block_owns_what_its_lines_allocate(kept_ranges):
     explanation = window.explanation()
     assert explanation.operations["explain_block"] >= 0.9 * explanation.total_bytes, explanation.format()
     assert explanation.operations["explain_block"] == pytest.approx(buffers_bytes(), rel=0.10)
+
+
+def leak_in_profiled_block(into: list, count: int) -> None:
+    with memory_context(
+        "explain_wired_block"
+    ):  # wired-block-first
+        for _ in range(count):
+            into.append(bytearray(BUFFER))
+
+
+def test_profiled_functions_and_blocks_register_their_code_themselves(kept_ranges):
+    leaked: list[bytearray] = []
+
+    @memory_profile(operation_name="explain_wired_function")
+    def wired_function() -> None:
+        leaked.append(bytearray(BUFFER))
+
+    leak_in_profiled_block(leaked, 0)  # a block is registered when it is first left
+    window = Background(0.3)
+    for _ in range(BUFFERS):
+        wired_function()
+    leak_in_profiled_block(leaked, BUFFERS)
+    operations = window.explanation().operations
+    assert operations["explain_wired_function"] == pytest.approx(buffers_bytes(), rel=0.10)
+    assert operations["explain_wired_block"] == pytest.approx(buffers_bytes(), rel=0.10)
+
+
+def test_a_block_reported_on_its_with_line_covers_the_whole_statement(kept_ranges):
+    first = marker_line("wired-block-first") - 2
+    explain.note_block("explain_with_line", THIS_FILE, first, first)  # where Python reports the exit
+    explain.note_block("explain_with_line", THIS_FILE, first, first)
+    ranges = [key for key in explain._ranges if key[0] == "explain_with_line"]
+    assert ranges == [("explain_with_line", THIS_FILE, first, marker_line("wired-block-first") + 2)]
 
 
 def inner_operation(into: list) -> None:

@@ -195,17 +195,32 @@ class MemoryExplanation:
 
 #: (operation, filename, first line, last line), oldest first.
 _ranges: collections.OrderedDict[tuple[str, str, int, int], None] = collections.OrderedDict()
+#: The (operation, filename, first line, last line) :func:`note_block` was called with, as called.
+_blocks_seen: collections.OrderedDict[tuple[str, str, int, int], None] = collections.OrderedDict()
 
 
 def note_block(operation: str, filename: str, first_line: int, last_line: int) -> None:
     """Attribute allocations made while ``filename``'s lines ``first_line``..``last_line`` run to ``operation``.
 
-    Called on every exit of a profiled block: one dictionary lookup once the range is known.
+    Called on every exit of a profiled block: one dictionary lookup once the range is known. A
+    ``with`` statement starting on ``first_line`` extends the range to its last line: Python
+    reports a block's exit on its ``with`` line, not on the last line the block ran.
     """
     key = (operation, filename, first_line, last_line)
-    if key in _ranges:
+    if key in _blocks_seen:
         return
-    _add_range(key)
+    _note_block_slowly(key)
+
+
+def _note_block_slowly(key: tuple[str, str, int, int]) -> None:
+    operation, filename, first_line, last_line = key
+    index = _source(filename)
+    end = index.with_ends.get(first_line, last_line) if index is not None else last_line
+    _add_range((operation, filename, first_line, max(last_line, end)))
+    with RUNTIME.lock(_RANGES_LOCK):
+        _blocks_seen[key] = None
+        while len(_blocks_seen) > MAX_RANGES:
+            _blocks_seen.popitem(last=False)
 
 
 def note_function(operation: str, func: Callable[..., object]) -> None:
@@ -270,23 +285,40 @@ class _Attributor:
 
 # --- function names from source --------------------------------------------------------------
 
-_function_index: collections.OrderedDict[str, list[tuple[int, int, str]] | None] = collections.OrderedDict()
+class _SourceIndex:
+    """What explanations read from a source file: its defs, and where each ``with`` statement ends."""
+
+    __slots__ = ("functions", "with_ends")
+
+    def __init__(self, functions: list[tuple[int, int, str]], with_ends: dict[int, int]) -> None:
+        #: (first line, last line, qualified name) of every def.
+        self.functions = functions
+        #: The last line of the ``with`` statements starting on each line.
+        self.with_ends = with_ends
 
 
-def _index_source(filename: str) -> list[tuple[int, int, str]] | None:
-    """(first line, last line, qualified name) of every def in ``filename``; None if unreadable."""
+_source_index: collections.OrderedDict[str, _SourceIndex | None] = collections.OrderedDict()
+
+
+def _index_source(filename: str) -> _SourceIndex | None:
+    """The defs and ``with`` statements of ``filename``; None if it cannot be read or parsed."""
     try:
         with tokenize.open(filename) as source:  # the encoding its coding line names
             tree = ast.parse(source.read(), filename)
     except (OSError, SyntaxError, ValueError):  # no such file, not Python, not decodable
         return None
-    found: list[tuple[int, int, str]] = []
+    functions: list[tuple[int, int, str]] = []
+    with_ends: dict[int, int] = {}
 
     def visit(node: ast.AST, prefix: str) -> None:
         for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.With, ast.AsyncWith)):
+                end = child.end_lineno or child.lineno
+                for line in range(child.lineno, max(child.lineno + 1, child.body[0].lineno if child.body else 0)):
+                    with_ends[line] = max(with_ends.get(line, line), end)  # a header over several lines
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 name = f"{prefix}{child.name}"
-                found.append((child.lineno, child.end_lineno or child.lineno, name))
+                functions.append((child.lineno, child.end_lineno or child.lineno, name))
                 visit(child, name + ".")
             elif isinstance(child, ast.ClassDef):
                 visit(child, f"{prefix}{child.name}.")
@@ -294,23 +326,29 @@ def _index_source(filename: str) -> list[tuple[int, int, str]] | None:
                 visit(child, prefix)
 
     visit(tree, "")
-    return found
+    return _SourceIndex(functions, with_ends)
+
+
+def _source(filename: str) -> _SourceIndex | None:
+    with RUNTIME.lock("explain.sources"):
+        if filename in _source_index:
+            _source_index.move_to_end(filename)
+            return _source_index[filename]
+    index = _index_source(filename)  # parsed outside the lock
+    with RUNTIME.lock("explain.sources"):
+        _source_index[filename] = index
+        while len(_source_index) > _MAX_INDEXED_FILES:
+            _source_index.popitem(last=False)
+    return index
 
 
 def function_at(filename: str, lineno: int) -> str:
     """The (qualified) name of the innermost def containing the line; ``<module>`` outside any; ``?`` if unreadable."""
-    with RUNTIME.lock("explain.sources"):
-        if filename in _function_index:
-            index = _function_index[filename]
-            _function_index.move_to_end(filename)
-        else:
-            index = _function_index[filename] = _index_source(filename)
-            while len(_function_index) > _MAX_INDEXED_FILES:
-                _function_index.popitem(last=False)
+    index = _source(filename)
     if index is None:
         return "?"
     best: tuple[int, int, str] | None = None
-    for first, last, name in index:
+    for first, last, name in index.functions:
         if first <= lineno <= last and (best is None or first >= best[0]):
             best = (first, last, name)
     return best[2] if best is not None else "<module>"
