@@ -405,6 +405,15 @@ def test_tracing_stops_when_the_window_is_interrupted():
     assert explain_memory(0.05).seconds >= 0.05  # and the next window may run
 
 
+def test_a_window_ends_early_when_tracemalloc_outgrows_its_bound(monkeypatch):
+    monkeypatch.setattr(explain, "MAX_TRACING_BYTES", 1)
+    explanation = explain_memory(30)
+    assert explanation.seconds < 10
+    assert "tracemalloc's own memory passed 1 bytes" in explanation.ended_early
+    assert "The window ended early" in explanation.format()
+    assert not tracemalloc.is_tracing()
+
+
 def test_the_users_own_tracing_is_refused_and_left_running():
     tracemalloc.start(3)
     try:

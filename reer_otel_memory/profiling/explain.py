@@ -41,7 +41,7 @@ import time
 import tokenize
 import tracemalloc
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.context import Context
@@ -130,7 +130,8 @@ class MemoryExplanation:
     backend: str = _BACKEND
     #: Why the window ended before its length ("" when it ran its length).
     ended_early: str = ""
-    sites_total: int = field(default=0)
+    #: How many distinct sites held bytes (``sites`` keeps the largest ``top``).
+    sites_total: int = 0
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-serialisable dict (read back by :meth:`from_dict`)."""
