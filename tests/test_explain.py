@@ -329,8 +329,8 @@ def test_a_block_reported_on_its_with_line_covers_the_whole_statement(kept_range
     first = marker_line("wired-block-first") - 2
     explain.note_block("explain_with_line", THIS_FILE, first, first)  # where Python reports the exit
     explain.note_block("explain_with_line", THIS_FILE, first, first)
-    ranges = [key for key in explain._ranges if key[0] == "explain_with_line"]
-    assert ranges == [("explain_with_line", THIS_FILE, first, marker_line("wired-block-first") + 2)]
+    ranges = [site for site, operation in explain._ranges.items() if operation == "explain_with_line"]
+    assert ranges == [(THIS_FILE, first, marker_line("wired-block-first") + 2)]
 
 
 def inner_operation(into: list) -> None:
@@ -364,11 +364,17 @@ def test_note_block_is_idempotent_and_the_registry_is_bounded(kept_ranges, monke
     monkeypatch.setattr(explain, "MAX_RANGES", len(explain._ranges) + 3)
     explain.note_block("explain_bounded", "bounded.py", 1, 2)
     explain.note_block("explain_bounded", "bounded.py", 1, 2)
-    assert [key for key in explain._ranges if key[1] == "bounded.py"] == [("explain_bounded", "bounded.py", 1, 2)]
+    assert [(site, op) for site, op in explain._ranges.items() if site[0] == "bounded.py"] == [(("bounded.py", 1, 2), "explain_bounded")]
     for line in range(10, 15):
         explain.note_block("explain_bounded", "bounded.py", line, line)
-    kept = [key for key in explain._ranges if key[1] == "bounded.py"]
-    assert kept == [("explain_bounded", "bounded.py", line, line) for line in (12, 13, 14)]
+    kept = [site for site in explain._ranges if site[0] == "bounded.py"]
+    assert kept == [("bounded.py", line, line) for line in (12, 13, 14)]
+
+
+def test_one_site_naming_many_operations_keeps_one_range_the_latest_name(kept_ranges):
+    for request in range(100):
+        explain.note_block(f"request-{request}", "dynamic.py", 5, 9)
+    assert [(site, op) for site, op in explain._ranges.items() if site[0] == "dynamic.py"] == [(("dynamic.py", 5, 9), "request-99")]
 
 
 def test_note_function_reaches_through_a_wrapper_without_code(kept_ranges):
@@ -380,8 +386,8 @@ def test_note_function_reaches_through_a_wrapper_without_code(kept_ranges):
 
     explain.note_function("explain_wrapped", WrapperWithoutCode())
     code = inner_operation.__code__
-    ranges = [key for key in explain._ranges if key[0] == "explain_wrapped"]
-    assert ranges == [("explain_wrapped", code.co_filename, code.co_firstlineno, marker_line("inner-operation"))]
+    ranges = [site for site, operation in explain._ranges.items() if operation == "explain_wrapped"]
+    assert ranges == [(code.co_filename, code.co_firstlineno, marker_line("inner-operation"))]
 
 
 # --- the window -------------------------------------------------------------------------------

@@ -194,10 +194,11 @@ class MemoryExplanation:
 
 # --- code ranges of profiled operations ------------------------------------------------------
 
-#: (operation, filename, first line, last line), oldest first.
-_ranges: collections.OrderedDict[tuple[str, str, int, int], None] = collections.OrderedDict()
-#: The (operation, filename, first line, last line) :func:`note_block` was called with, as called.
-_blocks_seen: collections.OrderedDict[tuple[str, str, int, int], None] = collections.OrderedDict()
+#: (filename, first line, last line) -> the operation named there most recently, oldest first:
+#: one entry per site of code, however many names a site gives its operations.
+_ranges: collections.OrderedDict[tuple[str, int, int], str] = collections.OrderedDict()
+#: The (filename, first line, last line) :func:`note_block` was called with, as called, and its operation.
+_blocks_seen: collections.OrderedDict[tuple[str, int, int], str] = collections.OrderedDict()
 
 
 def note_block(operation: str, filename: str, first_line: int, last_line: int) -> None:
@@ -207,19 +208,20 @@ def note_block(operation: str, filename: str, first_line: int, last_line: int) -
     ``with`` statement starting on ``first_line`` extends the range to its last line: Python
     reports a block's exit on its ``with`` line, not on the last line the block ran.
     """
-    key = (operation, filename, first_line, last_line)
-    if key in _blocks_seen:
+    key = (filename, first_line, last_line)
+    if _blocks_seen.get(key) == operation:
         return
-    _note_block_slowly(key)
+    _note_block_slowly(operation, key)
 
 
-def _note_block_slowly(key: tuple[str, str, int, int]) -> None:
-    operation, filename, first_line, last_line = key
+def _note_block_slowly(operation: str, key: tuple[str, int, int]) -> None:
+    filename, first_line, last_line = key
     index = _source(filename)
     end = index.with_ends.get(first_line, last_line) if index is not None else last_line
-    _add_range((operation, filename, first_line, max(last_line, end)))
+    _add_range(operation, (filename, first_line, max(last_line, end)))
     with RUNTIME.lock(_RANGES_LOCK):
-        _blocks_seen[key] = None
+        _blocks_seen[key] = operation
+        _blocks_seen.move_to_end(key)
         while len(_blocks_seen) > MAX_RANGES:
             _blocks_seen.popitem(last=False)
 
@@ -236,14 +238,15 @@ def note_function(operation: str, func: Callable[..., object]) -> None:
     for _start, _end, line in code.co_lines():
         if line is not None and line > last:
             last = line
-    _add_range((operation, code.co_filename, first, last))
+    _add_range(operation, (code.co_filename, first, last))
 
 
-def _add_range(key: tuple[str, str, int, int]) -> None:
+def _add_range(operation: str, site: tuple[str, int, int]) -> None:
     with RUNTIME.lock(_RANGES_LOCK):
-        if key in _ranges:
+        if _ranges.get(site) == operation:
             return
-        _ranges[key] = None
+        _ranges[site] = operation
+        _ranges.move_to_end(site)
         while len(_ranges) > MAX_RANGES:
             _ranges.popitem(last=False)
 
@@ -251,9 +254,9 @@ def _add_range(key: tuple[str, str, int, int]) -> None:
 def _ranges_by_file() -> dict[str, list[tuple[int, int, str]]]:
     """The registered ranges by file, narrowest first (so the first one containing a line wins)."""
     with RUNTIME.lock(_RANGES_LOCK):
-        keys = list(_ranges)
+        entries = list(_ranges.items())
     by_file: dict[str, list[tuple[int, int, str]]] = {}
-    for operation, filename, first, last in keys:
+    for (filename, first, last), operation in entries:
         by_file.setdefault(filename, []).append((first, last, operation))
     for ranges in by_file.values():
         ranges.sort(key=lambda r: (r[1] - r[0], -r[0]))
