@@ -46,11 +46,6 @@ def report(case: str, **figures: object) -> None:
 # --- one thread ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="in a large process (this test run) one heap reading costs more than the heap watch allows, so both "
-    "operations are judged on RSS, where the leaker reuses the pages the innocent freed; it holds in a service-sized process",
-    strict=False,
-)
 @pytest.mark.parametrize("kind", ["numpy", "bytes"])
 def test_an_innocent_alternating_with_a_leaker_in_one_thread_is_never_flagged(telemetry, detector, kind):
     kept: list[object] = []

@@ -78,7 +78,7 @@ UP_DOWN_COUNTERS = (names.METRIC_OPERATION_NET,)
 HISTOGRAMS = (names.METRIC_OPERATION_PEAK, names.METRIC_OPERATION_DURATION)
 PER_OPERATION = (names.METRIC_OPERATION_PEAK, names.METRIC_OPERATION_NET, names.METRIC_OPERATION_DURATION, names.METRIC_LEAK_SUSPECTED)
 
-INT_SPAN_ATTRIBUTES = (names.ATTR_RSS_START, names.ATTR_RSS_END, names.ATTR_RSS_DELTA, names.ATTR_RSS_PEAK)
+INT_SPAN_ATTRIBUTES = (names.ATTR_RSS_START, names.ATTR_RSS_END, names.ATTR_RSS_DELTA, names.ATTR_RSS_PEAK, names.ATTR_OVERLAP)
 STR_SPAN_ATTRIBUTES = (names.ATTR_OPERATION, names.ATTR_LEVEL, names.ATTR_FUNCTION)
 
 
@@ -275,7 +275,7 @@ def test_spans_and_metrics_arrive_over_otlp_http_protobuf(tmp_path: Path, receiv
         assert values[names.ATTR_OPERATION].string_value == TARGET
         assert values[names.ATTR_FUNCTION].string_value == TARGET
         assert values[names.ATTR_LEVEL].string_value == "alert"
-        start, end, delta, peak = (values[key].int_value for key in INT_SPAN_ATTRIBUTES)
+        start, end, delta, peak, _overlap = (values[key].int_value for key in INT_SPAN_ATTRIBUTES)
         assert delta == end - start
         assert peak >= max(start, end)
         growths.append(peak - start)

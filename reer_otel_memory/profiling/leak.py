@@ -7,8 +7,10 @@ it is not counted. Where the call read the heap, the figure is the heap's change
 of the RSS change that new Python small-object blocks can account for (their arenas are mapped
 outside ``malloc``; at least a typical block's size each, as they may fill free arena space
 that neither figure sees): pages the allocator merely reused or faulted in for transient
-buffers do not count. Elsewhere it is the RSS change. An RSS-only suspicion of an operation
-whose calls can read the heap is judged again on heap readings before it is raised.
+buffers do not count. Elsewhere, and in a process whose heap accounts for less than half of the
+RSS growth (memory mapped outside ``malloc``), it is the RSS change (or the larger of the two).
+An RSS-only suspicion of an operation whose calls can read the heap is judged again on heap
+readings before it is raised.
 
 A call whose window overlapped another profiled operation (``reer.memory.overlap`` > 0) is not
 the operation's own evidence: it goes to a *contested* window instead. Two judgements run on
@@ -58,6 +60,10 @@ _EXPLANATION_FLOORS = 4
 #: Share of an explanation's new live bytes that confirms an operation, and that clears one.
 _CONFIRM_SHARE = 0.5
 _CLEAR_SHARE = 0.1
+#: The heap is judged credible once calls that read it saw this much RSS growth, and the sums
+#: are halved past the span, so they follow the process's recent allocations.
+_CREDIBILITY_FLOOR = 1 << 20
+_CREDIBILITY_SPAN = 256 << 20
 #: A candidate's other-thread check needs at least this much wall time since its mark.
 _MIN_MARK_AGE_S = 0.002
 #: The other-thread mark is renewed this often while an operation is not a candidate.
@@ -220,6 +226,8 @@ class LeakDetector:
         self._ops: collections.OrderedDict[str, _OperationHistory] = collections.OrderedDict()
         self._process_suspected = False
         self._explainer_hooked = False
+        self._rss_sum = 0  # RSS growth, and what the heap views retained, over calls that read the heap
+        self._heap_sum = 0
         RUNTIME.after_fork_call(self)
 
     def _after_fork_in_child(self) -> None:
@@ -273,7 +281,7 @@ class LeakDetector:
             history.heap_read = history.heap_seen = True
         else:
             history.heap_read = False
-        end_view = retained_bytes(rss_delta, heap_delta, blocks_delta)
+        end_view = self._view(rss_delta, heap_delta, blocks_delta, count=True)
         if start is None:
             (history.contested if overlap else history.own).add(end_view, heap_delta is not None)
         else:
@@ -282,7 +290,7 @@ class LeakDetector:
                 before, previous_end, previous_overlap = previous
                 heap_step = None if start.heap is None or before.heap is None else start.heap - before.heap
                 blocks_step = None if start.blocks is None or before.blocks is None else start.blocks - before.blocks
-                step = retained_bytes(start.rss - before.rss, heap_step, blocks_step)
+                step = self._view(start.rss - before.rss, heap_step, blocks_step)
                 retained = step if step < previous_end else previous_end
                 (history.contested if previous_overlap else history.own).add(retained, heap_step is not None)
         if history.announce:
@@ -291,6 +299,23 @@ class LeakDetector:
         if calls % self.check_every:
             return None
         return self._check(operation, history, span)
+
+    def _view(self, rss_delta: int, heap_delta: int | None, blocks_delta: int | None, count: bool = False) -> int:
+        """:func:`retained_bytes`, where the heap is credible in this process: it must account
+        for at least half of the RSS growth seen over the calls that read it. Memory mapped
+        outside ``malloc`` (the ``mmap`` module, an allocator such as jemalloc preloaded) moves
+        RSS but never the heap; there the larger of the two figures is taken instead."""
+        if heap_delta is None:
+            return rss_delta
+        view = retained_bytes(rss_delta, heap_delta, blocks_delta)
+        if count:
+            rss_sum, heap_sum = self._rss_sum + max(rss_delta, 0), self._heap_sum + max(view, 0)
+            if rss_sum > _CREDIBILITY_SPAN:
+                rss_sum, heap_sum = rss_sum // 2, heap_sum // 2
+            self._rss_sum, self._heap_sum = rss_sum, heap_sum  # a lost update under a race only ages the sums
+        if self._rss_sum >= _CREDIBILITY_FLOOR and self._heap_sum * 2 < self._rss_sum:
+            return view if view > rss_delta else rss_delta
+        return view
 
     # --- judgements ----------------------------------------------------------------------------
 
