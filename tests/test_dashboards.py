@@ -155,7 +155,7 @@ def test_panels_cover_the_contract_series(board: dict[str, Any]) -> None:
     for name in (
         series.RSS, series.PEAK_RSS, series.HEAP, series.LIMIT, series.UTILIZATION, series.THRESHOLD, series.LEVEL,
         series.ALERTS, series.CLEANUPS, series.CLEANUP_FREED, series.OPERATION_NET, series.LEAK_SUSPECTED,
-        series.MONITOR_CPU, series.OPERATION_DURATION + "_bucket", series.OPERATION_PEAK + "_bucket",
+        series.PROCESS_LEAK_SUSPECTED, series.MONITOR_CPU, series.OPERATION_DURATION + "_bucket", series.OPERATION_PEAK + "_bucket",
     ):  # fmt: skip
         assert re.search(rf"\b{name}\{{", exprs), name
     for name in (*NOT_EXPORTED_HERE, rules.PREDICTED_RSS, rules.CONTAINER_WORKING_SET_RATIO):
@@ -165,6 +165,24 @@ def test_panels_cover_the_contract_series(board: dict[str, Any]) -> None:
     [together] = [panel for panel in panels(board) if panel["title"] == "RSS, working set and limit"]
     drawn = " ".join(target["expr"] for target in together["targets"])
     assert all(name in drawn for name in (series.RSS, series.CGROUP_WORKING_SET, series.CGROUP_LIMIT))
+
+
+def test_leak_panels_show_both_verdicts(board: dict[str, Any]) -> None:
+    by_title = {panel["title"]: panel for panel in panels(board)}
+    suspects, process = by_title["Leak suspects"], by_title["Process-level leak verdict"]
+    # Side by side in the same row, the process-level verdict right after the operations'.
+    ordered = [panel["title"] for panel in panels(board)]
+    assert ordered.index("Process-level leak verdict") == ordered.index("Leak suspects") + 1
+    assert "own evidence" in suspects["description"]
+    assert "consecutive calls" not in suspects["description"]
+    [target] = process["targets"]
+    assert re.search(rf"\b{series.PROCESS_LEAK_SUSPECTED}\{{", target["expr"])
+    assert series.LABEL_OPERATION not in target["expr"]  # one series per process
+    assert process["fieldConfig"]["defaults"]["unit"] == "short"
+    for named in ("log line", "reer.memory.leak.process_suspected", "reer.memory.explain"):
+        assert named in process["description"], named
+    texts = {option["text"] for mapping in process["fieldConfig"]["defaults"]["mappings"] for option in mapping["options"].values()}
+    assert texts == {"no", "growth"}
 
 
 def test_deploy_files_are_the_generator_output() -> None:

@@ -12,7 +12,8 @@ Rows:
 - **Alerts and cleanups**: level crossings and cleanups per second, bytes freed by cleanups,
   CPU the monitor spends.
 - **Operations**: p95 duration and p95 peak growth of each profiled operation (from the
-  histograms), net bytes per operation, leak suspects.
+  histograms), net bytes per operation, leak suspects (operations suspected on their own
+  evidence) and the process-level leak verdict.
 - **Models and resources**: bytes held per model and per managed resource, model loads,
   resource count and resource cleanups.
 - **Trace stores**: file size and trace records of each ``REERTraceStore``.
@@ -290,9 +291,22 @@ def _operations_row() -> list[dict[str, Any]]:
         ),
         _state_timeline(
             "Leak suspects",
-            "Operations suspected of leaking memory (RSS grew on a run of consecutive calls).",
+            "Operations suspected of leaking memory on their own evidence: the calls that ran alone "
+            "(reer.memory.overlap 0) kept memory call after call while no other Python thread was busy, "
+            "or an explanation attributed most of the new live memory to the operation. Growth that "
+            "cannot be pinned on one operation shows in Process-level leak verdict instead.",
             [_target("A", f"max by (job, instance, {series.LABEL_OPERATION}) ({_select(series.LEAK_SUSPECTED)})", operation)],
             _value_mappings((("no", "green"), ("suspected", "red"))),
+        ),
+        _state_timeline(
+            "Process-level leak verdict",
+            "Whether each process's memory grows while no single profiled operation can be shown to own "
+            "the growth (their calls overlapped, or another Python thread was busy meanwhile). No operation "
+            "is accused: the candidate operations are named in the log line, the span event "
+            "reer.memory.leak.process_suspected and the reer.memory.explain span, which lists the allocation "
+            "sites still holding the new memory.",
+            [_target("A", f"max by (job, instance) ({_select(series.PROCESS_LEAK_SUSPECTED)})", "{{instance}}")],
+            _value_mappings((("no", "green"), ("growth", "orange"))),
         ),
     ]
 
