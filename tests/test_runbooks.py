@@ -43,7 +43,8 @@ def test_every_section_says_what_to_do_and_the_severity() -> None:
 def test_the_commands_it_names_exist() -> None:
     text = PAGE.read_text(encoding="utf-8")
     named = set(re.findall(r"`reer-otel-memory (\w+)", text))
-    assert named == {"rules", "config"}
+    assert named == {"rules", "config", "explain"}
+    arguments = {"explain": ["1"]}  # the commands that take a positional argument
     for command in named:
-        assert build_parser().parse_args([command]).command == command
+        assert build_parser().parse_args([command, *arguments.get(command, [])]).command == command
     assert "--runbook-url" in text and "promtool test rules deploy/prometheus/tests/*.yml" in text
