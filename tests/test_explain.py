@@ -361,7 +361,9 @@ def test_the_innermost_frame_and_then_the_narrowest_range_win(kept_ranges):
 
 
 def test_note_block_is_idempotent_and_the_registry_is_bounded(kept_ranges, monkeypatch):
-    monkeypatch.setattr(explain, "MAX_RANGES", len(explain._ranges) + 3)
+    explain._ranges.clear()  # kept_ranges puts the process's own back
+    explain._blocks_seen.clear()
+    monkeypatch.setattr(explain, "MAX_RANGES", 3)
     explain.note_block("explain_bounded", "bounded.py", 1, 2)
     explain.note_block("explain_bounded", "bounded.py", 1, 2)
     assert [(site, op) for site, op in explain._ranges.items() if site[0] == "bounded.py"] == [(("bounded.py", 1, 2), "explain_bounded")]

@@ -73,6 +73,48 @@ def test_an_innocent_alternating_with_a_leaker_in_one_thread_is_never_flagged(te
     assert detector.bytes_per_call("leaky") == pytest.approx(256 * KiB, rel=0.1)
 
 
+def test_without_the_heap_turns_are_shared_evidence_and_the_explanation_names_the_leaker(telemetry):
+    """RSS alone cannot tell whose pages grew when operations take turns: a process-level verdict,
+    never an accusation, until the explanation names the allocating line."""
+    explainer = AutoExplainer(enabled=True, seconds=0.2)
+    tracker = get_memory_tracker()
+    previous = tracker.leak_detector
+    detector = tracker.leak_detector = LeakDetector(explainer=explainer)
+    kept: list[bytes] = []
+    rng = np.random.default_rng(0)
+
+    @memory_profile(operation_name="rss_predict", heap=False)
+    def rss_predict() -> float:
+        features = rng.random(30_000)
+        return float((features * 2.0 + 1.0).sum())
+
+    @memory_profile(operation_name="rss_leaky", heap=False)
+    def rss_leaky() -> None:
+        kept.append(b"x" * (256 * KiB))
+
+    def turn() -> bool:
+        rss_predict()
+        rss_leaky()
+        return detector.is_suspected("rss_leaky")
+
+    try:
+        release_free_memory()
+        wait_for(turn, timeout_s=60, interval_s=0, message="the explanation naming rss_leaky")
+        for _ in range(64):
+            turn()
+        report("turns without the heap", innocent_flagged=len(flagged(telemetry, "rss_predict")),
+               leaker_suspected=detector.is_suspected("rss_leaky"), candidates=detector.candidates())
+        assert flagged(telemetry, "rss_predict") == []
+        assert "rss_predict" not in detector.candidates()
+        explanation = explainer.latest()
+        assert explanation is not None and explanation.sites[0].function.endswith("rss_leaky")
+    finally:
+        explainer.stop()
+        explainer.wait_idle(10)
+        tracker.leak_detector = previous
+        kept.clear()
+
+
 # --- other threads -------------------------------------------------------------------------------
 
 

@@ -95,7 +95,8 @@ def run_profiled(
     ``extra_attributes(value)`` runs after the measurements are taken and before the span
     ends, so its cost (say, a size estimate) is not counted in the operation.
     """
-    operation = _profile._begin(operation_name, None, {names.LABEL_OPERATION: operation_name}, True, False, attributes, True)
+    spec = _profile._Spec(operation_name, None, True, False, attributes, None)
+    operation = _profile._start_operation(spec, keep_result=True)
     if operation is None:  # the failure is logged once by _profile; still measure for the caller
         result = OperationResult()
         result.operation = operation_name
@@ -112,13 +113,13 @@ def run_profiled(
     except BaseException as exc:
         if token is not None:
             otel_context.detach(token)
-        _profile._end(operation, exc)
+        _profile._finish(operation, exc)
         raise
     if token is not None:
         otel_context.detach(token)
     span, owns_span = operation.span, operation.owns_span
     operation.owns_span = False  # ended below, once the extra attributes are on it
-    _profile._end(operation, None)
+    _profile._finish(operation, None)
     try:
         if extra_attributes is not None:
             extra = extra_attributes(value)
@@ -127,7 +128,7 @@ def run_profiled(
     finally:
         if owns_span and span is not None:
             span.end()
-    assert operation.result is not None  # kept: _begin(..., keep_result=True)
+    assert operation.result is not None  # kept: _start_operation(..., keep_result=True)
     return value, operation.result
 
 

@@ -83,11 +83,16 @@ class LeakSuspect:
 
 
 class CallStart(NamedTuple):
-    """What a call read at its start, for the start-to-start view (heap and blocks: None if unread)."""
+    """What a call read at its start, for the start-to-start view (heap and blocks: None if
+    unread); ``seq`` and ``nested``: the probe's count of windows opened up to this call's, and
+    how many opened inside it (0, 0: unknown), so that other operations' calls between two
+    starts of this one can be told."""
 
     rss: int
     heap: int | None = None
     blocks: int | None = None
+    seq: int = 0
+    nested: int = 0
 
 
 def retained_bytes(rss_delta: int, heap_delta: int | None, blocks_delta: int | None) -> int:
@@ -123,7 +128,7 @@ class _Evidence:
 
 class _OperationHistory:
     __slots__ = (
-        "announce", "bytes_per_call", "calls", "candidate", "contested", "explained", "heap_read", "heap_seen", "mark", "own", "pending",
+        "announce", "bytes_per_call", "calls", "candidate", "contested", "excused", "explained", "heap_read", "heap_seen", "mark", "own", "pending",
         "rechecked", "suspected", "threads", "vetoed",
     )
 
@@ -135,6 +140,7 @@ class _OperationHistory:
         self.candidate = False  # a process-level candidate
         self.explained = False  # the suspicion was confirmed by an explanation
         self.vetoed = False  # an explanation showed the operation owns next to none of the growth
+        self.excused = False  # ... and that another operation owns most of it
         self.announce = False  # a suspicion raised outside a call: the next call reports it
         self.bytes_per_call = 0
         self.heap_read = False  # the latest call read the heap
@@ -292,7 +298,13 @@ class LeakDetector:
                 blocks_step = None if start.blocks is None or before.blocks is None else start.blocks - before.blocks
                 step = self._view(start.rss - before.rss, heap_step, blocks_step)
                 retained = step if step < previous_end else previous_end
-                (history.contested if previous_overlap else history.own).add(retained, heap_step is not None)
+                # Without the heap, RSS pages move between operations that run in turn (one's
+                # frees are the next one's reuse): another operation's call between the two
+                # starts makes RSS-only evidence shared, as an overlap does.
+                shared = previous_overlap or (
+                    heap_step is None and before.seq > 0 and start.seq - before.seq - 1 - before.nested > 0
+                )
+                (history.contested if shared else history.own).add(retained, heap_step is not None)
         if history.announce:
             history.announce = False
             return True
@@ -401,7 +413,7 @@ class LeakDetector:
         keep_explained = history.explained and (own_suspected or contested_suspected)
         suspected = own_suspected or keep_explained
         history.bytes_per_call = own_per_call if own_suspected else contested_per_call if keep_explained else 0
-        candidate = contested_suspected and not suspected
+        candidate = contested_suspected and not suspected and not history.excused
         changed = None
         if suspected != history.suspected:
             history.suspected = suspected
@@ -465,11 +477,14 @@ class LeakDetector:
         if total < _EXPLANATION_FLOORS * self.floor_bytes:
             return
         raised: list[str] = []
+        # An operation owning most of the new memory excuses the others; where none does (the
+        # growth is in code outside every profiled operation), the process-level verdict stands.
+        owned = any(size >= _CONFIRM_SHARE * total for name, size in by_operation.items() if name in self._ops)
         with self._lock:
             for name, history in self._ops.items():
                 share = by_operation.get(name, 0) / total
                 if share >= _CONFIRM_SHARE:
-                    history.vetoed = False
+                    history.vetoed = history.excused = False
                     if not history.suspected:
                         history.suspected = history.explained = history.announce = True
                         history.candidate = False
@@ -480,9 +495,10 @@ class LeakDetector:
                         history.explained = True
                 elif share < _CLEAR_SHARE and (history.suspected or history.candidate):
                     history.vetoed = True
+                    history.excused = owned
                     if history.suspected:
                         history.suspected = history.explained = False
-                        history.candidate = True
+                    history.candidate = not owned
         for name in raised:
             logger.warning("memory leak suspected in operation %r: an explanation attributes most new live memory to it", name)
         self._process_suspected = bool(self.candidates())

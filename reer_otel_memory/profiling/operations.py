@@ -285,7 +285,7 @@ class _Operation(PeakWindow):
             leak_detector = tracker.leak_detector
             raised = leak_detector.observe(
                 name, delta, heap_delta, blocks_delta=blocks_delta, overlap=overlap,
-                start=CallStart(rss_start, heap_start, self.blocks_start), span=span,
+                start=CallStart(rss_start, heap_start, self.blocks_start, self.open_seq, self.nested), span=span,
             )
             suspected = leak_detector.is_suspected(name)
 
@@ -381,37 +381,65 @@ def _detach(token: object | None) -> None:
         _log_failure("detaching the operation's context", exc)
 
 
-def _begin(
-    name: str,
-    function: str | None,
-    metric_attributes: Mapping[str, str],
-    heap: bool | None,
-    annotate_current: bool,
-    attributes: Mapping[str, Any] | None,
-    keep_result: bool = False,
-    attach: bool = False,
-) -> _Operation | None:
-    """Start an operation (None where that failed, logged once); ``attach``: make its span current
-    until :func:`_end` (calls and blocks; generators attach around each step instead)."""
+class _Spec:
+    """What every call of one profiled function or block shares: its name and options, and
+    (decorated functions only) which calls are measured without an SDK."""
+
+    __slots__ = ("annotate_current", "attributes", "function", "heap", "metric_attributes", "name", "sampler")
+
+    def __init__(
+        self, name: str, function: str | None, heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None,
+        sampler: _LightSampler | None,
+    ) -> None:
+        self.name = name
+        self.function = function
+        self.metric_attributes = {names.LABEL_OPERATION: name}
+        self.heap = heap
+        self.annotate_current = annotate_current
+        self.attributes = attributes
+        self.sampler = sampler
+
+
+def _start(spec: _Spec, keep_result: bool, attach: bool) -> _Operation | _Light | None:
+    """Start one call: a span and every reading with an SDK, two RSS reads without (None: not
+    measured, or starting failed, logged once). ``attach``: make the call's context current until
+    :func:`_finish` (calls and blocks; generators attach it around each step instead)."""
+    call: _Operation | _Light | None
+    if _recording():
+        call = _start_operation(spec, keep_result)
+        if call is None:
+            return None
+    else:
+        sampler = spec.sampler
+        if sampler is not None and sampler.skip():
+            return None
+        call = _Light(spec.name, sampler, keep_result)
+        call.start()
+    if attach:
+        call.token = _attach_context(call.context)
+    return call
+
+
+def _start_operation(spec: _Spec, keep_result: bool) -> _Operation | None:
+    """Start a call with a span (a non-recording one without an SDK) and every reading; None
+    where that failed (logged once). Nothing is attached."""
     try:
-        operation = _Operation(name, function, metric_attributes, keep_result)
-        operation.start(heap, annotate_current, attributes)
+        operation = _Operation(spec.name, spec.function, spec.metric_attributes, keep_result)
+        operation.start(spec.heap, spec.annotate_current, spec.attributes)
     except Exception as exc:  # instrumentation must never break the host's call
         _log_failure("starting a profiled operation", exc)
         return None
-    if attach and operation.context is not None:
-        operation.token = _attach_context(operation.context)
     return operation
 
 
-def _end(operation: _Operation | None, exc: BaseException | None) -> None:
-    """Detach the span if :func:`_begin` attached it, then finish the operation. Never raises."""
-    if operation is None:
+def _finish(call: _Operation | _Light | None, exc: BaseException | None) -> None:
+    """Detach what :func:`_start` attached, then record the call. Never raises."""
+    if call is None:
         return
-    if operation.token is not None:
-        _detach(operation.token)
+    token, call.token = call.token, None
+    _detach(token)
     try:
-        operation.finish(exc)
+        call.finish(exc)
     except Exception as failure:
         _log_failure("finishing a profiled operation", failure)
 
@@ -451,67 +479,70 @@ class _LightSampler:
 
 
 class _Light(PeakWindow):
-    """One call measured without an SDK: its start, its flight recorder slot (-1: none), and the
-    token of the context that marks it in flight for operations started inside it."""
+    """One call measured without an SDK: two RSS reads that keep the tracker, leak detection and
+    the flight recorder fed, and a result where the caller reads one (``memory_context``)."""
 
-    __slots__ = ("rss_start", "slot", "token")
+    __slots__ = ("context", "name", "result", "rss_start", "sampler", "slot", "started", "token")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, sampler: _LightSampler | None, keep_result: bool) -> None:
         super().__init__()
-        self.rss_start = 0
+        self.name = name
+        self.sampler = sampler
+        self.result: OperationResult | None = OperationResult() if keep_result else None
+        self.rss_start = 0  # 0: RSS could not be read, nothing is recorded
         self.slot = -1
         self.token: object | None = None
+        self.context: Context | None = None
 
-
-def _light_start(name: str, attach: bool = True) -> _Light:
-    """No SDK: the start of an operation (``rss_start`` 0 if RSS cannot be read); ``attach``:
-    mark it current until :func:`_light` (not around a generator's steps, which the caller runs)."""
-    light = _Light()
-    try:
-        probe = RUNTIME.probe or process_probe()
-        parent = otel_context.get_value(_OPERATION_KEY)
-        light.parent = parent if isinstance(parent, PeakWindow) else None
-        probe.open_flight(light)
-        light.rss_start = probe.rss_bytes()
-    except Exception as exc:  # instrumentation must never break the host's call
-        _log_failure("reading RSS", exc)
-        return light
-    if attach:
-        light.token = _attach_context(otel_context.set_value(_OPERATION_KEY, light))
-    try:
-        recorder = (RUNTIME.flight_recorder or recorder_holder()).recorder
-        if recorder is not None:
-            light.slot = recorder.operation_started(name, light.rss_start)
-    except Exception as exc:
-        _log_failure("writing the flight recorder", exc)
-    return light
-
-
-def _light(name: str, light: _Light) -> int:
-    """No SDK: keep the tracker and leak detection fed with two RSS reads and nothing else.
-
-    Returns the RSS at the end (the start if unreadable). Runs in ``finally`` blocks, so it
-    never raises.
-    """
-    _detach(light.token)
-    rss_start = light.rss_start
-    if light.slot >= 0:
+    def start(self) -> None:
         try:
-            (RUNTIME.flight_recorder or recorder_holder()).recorder.operation_finished(light.slot)  # type: ignore[union-attr]
-        except Exception as exc:
-            _log_failure("freeing the flight recorder slot", exc)
-    try:
+            probe = RUNTIME.probe or process_probe()
+            current = otel_context.get_current()
+            parent = current.get(_OPERATION_KEY)
+            self.parent = parent if isinstance(parent, PeakWindow) else None
+            self.context = otel_context.set_value(_OPERATION_KEY, self, current)
+            probe.open_flight(self)
+            self.rss_start = probe.rss_bytes()
+        except Exception as exc:  # instrumentation must never break the host's call
+            _log_failure("reading RSS", exc)
+        else:
+            try:
+                recorder = (RUNTIME.flight_recorder or recorder_holder()).recorder
+                if recorder is not None:
+                    self.slot = recorder.operation_started(self.name, self.rss_start)
+            except Exception as exc:
+                _log_failure("writing the flight recorder", exc)
+        self.started = time.perf_counter()
+
+    def finish(self, exc: BaseException | None) -> None:
+        duration = time.perf_counter() - self.started
+        name, rss_start = self.name, self.rss_start
+        if self.sampler is not None:
+            self.sampler.measured(duration)
+        if self.slot >= 0:
+            try:
+                (RUNTIME.flight_recorder or recorder_holder()).recorder.operation_finished(self.slot)  # type: ignore[union-attr]
+            except Exception as failure:
+                _log_failure("freeing the flight recorder slot", failure)
         probe = RUNTIME.probe or process_probe()
-        overlap = probe.close_flight(light)
-        rss_end = probe.rss_bytes()
-        if rss_start:
-            tracker = RUNTIME.tracker or get_memory_tracker()
-            tracker.record_operation(name, rss_end, (RUNTIME.config or get_config()).level_for(rss_end))
-            tracker.leak_detector.observe(name, rss_end - rss_start, overlap=overlap, start=CallStart(rss_start))
-        return rss_end
-    except Exception as exc:
-        _log_failure("recording a profiled operation", exc)
-        return rss_start
+        overlap = probe.close_flight(self)
+        rss_end = probe.rss_bytes() if rss_start else 0
+        result = self.result
+        if result is not None:
+            # Without an SDK a block still gets its result: code written against it must not
+            # break where no SDK is configured. Peak and heap are not measured here.
+            result.operation, result.rss_start, result.rss_end = name, rss_start, rss_end or rss_start
+            result.overlap, result.duration_s = overlap, duration
+        if not rss_start:
+            return
+        level = (RUNTIME.config or get_config()).level_for(rss_end)
+        if result is not None:
+            result.level = level
+        tracker = RUNTIME.tracker or get_memory_tracker()
+        tracker.record_operation(name, rss_end, level)
+        tracker.leak_detector.observe(
+            name, rss_end - rss_start, overlap=overlap, start=CallStart(rss_start, None, None, self.open_seq, self.nested),
+        )
 
 
 def _check_options(where: str, heap: object, annotate_current: object, attributes: object) -> None:
@@ -573,23 +604,17 @@ def memory_profile(
 
     def decorate(func: F) -> F:
         function = f"{getattr(func, '__module__', None) or '?'}.{getattr(func, '__qualname__', repr(func))}"
-        name = operation_name or function
-        metric_attributes = {names.LABEL_OPERATION: name}
-        sampler = _LightSampler()
-        _note_function(name, func)
+        spec = _Spec(operation_name or function, function, heap, annotate_current, static_attributes, _LightSampler())
+        _note_function(spec.name, func)
 
         if inspect.isasyncgenfunction(func):
 
             @functools.wraps(func)
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                # Without an SDK the same loop runs with no span: asend/athrow must still reach
-                # the wrapped generator (an ``async for`` here would drop them).
-                recording = _recording()
-                light_start = None if recording or sampler.skip() else _light_start(name, attach=False)
-                operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes) if recording else None
-                started = time.perf_counter()
+                # asend/athrow must reach the wrapped generator (an ``async for`` would drop them).
+                call = _start(spec, False, False)
                 agen = func(*args, **kwargs)
-                ctx = operation.context if operation is not None else None
+                ctx = call.context if call is not None else None
                 to_send: Any = None
                 to_throw: BaseException | None = None
                 failure: BaseException | None = None
@@ -619,11 +644,7 @@ def memory_profile(
                     failure = exc
                     raise
                 finally:
-                    if light_start is not None:
-                        sampler.measured(time.perf_counter() - started)
-                        _light(name, light_start)
-                    else:
-                        _end(operation, failure)
+                    _finish(call, failure)
 
             return async_gen_wrapper  # type: ignore[return-value]
 
@@ -631,19 +652,11 @@ def memory_profile(
 
             @functools.wraps(func)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not _recording():
-                    if sampler.skip():
-                        return (yield from func(*args, **kwargs))
-                    light = _light_start(name, attach=False)
-                    started = time.perf_counter()
-                    try:
-                        return (yield from func(*args, **kwargs))
-                    finally:
-                        sampler.measured(time.perf_counter() - started)
-                        _light(name, light)
-                operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes)
+                call = _start(spec, False, False)
+                if call is None:
+                    return (yield from func(*args, **kwargs))
                 gen = func(*args, **kwargs)
-                ctx = operation.context if operation is not None else None
+                ctx = call.context
                 to_send: Any = None
                 to_throw: BaseException | None = None
                 failure: BaseException | None = None
@@ -673,7 +686,7 @@ def memory_profile(
                     failure = exc
                     raise
                 finally:
-                    _end(operation, failure)
+                    _finish(call, failure)
 
             return gen_wrapper  # type: ignore[return-value]
 
@@ -681,46 +694,26 @@ def memory_profile(
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not _recording():
-                    if sampler.skip():
-                        return await func(*args, **kwargs)
-                    light = _light_start(name)
-                    started = time.perf_counter()
-                    try:
-                        return await func(*args, **kwargs)
-                    finally:
-                        sampler.measured(time.perf_counter() - started)
-                        _light(name, light)
-                operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes, False, True)
+                call = _start(spec, False, True)
                 try:
                     result = await func(*args, **kwargs)
                 except BaseException as exc:
-                    _end(operation, exc)
+                    _finish(call, exc)
                     raise
-                _end(operation, None)
+                _finish(call, None)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not _recording():
-                if sampler.skip():
-                    return func(*args, **kwargs)
-                light = _light_start(name)
-                started = time.perf_counter()
-                try:
-                    return func(*args, **kwargs)
-                finally:
-                    sampler.measured(time.perf_counter() - started)
-                    _light(name, light)
-            operation = _begin(name, function, metric_attributes, heap, annotate_current, static_attributes, False, True)
+            call = _start(spec, False, True)
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                _end(operation, exc)
+                _finish(call, exc)
                 raise
-            _end(operation, None)
+            _finish(call, None)
             return result
 
         wrapper.__reer_memory_profiled__ = True  # type: ignore[attr-defined]
@@ -736,7 +729,7 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
     measurements. ``op.set_attribute(key, value)`` adds attributes to the span.
     """
 
-    __slots__ = ("_first_line", "_light", "_light_started", "_operation", "annotate_current", "attributes", "heap", "name", "result")
+    __slots__ = ("_call", "_first_line", "_spec", "result")
 
     def __init__(
         self,
@@ -749,19 +742,22 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(f"memory_context(name={name!r}): expected a non-empty operation name")
         _check_options("memory_context", heap, annotate_current, attributes)
-        self.name = name
-        self.heap = heap
-        self.annotate_current = annotate_current
-        self.attributes = dict(attributes) if attributes else None
-        self._operation: _Operation | None = None
-        self._light: _Light | None = None
+        # A block's result is read by its caller: every block is measured, none sampled.
+        self._spec = _Spec(name, None, heap, annotate_current, dict(attributes) if attributes else None, None)
+        self._call: _Operation | _Light | None = None
+        self._first_line = 0
         self.result: OperationResult | None = None
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
 
     @property
     def span(self) -> Span:
         """The operation's span (a non-recording one when no SDK is configured)."""
-        if self._operation is not None and self._operation.span is not None:
-            return self._operation.span
+        call = self._call
+        if isinstance(call, _Operation) and call.span is not None:
+            return call.span
         return trace.INVALID_SPAN
 
     def set_attribute(self, key: str, value: Any) -> None:
@@ -772,37 +768,18 @@ class memory_context:  # noqa: N801 - used like a function, as in contextlib
 
     def _enter(self, frame: FrameType | None) -> memory_context:
         self._first_line = frame.f_lineno if frame is not None else 0
-        if not _recording():
-            self._light_started = time.perf_counter()
-            self._light = _light_start(self.name)
-            return self
-        self._operation = _begin(self.name, None, {names.LABEL_OPERATION: self.name}, self.heap, self.annotate_current, self.attributes, True, True)
+        self._call = _start(self._spec, True, True)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self._exit(exc, sys._getframe(1))
 
     def _exit(self, exc: BaseException | None, frame: FrameType | None) -> None:
-        _note_block(self.name, frame, self._first_line)
-        if self._light is not None:
-            light, self._light = self._light, None
-            rss_start = light.rss_start
-            rss_end = _light(self.name, light)
-            # Without an SDK the block still gets its result: code written against it must
-            # not break where no SDK is configured. Peak and heap are not measured here.
-            result = self.result = OperationResult()
-            result.operation, result.rss_start, result.rss_end = self.name, rss_start, rss_end
-            result.overlap = light.overlap
-            result.duration_s = time.perf_counter() - self._light_started
-            try:
-                result.level = (RUNTIME.config or get_config()).level_for(rss_end)
-            except Exception as failure:  # the block's own exception must come through unchanged
-                _log_failure("recording a profiled operation", failure)
-            return
-        operation, self._operation = self._operation, None
-        _end(operation, exc)
-        if operation is not None:
-            self.result = operation.result
+        _note_block(self._spec.name, frame, self._first_line)
+        call, self._call = self._call, None
+        _finish(call, exc)
+        if call is not None:
+            self.result = call.result
 
     async def __aenter__(self) -> memory_context:
         return self._enter(sys._getframe(1))
