@@ -77,6 +77,7 @@ def _with_sdk(with_metrics: bool) -> dict[str, float]:
                     "reer.memory.rss.peak": 2,
                     "reer.memory.heap.delta": 0,
                     "reer.memory.level": "ok",
+                    "reer.memory.overlap": 0,
                     "code.function.name": "benchmarks.noop",
                 }
             )
@@ -117,7 +118,7 @@ def _in_fresh_interpreter(expression: str) -> dict[str, float]:
 
 
 def _sdk_figures() -> list[Figure]:
-    bare = "bare start_as_current_span + 8 attributes"
+    bare = "bare start_as_current_span + 9 attributes"
     tracing = _in_fresh_interpreter("b._with_sdk(with_metrics=False)")
     both = _in_fresh_interpreter("b._with_sdk(with_metrics=True)")
     return [

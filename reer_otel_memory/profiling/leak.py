@@ -110,17 +110,32 @@ def retained_bytes(rss_delta: int, heap_delta: int | None, blocks_delta: int | N
 class _Evidence:
     """Retained figures of one kind (own or contested): a short and a long window."""
 
-    __slots__ = ("long", "short", "short_heap")
+    __slots__ = ("long", "long_sum", "short", "short_heap", "short_sum")
 
     def __init__(self, window: int, long_window: int) -> None:
         self.short: collections.deque[int] = collections.deque(maxlen=window)
         self.short_heap: collections.deque[bool] = collections.deque(maxlen=window)  # each figure read the heap
         self.long: collections.deque[int] = collections.deque(maxlen=long_window)
+        # Running totals, so that a window that cannot hold a leak is passed over without a sort;
+        # a race between two calls can skew them, so each judgement that relies on them resyncs.
+        self.short_sum = 0
+        self.long_sum = 0
 
     def add(self, retained: int, heap: bool) -> None:
-        self.short.append(retained)
+        short, long = self.short, self.long
+        if len(short) == short.maxlen:
+            self.short_sum -= short[0]
+        if len(long) == long.maxlen:
+            self.long_sum -= long[0]
+        short.append(retained)
         self.short_heap.append(heap)
-        self.long.append(retained)
+        long.append(retained)
+        self.short_sum += retained
+        self.long_sum += retained
+
+    def resync(self) -> None:
+        self.short_sum = sum(self.short)
+        self.long_sum = sum(self.long)
 
     def mostly_rss(self) -> bool:
         return sum(self.short_heap) * 2 < len(self.short_heap)
@@ -274,9 +289,6 @@ class LeakDetector:
                         self._ops.popitem(last=False)
         history.calls += 1  # a lost increment under a race only shifts when the next check runs
         calls = history.calls
-        threads = history.threads
-        if len(threads) < 64:
-            threads.add(threading.get_native_id())
         if calls <= self.warmup_calls:
             if start is not None:
                 history.pending = None
@@ -331,10 +343,11 @@ class LeakDetector:
 
     # --- judgements ----------------------------------------------------------------------------
 
-    def _judge_short(self, deltas: collections.deque[int]) -> tuple[bool, int]:
+    def _judge_short(self, evidence: _Evidence) -> tuple[bool, int]:
+        deltas = evidence.short
         n = len(deltas)
-        if n < self.min_samples:
-            return False, 0
+        if n < self.min_samples or evidence.short_sum * 2 < self.floor_bytes * n:
+            return False, 0  # a median at the floor needs at least half the floor a call in all
         ordered = sorted(deltas)
         median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) // 2
         positive = n - bisect.bisect_right(ordered, 0)  # in C: this runs every few calls on the hot path
@@ -342,10 +355,13 @@ class LeakDetector:
         suspected = median >= self.floor_bytes and positive >= self.positive_share * n and total >= median * n // 2
         return suspected, median
 
-    def _judge_long(self, deltas: collections.deque[int]) -> tuple[bool, int]:
+    def _judge_long(self, evidence: _Evidence) -> tuple[bool, int]:
+        deltas = evidence.long
         n = len(deltas)
         if n < self.long_min_samples:
             return False, 0
+        if evidence.long_sum < self.long_floor_bytes * n:
+            return False, evidence.long_sum // n
         values = list(deltas)
         total = sum(values)
         rate = total // n
@@ -358,10 +374,10 @@ class LeakDetector:
         return least * 16 >= total, rate
 
     def _judge(self, evidence: _Evidence) -> tuple[bool, int]:
-        short, per_call = self._judge_short(evidence.short)
+        short, per_call = self._judge_short(evidence)
         if short:
             return True, per_call
-        return self._judge_long(evidence.long)
+        return self._judge_long(evidence)
 
     def _others_busy(self, history: _OperationHistory) -> bool | None:
         """Whether Python threads the operation never ran in used more than ``busy_thread_share``
@@ -383,6 +399,12 @@ class LeakDetector:
         return other_ns > self.busy_thread_share * (now - since) * 1e9
 
     def _check(self, operation: str, history: _OperationHistory, span: Span | None) -> bool | None:
+        threads = history.threads  # the threads it runs in, seen on the calls that are judged
+        if len(threads) < 64:
+            threads.add(threading.get_native_id())
+        if not history.calls % (16 * self.check_every):
+            history.own.resync()
+            history.contested.resync()
         own_suspected, own_per_call = self._judge(history.own)
         contested_suspected, contested_per_call = self._judge(history.contested)
         with self._lock:
@@ -424,7 +446,9 @@ class LeakDetector:
             history.candidate = candidate
             if candidate:
                 history.bytes_per_call = contested_per_call
-        self._update_process_verdict(operation, span)
+            self._update_process_verdict(span)
+        elif changed is not None:
+            self._update_process_verdict(span)
         if changed:
             logger.warning(
                 "memory leak suspected in operation %r: about %d bytes retained per call over its recent calls",
@@ -433,7 +457,7 @@ class LeakDetector:
             self._request_explanation(f"operation {operation!r} suspected of leaking", [operation], span)
         return changed
 
-    def _update_process_verdict(self, operation: str, span: Span | None) -> None:
+    def _update_process_verdict(self, span: Span | None) -> None:
         candidates = self.candidates()
         suspected = bool(candidates)
         if suspected == self._process_suspected:
