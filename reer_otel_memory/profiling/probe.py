@@ -233,6 +233,13 @@ class MemoryProbe:
             return self._statm_pages() * self._page_size
         return int(self._psutil_process.memory_info().rss)
 
+    def _note_heap_cost(self, cost: float) -> None:
+        """Smooth the cost of a heap reading: a cheaper reading counts at once, a dearer one a
+        fifth. A reading timed across a preemption (a busy machine) costs the wall time it was
+        off the CPU, which says nothing about the heap; real growth (fragmentation) persists."""
+        previous = self.heap_cost_s
+        self.heap_cost_s = cost if previous == 0.0 or cost < previous else 0.8 * previous + 0.2 * cost
+
     def heap_bytes(self) -> int | None:
         """Bytes the C allocator has handed out and not freed, or None where unknown.
 
@@ -246,7 +253,7 @@ class MemoryProbe:
         except (OSError, RuntimeError, NotImplementedError):
             return None
         cost = time.perf_counter() - started
-        self.heap_cost_s = cost if self.heap_cost_s == 0.0 else 0.8 * self.heap_cost_s + 0.2 * cost
+        self._note_heap_cost(cost)
         return int(getattr(info, "heap_used", 0)) + int(getattr(info, "mmap_used", 0))
 
     def heap_reading(self) -> tuple[int, int] | None:
@@ -267,7 +274,7 @@ class MemoryProbe:
             return None
         blocks = sys.getallocatedblocks()
         cost = time.perf_counter() - started
-        self.heap_cost_s = cost if self.heap_cost_s == 0.0 else 0.8 * self.heap_cost_s + 0.2 * cost
+        self._note_heap_cost(cost)
         return int(getattr(info, "heap_used", 0)) + int(getattr(info, "mmap_used", 0)), blocks
 
     def _hwm_bytes(self) -> int:
