@@ -294,3 +294,56 @@ def test_an_operation_still_being_called_survives_a_stream_of_new_names():
         detector.observe(f"one-off-{call}", 0)
     assert detector.is_suspected("hot")  # its history was never evicted by the one-off names
     assert len(detector.states()) <= 50
+
+
+class Explainer:
+    """What the detector asks for explanations: accepts (or refuses) every request and keeps it."""
+
+    def __init__(self, accept: bool) -> None:
+        self.accept = accept  # after the first request, which is always accepted
+        self.requests: list[tuple[str, list[str]]] = []
+        self.listeners: list[object] = []
+
+    def add_listener(self, listener: object) -> None:
+        self.listeners.append(listener)
+
+    def request(self, reason: str, operations: list[str], links: object = ()) -> bool:
+        self.requests.append((reason, operations))
+        return self.accept or len(self.requests) == 1
+
+
+class Explanation:
+    def __init__(self, operations: dict[str, int], total: int) -> None:
+        self.operations = operations
+        self.total_bytes = total
+
+
+@pytest.mark.parametrize("accept", [True, False], ids=["rechecked", "refused"])
+def test_a_suspicion_only_an_explanation_saw_is_checked_again_after_its_hold(accept):
+    explainer = Explainer(accept)
+    detector = LeakDetector(explainer=explainer, explained_hold_s=0.0)
+    rss = 100 * MiB
+    for _ in range(20):  # figures that cannot see the leak: RSS never moves
+        detector.observe("op", 0, start=CallStart(rss))
+    detector._request_explanation("asked", ["op"], None)
+    for _ in range(10):
+        detector.observe("op", 0, start=CallStart(rss))
+    detector.on_explanation(Explanation({"op": 10 * 256 * KiB}, total=10 * 256 * KiB))
+    assert detector.is_suspected("op")
+    assert detector.bytes_per_call("op") == 256 * KiB  # the live bytes over the calls in the window
+    assert detector.observe("op", 0, start=CallStart(rss)) is True  # the next call reports it
+    for _ in range(8):
+        detector.observe("op", 0, start=CallStart(rss))
+    assert any(reason.startswith("re-checking operation 'op'") for reason, _ in explainer.requests)
+    assert detector.is_suspected("op") is accept
+
+
+def test_an_explanation_naming_another_owner_clears_and_excuses_a_suspect():
+    detector = LeakDetector(explainer=False)
+    for _ in range(40):
+        detector.observe("blamed", 300 * KiB)
+    assert detector.is_suspected("blamed")
+    detector.on_explanation(Explanation({"owner": MiB, "blamed": 1024}, total=MiB + 1024))
+    assert not detector.is_suspected("blamed")
+    assert detector.candidates() == []
+    assert detector.is_suspected("owner") is False  # an operation the detector never saw is not invented

@@ -106,6 +106,8 @@ def test_without_the_heap_turns_are_shared_evidence_and_the_explanation_names_th
                leaker_suspected=detector.is_suspected("rss_leaky"), candidates=detector.candidates())
         assert flagged(telemetry, "rss_predict") == []
         assert "rss_predict" not in detector.candidates()
+        assert detector.is_suspected("rss_leaky"), "the explanation's verdict holds although RSS cannot see the leak"
+        assert detector.bytes_per_call("rss_leaky") == pytest.approx(256 * KiB, rel=0.1)
         explanation = explainer.latest()
         assert explanation is not None and explanation.sites[0].function.endswith("rss_leaky")
     finally:

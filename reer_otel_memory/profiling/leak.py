@@ -64,6 +64,8 @@ _CLEAR_SHARE = 0.1
 #: are halved past the span, so they follow the process's recent allocations.
 _CREDIBILITY_FLOOR = 1 << 20
 _CREDIBILITY_SPAN = 256 << 20
+#: A suspicion only an explanation could see holds this long before a new explanation must confirm it.
+_EXPLAINED_HOLD_S = 600.0
 #: A candidate's other-thread check needs at least this much wall time since its mark.
 _MIN_MARK_AGE_S = 0.002
 #: The other-thread mark is renewed this often while an operation is not a candidate.
@@ -143,8 +145,9 @@ class _Evidence:
 
 class _OperationHistory:
     __slots__ = (
-        "announce", "bytes_per_call", "calls", "candidate", "contested", "excused", "explained", "heap_read", "heap_seen", "mark", "own", "pending",
-        "rechecked", "suspected", "threads", "vetoed",
+        "announce", "bytes_per_call", "calls", "candidate", "contested", "excused", "explain_calls",
+        "explained", "explained_at", "heap_read", "heap_seen", "mark", "own", "pending", "rechecked",
+        "suspected", "threads", "vetoed",
     )
 
     def __init__(self, window: int, long_window: int) -> None:
@@ -154,6 +157,8 @@ class _OperationHistory:
         self.suspected = False
         self.candidate = False  # a process-level candidate
         self.explained = False  # the suspicion was confirmed by an explanation
+        self.explained_at = 0.0  # when (monotonic seconds)
+        self.explain_calls = 0  # its calls when the latest explanation was requested
         self.vetoed = False  # an explanation showed the operation owns next to none of the growth
         self.excused = False  # ... and that another operation owns most of it
         self.announce = False  # a suspicion raised outside a call: the next call reports it
@@ -201,6 +206,7 @@ class LeakDetector:
         task_dir: str = "/proc/self/task",
         heap_watch_calls: int = 512,
         explainer: Any = None,
+        explained_hold_s: float = _EXPLAINED_HOLD_S,
     ) -> None:
         """``explainer``: what verdicts ask for explanations (``request`` and ``add_listener``,
         as :class:`~reer_otel_memory.profiling.explain.AutoExplainer`); None: the process's own;
@@ -242,6 +248,7 @@ class LeakDetector:
         self.busy_thread_share = busy_thread_share
         self.task_dir = task_dir
         self.heap_watch_calls = heap_watch_calls
+        self.explained_hold_s = explained_hold_s
         self._explainer = explainer
         self._lock = threading.Lock()
         self._ops: collections.OrderedDict[str, _OperationHistory] = collections.OrderedDict()
@@ -433,8 +440,21 @@ class LeakDetector:
             contested_suspected, contested_per_call = contested_suspected or own_suspected, max(contested_per_call, own_per_call)
             own_suspected = False
         keep_explained = history.explained and (own_suspected or contested_suspected)
+        if history.explained and not keep_explained:
+            # The figures cannot see this leak (RSS pages reused, say): the explanation's word
+            # holds for a while, then a new explanation must confirm it.
+            if time.monotonic() - history.explained_at < self.explained_hold_s:
+                keep_explained = True
+            elif self._request_explanation(f"re-checking operation {operation!r}, suspected by an explanation", [operation], span):
+                history.explained_at = time.monotonic()
+                keep_explained = True
         suspected = own_suspected or keep_explained
-        history.bytes_per_call = own_per_call if own_suspected else contested_per_call if keep_explained else 0
+        if own_suspected:
+            history.bytes_per_call = own_per_call
+        elif keep_explained:
+            history.bytes_per_call = contested_per_call if contested_suspected else history.bytes_per_call
+        else:
+            history.bytes_per_call = 0
         candidate = contested_suspected and not suspected and not history.excused
         changed = None
         if suspected != history.suspected:
@@ -477,11 +497,12 @@ class LeakDetector:
 
     # --- explanations --------------------------------------------------------------------------
 
-    def _request_explanation(self, reason: str, operations: Sequence[str], span: Span | None) -> None:
+    def _request_explanation(self, reason: str, operations: Sequence[str], span: Span | None) -> bool:
+        """Ask for one explanation window; whether one was started."""
         try:
             explainer = self._explainer
             if explainer is False:
-                return
+                return False
             if explainer is None:
                 from .explain import auto_explainer
 
@@ -490,9 +511,14 @@ class LeakDetector:
                 self._explainer_hooked = True
                 explainer.add_listener(self.on_explanation)
             links = [span.get_span_context()] if span is not None and span.is_recording() else []
-            explainer.request(reason, list(operations), links)
+            started = bool(explainer.request(reason, list(operations), links))
         except Exception as exc:  # an explanation is a help, never a failure of the host's call
             logger.debug("explanation not requested: %r", exc)
+            return False
+        if started:
+            for history in list(self._ops.values()):
+                history.explain_calls = history.calls  # for the bytes a call of each keeps
+        return started
 
     def on_explanation(self, explanation: object, reason: object = None, operations: object = None) -> None:
         """Settle verdicts from an explanation's live bytes per operation (see the module docs)."""
@@ -503,17 +529,19 @@ class LeakDetector:
         raised: list[str] = []
         # An operation owning most of the new memory excuses the others; where none does (the
         # growth is in code outside every profiled operation), the process-level verdict stands.
-        owned = any(size >= _CONFIRM_SHARE * total for name, size in by_operation.items() if name in self._ops)
+        owned = any(size >= _CONFIRM_SHARE * total for size in by_operation.values())
         with self._lock:
             for name, history in self._ops.items():
                 share = by_operation.get(name, 0) / total
                 if share >= _CONFIRM_SHARE:
                     history.vetoed = history.excused = False
+                    history.explained_at = time.monotonic()
+                    if not history.bytes_per_call:
+                        # What the figures cannot see: the live bytes over the calls in the window.
+                        history.bytes_per_call = by_operation[name] // max(1, history.calls - history.explain_calls)
                     if not history.suspected:
                         history.suspected = history.explained = history.announce = True
                         history.candidate = False
-                        if not history.bytes_per_call:
-                            history.bytes_per_call = max(self._judge(history.contested)[1], self._judge(history.own)[1])
                         raised.append(name)
                     else:
                         history.explained = True
