@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import tracemalloc
 
 import pytest
 from _buffers import KiB, MiB, fill_free_small_object_memory, release_free_memory, small_objects, touched
@@ -326,8 +327,12 @@ def test_a_suspicion_only_an_explanation_saw_is_checked_again_after_its_hold(acc
     for _ in range(20):  # figures that cannot see the leak: RSS never moves
         detector.observe("op", 0, start=CallStart(rss))
     detector._request_explanation("asked", ["op"], None)
-    for _ in range(10):
-        detector.observe("op", 0, start=CallStart(rss))
+    tracemalloc.start()  # the window: calls ending inside it are counted
+    try:
+        for _ in range(10):
+            detector.observe("op", 0, start=CallStart(rss))
+    finally:
+        tracemalloc.stop()
     detector.on_explanation(Explanation({"op": 10 * 256 * KiB}, total=10 * 256 * KiB))
     assert detector.is_suspected("op")
     assert detector.bytes_per_call("op") == 256 * KiB  # the live bytes over the calls in the window

@@ -37,6 +37,7 @@ import collections
 import logging
 import threading
 import time
+import tracemalloc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 logger = logging.getLogger(__name__)
+
+_is_tracing = tracemalloc.is_tracing
 
 #: Python small-object blocks are at most this many bytes: a bound on what a block count can hold.
 _MAX_SMALL_BLOCK = 512
@@ -145,9 +148,24 @@ class _Evidence:
 
 class _OperationHistory:
     __slots__ = (
-        "announce", "bytes_per_call", "calls", "candidate", "contested", "excused", "explain_calls",
-        "explained", "explained_at", "heap_read", "heap_seen", "mark", "own", "pending", "rechecked",
-        "suspected", "threads", "vetoed",
+        "announce",
+        "bytes_per_call",
+        "calls",
+        "candidate",
+        "contested",
+        "excused",
+        "explained",
+        "explained_at",
+        "heap_read",
+        "heap_seen",
+        "mark",
+        "own",
+        "pending",
+        "rechecked",
+        "suspected",
+        "threads",
+        "traced_calls",
+        "vetoed",
     )
 
     def __init__(self, window: int, long_window: int) -> None:
@@ -158,7 +176,7 @@ class _OperationHistory:
         self.candidate = False  # a process-level candidate
         self.explained = False  # the suspicion was confirmed by an explanation
         self.explained_at = 0.0  # when (monotonic seconds)
-        self.explain_calls = 0  # its calls when the latest explanation was requested
+        self.traced_calls = 0  # its calls that ended while allocations were traced, since the latest request
         self.vetoed = False  # an explanation showed the operation owns next to none of the growth
         self.excused = False  # ... and that another operation owns most of it
         self.announce = False  # a suspicion raised outside a call: the next call reports it
@@ -295,6 +313,8 @@ class LeakDetector:
                     if len(self._ops) > self.max_operations:
                         self._ops.popitem(last=False)
         history.calls += 1  # a lost increment under a race only shifts when the next check runs
+        if _is_tracing():
+            history.traced_calls += 1
         calls = history.calls
         if calls <= self.warmup_calls:
             if start is not None:
@@ -517,7 +537,7 @@ class LeakDetector:
             return False
         if started:
             for history in list(self._ops.values()):
-                history.explain_calls = history.calls  # for the bytes a call of each keeps
+                history.traced_calls = 0  # counted again for the bytes a call keeps
         return started
 
     def on_explanation(self, explanation: object, reason: object = None, operations: object = None) -> None:
@@ -530,15 +550,16 @@ class LeakDetector:
         # An operation owning most of the new memory excuses the others; where none does (the
         # growth is in code outside every profiled operation), the process-level verdict stands.
         owned = any(size >= _CONFIRM_SHARE * total for size in by_operation.values())
+        now = time.monotonic()
         with self._lock:
             for name, history in self._ops.items():
                 share = by_operation.get(name, 0) / total
                 if share >= _CONFIRM_SHARE:
                     history.vetoed = history.excused = False
-                    history.explained_at = time.monotonic()
+                    history.explained_at = now
                     if not history.bytes_per_call:
                         # What the figures cannot see: the live bytes over the calls in the window.
-                        history.bytes_per_call = by_operation[name] // max(1, history.calls - history.explain_calls)
+                        history.bytes_per_call = by_operation[name] // max(1, history.traced_calls)
                     if not history.suspected:
                         history.suspected = history.explained = history.announce = True
                         history.candidate = False
@@ -580,8 +601,12 @@ class LeakDetector:
 
     def candidates(self) -> list[str]:
         """Operations named by a process-level verdict: their calls show growth that cannot be
-        shown to be their own. Empty while there is no such verdict."""
-        return [name for name, h in list(self._ops.items()) if h.candidate and not h.suspected]
+        shown to be their own. Empty while there is no such verdict, and while an operation is
+        suspected: growth the others show only in shared evidence is then taken as its own."""
+        histories = list(self._ops.items())
+        if any(h.suspected for _, h in histories):
+            return []
+        return [name for name, h in histories if h.candidate]
 
     def process_suspected(self) -> bool:
         """Whether the process-level verdict holds (see :meth:`candidates`)."""

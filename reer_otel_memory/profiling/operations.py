@@ -67,6 +67,9 @@ CHEAP_HEAP_S = 5e-6
 #: Leak verdicts read the heap on an operation's first calls and while it is under suspicion,
 #: whatever the operation's length, while one reading costs at most this.
 HEAP_WATCH_MAX_S = 100e-6
+#: Where a heap reading costs more than that, it is still timed again on one call in this many.
+HEAP_RETIME_EVERY = 64
+_heap_retime_countdown = HEAP_RETIME_EVERY
 #: Without an SDK, an operation whose measured calls average at least this long is measured on
 #: every call: the two RSS reads then add at most a few percent.
 LIGHT_EVERY_CALL_S = 100e-6
@@ -91,7 +94,18 @@ def _want_heap(name: str, heap: bool | None, probe: MemoryProbe) -> bool:
         return True
     # A leak verdict needs the heap where RSS misleads (pages reused across operations): read it
     # while cheap during an operation's first calls and while it is under suspicion.
-    return cost <= HEAP_WATCH_MAX_S and (RUNTIME.tracker or get_memory_tracker()).leak_detector.wants_heap(name)
+    if not (RUNTIME.tracker or get_memory_tracker()).leak_detector.wants_heap(name):
+        return False
+    if cost <= HEAP_WATCH_MAX_S:
+        return True
+    # Too dear now; read it on one such call in HEAP_RETIME_EVERY all the same, or a cost that
+    # has fallen again (the heap defragmented, the machine no longer busy) would never be seen.
+    global _heap_retime_countdown
+    _heap_retime_countdown -= 1
+    if _heap_retime_countdown > 0:
+        return False
+    _heap_retime_countdown = HEAP_RETIME_EVERY
+    return True
 
 
 def _remember_duration(name: str, duration_s: float) -> None:
