@@ -59,18 +59,20 @@ def churn(stop: threading.Event) -> int:
 
 
 class Background:
-    """A window run on another thread while the test thread does the allocating."""
+    """A window run on another thread while the test thread does the allocating (tracemalloc's,
+    unless ``native``: the tests of sites and attribution hold for either backend)."""
 
-    def __init__(self, seconds: float = 0.5, top: int = 10) -> None:
+    def __init__(self, seconds: float = 0.5, top: int = 10, native: bool | None = False) -> None:
+        self.native = native
         self.result: MemoryExplanation | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(seconds, top), daemon=True)
         self.thread.start()
-        wait_for(tracemalloc.is_tracing, timeout_s=10, message="the explanation window to start tracing")
+        wait_for(explain.window_open, timeout_s=10, message="the explanation window to start tracing")
 
     def _run(self, seconds: float, top: int) -> None:
         try:
-            self.result = explain_memory(seconds, top=top)
+            self.result = explain_memory(seconds, top=top, native=self.native)
         except BaseException as exc:
             self.error = exc
 
@@ -402,7 +404,7 @@ def test_tracing_stops_when_the_window_is_interrupted():
     assert main is not None
 
     def interrupt() -> None:
-        wait_for(tracemalloc.is_tracing, timeout_s=10)
+        wait_for(explain.window_open, timeout_s=10)
         signal.pthread_kill(main, signal.SIGINT)
 
     thread = in_thread(interrupt)
@@ -447,9 +449,9 @@ def test_memray_tracking_is_refused(tmp_path):
 
 
 def test_a_second_window_is_refused_while_one_runs():
-    explainer = explain.AutoExplainer(enabled=True, seconds=30)
+    explainer = explain.AutoExplainer(enabled=True, seconds=30, native=False)
     assert explainer.request("test", [])
-    wait_for(tracemalloc.is_tracing, timeout_s=10)
+    wait_for(explain.window_open, timeout_s=10)
     with pytest.raises(ExplainUnavailableError, match="already running"):
         explain_memory(0.05)
     assert tracemalloc.is_tracing()  # the running window carries on
@@ -477,7 +479,7 @@ def test_bad_top_is_refused(top):
 def test_a_forked_child_does_not_inherit_the_windows_tracing():
     explainer = explain.AutoExplainer(enabled=True, seconds=30)
     assert explainer.request("test", [])
-    wait_for(tracemalloc.is_tracing, timeout_s=10)
+    wait_for(explain.window_open, timeout_s=10)
     try:
         in_child = in_forked_child(lambda: [tracemalloc.is_tracing(), explain.explain_memory(0.05).backend])
     finally:
@@ -520,7 +522,7 @@ def test_native_without_memray_says_what_to_install(monkeypatch):
 
 
 def test_native_must_be_a_bool():
-    with pytest.raises(ConfigurationError, match=r"native='yes'.*expected True or False"):
+    with pytest.raises(ConfigurationError, match=r"native='yes'.*expected True, False or None"):
         explain_memory(1, native="yes")
 
 
@@ -537,13 +539,13 @@ def test_an_explanation_is_a_span_linked_to_the_operation_a_log_line_and_a_liste
     def broken_listener(*args: object) -> None:
         raise RuntimeError("listener failure")
 
-    explainer = explain.AutoExplainer(enabled=True, seconds=0.3)
+    explainer = explain.AutoExplainer(enabled=True, seconds=0.3, native=False)
     explainer.add_listener(broken_listener)
     explainer.add_listener(lambda *args: heard.append(args))
     leaked: list[bytearray] = []
     assert explainer.request("leak suspected", ["explain_auto_leaker"], [suspected])
     assert not explainer.request("again", ["explain_auto_leaker"])  # busy: one window at a time
-    wait_for(tracemalloc.is_tracing, timeout_s=10)
+    wait_for(explain.window_open, timeout_s=10)
     leak_buffers(leaked)
     assert explainer.wait_idle(10)
 
@@ -643,3 +645,42 @@ def test_unavailable_tracing_is_logged_once_per_reason(caplog):
 
 def test_the_process_explainer_is_one_instance():
     assert explain.auto_explainer() is explain.auto_explainer()
+
+
+def test_the_default_backend_is_memray_where_it_is_installed_and_tracemalloc_elsewhere(monkeypatch):
+    expected = "memray" if explain.memray_available() else "tracemalloc"
+    window = Background(0.2, native=None)
+    assert explain.window_open()
+    explanation = window.explanation()
+    assert explanation.backend == expected
+    assert not explain.window_open() and not tracemalloc.is_tracing() and not explain.memray_tracking()
+    monkeypatch.setitem(sys.modules, "memray", None)  # as if it were not installed
+    assert not explain.memray_available()
+    assert explain_memory(0.05).backend == "tracemalloc"
+
+
+@pytest.mark.parametrize("native", [False, None], ids=["tracemalloc", "default"])
+def test_a_call_in_flight_at_the_end_is_waited_out_so_its_working_memory_is_not_kept(native):
+    """The window ends between two calls of the operation it watches, not in the middle of one."""
+    from reer_otel_memory import memory_profile
+
+    done = threading.Event()
+
+    @memory_profile(operation_name="explain_working_memory")
+    def working() -> int:
+        scratch = bytearray(4 * 2**20)  # freed when the call returns
+        done.wait(0.005)  # the call's work
+        return len(scratch)
+
+    thread = in_thread(lambda: [working() for _ in iter(done.is_set, True)])
+    try:
+        explainer = explain.AutoExplainer(enabled=True, seconds=0.2, native=native)
+        assert explainer.request("test", ["explain_working_memory"])
+        assert explainer.wait_idle(30)
+    finally:
+        done.set()
+        thread.join(10)
+    explanation = explainer.latest()
+    assert explanation is not None
+    assert "explain_working_memory" not in explanation.in_flight
+    assert explanation.operations.get("explain_working_memory", 0) < 2**20, explanation.format()

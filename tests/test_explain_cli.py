@@ -24,6 +24,7 @@ from _children import Child, Children, clean_environment
 from conftest import wait_for
 
 from reer_otel_memory import cli
+from reer_otel_memory.profiling import explain
 from reer_otel_memory.profiling.explain_listener import MAX_REQUEST_BYTES, NO_LISTENER, REQUEST_TIMEOUT_S
 
 NOBODY = 65534
@@ -60,17 +61,17 @@ sys.stdin.readline()
 
 # A window of the process's own (say, one a suspected leak started) is running when the request comes.
 BUSY = """
-import json, os, sys, threading, time, tracemalloc
+import json, os, sys, threading, time
 from reer_otel_memory import start_memory_monitoring
-from reer_otel_memory.profiling.explain import explain_memory
+from reer_otel_memory.profiling.explain import explain_memory, window_open
 start_memory_monitoring()
 done = {}
 window = threading.Thread(target=lambda: done.update(explanation=explain_memory(1.5)))
 window.start()
 deadline = time.monotonic() + 10
-while not tracemalloc.is_tracing() and time.monotonic() < deadline:
+while not window_open() and time.monotonic() < deadline:
     time.sleep(0.001)
-print(json.dumps({"pid": os.getpid(), "tracing": tracemalloc.is_tracing()}), flush=True)
+print(json.dumps({"pid": os.getpid(), "tracing": window_open()}), flush=True)
 window.join()
 print(json.dumps({"own_window_done": "explanation" in done}), flush=True)
 sys.stdin.readline()
@@ -123,6 +124,7 @@ sys.stdin.readline()
 AS_NOBODY = rf"""
 import contextlib, io, json, os, shutil, socket, sys  # shutil: argparse imports it late
 from reer_otel_memory import cli
+from reer_otel_memory.profiling import explain
 import reer_otel_memory.profiling.explain, reer_otel_memory.profiling.explain_listener
 
 pid, path = int(os.environ["TARGET_PID"]), os.environ["SOCKET_PATH"]
@@ -221,7 +223,7 @@ def test_explain_names_the_leaking_line_and_the_operation(children, runtime_dir)
     completed = run_cli(str(pid), "--seconds", "0.5", "--top", "3", "--json")
     assert completed.returncode == 0, completed.stderr
     answer = json.loads(completed.stdout)
-    assert answer["pid"] == pid and answer["backend"] == "tracemalloc"
+    assert answer["pid"] == pid and answer["backend"] == ("memray" if explain.memray_available() else "tracemalloc")
     assert 0 < len(answer["sites"]) <= 3
     top = answer["sites"][0]
     assert (top["filename"], top["lineno"], top["function"]) == (str(child.script), leak_line(child), "handle_request")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import collections
 import logging
 import random
-import tracemalloc
 
 import pytest
 from _buffers import KiB, MiB, fill_free_small_object_memory, release_free_memory, small_objects, touched
 
 from reer_otel_memory import LeakDetector, LeakSuspect, get_memory_tracker, memory_context, memory_profile
-from reer_otel_memory.profiling.leak import CallStart
+from reer_otel_memory.profiling.leak import EXPLANATION_WINDOW, CallStart
 
 LEAK_LOGGER = "reer_otel_memory.profiling.leak"
 
@@ -327,12 +326,12 @@ def test_a_suspicion_only_an_explanation_saw_is_checked_again_after_its_hold(acc
     for _ in range(20):  # figures that cannot see the leak: RSS never moves
         detector.observe("op", 0, start=CallStart(rss))
     detector._request_explanation("asked", ["op"], None)
-    tracemalloc.start()  # the window: calls ending inside it are counted
+    EXPLANATION_WINDOW.open = True  # the window: calls ending inside it are counted
     try:
         for _ in range(10):
             detector.observe("op", 0, start=CallStart(rss))
     finally:
-        tracemalloc.stop()
+        EXPLANATION_WINDOW.open = False
     detector.on_explanation(Explanation({"op": 10 * 256 * KiB}, total=10 * 256 * KiB))
     assert detector.is_suspected("op")
     assert detector.bytes_per_call("op") == 256 * KiB  # the live bytes over the calls in the window
@@ -352,3 +351,15 @@ def test_an_explanation_naming_another_owner_clears_and_excuses_a_suspect():
     assert not detector.is_suspected("blamed")
     assert detector.candidates() == []
     assert detector.is_suspected("owner") is False  # an operation the detector never saw is not invented
+
+
+def test_an_operation_in_flight_at_the_windows_end_is_neither_confirmed_nor_cleared():
+    detector = LeakDetector(explainer=False)
+    for _ in range(40):
+        detector.observe("suspect", 300 * KiB)
+        detector.observe("busy", 0, overlap=1)
+    assert detector.is_suspected("suspect")
+    explanation = Explanation({"busy": 8 * MiB, "suspect": 1024}, total=8 * MiB + 1024)
+    explanation.in_flight = ("busy", "suspect")  # type: ignore[attr-defined]
+    detector.on_explanation(explanation)
+    assert detector.is_suspected("suspect") and not detector.is_suspected("busy")

@@ -1,7 +1,7 @@
 """Explanations: which lines, and which profiled operations, hold the memory a process grows by.
 
-:func:`explain_memory` traces the process's allocations with :mod:`tracemalloc` for a bounded
-window and reports the allocation sites, and the profiled operations, holding the bytes that were
+:func:`explain_memory` traces the process's allocations for a bounded window (with memray where it
+is installed, the ``explain`` extra, else with :mod:`tracemalloc`) and reports the allocation sites, and the profiled operations, holding the bytes that were
 allocated during the window and are still live at its end. :class:`AutoExplainer` runs one such
 window in the background when a leak is suspected, and reports it as a span, a log line and to
 its listeners.
@@ -19,8 +19,8 @@ must be among those recorded, under whatever library calls lie between it and th
 Recording a frame means a line-number lookup on every allocation, so tracing slows allocations in
 proportion to the frames recorded (docs/performance.md); a window therefore runs for a bounded
 time, one at a time, and :class:`AutoExplainer` keeps windows to a small share of wall time.
-``explain_memory(native=True)`` traces with memray where it is installed: cheaper per allocation,
-and it sees native allocations too.
+memray records its stacks at a fraction of that cost and sees native allocations too, so it is
+the backend wherever it can be imported; tracemalloc, in the standard library, everywhere else.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import collections
 import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -53,6 +54,8 @@ from .. import _telemetry
 from .._runtime import RUNTIME
 from ..config import number_in_range, parse_choice
 from ..errors import ConfigurationError, ReerMemoryError
+from .leak import EXPLANATION_WINDOW
+from .probe import process_probe
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ MAX_RANGES = 10_000
 _MAX_INDEXED_FILES = 256
 _POLL_S = 0.1
 _BACKEND = "tracemalloc"
+#: At a window's end, how long it may wait for a moment with no watched operation in flight.
+_SETTLE_MAX_S = 1.0
 _WINDOW_LOCK = "explain.window"
 _RANGES_LOCK = "explain.ranges"
 _UNATTRIBUTED = "(unattributed)"
@@ -132,6 +137,9 @@ class MemoryExplanation:
     ended_early: str = ""
     #: How many distinct sites held bytes (``sites`` keeps the largest ``top``).
     sites_total: int = 0
+    #: Profiled operations with a call in flight when the window ended: their bytes may include
+    #: that call's working memory, which it frees when it returns, so they prove no leak.
+    in_flight: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-serialisable dict (read back by :meth:`from_dict`)."""
@@ -144,6 +152,7 @@ class MemoryExplanation:
             "sites_total": self.sites_total,
             "sites": [site.as_dict() for site in self.sites],
             "operations": dict(self.operations),
+            "in_flight": list(self.in_flight),
         }
 
     @classmethod
@@ -169,6 +178,7 @@ class MemoryExplanation:
             backend=str(data.get("backend", _BACKEND)),
             ended_early=str(data.get("ended_early", "")),
             sites_total=int(data.get("sites_total", len(sites))),
+            in_flight=tuple(str(name) for name in data.get("in_flight", ())),
         )
 
     def format(self) -> str:
@@ -188,7 +198,8 @@ class MemoryExplanation:
         rows = [*self.operations.items(), (_UNATTRIBUTED, self.unattributed_bytes)]
         for name, size in rows:
             share = size / self.total_bytes if self.total_bytes else 0.0
-            lines.append(f"{size:>14,} {share:>7.1%}  {name}")
+            note = "  (a call was in flight at the end)" if name in self.in_flight else ""
+            lines.append(f"{size:>14,} {share:>7.1%}  {name}{note}")
         return "\n".join(lines)
 
 
@@ -362,16 +373,24 @@ def function_at(filename: str, lineno: int) -> str:
 
 
 class _WindowState:
-    """Whether this process's window started tracemalloc, so a forked child can stop it."""
+    """Which backend this process's window is tracing with, so a forked child can let it go."""
 
     def __init__(self) -> None:
-        self.tracing = False
+        self.tracing = False  # tracemalloc
+        self.memray = False  # a memray Tracker
+        #: A forked child of a process whose memray window was running: memray stops tracking
+        #: in a child, but leaves its thread hooks, which are not a Tracker of anyone's.
+        self.memray_inherited = False
 
     def _after_fork_in_child(self) -> None:
         # The window's thread does not exist in the child: nothing would ever stop its tracing.
+        EXPLANATION_WINDOW.reset()
         if self.tracing:
             self.tracing = False
             tracemalloc.stop()
+        if self.memray:
+            self.memray = False
+            self.memray_inherited = True
 
 
 def _window_state() -> _WindowState:
@@ -386,6 +405,9 @@ def memray_tracking() -> bool:
     ``start_thread_trace`` as the threading profile hook; either is taken as the sign.
     """
     if "memray" not in sys.modules:
+        return False
+    state = RUNTIME.peek("explain_window")
+    if isinstance(state, _WindowState) and state.memray_inherited:
         return False
     interceptor = getattr(sys.modules.get("memray._thread_name_interceptor"), "ThreadNameInterceptor", None)
     if isinstance(interceptor, type) and isinstance(vars(threading.Thread).get("_ident"), interceptor):
@@ -415,31 +437,84 @@ def _check_arguments(seconds: object, top: object) -> tuple[float, int]:
     return window, top
 
 
-def explain_memory(seconds: float = 10.0, *, top: int = 10, native: bool = False) -> MemoryExplanation:
+def explain_memory(seconds: float = 10.0, *, top: int = 10, native: bool | None = None) -> MemoryExplanation:
     """Trace allocations for ``seconds``; the ``top`` sites, and the operations, holding what stays live.
 
     The calling thread waits for the window. Raises :class:`ExplainUnavailableError` when
     tracemalloc is already tracing (the user's own tracing is left untouched), memray is
     tracking, or another window is running in the process.
 
-    ``native=True`` traces with memray instead (``pip install memray``), which also sees
-    allocations made in C by extensions, and costs less per allocation than tracemalloc
-    (docs/performance.md); it writes the window's allocations to a temporary file, removed
-    afterwards. Without memray it raises :class:`ExplainUnavailableError`.
+    ``native``: trace with memray (True; ``pip install 'reer-otel-memory[explain]'``), which also
+    sees allocations made in C by extensions and costs less per allocation than tracemalloc
+    (docs/performance.md), writing the window's allocations to a temporary file removed
+    afterwards; with tracemalloc (False); or with memray where it can be imported and runs,
+    else tracemalloc (None, the default). ``native=True`` without memray raises
+    :class:`ExplainUnavailableError`.
     """
     window, top = _check_arguments(seconds, top)
-    if not isinstance(native, bool):
-        raise ConfigurationError(f"explain_memory(native={native!r}): expected True or False")
+    if native is not None and not isinstance(native, bool):
+        raise ConfigurationError(f"explain_memory(native={native!r}): expected True, False or None")
     return _explain(window, top, threading.Event(), native=native)
 
 
-def _explain(seconds: float, top: int, stop: threading.Event, *, native: bool = False) -> MemoryExplanation:
+def window_open() -> bool:
+    """Whether an explanation window is tracing this process's allocations now (either backend)."""
+    return EXPLANATION_WINDOW.open
+
+
+def memray_available() -> bool:
+    """Whether memray can be imported here (it is not imported by asking)."""
+    try:
+        return importlib.util.find_spec("memray") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _Settled:
+    """The end of a window: wait, at most ``bound_s``, for a moment when none of the ``watch``
+    operations (None: none at all) has a call in flight (see ``leak._Window``); entered, the
+    operations in flight then. The capture is taken inside, and leaving lets the held call go."""
+
+    def __init__(self, watch: frozenset[str] | None, bound_s: float) -> None:
+        self.watch = watch
+        self.bound_s = bound_s
+        self.entered = False
+
+    def __enter__(self) -> tuple[str, ...]:
+        window = EXPLANATION_WINDOW
+        probe = RUNTIME.probe or process_probe()
+        window.quiet.clear()
+        window.captured.clear()
+        window.watch = self.watch
+        window.settling = self.entered = True
+        names = probe.in_flight_operations()
+        if names if self.watch is None else names & self.watch:
+            window.quiet.wait(self.bound_s)
+        window.settling = False
+        return tuple(sorted(probe.in_flight_operations()))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.entered:
+            self.entered = False
+            EXPLANATION_WINDOW.settling = False
+            EXPLANATION_WINDOW.captured.set()
+
+
+def _explain(
+    seconds: float, top: int, stop: threading.Event, *, native: bool | None = None, watch: frozenset[str] | None = None,
+) -> MemoryExplanation:
     lock = RUNTIME.lock(_WINDOW_LOCK)
     if not lock.acquire(blocking=False):
         raise ExplainUnavailableError("an explanation window is already running in this process; one runs at a time")
     try:
-        if native:
-            return _explain_with_memray(seconds, top, stop)
+        state = _window_state()
+        if native or (native is None and memray_available() and not tracemalloc.is_tracing() and not state.memray_inherited):
+            try:
+                return _explain_with_memray(seconds, top, stop, watch)
+            except (ExplainUnavailableError, OSError) as exc:
+                if native:
+                    raise
+                logger.info("reer_otel_memory: explaining with tracemalloc instead of memray: %s", exc)
         reason = unavailable_reason()
         if reason is not None:
             raise ExplainUnavailableError(reason)
@@ -450,22 +525,25 @@ def _explain(seconds: float, top: int, stop: threading.Event, *, native: bool = 
         try:
             state.tracing = True
             tracemalloc.start(TRACEBACK_FRAMES)
+            EXPLANATION_WINDOW.open = True
             started = time.monotonic()
             ended_early = _wait(started + seconds, stop)
-            if not tracemalloc.is_tracing():
-                raise ExplainUnavailableError("tracemalloc was stopped by other code during the explanation window")
-            captured = _capture()
+            with _Settled(watch, _settle_bound(seconds)) as in_flight:
+                if not tracemalloc.is_tracing():
+                    raise ExplainUnavailableError("tracemalloc was stopped by other code during the explanation window")
+                captured = _capture()
             ended = time.monotonic()
         finally:
+            EXPLANATION_WINDOW.open = False
             if state.tracing:
                 state.tracing = False
                 tracemalloc.stop()
-        return _build(_grouped(captured), top, ended - started, ended_early)
+        return _build(_grouped(captured), top, ended - started, ended_early, in_flight=in_flight)
     finally:
         lock.release()
 
 
-def _explain_with_memray(seconds: float, top: int, stop: threading.Event) -> MemoryExplanation:
+def _explain_with_memray(seconds: float, top: int, stop: threading.Event, watch: frozenset[str] | None) -> MemoryExplanation:
     """The window traced by a memray ``Tracker`` (every Python allocation, and native ones), read back from its file."""
     try:
         memray: Any = importlib.import_module("memray")  # an optional dependency: not typed here
@@ -476,17 +554,31 @@ def _explain_with_memray(seconds: float, top: int, stop: threading.Event) -> Mem
     directory = tempfile.mkdtemp(prefix="reer-otel-memory-explain-")  # private to this user (mode 0700)
     try:
         capture = os.path.join(directory, "window.bin")
-        with memray.Tracker(capture, trace_python_allocators=True, file_format=memray.FileFormat.AGGREGATED_ALLOCATIONS):
-            started = time.monotonic()
-            ended_early = _wait(started + seconds, stop)
-            ended = time.monotonic()
+        state = _window_state()
+        settled = _Settled(watch, _settle_bound(seconds))
+        try:
+            with memray.Tracker(capture, trace_python_allocators=True, file_format=memray.FileFormat.AGGREGATED_ALLOCATIONS):
+                EXPLANATION_WINDOW.open = state.memray = True
+                try:
+                    started = time.monotonic()
+                    ended_early = _wait(started + seconds, stop)
+                    in_flight = settled.__enter__()
+                    ended = time.monotonic()
+                finally:
+                    EXPLANATION_WINDOW.open = state.memray = False
+        finally:
+            settled.__exit__()  # tracking has stopped: the held call may go
         groups = [
             (record.size, record.n_allocations, tuple((filename, lineno) for _function, filename, lineno in record.stack_trace()))
             for record in memray.FileReader(capture).get_leaked_allocation_records(merge_threads=True)
         ]
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return _build(groups, top, ended - started, ended_early, backend="memray")
+    return _build(groups, top, ended - started, ended_early, backend="memray", in_flight=in_flight)
+
+
+def _settle_bound(seconds: float) -> float:
+    return min(_SETTLE_MAX_S, seconds / 2)
 
 
 def _wait(deadline: float, stop: threading.Event) -> str:
@@ -556,7 +648,8 @@ def _classify(filename: str, libraries: tuple[str, ...], profiled: Mapping[str, 
 
 
 def _build(
-    groups: Iterable[tuple[int, int, tuple[tuple[str, int], ...]]], top: int, seconds: float, ended_early: str, backend: str = _BACKEND
+    groups: Iterable[tuple[int, int, tuple[tuple[str, int], ...]]], top: int, seconds: float, ended_early: str, backend: str = _BACKEND,
+    in_flight: tuple[str, ...] = (),
 ) -> MemoryExplanation:
     attributor = _Attributor()
     libraries = _library_prefixes()
@@ -621,6 +714,7 @@ def _build(
         backend=backend,
         ended_early=ended_early,
         sites_total=len(sites),
+        in_flight=in_flight,
     )
 
 
@@ -676,6 +770,7 @@ class AutoExplainer:
         clock: Callable[[], float] = time.monotonic,
         *,
         top: int = 10,
+        native: bool | None = None,
     ) -> None:
         """``enabled`` and ``seconds`` default to ``REER_MEMORY_EXPLAIN`` and ``REER_MEMORY_EXPLAIN_SECONDS``."""
         if enabled is None:
@@ -683,6 +778,7 @@ class AutoExplainer:
         if seconds is None:
             seconds = _seconds_from_env(os.environ.get(names.ENV_EXPLAIN_SECONDS), 10.0)
         self.seconds, self.top = _check_arguments(seconds, top)
+        self.native = native  # the backend, as explain_memory(native=...)
         share = number_in_range(max_share, 0.0, 1.0, low_inclusive=False)
         if share is None:
             raise ConfigurationError(f"AutoExplainer(max_share={max_share!r}): expected a share above 0 and at most 1")
@@ -772,7 +868,7 @@ class AutoExplainer:
     def _run(self, reason: str, operations: tuple[str, ...], links: tuple[SpanContext, ...], stop: threading.Event) -> None:
         start_ns = time.time_ns()
         try:
-            explanation = _explain(self.seconds, self.top, stop)
+            explanation = _explain(self.seconds, self.top, stop, native=self.native, watch=frozenset(operations) or None)
         except ExplainUnavailableError as exc:
             with self._lock:
                 self._log_unavailable(str(exc))

@@ -37,7 +37,6 @@ import collections
 import logging
 import threading
 import time
-import tracemalloc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -51,7 +50,45 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_is_tracing = tracemalloc.is_tracing
+
+
+class _Window:
+    """Whether an explanation window (``profiling.explain``) is tracing allocations now, and the
+    hand-over at its end: the window waits for a moment when none of the operations it watches
+    has a call in flight, so that no call's working memory passes for memory kept. In a busy
+    service such a moment lasts microseconds, so the call that makes it (the last watched one to
+    end) tells the window and waits, at most :data:`_HOLD_S`, until the window has its capture."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.settling = False
+        self.watch: frozenset[str] | None = None  # None: every operation
+        self.quiet = threading.Event()
+        self.captured = threading.Event()
+
+    def reset(self) -> None:
+        """No window (a forked child: the window's thread is not there)."""
+        self.__init__()  # type: ignore[misc]
+
+    def call_ended(self, operation: str) -> None:
+        """A profiled call of ``operation`` has ended while the window settles."""
+        watch = self.watch
+        if watch is not None and operation not in watch:
+            return
+        probe = RUNTIME.probe
+        if probe is None:
+            return
+        in_flight = probe.in_flight_operations()
+        if in_flight if watch is None else in_flight & watch:
+            return
+        self.quiet.set()
+        self.captured.wait(_HOLD_S)
+
+
+#: How long the call that ends last may be held while the window captures.
+_HOLD_S = 1.0
+#: Set by the explanation window while it traces; calls ending meanwhile are counted per operation.
+EXPLANATION_WINDOW = _Window()
 
 #: Python small-object blocks are at most this many bytes: a bound on what a block count can hold.
 _MAX_SMALL_BLOCK = 512
@@ -115,12 +152,13 @@ def retained_bytes(rss_delta: int, heap_delta: int | None, blocks_delta: int | N
 class _Evidence:
     """Retained figures of one kind (own or contested): a short and a long window."""
 
-    __slots__ = ("long", "long_sum", "short", "short_heap", "short_sum")
+    __slots__ = ("long", "long_heap", "long_sum", "short", "short_heap", "short_sum")
 
     def __init__(self, window: int, long_window: int) -> None:
         self.short: collections.deque[int] = collections.deque(maxlen=window)
         self.short_heap: collections.deque[bool] = collections.deque(maxlen=window)  # each figure read the heap
         self.long: collections.deque[int] = collections.deque(maxlen=long_window)
+        self.long_heap: collections.deque[bool] = collections.deque(maxlen=long_window)
         # Running totals, so that a window that cannot hold a leak is passed over without a sort;
         # a race between two calls can skew them, so each judgement that relies on them resyncs.
         self.short_sum = 0
@@ -135,6 +173,7 @@ class _Evidence:
         short.append(retained)
         self.short_heap.append(heap)
         long.append(retained)
+        self.long_heap.append(heap)
         self.short_sum += retained
         self.long_sum += retained
 
@@ -143,7 +182,8 @@ class _Evidence:
         self.long_sum = sum(self.long)
 
     def mostly_rss(self) -> bool:
-        return sum(self.short_heap) * 2 < len(self.short_heap)
+        """Whether most figures of either window were read from RSS alone (whichever judgement fired)."""
+        return sum(self.short_heap) * 2 < len(self.short_heap) or sum(self.long_heap) * 2 < len(self.long_heap)
 
 
 class _OperationHistory:
@@ -313,7 +353,7 @@ class LeakDetector:
                     if len(self._ops) > self.max_operations:
                         self._ops.popitem(last=False)
         history.calls += 1  # a lost increment under a race only shifts when the next check runs
-        if _is_tracing():
+        if EXPLANATION_WINDOW.open:
             history.traced_calls += 1
         calls = history.calls
         if calls <= self.warmup_calls:
@@ -341,7 +381,9 @@ class LeakDetector:
                 # frees are the next one's reuse): another operation's call between the two
                 # starts makes RSS-only evidence shared, as an overlap does.
                 shared = previous_overlap or (
-                    heap_step is None and before.seq > 0 and start.seq - before.seq - 1 - before.nested > 0
+                    # any other window opened between the two starts, or calls of this operation
+                    # that overlap each other (the previous to end started after this one)
+                    heap_step is None and before.seq > 0 and start.seq - before.seq - 1 - before.nested != 0
                 )
                 (history.contested if shared else history.own).add(retained, heap_step is not None)
         if history.announce:
@@ -472,7 +514,8 @@ class LeakDetector:
         if own_suspected:
             history.bytes_per_call = own_per_call
         elif keep_explained:
-            history.bytes_per_call = contested_per_call if contested_suspected else history.bytes_per_call
+            if not history.bytes_per_call:  # else the explanation's figure stands
+                history.bytes_per_call = contested_per_call
         else:
             history.bytes_per_call = 0
         candidate = contested_suspected and not suspected and not history.excused
@@ -542,8 +585,12 @@ class LeakDetector:
 
     def on_explanation(self, explanation: object, reason: object = None, operations: object = None) -> None:
         """Settle verdicts from an explanation's live bytes per operation (see the module docs)."""
-        total = int(getattr(explanation, "total_bytes", 0) or 0)
         by_operation: dict[str, int] = dict(getattr(explanation, "operations", {}) or {})
+        # An operation with a call in flight at the window's end holds that call's working memory
+        # too: it proves nothing either way, and its bytes are left out of the shares.
+        in_flight = set(getattr(explanation, "in_flight", ()) or ())
+        total = int(getattr(explanation, "total_bytes", 0) or 0) - sum(by_operation.get(name, 0) for name in in_flight)
+        by_operation = {name: size for name, size in by_operation.items() if name not in in_flight}
         if total < _EXPLANATION_FLOORS * self.floor_bytes:
             return
         raised: list[str] = []
@@ -553,12 +600,15 @@ class LeakDetector:
         now = time.monotonic()
         with self._lock:
             for name, history in self._ops.items():
+                if name in in_flight:
+                    continue
                 share = by_operation.get(name, 0) / total
                 if share >= _CONFIRM_SHARE:
                     history.vetoed = history.excused = False
                     history.explained_at = now
-                    if not history.bytes_per_call:
-                        # What the figures cannot see: the live bytes over the calls in the window.
+                    if not history.suspected or not history.bytes_per_call:
+                        # The live bytes over the calls in the window: exact where shared or RSS-only
+                        # figures were not (a suspicion on its own evidence keeps that figure).
                         history.bytes_per_call = by_operation[name] // max(1, history.traced_calls)
                     if not history.suspected:
                         history.suspected = history.explained = history.announce = True

@@ -49,7 +49,7 @@ from ..errors import InvalidArgumentError
 from ..levels import MemoryLevel
 from .devices import DeviceWindow, device_memory
 from .flight_recorder import recorder_holder
-from .leak import CallStart
+from .leak import EXPLANATION_WINDOW, CallStart
 from .probe import MemoryProbe, PeakWindow, process_probe
 from .tracker import get_memory_tracker
 
@@ -454,6 +454,8 @@ def _finish(call: _Operation | _Light | None, exc: BaseException | None) -> None
     _detach(token)
     try:
         call.finish(exc)
+        if EXPLANATION_WINDOW.settling:
+            EXPLANATION_WINDOW.call_ended(call.name)
     except Exception as failure:
         _log_failure("finishing a profiled operation", failure)
 

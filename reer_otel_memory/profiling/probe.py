@@ -379,6 +379,12 @@ class MemoryProbe:
             self._enter_flight(window)
         return rss
 
+    def in_flight_operations(self) -> set[str]:
+        """The names of the operations with a window open now (windows without one left out)."""
+        with self._lock:
+            windows = list(self._active)
+        return {name for name in (getattr(window, "name", None) for window in windows) if isinstance(name, str)}
+
     def open_flight(self, window: PeakWindow) -> None:
         """Count ``window`` in flight without measuring a peak; :meth:`close_flight` ends it."""
         with self._lock:
