@@ -10,7 +10,8 @@ import pytest
 from _buffers import KiB, MiB, fill_free_small_object_memory, release_free_memory, small_objects, touched
 
 from reer_otel_memory import LeakDetector, LeakSuspect, get_memory_tracker, memory_context, memory_profile
-from reer_otel_memory.profiling.leak import EXPLANATION_WINDOW, CallStart
+from reer_otel_memory.profiling.leak import CallStart
+from reer_otel_memory.profiling.window import EXPLANATION_WINDOW
 
 LEAK_LOGGER = "reer_otel_memory.profiling.leak"
 

@@ -54,8 +54,8 @@ from .. import _telemetry
 from .._runtime import RUNTIME
 from ..config import number_in_range, parse_choice
 from ..errors import ConfigurationError, ReerMemoryError
-from .leak import EXPLANATION_WINDOW
 from .probe import process_probe
+from .window import EXPLANATION_WINDOW
 
 logger = logging.getLogger(__name__)
 

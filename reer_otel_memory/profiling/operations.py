@@ -49,9 +49,10 @@ from ..errors import InvalidArgumentError
 from ..levels import MemoryLevel
 from .devices import DeviceWindow, device_memory
 from .flight_recorder import recorder_holder
-from .leak import EXPLANATION_WINDOW, CallStart
+from .leak import CallStart
 from .probe import MemoryProbe, PeakWindow, process_probe
 from .tracker import get_memory_tracker
+from .window import EXPLANATION_WINDOW
 
 if TYPE_CHECKING:
     from .flight_recorder import FlightRecorder
