@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .. import _names as names
 from .._runtime import RUNTIME
@@ -89,16 +89,31 @@ class LeakSuspect:
         return {"operation": self.operation, "bytes_per_call": self.bytes_per_call, "calls_seen": self.calls_seen}
 
 
-class CallStart(NamedTuple):
+class StartReadings(Protocol):
     """What a call read at its start, for the start-to-start view (heap and blocks: None if
-    unread); ``seq`` and ``nested``: the probe's count of windows opened up to this call's, and
-    how many opened inside it (0, 0: unknown), so that other operations' calls between two
-    starts of this one can be told."""
+    unread); ``open_seq`` and ``nested``: the probe's count of windows opened up to this call's,
+    and how many opened inside it (0, 0: unknown), so that other operations' calls between two
+    starts of this one can be told. A profiled call passes itself."""
 
-    rss: int
-    heap: int | None = None
-    blocks: int | None = None
-    seq: int = 0
+    @property
+    def rss_start(self) -> int: ...
+    @property
+    def heap_start(self) -> int | None: ...
+    @property
+    def blocks_start(self) -> int | None: ...
+    @property
+    def open_seq(self) -> int: ...
+    @property
+    def nested(self) -> int: ...
+
+
+class CallStart(NamedTuple):
+    """:class:`StartReadings` as plain values."""
+
+    rss_start: int
+    heap_start: int | None = None
+    blocks_start: int | None = None
+    open_seq: int = 0
     nested: int = 0
 
 
@@ -189,7 +204,7 @@ class _OperationHistory:
         self.heap_read = False  # the latest call read the heap
         self.heap_seen = False  # some call read it: the heap can be read for this operation
         self.rechecked = False  # an RSS-only suspicion was set aside once to be judged on the heap
-        self.pending: tuple[CallStart, int, int] | None = None  # previous call: start, end view, overlap
+        self.pending: tuple[StartReadings, int, int] | None = None  # previous call: start, end view, overlap
         self.threads: set[int] = set()  # native ids of the threads the operation ran in
         self.mark: tuple[float, dict[int, int]] | None = None  # wall time, CPU ns per thread
 
@@ -298,7 +313,7 @@ class LeakDetector:
         *,
         blocks_delta: int | None = None,
         overlap: int = 0,
-        start: CallStart | None = None,
+        start: StartReadings | None = None,
         span: Span | None = None,
     ) -> bool | None:
         """Add one call. Returns True on the call that raised the operation's suspicion (or the
@@ -338,9 +353,11 @@ class LeakDetector:
             previous, history.pending = history.pending, (start, end_view, overlap)
             if previous is not None:
                 before, previous_end, previous_overlap = previous
-                heap_step = None if start.heap is None or before.heap is None else start.heap - before.heap
-                blocks_step = None if start.blocks is None or before.blocks is None else start.blocks - before.blocks
-                step = self._view(start.rss - before.rss, heap_step, blocks_step)
+                heap, before_heap = start.heap_start, before.heap_start
+                heap_step = None if heap is None or before_heap is None else heap - before_heap
+                blocks, before_blocks = start.blocks_start, before.blocks_start
+                blocks_step = None if blocks is None or before_blocks is None else blocks - before_blocks
+                step = self._view(start.rss_start - before.rss_start, heap_step, blocks_step)
                 retained = step if step < previous_end else previous_end
                 # Without the heap, RSS pages move between operations that run in turn (one's
                 # frees are the next one's reuse): another operation's call between the two
@@ -348,7 +365,7 @@ class LeakDetector:
                 shared = previous_overlap or (
                     # any other window opened between the two starts, or calls of this operation
                     # that overlap each other (the previous to end started after this one)
-                    heap_step is None and before.seq > 0 and start.seq - before.seq - 1 - before.nested != 0
+                    heap_step is None and before.open_seq > 0 and start.open_seq - before.open_seq - 1 - before.nested != 0
                 )
                 (history.contested if shared else history.own).add(retained, heap_step is not None)
         if history.announce:

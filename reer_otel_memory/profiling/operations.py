@@ -49,7 +49,6 @@ from ..errors import InvalidArgumentError
 from ..levels import MemoryLevel
 from .devices import DeviceWindow, device_memory
 from .flight_recorder import recorder_holder
-from .leak import CallStart
 from .probe import MemoryProbe, PeakWindow, process_probe
 from .tracker import get_memory_tracker
 from .window import EXPLANATION_WINDOW
@@ -300,7 +299,7 @@ class _Operation(PeakWindow):
             leak_detector = tracker.leak_detector
             raised = leak_detector.observe(
                 name, delta, heap_delta, blocks_delta=blocks_delta, overlap=overlap,
-                start=CallStart(rss_start, heap_start, self.blocks_start, self.open_seq, self.nested), span=span,
+                start=self, span=span,
             )
             suspected = leak_detector.is_suspected(name)
 
@@ -500,6 +499,7 @@ class _Light(PeakWindow):
     the flight recorder fed, and a result where the caller reads one (``memory_context``)."""
 
     __slots__ = ("context", "name", "result", "rss_start", "sampler", "slot", "started", "token")
+    heap_start = blocks_start = None  # not read without an SDK (see leak.StartReadings)
 
     def __init__(self, name: str, sampler: _LightSampler | None, keep_result: bool) -> None:
         super().__init__()
@@ -558,7 +558,7 @@ class _Light(PeakWindow):
         tracker = RUNTIME.tracker or get_memory_tracker()
         tracker.record_operation(name, rss_end, level)
         tracker.leak_detector.observe(
-            name, rss_end - rss_start, overlap=overlap, start=CallStart(rss_start, None, None, self.open_seq, self.nested),
+            name, rss_end - rss_start, overlap=overlap, start=self,
         )
 
 
