@@ -100,10 +100,10 @@ def _histories() -> dict[str, Any]:
             continue
         found[operation] = {
             "calls": history.calls,
-            "own_short": list(history.own.short),
-            "contested_short": list(history.contested.short),
-            "own_long_n": len(history.own.long),
-            "contested_long_n": len(history.contested.long),
+            "own_short": history.own.short()[::-1],
+            "contested_short": history.contested.short()[::-1],
+            "own_long_n": len(history.own.long()),
+            "contested_long_n": len(history.contested.long()),
             "own_judged": list(detector._judge(history.own)),
             "contested_judged": list(detector._judge(history.contested)),
             **{flag: getattr(history, flag) for flag in ("suspected", "candidate", "explained", "vetoed", "excused", "rechecked")},

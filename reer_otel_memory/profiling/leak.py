@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -130,40 +131,49 @@ def retained_bytes(rss_delta: int, heap_delta: int | None, blocks_delta: int | N
 
 
 class _Evidence:
-    """Retained figures of one kind (own or contested): a short and a long window."""
+    """Retained figures of one kind (own or contested), newest last: the short window is the
+    last ``window`` of them, the long window the last ``long_window``."""
 
-    __slots__ = ("long", "long_heap", "long_sum", "short", "short_heap", "short_sum")
+    __slots__ = ("heap", "long_sum", "long_window", "short_sum", "values", "window")
 
     def __init__(self, window: int, long_window: int) -> None:
-        self.short: collections.deque[int] = collections.deque(maxlen=window)
-        self.short_heap: collections.deque[bool] = collections.deque(maxlen=window)  # each figure read the heap
-        self.long: collections.deque[int] = collections.deque(maxlen=long_window)
-        self.long_heap: collections.deque[bool] = collections.deque(maxlen=long_window)
+        self.window = window
+        self.long_window = long_window
+        size = max(window, long_window)
+        self.values: collections.deque[int] = collections.deque(maxlen=size)
+        self.heap: collections.deque[bool] = collections.deque(maxlen=size)  # each figure read the heap
         # Running totals, so that a window that cannot hold a leak is passed over without a sort;
-        # a race between two calls can skew them, so each judgement that relies on them resyncs.
+        # a race between two calls can skew them, so they are summed again every few judgements.
         self.short_sum = 0
         self.long_sum = 0
 
     def add(self, retained: int, heap: bool) -> None:
-        short, long = self.short, self.long
-        if len(short) == short.maxlen:
-            self.short_sum -= short[0]
-        if len(long) == long.maxlen:
-            self.long_sum -= long[0]
-        short.append(retained)
-        self.short_heap.append(heap)
-        long.append(retained)
-        self.long_heap.append(heap)
+        values = self.values
+        count = len(values)
+        if count >= self.window:
+            self.short_sum -= values[-self.window]
+        if count >= self.long_window:
+            self.long_sum -= values[-self.long_window]
+        values.append(retained)
+        self.heap.append(heap)
         self.short_sum += retained
         self.long_sum += retained
 
+    def short(self) -> list[int]:
+        return list(itertools.islice(reversed(self.values), self.window))
+
+    def long(self) -> list[int]:
+        return list(itertools.islice(reversed(self.values), self.long_window))
+
     def resync(self) -> None:
-        self.short_sum = sum(self.short)
-        self.long_sum = sum(self.long)
+        self.short_sum = sum(self.short())
+        self.long_sum = sum(self.long())
 
     def mostly_rss(self) -> bool:
         """Whether most figures of either window were read from RSS alone (whichever judgement fired)."""
-        return sum(self.short_heap) * 2 < len(self.short_heap) or sum(self.long_heap) * 2 < len(self.long_heap)
+        flags = list(reversed(self.heap))
+        short, long = flags[: self.window], flags[: self.long_window]
+        return sum(short) * 2 < len(short) or sum(long) * 2 < len(long)
 
 
 class _OperationHistory:
@@ -395,11 +405,10 @@ class LeakDetector:
     # --- judgements ----------------------------------------------------------------------------
 
     def _judge_short(self, evidence: _Evidence) -> tuple[bool, int]:
-        deltas = evidence.short
-        n = len(deltas)
+        n = min(len(evidence.values), self.window)
         if n < self.min_samples or evidence.short_sum * 2 < self.floor_bytes * n:
             return False, 0  # a median at the floor needs at least half the floor a call in all
-        ordered = sorted(deltas)
+        ordered = sorted(evidence.short())
         median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) // 2
         positive = n - bisect.bisect_right(ordered, 0)  # in C: this runs every few calls on the hot path
         total = sum(ordered)
@@ -407,13 +416,12 @@ class LeakDetector:
         return suspected, median
 
     def _judge_long(self, evidence: _Evidence) -> tuple[bool, int]:
-        deltas = evidence.long
-        n = len(deltas)
+        n = min(len(evidence.values), self.long_window)
         if n < self.long_min_samples:
             return False, 0
         if evidence.long_sum < self.long_floor_bytes * n:
             return False, evidence.long_sum // n
-        values = list(deltas)
+        values = evidence.long()[::-1]  # oldest first, for the quarters
         total = sum(values)
         rate = total // n
         if rate < self.long_floor_bytes:

@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -235,8 +235,7 @@ class _Operation(PeakWindow):
     def start(self, heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None) -> None:
         telemetry = self.telemetry = RUNTIME.telemetry or _telemetry.current()
         current = otel_context.get_current()
-        parent = current.get(_OPERATION_KEY)
-        self.parent = parent if isinstance(parent, PeakWindow) else None
+        self.parent = cast("PeakWindow | None", current.get(_OPERATION_KEY))  # only profiled calls set the key
         if annotate_current:
             span = trace.get_current_span(current)
         else:
