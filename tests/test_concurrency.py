@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import threading
 
-from _buffers import MiB, release_free_memory, touched
+from _buffers import MiB, mapped, release_free_memory, touched
 from opentelemetry import trace
 
 from reer_otel_memory import PROBE, memory_context, memory_profile
@@ -30,7 +30,11 @@ def assert_peak_covers(span, own_bytes: int, seen_rss: int) -> None:
     attributes = span.attributes
     assert "reer.memory.rss.peak" in attributes, f"{span.name} has no peak"
     peak, start = attributes["reer.memory.rss.peak"], attributes["reer.memory.rss.start"]
-    assert peak - start >= own_bytes, f"{span.name}: peak growth {(peak - start) / MiB:.1f} MiB < own {own_bytes / MiB:.0f} MiB"
+    # The peak is the process's: other threads and tasks free memory meanwhile (executor threads'
+    # stacks, their objects), so the growth above the start may fall short of the own buffer by that.
+    assert peak - start >= own_bytes - COUNTER_SLACK_BYTES, (
+        f"{span.name}: peak growth {(peak - start) / MiB:.1f} MiB < own {own_bytes / MiB:.0f} MiB"
+    )
     assert peak >= seen_rss - COUNTER_SLACK_BYTES, f"{span.name}: peak below an RSS seen inside it"
 
 
@@ -177,12 +181,12 @@ def test_threads_each_running_tasks(telemetry):
     async def work(key: tuple[int, int]) -> None:
         record = seen[key]
         record["own"] = current_span_id()
-        buffer = touched(sizes[key])
+        buffer = mapped(sizes[key])  # fresh pages: resident growth whatever earlier tests left free
         await asyncio.sleep(0)
         # A blocking barrier inside a coroutine would stall its loop; wait in a worker thread.
         await asyncio.get_running_loop().run_in_executor(None, all_holding.wait)
         record["holding_rss"] = PROBE.rss_bytes()
-        del buffer
+        buffer.close()
         await asyncio.sleep(0)
         record["own_at_end"] = current_span_id()
 
