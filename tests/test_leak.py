@@ -5,11 +5,12 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import time
 
 import pytest
 from _buffers import KiB, MiB, fill_free_small_object_memory, release_free_memory, small_objects, touched
 
-from reer_otel_memory import LeakDetector, LeakSuspect, get_memory_tracker, memory_context, memory_profile
+from reer_otel_memory import ConfigurationError, LeakDetector, LeakSuspect, get_memory_tracker, memory_context, memory_profile
 from reer_otel_memory.profiling.leak import CallStart
 from reer_otel_memory.profiling.window import EXPLANATION_WINDOW
 
@@ -364,3 +365,25 @@ def test_an_operation_in_flight_at_the_windows_end_is_neither_confirmed_nor_clea
     explanation.in_flight = ("busy", "suspect")  # type: ignore[attr-defined]
     detector.on_explanation(explanation)
     assert detector.is_suspected("suspect") and not detector.is_suspected("busy")
+
+
+def test_a_steady_climb_no_operation_shows_is_a_process_level_verdict_naming_none(caplog):
+    caplog.set_level(logging.WARNING, logger=LEAK_LOGGER)
+    detector = LeakDetector(explainer=False, process_window_s=0.05, process_floor_bytes=MiB)
+    rss = 100 * MiB
+    deadline = time.monotonic() + 10
+    while not detector.process_suspected() and time.monotonic() < deadline:
+        rss += 64 * KiB  # the process grows between the calls, which keep nothing themselves
+        detector.observe("innocent", 0, start=CallStart(rss))
+    assert detector.process_suspected()
+    assert detector.candidates() == [] and detector.suspects() == []
+    assert any("no profiled operation's own calls show it" in r.getMessage() for r in leak_warnings(caplog))
+    # A suspect owns the growth: no process-level verdict beside it.
+    for _ in range(40):
+        detector.observe("owner", 300 * KiB)
+    assert detector.is_suspected("owner") and not detector.process_suspected()
+
+
+def test_process_settings_are_checked():
+    with pytest.raises(ConfigurationError, match=r"process_window_s=0.*positive number of seconds"):
+        LeakDetector(process_window_s=0)

@@ -24,7 +24,8 @@ The verdict:
 * own evidence holds and no other Python thread was busy meanwhile: the operation is suspected;
 * otherwise (contested evidence, or another thread used more than ``busy_thread_share`` of the
   time, as an unprofiled leaking thread would): a *process-level* verdict naming the candidate
-  operations, never an accusation of one of them;
+  operations, never an accusation of one of them; and a process-level verdict naming none where
+  the process's RSS climbs steadily over ``process_window_s`` while no operation is suspected;
 * an explanation (``profiling.explain``) that attributes live bytes by allocating frame settles
   it: an operation owning most of the new live bytes is suspected, one owning next to none is
   cleared.
@@ -70,6 +71,8 @@ _CLEAR_SHARE = 0.1
 #: are halved past the span, so they follow the process's recent allocations.
 _CREDIBILITY_FLOOR = 1 << 20
 _CREDIBILITY_SPAN = 256 << 20
+#: RSS samples kept for the process-level judgement (spread over ``process_window_s``).
+_PROCESS_SAMPLES = 64
 #: A suspicion only an explanation could see holds this long before a new explanation must confirm it.
 _EXPLAINED_HOLD_S = 600.0
 #: A candidate's other-thread check needs at least this much wall time since its mark.
@@ -255,6 +258,8 @@ class LeakDetector:
         heap_watch_calls: int = 512,
         explainer: Any = None,
         explained_hold_s: float = _EXPLAINED_HOLD_S,
+        process_window_s: float = 300.0,
+        process_floor_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         """``explainer``: what verdicts ask for explanations (``request`` and ``add_listener``,
         as :class:`~reer_otel_memory.profiling.explain.AutoExplainer`); None: the process's own;
@@ -277,9 +282,13 @@ class LeakDetector:
                 f"LeakDetector(long_min_samples={long_min_samples!r}, long_window={long_window!r}): "
                 "expected long_min_samples <= long_window, or the long window is never judged"
             )
-        for argument, number in (("floor_bytes", floor_bytes), ("long_floor_bytes", long_floor_bytes)):
+        for argument, number in (
+            ("floor_bytes", floor_bytes), ("long_floor_bytes", long_floor_bytes), ("process_window_s", process_window_s),
+            ("process_floor_bytes", process_floor_bytes),
+        ):
             if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
-                raise ConfigurationError(f"LeakDetector({argument}={number!r}): expected a positive number of bytes")
+                unit = "seconds" if argument.endswith("_s") else "bytes"
+                raise ConfigurationError(f"LeakDetector({argument}={number!r}): expected a positive number of {unit}")
         for argument, share in (("positive_share", positive_share), ("busy_thread_share", busy_thread_share)):
             if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
                 raise ConfigurationError(f"LeakDetector({argument}={share!r}): expected a share above 0 and at most 1")
@@ -297,10 +306,14 @@ class LeakDetector:
         self.task_dir = task_dir
         self.heap_watch_calls = heap_watch_calls
         self.explained_hold_s = explained_hold_s
+        self.process_window_s = process_window_s
+        self.process_floor_bytes = process_floor_bytes
         self._explainer = explainer
         self._lock = threading.Lock()
         self._ops: collections.OrderedDict[str, _OperationHistory] = collections.OrderedDict()
         self._process_suspected = False
+        self._process_growth = False
+        self._process_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=_PROCESS_SAMPLES)
         self._explainer_hooked = False
         self._rss_sum = 0  # RSS growth, and what the heap views retained, over calls that read the heap
         self._heap_sum = 0
@@ -383,7 +396,34 @@ class LeakDetector:
             return True
         if calls % self.check_every:
             return None
+        if start is not None:
+            self._sample_process(start.rss_start, span)
         return self._check(operation, history, span)
+
+    # --- the process -----------------------------------------------------------------------------
+
+    def _sample_process(self, rss: int, span: Span | None) -> None:
+        """Keep the process's RSS now and then (``process_window_s`` / 64 apart) from the calls'
+        readings, and judge whether it grows steadily where no operation's evidence shows it."""
+        now = time.monotonic()
+        samples = self._process_samples
+        if samples and now - samples[-1][0] < self.process_window_s / _PROCESS_SAMPLES:
+            return
+        samples.append((now, rss))
+        growing = False
+        if len(samples) >= _PROCESS_SAMPLES // 4 and now - samples[0][0] >= 0.9 * self.process_window_s:
+            values = [value for _, value in samples]
+            quarter = len(values) // 4
+            steps = [values[min((i + 1) * quarter, len(values) - 1)] - values[i * quarter] for i in range(4)]
+            # Growth in every quarter of the window, and the floor in all: a steady climb, not a step.
+            growing = min(steps) > 0 and values[-1] - values[0] >= self.process_floor_bytes
+        if growing != self._process_growth:
+            self._process_growth = growing
+            self._update_process_verdict(span)
+
+    def _unowned_growth(self) -> bool:
+        """The process grows and no operation is suspected (one that is would own the growth)."""
+        return self._process_growth and not any(h.suspected for h in list(self._ops.values()))
 
     def _view(self, rss_delta: int, heap_delta: int | None, blocks_delta: int | None, count: bool = False) -> int:
         """:func:`retained_bytes`, where the heap is credible in this process: it must account
@@ -532,21 +572,28 @@ class LeakDetector:
 
     def _update_process_verdict(self, span: Span | None) -> None:
         candidates = self.candidates()
-        suspected = bool(candidates)
+        suspected = bool(candidates) or self._unowned_growth()
         if suspected == self._process_suspected:
             return
         self._process_suspected = suspected
         if not suspected:
             logger.info("process-level memory growth no longer seen in the profiled operations")
             return
-        logger.warning(
-            "memory grows while profiled operations overlap other work: it cannot be told which owns the growth "
-            "(candidate operations: %s); an explanation names the allocating lines",
-            ", ".join(candidates),
-        )
+        if candidates:
+            logger.warning(
+                "memory grows while profiled operations overlap other work: it cannot be told which owns the growth "
+                "(candidate operations: %s); an explanation names the allocating lines",
+                ", ".join(candidates),
+            )
+        else:
+            logger.warning(
+                "memory grew steadily over the last %.0f s and no profiled operation's own calls show it: the growth is "
+                "in code outside the profiled operations, or between their calls; an explanation names the allocating lines",
+                self.process_window_s,
+            )
         if span is not None and span.is_recording():
             span.add_event(names.EVENT_PROCESS_LEAK_SUSPECTED, {names.ATTR_LEAK_CANDIDATES: candidates})
-        self._request_explanation("process memory grows: " + ", ".join(candidates), candidates, span)
+        self._request_explanation("process memory grows: " + (", ".join(candidates) or "outside the profiled operations"), candidates, span)
 
     # --- explanations --------------------------------------------------------------------------
 
@@ -614,7 +661,7 @@ class LeakDetector:
                     history.candidate = not owned
         for name in raised:
             logger.warning("memory leak suspected in operation %r: an explanation attributes most new live memory to it", name)
-        self._process_suspected = bool(self.candidates())
+        self._process_suspected = self.process_suspected()
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -649,8 +696,9 @@ class LeakDetector:
         return [name for name, h in histories if h.candidate]
 
     def process_suspected(self) -> bool:
-        """Whether the process-level verdict holds (see :meth:`candidates`)."""
-        return bool(self.candidates())
+        """Whether the process-level verdict holds: candidates (see :meth:`candidates`), or the
+        process's RSS climbing steadily over ``process_window_s`` while no operation is suspected."""
+        return bool(self.candidates()) or self._unowned_growth()
 
     def states(self) -> list[tuple[str, bool]]:
         """(operation, suspected) for every operation seen, for the leak gauge."""
@@ -660,4 +708,5 @@ class LeakDetector:
     def clear(self) -> None:
         with self._lock:
             self._ops.clear()
-            self._process_suspected = False
+            self._process_suspected = self._process_growth = False
+            self._process_samples.clear()
