@@ -215,7 +215,10 @@ def native_window_end_ms() -> tuple[float, int]:
 def run() -> list[Figure]:
     logging.getLogger(EXPLAIN_LOGGER).setLevel(logging.ERROR)
     measured = measure_in_child(GROUPS[0])
-    memray_rows = (("memray", "memray Tracker (malloc-level, aggregated file)"), ("memray_python", "memray Tracker, trace_python_allocators (an explain window where memray is installed)"))
+    memray_rows = (
+        ("memray", "memray Tracker (malloc-level, aggregated file)"),
+        ("memray_python", "memray Tracker, trace_python_allocators (an explain window where memray is installed)"),
+    )
     if importlib.util.find_spec("memray") is not None:
         for name, _label in memray_rows:
             measured.update({f"{key}@{name}": value for key, value in measure_in_child((name,)).items()})
