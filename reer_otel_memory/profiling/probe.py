@@ -6,8 +6,9 @@ This is the hot path of everything else, so each read is a single cheap system c
   the GIL held (see :func:`_statm_pages_reader`).
 * **Heap** -- allocator bytes in use from ``psutil.heap_info()`` (glibc ``mallinfo2``). It sees
   large native allocations that RSS misses until pages are touched, but it walks the free
-  lists: about 1 us in a fresh process, milliseconds in a fragmented one. The probe times
-  every call (:attr:`MemoryProbe.heap_cost_s`) so callers can decide whether it is affordable.
+  lists: about 1 us in a fresh process, milliseconds in a fragmented one. The probe times the
+  reading profiled calls take (heap and small-object blocks, :attr:`MemoryProbe.heap_cost_s`)
+  so callers can decide whether it is affordable.
 * **Peak** -- the kernel's RSS high-water mark, reset by writing ``5`` to a kept
   ``/proc/self/clear_refs`` descriptor (under 1 us) and read with ``getrusage().ru_maxrss``
   (about 0.5 us). The reset is skipped when the mark already equals the RSS. Before each reset the high-water mark is folded into every peak window still
@@ -243,18 +244,10 @@ class MemoryProbe:
     def heap_bytes(self) -> int | None:
         """Bytes the C allocator has handed out and not freed, or None where unknown.
 
-        Cost varies with heap fragmentation (1 us to milliseconds); see :attr:`heap_cost_s`.
+        Cost varies with heap fragmentation (1 us to milliseconds).
         """
-        if _heap_info is None:
-            return None
-        started = time.perf_counter()
-        try:
-            info = _heap_info()
-        except (OSError, RuntimeError, NotImplementedError):
-            return None
-        cost = time.perf_counter() - started
-        self._note_heap_cost(cost)
-        return int(getattr(info, "heap_used", 0)) + int(getattr(info, "mmap_used", 0))
+        reading = self._read_heap(blocks=False)
+        return None if reading is None else reading[0]
 
     def heap_reading(self) -> tuple[int, int] | None:
         """The allocator heap (:meth:`heap_bytes`) and the count of Python small-object blocks in
@@ -265,6 +258,9 @@ class MemoryProbe:
         from pages the allocator merely reused. Both walk allocator structures, so the pair is
         timed into :attr:`heap_cost_s`.
         """
+        return self._read_heap(blocks=True)
+
+    def _read_heap(self, blocks: bool) -> tuple[int, int] | None:
         if _heap_info is None:
             return None
         started = time.perf_counter()
@@ -272,10 +268,11 @@ class MemoryProbe:
             info = _heap_info()
         except (OSError, RuntimeError, NotImplementedError):
             return None
-        blocks = sys.getallocatedblocks()
-        cost = time.perf_counter() - started
-        self._note_heap_cost(cost)
-        return int(getattr(info, "heap_used", 0)) + int(getattr(info, "mmap_used", 0)), blocks
+        count = 0
+        if blocks:  # the reading profiled calls take: its cost decides where they take it
+            count = sys.getallocatedblocks()
+            self._note_heap_cost(time.perf_counter() - started)
+        return int(getattr(info, "heap_used", 0)) + int(getattr(info, "mmap_used", 0)), count
 
     def _hwm_bytes(self) -> int:
         """The kernel's RSS high-water mark since the last reset (caller holds the lock)."""
