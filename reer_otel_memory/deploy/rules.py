@@ -189,9 +189,10 @@ _RUNBOOKS = {
         "dashboard (operation peak growth, leak suspects) before raising {env}."
     ),
     LEAK_SUSPECTED: (
-        "RSS grew on a run of consecutive calls of this operation. Compare its net bytes per "
-        "operation on the Reer memory dashboard and look for objects it keeps per call (caches, "
-        "lists, registries); a restart only buys time."
+        "Its own calls keep memory call after call (or an explanation attributed most new live "
+        "memory to it). Start from the reer.memory.explain span or log line, which names the "
+        "allocating lines, or run reer-otel-memory explain PID; then look for what they keep per "
+        "call (caches, lists, registries). A restart only buys time."
     ),
     CRITICAL_PREDICTED: (
         "Nothing has crossed the critical threshold yet: there is time to act. On the Reer memory "
