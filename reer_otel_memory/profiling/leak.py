@@ -189,7 +189,6 @@ class _OperationHistory:
         "excused",
         "explained",
         "explained_at",
-        "heap_read",
         "heap_seen",
         "mark",
         "own",
@@ -214,7 +213,6 @@ class _OperationHistory:
         self.excused = False  # ... and that another operation owns most of it
         self.announce = False  # a suspicion raised outside a call: the next call reports it
         self.bytes_per_call = 0
-        self.heap_read = False  # the latest call read the heap
         self.heap_seen = False  # some call read it: the heap can be read for this operation
         self.rechecked = False  # an RSS-only suspicion was set aside once to be judged on the heap
         self.pending: tuple[StartReadings, int, int] | None = None  # previous call: start, end view, overlap
@@ -366,9 +364,7 @@ class LeakDetector:
         if calls == self.warmup_calls + 1 and history.mark is None:
             history.mark = (time.monotonic(), _thread_cpu_ns(self.task_dir))
         if heap_delta is not None:
-            history.heap_read = history.heap_seen = True
-        else:
-            history.heap_read = False
+            history.heap_seen = True
         end_view = self._view(rss_delta, heap_delta, blocks_delta, count=True)
         if start is None:
             (history.contested if overlap else history.own).add(end_view, heap_delta is not None)
