@@ -868,7 +868,7 @@ class AutoExplainer:
     def _run(self, reason: str, operations: tuple[str, ...], links: tuple[SpanContext, ...], stop: threading.Event) -> None:
         start_ns = time.time_ns()
         try:
-            explanation = _explain(self.seconds, self.top, stop, native=self.native)
+            explanation = _explain(self.seconds, self.top, stop, native=self.native, watch=frozenset(operations) or None)
         except ExplainUnavailableError as exc:
             with self._lock:
                 self._log_unavailable(str(exc))
