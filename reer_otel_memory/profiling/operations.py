@@ -1,8 +1,10 @@
 """Profiled operations: ``@memory_profile`` and ``memory_context``, one span each.
 
-Each operation opens a span (or annotates the current one), measures RSS at start and end, the
-exact peak RSS in between, and, where affordable, the allocator heap delta; records the
-``reer.memory.operation.*`` metrics; adds a snapshot to the tracker; and feeds leak detection.
+Each operation opens a span (or annotates the current one), measures the process's RSS at start
+and end, its peak in between, how many other operations overlapped it, and, where affordable, the
+allocator heap delta; records the ``reer.memory.operation.*`` metrics; adds a snapshot to the
+tracker; and feeds leak detection. One lifecycle (:func:`_start`, :func:`_finish`) serves
+functions, coroutines, generators, async generators and blocks, with an SDK or without one.
 
 Which calls carry ``reer.memory.heap.delta``: ``heap=True`` always, ``heap=False`` never, and
 by default (``heap=None``) a call whose operation took, on average so far, at least
@@ -16,7 +18,6 @@ operation's first calls and while it is under suspicion (:meth:`LeakDetector.wan
 The process's probe, tracker, configuration and telemetry are read as attributes of the runtime
 (``RUNTIME.probe or process_probe()``: one attribute read once built).
 
-Cost per call (``make bench``): a span with eight attributes plus about 6 us of probe reads.
 With no OpenTelemetry SDK configured nothing leaves the process but the tracker ring and leak
 detection, so a decorated function is measured (two RSS reads and the bookkeeping) on every call
 only while its calls average :data:`LIGHT_EVERY_CALL_S` or more, or a flight recorder is
@@ -230,7 +231,7 @@ class _Operation(PeakWindow):
         self.device_start: int | None = None
         self.recorder: FlightRecorder | None = None
         self.slot = -1
-        self.token: object | None = None  # set where _begin(..., attach=True) made the span current
+        self.token: object | None = None  # set where _start(..., attach=True) made the span current
 
     def start(self, heap: bool | None, annotate_current: bool, attributes: Mapping[str, Any] | None) -> None:
         telemetry = self.telemetry = RUNTIME.telemetry or _telemetry.current()
