@@ -1,34 +1,11 @@
 """Leak verdicts: which operation keeps memory, judged only on evidence that is its own.
 
-Each call of an operation gives one *retained* figure: what it kept, in the smaller of two
-views. The end view is the change from its start to its end; the start-to-start view is the
-change from its start to the start of its next call, so memory it hands to a caller that drops
-it is not counted. Where the call read the heap, the figure is the heap's change plus the part
-of the RSS change that new Python small-object blocks can account for (their arenas are mapped
-outside ``malloc``; at least a typical block's size each, as they may fill free arena space
-that neither figure sees): pages the allocator merely reused or faulted in for transient
-buffers do not count. Elsewhere, and in a process whose heap accounts for less than half of the
-RSS growth (memory mapped outside ``malloc``), it is the RSS change (or the larger of the two).
-An RSS-only suspicion of an operation whose calls can read the heap is judged again on heap
-readings before it is raised.
-
-A call whose window overlapped another profiled operation (``reer.memory.overlap`` > 0) is not
-the operation's own evidence: it goes to a *contested* window instead. Two judgements run on
-each window every few calls after a warm-up: a short one (the median retained figure is at
-least ``floor_bytes`` and most calls retain) and a long one (over up to ``long_window`` calls,
-at least ``long_floor_bytes`` a call, spread over every quarter of the window, so a cache that
-is cleared now and then never qualifies).
-
-The verdict:
-
-* own evidence holds and no other Python thread was busy meanwhile: the operation is suspected;
-* otherwise (contested evidence, or another thread used more than ``busy_thread_share`` of the
-  time, as an unprofiled leaking thread would): a *process-level* verdict naming the candidate
-  operations, never an accusation of one of them; and a process-level verdict naming none where
-  the process's RSS climbs steadily over ``process_window_s`` while no operation is suspected;
-* an explanation (``profiling.explain``) that attributes live bytes by allocating frame settles
-  it: an operation owning most of the new live bytes is suspected, one owning next to none is
-  cleared.
+Each call gives one retained figure (the smaller of its end and start-to-start views, from the
+heap where it is read and credible, else RSS); calls that overlapped others are kept apart as
+contested evidence. A short and a long judgement raise an operation's suspicion on its own
+evidence, a process-level verdict where the growth cannot be pinned on one operation, and
+explanations (``profiling.explain``) settle both. The rules, for users: docs/telemetry.md,
+"Leak verdicts".
 """
 
 from __future__ import annotations
