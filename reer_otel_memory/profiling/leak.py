@@ -99,7 +99,7 @@ class CallStart(NamedTuple):
 
 
 def retained_bytes(rss_delta: int, heap_delta: int | None, blocks_delta: int | None) -> int:
-    """One view of what a call kept (see the module docs): the heap's change plus the part of
+    """One view of what a call kept (docs/telemetry.md, "Leak verdicts"): the heap's change plus the part of
     the RSS change that new small-object blocks can hold; the RSS change where the heap is unread."""
     if heap_delta is None:
         return rss_delta
@@ -213,7 +213,7 @@ def _thread_cpu_ns(task_dir: str) -> dict[int, int]:
 
 
 class LeakDetector:
-    """Leak verdicts per operation (see the module docs); bounded to ``max_operations`` names."""
+    """Leak verdicts per operation (docs/telemetry.md, "Leak verdicts"); bounded to ``max_operations`` names."""
 
     def __init__(
         self,
@@ -594,7 +594,7 @@ class LeakDetector:
         return started
 
     def on_explanation(self, explanation: object, reason: object = None, operations: object = None) -> None:
-        """Settle verdicts from an explanation's live bytes per operation (see the module docs)."""
+        """Settle verdicts from an explanation's live bytes per operation (docs/telemetry.md, "Leak verdicts")."""
         by_operation: dict[str, int] = dict(getattr(explanation, "operations", {}) or {})
         # An operation with a call in flight at the window's end holds that call's working memory
         # too: it proves nothing either way, and its bytes are left out of the shares.
