@@ -487,11 +487,15 @@ class _Settled:
         window.captured.clear()
         window.watch = self.watch
         window.settling = self.entered = True
-        names = probe.in_flight_operations()
-        if names if self.watch is None else names & self.watch:
-            window.quiet.wait(self.bound_s)
-        window.settling = False
-        return tuple(sorted(probe.in_flight_operations()))
+        try:
+            names = probe.in_flight_operations()
+            if names if self.watch is None else names & self.watch:
+                window.quiet.wait(self.bound_s)
+            window.settling = False
+            return tuple(sorted(probe.in_flight_operations()))
+        except BaseException:
+            self.__exit__()  # no call may be left waiting for a capture that will not come
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         if self.entered:
