@@ -457,6 +457,21 @@ def explain_memory(seconds: float = 10.0, *, top: int = 10, native: bool | None 
     return _explain(window, top, threading.Event(), native=native)
 
 
+def wait_for_window(timeout: float) -> bool:
+    """Wait, at most ``timeout`` seconds, until no explanation window runs in this process;
+    whether none runs now (one runs at a time: a caller that got "already running" may retry)."""
+    lock = RUNTIME.lock(_WINDOW_LOCK)
+    if not lock.acquire(timeout=max(0.0, timeout)):
+        return False
+    lock.release()
+    return True
+
+
+def window_running() -> bool:
+    """Whether an explanation window runs in this process now (tracing, or ending)."""
+    return RUNTIME.lock(_WINDOW_LOCK).locked()
+
+
 def window_open() -> bool:
     """Whether an explanation window is tracing this process's allocations now (either backend)."""
     return EXPLANATION_WINDOW.open

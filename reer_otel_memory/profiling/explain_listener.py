@@ -300,7 +300,7 @@ class ExplainListener:
 
     @staticmethod
     def _explain(request: dict[str, Any], notify: Callable[[str], None]) -> dict[str, Any]:
-        from .explain import _WINDOW_LOCK, ExplainUnavailableError, explain_memory
+        from .explain import ExplainUnavailableError, explain_memory, wait_for_window, window_running
 
         # A window already running (one a suspected leak started, say) is waited for, up to a bound.
         waited_until = time.monotonic() + WAIT_FOR_WINDOW_S
@@ -309,13 +309,11 @@ class ExplainListener:
                 explanation = explain_memory(request.get("seconds", 10.0), top=request.get("top", 10))
                 break
             except ExplainUnavailableError as exc:
-                window = RUNTIME.lock(_WINDOW_LOCK)
                 remaining = waited_until - time.monotonic()
-                if not window.locked() or remaining <= 0:
+                if not window_running() or remaining <= 0:
                     return {"ok": False, "kind": "refused", "error": str(exc)}
                 notify(f"{exc}; waiting up to {remaining:.0f} s for it to end")
-                if window.acquire(timeout=remaining):
-                    window.release()
+                wait_for_window(remaining)
             except ConfigurationError as exc:
                 return {"ok": False, "kind": "bad_request", "error": str(exc)}
             except Exception as exc:
