@@ -353,8 +353,6 @@ class LeakDetector:
                 heap_step = None if heap is None or before_heap is None else heap - before_heap
                 blocks, before_blocks = start.blocks_start, before.blocks_start
                 blocks_step = None if blocks is None or before_blocks is None else blocks - before_blocks
-                step = self._view(start.rss_start - before.rss_start, heap_step, blocks_step)
-                retained = step if step < previous_end else previous_end
                 # Without the heap, RSS pages move between operations that run in turn (one's
                 # frees are the next one's reuse): another operation's call between the two
                 # starts makes RSS-only evidence shared, as an overlap does.
@@ -363,7 +361,13 @@ class LeakDetector:
                     # that overlap each other (the previous to end started after this one)
                     heap_step is None and before.open_seq > 0 and start.open_seq - before.open_seq - 1 - before.nested != 0
                 )
-                (history.contested if shared else history.own).add(retained, heap_step is not None)
+                if shared:
+                    # Between the starts, the other work in flight allocated and freed too: the
+                    # start-to-start view is theirs as much as its own, so the call's end view stands.
+                    history.contested.add(previous_end, heap_step is not None)
+                else:
+                    step = self._view(start.rss_start - before.rss_start, heap_step, blocks_step)
+                    history.own.add(step if step < previous_end else previous_end, heap_step is not None)
         if history.announce:
             history.announce = False
             return True
