@@ -30,12 +30,13 @@ from reer_otel_memory.profiling.explain_listener import MAX_REQUEST_BYTES, NO_LI
 NOBODY = 65534
 LEAK_MARK = "# the leaking line"
 
-LEAKER = f"""
+# A monitored process with a leaking profiled handler; no leak-triggered window in the way of the test's own.
+HANDLER = f"""
 import json, os, sys, time
 from reer_otel_memory import memory_profile, start_memory_monitoring
 from reer_otel_memory.profiling.explain import auto_explainer
 
-auto_explainer().enabled = False  # no leak-triggered window in the way of the test's own
+auto_explainer().enabled = False
 start_memory_monitoring()
 kept = []
 
@@ -44,8 +45,11 @@ def handle_request():
     kept.append(bytearray(4096))  {LEAK_MARK}
     if len(kept) > 10_000:
         del kept[:5_000]
+"""
 
-print(json.dumps({{"pid": os.getpid()}}), flush=True)
+LEAKER = HANDLER + """
+
+print(json.dumps({"pid": os.getpid()}), flush=True)
 while True:
     handle_request()
     time.sleep(0.0005)  # the workload's pace
@@ -94,20 +98,7 @@ sys.stdin.readline()
 """
 
 # A pre-fork server in small: the parent starts monitoring, then forks a worker that leaks.
-FORKING = f"""
-import json, os, sys, time
-from reer_otel_memory import memory_profile, start_memory_monitoring
-from reer_otel_memory.profiling.explain import auto_explainer
-
-auto_explainer().enabled = False
-start_memory_monitoring()
-kept = []
-
-@memory_profile(operation_name="leaky_handler")
-def handle_request():
-    kept.append(bytearray(4096))  {LEAK_MARK}
-    if len(kept) > 10_000:
-        del kept[:5_000]
+FORKING = HANDLER + """
 
 parent = os.getpid()
 worker = os.fork()
@@ -116,7 +107,7 @@ if worker == 0:
         handle_request()
         time.sleep(0.0005)
     os._exit(0)
-print(json.dumps({{"pid": parent, "worker": worker}}), flush=True)
+print(json.dumps({"pid": parent, "worker": worker}), flush=True)
 sys.stdin.readline()
 """
 
