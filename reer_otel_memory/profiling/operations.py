@@ -33,7 +33,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
@@ -127,12 +127,24 @@ def _log_failure(where: str, exc: BaseException) -> None:
         logger.error("reer_otel_memory: %s failed, operation not measured: %r", where, exc)
 
 
+_explain_module: ModuleType | None = None
+
+
+def _explain() -> ModuleType:
+    """``profiling.explain``, imported on the first profiled function or block (it imports far
+    more than a profiled call needs), then kept: a block's exit registers its lines every time."""
+    global _explain_module
+    if _explain_module is None:
+        from . import explain
+
+        _explain_module = explain
+    return _explain_module
+
+
 def _note_function(name: str, func: Callable[..., Any]) -> None:
     """Register the function's lines under the operation, for explanations' attribution."""
     try:
-        from .explain import note_function
-
-        note_function(name, func)
+        _explain().note_function(name, func)
     except Exception as exc:
         _log_failure("registering the operation's code for explanations", exc)
 
@@ -142,16 +154,9 @@ def _note_block(name: str, frame: FrameType | None, first_line: int) -> None:
     if frame is None:
         return
     try:
-        from .explain import note_block
-
-        note_block(name, frame.f_code.co_filename, first_line, frame.f_lineno)
+        _explain().note_block(name, frame.f_code.co_filename, first_line, frame.f_lineno)
     except Exception as exc:
         _log_failure("registering the block's code for explanations", exc)
-
-
-def _current_operation() -> PeakWindow | None:
-    window = otel_context.get_value(_OPERATION_KEY)
-    return window if isinstance(window, PeakWindow) else None
 
 
 class OperationResult:
