@@ -85,6 +85,15 @@ def timed_loop(fn: Callable[[], int] = workload) -> float:
     return (time.perf_counter() - started) / LOOPS_PER_ROUND
 
 
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; a clear error after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.001)
+
+
 @contextmanager
 def bare() -> Iterator[None]:
     yield
@@ -96,11 +105,7 @@ def explain_window() -> Iterator[None]:
 
     explainer = AutoExplainer(enabled=True, seconds=3600, max_share=1.0, native=False)  # compared with plain tracemalloc
     assert explainer.request("benchmark", [])
-    deadline = time.monotonic() + 10
-    while not window_open():
-        if time.monotonic() > deadline:
-            raise RuntimeError("the explanation window did not start")
-        time.sleep(0.001)
+    _wait_until(window_open, "the explanation window to start")
     try:
         yield
     finally:
@@ -177,8 +182,7 @@ def window_end_ms() -> tuple[float, int]:
 
     explainer = AutoExplainer(enabled=True, seconds=3600, max_share=1.0, native=False)
     assert explainer.request("benchmark", [])
-    while not window_open():
-        time.sleep(0.001)
+    _wait_until(window_open, "the explanation window to start")
     kept = [str(i) for i in range(LIVE_BLOCKS)]
     done = threading.Event()
     explainer.add_listener(lambda *args: done.set())
@@ -200,8 +204,7 @@ def native_window_end_ms() -> tuple[float, int]:
     result: list[explain.MemoryExplanation] = []
     thread = threading.Thread(target=lambda: result.append(explain._explain(3600, 10, stop, native=True)), daemon=True)
     thread.start()
-    while not explain.memray_tracking():
-        time.sleep(0.001)
+    _wait_until(explain.memray_tracking, "the memray window to start")
     kept = [str(i) for i in range(LIVE_BLOCKS)]
     started = time.perf_counter()
     stop.set()
