@@ -534,32 +534,34 @@ def _explain(
                 if native:
                     raise
                 logger.info("reer_otel_memory: explaining with tracemalloc instead of memray: %s", exc)
-        reason = unavailable_reason()
-        if reason is not None:
-            raise ExplainUnavailableError(reason)
-        state = _window_state()
-        captured: Any = ()
-        ended_early = ""
-        started = ended = time.monotonic()
-        try:
-            state.tracing = True
-            tracemalloc.start(TRACEBACK_FRAMES)
-            EXPLANATION_WINDOW.open = True
-            started = time.monotonic()
-            ended_early = _wait(started + seconds, stop)
-            with _Settled(watch, _settle_bound(seconds)) as in_flight:
-                if not tracemalloc.is_tracing():
-                    raise ExplainUnavailableError("tracemalloc was stopped by other code during the explanation window")
-                captured = _capture()
-            ended = time.monotonic()
-        finally:
-            EXPLANATION_WINDOW.open = False
-            if state.tracing:
-                state.tracing = False
-                tracemalloc.stop()
-        return _build(_grouped(captured), top, ended - started, ended_early, in_flight=in_flight)
+        return _explain_with_tracemalloc(seconds, top, stop, watch)
     finally:
         lock.release()
+
+
+def _explain_with_tracemalloc(seconds: float, top: int, stop: threading.Event, watch: frozenset[str] | None) -> MemoryExplanation:
+    """The window traced by tracemalloc, always stopped at its end, whatever happens."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise ExplainUnavailableError(reason)
+    state = _window_state()
+    try:
+        state.tracing = True
+        tracemalloc.start(TRACEBACK_FRAMES)
+        EXPLANATION_WINDOW.open = True
+        started = time.monotonic()
+        ended_early = _wait(started + seconds, stop)
+        with _Settled(watch, _settle_bound(seconds)) as in_flight:
+            if not tracemalloc.is_tracing():
+                raise ExplainUnavailableError("tracemalloc was stopped by other code during the explanation window")
+            captured = _capture()
+        ended = time.monotonic()
+    finally:
+        EXPLANATION_WINDOW.open = False
+        if state.tracing:
+            state.tracing = False
+            tracemalloc.stop()
+    return _build(_grouped(captured), top, ended - started, ended_early, in_flight=in_flight)
 
 
 def _explain_with_memray(seconds: float, top: int, stop: threading.Event, watch: frozenset[str] | None) -> MemoryExplanation:
