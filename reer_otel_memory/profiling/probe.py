@@ -341,6 +341,12 @@ class MemoryProbe:
         window.overlap = others
         active.add(window)
 
+    def _leave_flight(self, window: PeakWindow) -> None:
+        """``window`` no longer in flight (caller holds the lock): the windows opened since it
+        opened, less its own descendants, add to its overlap."""
+        self._active.discard(window)
+        window.overlap += self._opened - window.open_seq - window.nested
+
     def open_window(self, window: PeakWindow) -> int:
         """:meth:`begin_peak` into a window the caller made (a subclass, say, with its ``parent``
         set); returns the RSS at its start."""
@@ -390,8 +396,7 @@ class MemoryProbe:
     def close_flight(self, window: PeakWindow) -> int:
         """End a window opened by :meth:`open_flight`; its overlap (see :class:`PeakWindow`)."""
         with self._lock:
-            self._active.discard(window)
-            window.overlap += self._opened - window.open_seq - window.nested
+            self._leave_flight(window)
         return window.overlap
 
     def end_peak(self, window: PeakWindow, end_rss: int) -> int | None:
@@ -405,8 +410,7 @@ class MemoryProbe:
             self.close_flight(window)
             return None
         with self._lock:
-            self._active.discard(window)
-            window.overlap += self._opened - window.open_seq - window.nested
+            self._leave_flight(window)
             hwm = self._hwm_bytes()
             floor = window.peak_bytes if window.peak_bytes > end_rss else end_rss
             if hwm > floor:
