@@ -224,3 +224,50 @@ def test_threads_each_running_tasks(telemetry):
         span = spans[record["own"]]
         assert span.parent.span_id == loop_id and spans[loop_id].parent is None
         assert_peak_covers(span, sizes[(t, i)], record["holding_rss"])
+
+
+def test_the_overlap_counts_other_work_in_flight_never_the_operations_own_parent_or_children(telemetry):
+    @memory_profile(operation_name="overlap_child")
+    def child() -> None:
+        pass
+
+    @memory_profile(operation_name="overlap_parent")
+    def parent() -> None:
+        child()
+        child()
+
+    parent()  # alone: its children are its own work, and it is theirs
+    overlaps = {span.name: span.attributes["reer.memory.overlap"] for span in telemetry.spans()}
+    assert overlaps == {"overlap_parent": 0, "overlap_child": 0}
+    telemetry.clear()
+
+    both_started = threading.Barrier(2, timeout=BARRIER_TIMEOUT_S)
+    both_ending = threading.Barrier(2, timeout=BARRIER_TIMEOUT_S)
+
+    @memory_profile(operation_name="overlap_thread")
+    def in_thread() -> None:
+        both_started.wait()  # each started while the other was in flight
+        both_ending.wait()
+
+    threads = [threading.Thread(target=in_thread) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(BARRIER_TIMEOUT_S)
+    assert [span.attributes["reer.memory.overlap"] for span in telemetry.spans("overlap_thread")] == [1, 1]
+    telemetry.clear()
+
+    async def three_tasks() -> None:
+        gate = asyncio.Event()
+
+        @memory_profile(operation_name="overlap_task")
+        async def task() -> None:
+            await gate.wait()
+
+        running = [asyncio.create_task(task()) for _ in range(3)]
+        await asyncio.sleep(0)  # every task has started and waits on the gate
+        gate.set()
+        await asyncio.gather(*running)
+
+    asyncio.run(three_tasks())
+    assert [span.attributes["reer.memory.overlap"] for span in telemetry.spans("overlap_task")] == [2, 2, 2]
