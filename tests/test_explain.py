@@ -684,3 +684,19 @@ def test_a_call_in_flight_at_the_end_is_waited_out_so_its_working_memory_is_not_
     assert explanation is not None
     assert "explain_working_memory" not in explanation.in_flight
     assert explanation.operations.get("explain_working_memory", 0) < 2**20, explanation.format()
+
+
+def test_what_the_measuring_machinery_keeps_is_not_the_services(telemetry):
+    """Spans kept by the exporter, the tracker's ring, leak histories: none of it is a site."""
+    from reer_otel_memory import memory_profile
+
+    @memory_profile(operation_name="explain_noop")
+    def noop() -> None:
+        pass
+
+    window = Background(0.3)
+    for _ in range(3000):
+        noop()
+    explanation = window.explanation()
+    assert len(telemetry.spans("explain_noop")) == 3000  # kept by the in-memory exporter all along
+    assert explanation.total_bytes < 64 * 1024, explanation.format()

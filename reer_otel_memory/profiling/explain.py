@@ -80,6 +80,9 @@ _RANGES_LOCK = "explain.ranges"
 _UNATTRIBUTED = "(unattributed)"
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: The measuring machinery (profiled calls, probe, tracker, leak detection): what it allocates
+#: for itself, directly or through a library (the tracing SDK's spans), is not the service's.
+_MEASURING_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _THIS_FILE = os.path.abspath(__file__)
 _TRACEMALLOC_FILE = os.path.abspath(tracemalloc.__file__)
 #: What ``tracemalloc.take_snapshot`` wraps (see :func:`_capture`); None where it is missing.
@@ -646,7 +649,7 @@ def _grouped(captured: Any) -> list[tuple[int, int, tuple[tuple[str, int], ...]]
     return [(size, blocks, frames) for size, blocks, frames in groups.values()]
 
 
-_USER, _LIBRARY, _INTERNAL, _OWN = range(4)
+_USER, _LIBRARY, _INTERNAL, _OWN, _MEASURING = range(5)
 
 
 def _library_prefixes() -> tuple[str, ...]:
@@ -656,9 +659,12 @@ def _library_prefixes() -> tuple[str, ...]:
 
 
 def _classify(filename: str, libraries: tuple[str, ...], profiled: Mapping[str, object]) -> int:
-    """Whose code ``filename`` is: the window's own, this package's (or tracemalloc's), a library's, or the user's."""
+    """Whose code ``filename`` is: the window's own, the measuring machinery's, this package's (or
+    tracemalloc's), a library's, or the user's."""
     if filename == _THIS_FILE:
         return _OWN
+    if filename.startswith(_MEASURING_DIR):
+        return _MEASURING
     if filename.startswith(_PACKAGE_DIR) or filename == _TRACEMALLOC_FILE:
         return _INTERNAL
     if filename in profiled:
@@ -686,13 +692,18 @@ def _build(
             continue
         first_outside = first_user = -1
         own = False
+        only_libraries = True  # so far, from the allocation outwards
         for index, (filename, _lineno) in enumerate(frames):
             kind = kinds.get(filename)
             if kind is None:
                 kind = kinds[filename] = _classify(filename, libraries, attributor.files)
-            if kind == _OWN:
-                own = True  # the window's own bookkeeping
+            if kind == _OWN or (kind == _MEASURING and only_libraries):
+                own = True  # the window's own bookkeeping, or the measuring machinery's
                 break
+            if kind != _LIBRARY:
+                only_libraries = False
+            if kind == _MEASURING:
+                kind = _INTERNAL
             if kind != _INTERNAL and first_outside < 0:
                 first_outside = index
             if kind == _USER:
