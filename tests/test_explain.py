@@ -236,9 +236,13 @@ def test_format_and_as_dict_carry_the_same_figures():
 
 def test_a_leaking_operation_is_told_from_an_innocent_one_in_other_threads(kept_ranges):
     leaked: list[bytearray] = []
+    traced: list[int] = []  # the buffers allocated while the window traced: on a loaded machine
+    # the window may end before the leaking thread has made all of them
 
     def leaker_body() -> None:
         leaked.append(bytearray(BUFFER))
+        if tracemalloc.is_tracing():
+            traced.append(1)
 
     def innocent_body() -> int:
         return len([str(i) for i in range(200)])
@@ -266,7 +270,9 @@ def test_a_leaking_operation_is_told_from_an_innocent_one_in_other_threads(kept_
 
     operations = explanation.operations
     assert operations["explain_leaker"] >= 0.9 * explanation.total_bytes, explanation.format()
-    assert operations["explain_leaker"] == pytest.approx(buffers_bytes(), rel=0.10)
+    assert len(traced) >= 8, f"only {len(traced)} buffers were allocated in the window"
+    # a call may allocate after the capture, before tracing stops: at most one buffer per thread
+    assert buffers_bytes(len(traced) - 1) * 0.95 <= operations["explain_leaker"] <= buffers_bytes(len(traced)) * 1.05
     assert operations.get("explain_innocent", 0) <= 0.01 * operations["explain_leaker"], explanation.format()
     assert explanation.sites[0].function.endswith("leaker_body")
 
