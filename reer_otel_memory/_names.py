@@ -20,6 +20,8 @@ ATTR_FUNCTION = "code.function.name"
 ATTR_LEAK_SUSPECTED = "reer.memory.leak.suspected"
 ATTR_LEAK_BYTES_PER_CALL = "reer.memory.leak.bytes_per_call"
 EVENT_LEAK_SUSPECTED = "reer.memory.leak.suspected"
+# An annotating operation's record where the span already carries another one (annotate_current=True).
+EVENT_OPERATION = "reer.memory.operation"
 # Other profiled operations, in any thread or task, in flight at any time during the operation's window.
 ATTR_OVERLAP = "reer.memory.overlap"
 # A process-level leak verdict: the process grows, and the operations that could be the cause.

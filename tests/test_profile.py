@@ -353,10 +353,46 @@ def test_annotate_current_puts_attributes_on_the_parent(telemetry):
     assert telemetry.spans("handler") == [] and telemetry.spans("block_in_handler") == []
     server = telemetry.span("GET /predict")
     assert_memory_attributes(server)
-    assert server.attributes["reer.operation"] == "block_in_handler"  # the later annotation wins
+    assert server.attributes["reer.operation"] == "handler"  # the first record is the span's
     assert server.attributes["code.function.name"].endswith("handler")
     assert len(telemetry.spans()) == 1
     assert telemetry.metric_points("reer.memory.operation.duration", reer_operation="handler")
+    # ... and the second is a whole record of its own, not mixed into the first
+    (event,) = [event for event in server.events if event.name == "reer.memory.operation"]
+    assert event.attributes["reer.operation"] == "block_in_handler"
+    assert_memory_attributes(event)
+    assert "code.function.name" not in event.attributes
+    assert event.attributes["reer.memory.rss.start"] >= server.attributes["reer.memory.rss.start"]
+
+
+def test_an_annotation_inside_another_of_the_same_span_is_an_event(telemetry):
+    """The enclosing record ends last but owns the span's attributes; the enclosed one, though
+    it ends first and reads the heap where the other does not, never lends them a figure."""
+    tracer = telemetry.tracer_provider.get_tracer("framework")
+    with tracer.start_as_current_span("GET /predict"):
+        with memory_context("request", annotate_current=True, heap=False):
+            with memory_context("load", annotate_current=True, heap=True):
+                touched(MiB)
+    server = telemetry.span("GET /predict")
+    assert server.attributes["reer.operation"] == "request"
+    assert "reer.memory.heap.delta" not in server.attributes
+    (event,) = [event for event in server.events if event.name == "reer.memory.operation"]
+    assert event.attributes["reer.operation"] == "load"
+    assert "reer.memory.heap.delta" in event.attributes
+
+
+def test_an_annotation_of_a_profiled_call_span_is_an_event_on_it(telemetry):
+    @memory_profile(operation_name="outer", heap=False)
+    def outer() -> None:
+        with memory_context("inner", annotate_current=True, heap=True):
+            touched(MiB)
+
+    outer()
+    span = telemetry.span("outer")
+    assert span.attributes["reer.operation"] == "outer"
+    assert "reer.memory.heap.delta" not in span.attributes
+    (event,) = [event for event in span.events if event.name == "reer.memory.operation"]
+    assert event.attributes["reer.operation"] == "inner"
 
 
 def test_annotate_current_without_a_current_span_is_harmless(telemetry):

@@ -357,6 +357,9 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emitted]:
         explain_process_level_growth()
         with pytest.raises(ValueError), memory_context(FAILING_OPERATION):
             raise ValueError("raised inside a profiled block")
+        # An annotation of a profiled block's own span: its record is an event on it.
+        with memory_context("reference_request"):
+            memory_profile(operation_name="reference_annotation", annotate_current=True, heap=True)(lambda: None)()
 
         try:  # accelerator memory, from MLX's CPU build where it is installed
             import mlx.core as mx

@@ -338,7 +338,10 @@ class _Operation(PeakWindow):
                         attributes[names.ATTR_DEVICE_PEAK] = device_peak
                 if suspected:
                     attributes[names.ATTR_LEAK_SUSPECTED] = True
-                span.set_attributes(attributes)
+                if self.owns_span or not _annotated_by_another(self, span):
+                    span.set_attributes(attributes)
+                else:
+                    span.add_event(names.EVENT_OPERATION, attributes)
                 if raised:
                     span.add_event(
                         names.EVENT_LEAK_SUSPECTED,
@@ -369,6 +372,22 @@ class _Operation(PeakWindow):
             recorder.operation_finished(self.slot)  # type: ignore[union-attr]
         except Exception as exc:  # in a finally block: must not replace what is being raised
             _log_failure("freeing the flight recorder slot", exc)
+
+
+def _annotated_by_another(operation: _Operation, span: Span) -> bool:
+    """Whether another annotating operation has put, or will put, its record on ``span``: one
+    that enclosing this one annotates the same span (it ends later), or one that ended before.
+
+    A span carries one operation's record in its attributes, never a mix of two (attributes
+    cannot be removed, and not every record sets every attribute); the others go as events.
+    """
+    enclosing = operation.parent
+    while enclosing is not None:
+        if getattr(enclosing, "span", None) is span:
+            return True
+        enclosing = enclosing.parent
+    attributes = getattr(span, "attributes", None)
+    return attributes is not None and names.ATTR_RSS_DELTA in attributes
 
 
 def _recording() -> bool:
