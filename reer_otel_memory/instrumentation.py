@@ -353,7 +353,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         start_explain_listener()  # `reer-otel-memory explain PID`; never raises, off with REER_MEMORY_EXPLAIN=off
         self._share_worker_metrics(kwargs.get("meter_provider"))
         if emergency_signal is not None:
-            self._install_emergency_handler(emergency_signal)
+            self._install_emergency_handler(emergency_signal, "emergency_signal" if "emergency_signal" in kwargs else names.ENV_EMERGENCY_SIGNAL)
         source = "profile_targets" if explicit_targets is not None else names.ENV_PROFILE_TARGETS
         for target in targets:
             self._watch(target, generation, source)
@@ -439,10 +439,14 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         except Exception as exc:
             logger.error("%s: workers' metrics will not be merged: %r", _LOG_PREFIX, exc)
 
-    def _install_emergency_handler(self, signum: signal.Signals) -> None:
+    def _install_emergency_handler(self, signum: signal.Signals, setting: str) -> None:
         try:
             from .monitoring.emergency import setup_emergency_memory_handler
+            from .monitoring.servers import server_taking
 
+            taken = server_taking(signum)
+            if taken is not None:  # installed all the same: it works in any process the server does not reach
+                logger.warning("%s: %s", _LOG_PREFIX, taken.message(setting))
             setup_emergency_memory_handler(signum)
         except Exception as exc:  # e.g. not the main thread: the service runs on without it
             logger.error("%s: emergency handler on %s not installed: %s", _LOG_PREFIX, signum.name, exc)
