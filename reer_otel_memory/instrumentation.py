@@ -71,6 +71,8 @@ from . import _names as names
 from . import _telemetry
 from .config import get_config
 from .errors import ConfigurationError
+from .monitoring.system_metrics import follow_forks as follow_system_metrics_forks
+from .monitoring.system_metrics import stop_following_forks as stop_following_system_metrics_forks
 from .profiling.explain_listener import start_explain_listener
 from .profiling.operations import memory_profile
 
@@ -352,6 +354,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._start_monitor(bool(kwargs.get("start_monitor", True)))
         start_explain_listener()  # `reer-otel-memory explain PID`; never raises, off with REER_MEMORY_EXPLAIN=off
         self._share_worker_metrics(kwargs.get("meter_provider"))
+        follow_system_metrics_forks()  # OTel's process.* figures in a forked worker: the worker's own
         if emergency_signal is not None:
             self._install_emergency_handler(emergency_signal, "emergency_signal" if "emergency_signal" in kwargs else names.ENV_EMERGENCY_SIGNAL)
         source = "profile_targets" if explicit_targets is not None else names.ENV_PROFILE_TARGETS
@@ -366,6 +369,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             previous, self._previous_telemetry = self._previous_telemetry, None
             monitor, self._started_monitor = self._started_monitor, None
             emergency_signal, self._emergency_signal = self._emergency_signal, None
+        stop_following_system_metrics_forks()
         for record in reversed(installed):
             if not _unwrap(record):
                 logger.warning(
