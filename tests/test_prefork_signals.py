@@ -1,0 +1,233 @@
+"""Pre-fork servers: the emergency signal in gunicorn's workers, and OTel's process figures after fork.
+
+Real gunicorn under ``opentelemetry-instrument`` (with the system-metrics instrumentation that
+``opentelemetry-bootstrap`` installs): a signal gunicorn leaves alone triggers the emergency
+cleanup in the worker it is sent to; one gunicorn keeps for itself is named in one warning line;
+each forked worker's ``process.memory.usage`` is its own RSS, not the arbiter's. The table of
+signals each server keeps is checked against the installed gunicorn and uvicorn.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import gunicorn.arbiter
+import gunicorn.workers.base
+import psutil
+import uvicorn.server
+import uvicorn.supervisors.multiprocess
+from _children import clean_environment, free_port, scrape
+from conftest import wait_for
+
+from reer_otel_memory import _names as names
+from reer_otel_memory.export import naming as series
+from reer_otel_memory.monitoring.servers import RECOMMENDED_SIGNAL, SERVER_SIGNALS, detect_server, server_taking
+
+BIN = Path(sys.executable).parent
+MB = 1024 * 1024
+
+APP = """
+import os
+
+held = []
+
+
+def wsgi(environ, start_response):
+    if environ["PATH_INFO"] == "/grow":
+        block = bytearray(int(environ["QUERY_STRING"]) * 1024 * 1024)
+        for page in range(0, len(block), 4096):
+            block[page] = 1  # touch every page: resident, not just reserved
+        held.append(block)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+CLEANUPS = series.series_name(names.METRIC_CLEANUPS, series.COUNTER)
+RSS = series.series_name(names.METRIC_RSS)
+PROCESS_MEMORY = series.series_name(("process.memory.usage", "By", ""))  # the system-metrics instrumentation's
+
+
+class Gunicorn:
+    """``opentelemetry-instrument gunicorn -w N`` serving the app above, metrics on one page."""
+
+    def __init__(self, tmp_path: Path, workers: int, emergency_signal: str) -> None:
+        (tmp_path / "signalapp.py").write_text(textwrap.dedent(APP))
+        self.metrics_port = free_port()
+        self.http_port = free_port()
+        env = clean_environment(
+            {
+                "PYTHONPATH": str(tmp_path),
+                "OTEL_METRICS_EXPORTER": "prometheus",
+                "OTEL_TRACES_EXPORTER": "none",
+                "OTEL_LOGS_EXPORTER": "none",
+                "OTEL_EXPORTER_PROMETHEUS_PORT": str(self.metrics_port),
+                names.ENV_MONITORING_INTERVAL: "1",
+                names.ENV_EMERGENCY_SIGNAL: emergency_signal,
+            }
+        )
+        self.log = (tmp_path / "server.log").open("w+")
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "opentelemetry-instrument"),
+                str(BIN / "gunicorn"),
+                "-w",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{self.http_port}",
+                "--no-control-socket",
+                "signalapp:wsgi",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+        self.worker_count = workers
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def workers(self) -> set[int]:
+        found = set()
+        for child in psutil.Process(self.process.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    found.add(child.pid)
+            except psutil.Error:
+                pass
+        return found
+
+    def by_pid(self, name: str, **labels: str) -> dict[int, float]:
+        """``name``'s values on the page by ``pid``, for the series with ``labels``."""
+        found = {}
+        for label_set, value in scrape(self.url).get(name, {}).items():
+            label_map = dict(label_set)
+            if names.LABEL_PID in label_map and all(label_map.get(k) == v for k, v in labels.items()):
+                found[int(label_map[names.LABEL_PID])] = value
+        return found
+
+    def request(self, path: str) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            return int(response.read())
+
+    def every_worker_on_the_page(self) -> set[int]:
+        def ready() -> set[int] | None:
+            assert self.process.poll() is None, self.output()
+            workers = self.workers()
+            if len(workers) != self.worker_count:
+                return None
+            try:
+                on_page = set(self.by_pid(RSS))
+            except OSError:
+                return None
+            return workers if workers | {self.process.pid} <= on_page else None
+
+        found = wait_for(ready, timeout_s=60, interval_s=0.2, message=f"{self.worker_count} workers and the arbiter on /metrics")
+        assert isinstance(found, set)
+        return found
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self.log.close()
+
+
+def vm_rss(pid: int) -> int:
+    """The kernel's resident set size of ``pid``, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def test_recommended_signal_cleans_up_in_the_worker_it_is_sent_to_and_each_worker_reports_its_own_process_memory(tmp_path: Path) -> None:
+    server = Gunicorn(tmp_path, workers=2, emergency_signal=RECOMMENDED_SIGNAL.name)
+    try:
+        workers = server.every_worker_on_the_page()
+        target, other = sorted(workers)
+
+        # The recommended signal, sent to one worker and to the arbiter: each counts one emergency cleanup.
+        os.kill(target, RECOMMENDED_SIGNAL)
+        os.kill(server.process.pid, RECOMMENDED_SIGNAL)
+
+        def emergency_counted() -> dict[int, float] | None:
+            counts = server.by_pid(CLEANUPS, trigger=names.TRIGGER_EMERGENCY)
+            return counts if counts.get(target) == 1 and counts.get(server.process.pid) == 1 else None
+
+        counts = wait_for(emergency_counted, timeout_s=20, interval_s=0.1, message="one emergency cleanup counted for the worker and the arbiter")
+        assert isinstance(counts, dict)
+        assert counts.get(other, 0) == 0
+        assert server.workers() == workers  # no worker ended on it
+
+        # One worker grows by 60 MB: its process.memory.usage follows its own RSS, not the arbiter's.
+        grown = server.request("/grow?60")
+        assert grown in workers
+
+        def own_rss_on_the_page() -> tuple[float, int] | None:
+            on_page = server.by_pid(PROCESS_MEMORY).get(grown)
+            actual = vm_rss(grown)
+            return (on_page, actual) if on_page is not None and abs(on_page - actual) <= 0.1 * actual else None
+
+        found = wait_for(own_rss_on_the_page, timeout_s=20, interval_s=0.2, message="the grown worker's process.memory.usage within 10% of its VmRSS")
+        assert isinstance(found, tuple)
+        assert found[1] - vm_rss(server.process.pid) > 40 * MB  # the worker's RSS clearly differs from the arbiter's
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
+
+
+def test_a_signal_gunicorn_keeps_is_named_in_one_warning_line(tmp_path: Path) -> None:
+    server = Gunicorn(tmp_path, workers=1, emergency_signal="USR1")
+    try:
+        server.every_worker_on_the_page()
+        warnings = [line for line in server.output().splitlines() if "REER_MEMORY_EMERGENCY_SIGNAL" in line]
+        assert len(warnings) == 1, server.output()
+        assert "USR1" in warnings[0]
+        assert "gunicorn" in warnings[0]
+        assert "reopens its log files" in warnings[0]
+        assert f"REER_MEMORY_EMERGENCY_SIGNAL={RECOMMENDED_SIGNAL.name[3:]}" in warnings[0]
+    finally:
+        server.stop()
+
+
+def test_the_table_of_kept_signals_matches_the_installed_servers() -> None:
+    gunicorn_keeps = {*gunicorn.arbiter.Arbiter.SIGNALS, *gunicorn.workers.base.Worker.SIGNALS, signal.SIGCHLD}
+    assert gunicorn_keeps <= set(SERVER_SIGNALS["gunicorn"])
+    # uvicorn's workers keep these; its supervisor acts on HUP, TTIN and TTOU, and swallows the rest of its list.
+    assert set(uvicorn.server.HANDLED_SIGNALS) <= set(SERVER_SIGNALS["uvicorn"])
+    assert {signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU} <= set(SERVER_SIGNALS["uvicorn"])
+    for kept in (gunicorn_keeps, set(uvicorn.supervisors.multiprocess.SIGNALS), set(uvicorn.server.HANDLED_SIGNALS)):
+        assert RECOMMENDED_SIGNAL not in kept
+    assert signal.getsignal(RECOMMENDED_SIGNAL) == signal.SIG_DFL  # ignored by default: harmless without the handler
+
+
+def test_the_server_is_known_from_its_command_line_or_its_modules() -> None:
+    assert detect_server(["/venv/bin/python", "/venv/bin/gunicorn", "-w", "2", "app:wsgi"], {}) == "gunicorn"
+    assert detect_server(["python3", "-X", "dev", "-m", "uvicorn", "--workers", "2", "app:asgi"], {}) == "uvicorn"
+    assert detect_server(["python3", "-mgunicorn", "app:wsgi"], {}) == "gunicorn"
+    assert detect_server(["python3", "-c", "from multiprocessing.spawn import spawn_main"], {}) is None
+    assert detect_server(["python3", "service.py"], {}) is None
+    assert detect_server(["python3", "service.py"], {"gunicorn.arbiter": object()}) == "gunicorn"
+    assert server_taking(signal.SIGUSR1, "uvicorn") is None  # its workers keep the handler for USR1
+    taken = server_taking(signal.SIGUSR2, "gunicorn")
+    assert taken is not None
+    assert "a worker exits on it" in taken.message("emergency_signal")
+    assert server_taking(RECOMMENDED_SIGNAL, "gunicorn") is None
