@@ -20,8 +20,11 @@ through the ``opentelemetry_instrumentor`` entry point named ``reer_memory``::
 * when the metrics are served by the OpenTelemetry Prometheus exporter, makes a pre-fork
   server's workers (gunicorn, uvicorn ``--workers``) appear on that one page, each process's
   series with a ``pid`` label (:mod:`reer_otel_memory.export.workers`);
-* with ``REER_MEMORY_EMERGENCY_SIGNAL`` set (``USR1``, ``SIGUSR2``, a number; off by default),
-  installs the emergency handler on that signal.
+* with ``REER_MEMORY_EMERGENCY_SIGNAL`` set (``URG``, ``SIGUSR2``, a number; off by default),
+  installs the emergency handler on that signal, with one warning line if the pre-fork server
+  running the process keeps that signal for itself (:mod:`reer_otel_memory.monitoring.servers`);
+* in each forked worker, points OpenTelemetry's system-metrics instrumentation, if instrumented,
+  at the worker's own process (:mod:`reer_otel_memory.monitoring.system_metrics`).
 
 ``uninstrument()`` undoes all of it: wrappers removed, handler removed, the monitor stopped if
 ``instrument()`` started it, and the previous provider binding restored. Turn the whole thing

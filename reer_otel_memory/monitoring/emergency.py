@@ -20,6 +20,11 @@ Python runs the handler when the main thread next executes Python code: a main t
 sits in one long C call (a blocking read without a timeout, a large native computation) delays
 the cleanup until that call returns, which event loops and server loops that wake regularly
 never do.
+
+Under a pre-fork server pick a signal the server leaves alone: gunicorn installs its own
+handlers for ``USR1``, ``USR2`` and others after this one, in the arbiter and in every worker
+(:mod:`reer_otel_memory.monitoring.servers` lists them); ``SIGURG`` works in both gunicorn and
+uvicorn, and a forked worker inherits the handler.
 """
 
 from __future__ import annotations
