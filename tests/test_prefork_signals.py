@@ -3,8 +3,10 @@
 Real gunicorn under ``opentelemetry-instrument`` (with the system-metrics instrumentation that
 ``opentelemetry-bootstrap`` installs): a signal gunicorn leaves alone triggers the emergency
 cleanup in the worker it is sent to; one gunicorn keeps for itself is named in one warning line;
-each forked worker's ``process.memory.usage`` is its own RSS, not the arbiter's. The table of
-signals each server keeps is checked against the installed gunicorn and uvicorn.
+each forked worker's ``process.memory.usage`` is its own RSS, not the arbiter's. Plain
+``os.fork()`` children show the system-metrics instrumentation repointed only while it is
+instrumented, and one debug line where it is shaped otherwise. The table of signals each server
+keeps is checked against the installed gunicorn and uvicorn.
 """
 
 from __future__ import annotations
@@ -231,3 +233,63 @@ def test_the_server_is_known_from_its_command_line_or_its_modules() -> None:
     assert taken is not None
     assert "a worker exits on it" in taken.message("emergency_signal")
     assert server_taking(RECOMMENDED_SIGNAL, "gunicorn") is None
+
+
+FORKS = """
+import json
+import logging
+import os
+import sys
+
+from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+
+from reer_otel_memory.instrumentation import MemoryInstrumentor
+
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+provider = MeterProvider()
+SystemMetricsInstrumentor().instrument(meter_provider=provider)
+MemoryInstrumentor().instrument(meter_provider=provider, start_monitor=False)
+system_metrics = SystemMetricsInstrumentor._instance
+
+
+def fork(case):
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        proc = getattr(system_metrics, "_proc", None)
+        os.write(write_end, json.dumps({"case": case, "pid": os.getpid(), "proc_pid": getattr(proc, "pid", None)}).encode())
+        os._exit(0)
+    os.close(write_end)
+    line = os.read(read_end, 4096).decode()
+    os.waitpid(pid, 0)
+    print(line, flush=True)
+
+
+fork("instrumented")
+parents = system_metrics._proc
+del system_metrics._proc  # a version of the instrumentation shaped otherwise
+fork("no _proc")
+system_metrics._proc = parents
+system_metrics.uninstrument()
+fork("uninstrumented")
+print(json.dumps({"case": "parent", "pid": os.getpid()}), flush=True)
+print("done", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_forked_child_points_the_system_metrics_instrumentation_at_itself_only_where_it_is_instrumented(children) -> None:
+    child = children.start(FORKS, {"REER_MEMORY_EXPLAIN": "off"}, name="forks")
+    instrumented = child.message(lambda m: m["case"] == "instrumented")
+    assert instrumented["proc_pid"] == instrumented["pid"]
+    missing = child.message(lambda m: m["case"] == "no _proc")
+    assert missing["proc_pid"] is None
+    uninstrumented = child.message(lambda m: m["case"] == "uninstrumented")
+    parent = child.message(lambda m: m["case"] == "parent")
+    assert uninstrumented["proc_pid"] == parent["pid"]  # not instrumented: left as the child inherited it
+    assert child.wait() == 0
+    wait_for(lambda: "done" in child.stderr_lines, timeout_s=10, message="the child's last stderr line")
+    debug_lines = [line for line in child.stderr_lines if "has no _proc" in line]
+    assert len(debug_lines) == 1, child.stderr
+    assert debug_lines[0].startswith("DEBUG ")
+    assert "Traceback" not in child.stderr
