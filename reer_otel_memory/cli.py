@@ -12,6 +12,8 @@
     reer-otel-memory explain PID [--seconds S] [--top N] [--json]
                                        # ask a running process which lines hold the memory it
                                        # allocates over S seconds (its explain listener)
+    reer-otel-memory runbook [ALERT]   # an alert's runbook (meaning, impact, diagnosis, fix,
+                                       # silence), from the installed package; no ALERT: the list
     reer-otel-memory --version
 
 Exit status: 0 on success, 2 on a bad configuration or bad arguments (the message names the
@@ -408,10 +410,50 @@ def _add_explain(subparsers: _Subparsers) -> None:
     parser.set_defaults(run=_run_explain)
 
 
+# --- runbook -------------------------------------------------------------------------------
+
+
+def runbook_sections() -> dict[str, str]:
+    """The runbooks shipped in the package, by alert name: each section's text, heading included."""
+    import re
+    from importlib import resources
+
+    text = resources.files("reer_otel_memory").joinpath("runbooks.md").read_text(encoding="utf-8")
+    parts = re.split(r"^## (\S+)\n", text, flags=re.MULTILINE)
+    return {alert: f"## {alert}\n{body.rstrip()}\n" for alert, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def _run_runbook(args: argparse.Namespace) -> int:
+    sections = runbook_sections()
+    if args.alert is None:
+        print("\n".join(sections))
+        return 0
+    found = {alert.lower(): alert for alert in sections}.get(args.alert.lower())
+    if found is None:
+        print(f"{PROG} runbook: ALERT={args.alert!r}: expected one of {', '.join(sections)}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION
+    sys.stdout.write(sections[found])
+    return 0
+
+
+def _add_runbook(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "runbook",
+        help="print an alert's runbook: what it means, how to diagnose, fix and silence it",
+        description="Print the runbook section of ALERT (a ReerMemory* alert of the shipped rules, any case), "
+        "as installed with the package: the same text as docs/runbooks.md, where each alert's runbook_url "
+        "points. Without ALERT, list the alerts. Exits 2 on an unknown alert.",
+    )
+    parser.add_argument("alert", nargs="?", metavar="ALERT", help="the alert's name, e.g. ReerMemoryLeakSuspected")
+    parser.set_defaults(run=_run_runbook)
+
+
 # --- the parser ----------------------------------------------------------------------------
 
 #: Every subcommand: a function adding its parser (with ``run=``) to the subparsers.
-SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_config, _add_demo, _add_rules, _add_dashboards, _add_postmortem, _add_explain]
+SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [
+    _add_config, _add_demo, _add_rules, _add_dashboards, _add_runbook, _add_postmortem, _add_explain,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reer_otel_memory.cli import build_parser
+from reer_otel_memory.cli import build_parser, main
 from reer_otel_memory.deploy import rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +43,27 @@ def test_every_section_says_what_to_do_and_the_severity() -> None:
 def test_the_commands_it_names_exist() -> None:
     text = PAGE.read_text(encoding="utf-8")
     named = set(re.findall(r"`reer-otel-memory (\w+)", text))
-    assert named == {"rules", "config", "explain"}
-    arguments = {"explain": ["1"]}  # the commands that take a positional argument
+    assert named == {"rules", "config", "explain", "runbook"}
+    arguments = {"explain": ["1"], "runbook": ["ReerMemoryLeakSuspected"]}  # the commands that take a positional argument
     for command in named:
         assert build_parser().parse_args([command, *arguments.get(command, [])]).command == command
     assert "--runbook-url" in text and "promtool test rules deploy/prometheus/tests/*.yml" in text
+
+
+def test_the_installed_package_carries_the_runbooks(capsys) -> None:
+    """An installed copy has no docs/: ``reer-otel-memory runbook ALERT`` prints each section from
+    the package, the same text as the page."""
+    from importlib import resources
+
+    assert resources.files("reer_otel_memory").joinpath("runbooks.md").read_text(encoding="utf-8") == PAGE.read_text(encoding="utf-8")
+    for alert, body in sections().items():
+        assert main(["runbook", alert.lower()]) == 0
+        assert capsys.readouterr().out == f"## {alert}\n{body.rstrip()}\n"
+    assert main(["runbook"]) == 0
+    assert capsys.readouterr().out.split() == list(rules.ALERT_NAMES)
+
+
+def test_an_unknown_alert_names_the_known_ones(capsys) -> None:
+    assert main(["runbook", "ReerMemoryNoSuchAlert"]) == 2
+    error = capsys.readouterr().err
+    assert "ALERT='ReerMemoryNoSuchAlert'" in error and "ReerMemoryLeakSuspected" in error
