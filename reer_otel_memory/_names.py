@@ -77,6 +77,13 @@ METRIC_PROCESS_LEAK_SUSPECTED = (
     "reer.memory.leak.process_suspected", "1",
     "1 while the process's retained memory grows and no single profiled operation can be shown to own the growth.",
 )
+# Requests of the instrumented web frameworks (REER_MEMORY_SERVER_SPANS), by route template.
+LABEL_ROUTE = "http.route"
+#: The route of a request no route template matched (404s, or past the bound on distinct routes).
+ROUTE_UNKNOWN = "unknown"
+METRIC_ROUTE_PEAK = ("reer.memory.route.peak", "By", "Peak RSS growth above the start of a request that overlapped no other measured work, by route.")
+METRIC_ROUTE_NET = ("reer.memory.route.net", "By", "Sum of RSS deltas of requests that overlapped no other measured work, by route.")
+METRIC_ROUTE_REQUESTS = ("reer.memory.route.requests", "1", "Requests measured, overlapped or not, by route.")
 METRIC_MONITOR_CPU = ("reer.memory.monitor.cpu", "s", "CPU time spent by the memory monitor thread.")
 
 # Models and managed resources.
@@ -107,6 +114,8 @@ ENV_DEVICE_CRITICAL_MB = "REER_MEMORY_DEVICE_CRITICAL_MB"
 ENV_THRESHOLD_SOURCE = "REER_MEMORY_THRESHOLD_SOURCE"
 ENV_EXPLAIN = "REER_MEMORY_EXPLAIN"
 ENV_EXPLAIN_SECONDS = "REER_MEMORY_EXPLAIN_SECONDS"
+# The memory attributes on every server span of the instrumented web frameworks, and per-route metrics.
+ENV_SERVER_SPANS = "REER_MEMORY_SERVER_SPANS"
 # What the host levels compare (REER_MEMORY_THRESHOLD_SOURCE), and what else a level change can be of.
 SOURCE_RSS = "rss"
 SOURCE_WORKING_SET = "working_set"
@@ -115,6 +124,8 @@ THRESHOLD_SOURCES = (SOURCE_RSS, SOURCE_WORKING_SET)
 # Pre-fork servers (export.workers): where workers leave their pages, and the process that serves them.
 ENV_WORKER_DIR = "REER_MEMORY_WORKER_DIR"
 ENV_WORKER_PARENT = "REER_MEMORY_WORKER_PARENT"
+# The Prometheus port the parent was given, kept for its descendants that are not workers.
+ENV_WORKER_PORT = "REER_MEMORY_WORKER_PORT"
 # The label telling a pre-fork server's processes apart on the parent's page.
 LABEL_PID = "pid"
 

@@ -13,7 +13,8 @@ Ranges, checked in one place (:func:`parse_threshold_mb`, :func:`parse_interval_
 * monitoring interval: 0.1 s to 86400 s (1 day);
 * device thresholds: as thresholds, the percentage of the device's limit;
 * words (``REER_MEMORY_THRESHOLD_SOURCE``): one of the listed words, any case;
-* booleans (``REER_MEMORY_RESET_PEAK``): ``1 true yes on`` or ``0 false no off``, any case.
+* booleans (``REER_MEMORY_RESET_PEAK``, ``REER_MEMORY_SERVER_SPANS``): ``1 true yes on`` or
+  ``0 false no off``, any case.
 
 Numbers are ASCII decimals (``800``, ``2.5``, ``1e3``): ``inf``, ``nan``, ``1_000`` and other
 scripts' digits are refused. Bad values raise one :class:`ConfigurationError` naming every bad
@@ -342,6 +343,17 @@ def parse_bool(name: str, value: str | None, default: bool) -> bool:
     raise ConfigurationError(
         f"{name}={value!r}: expected one of {', '.join(TRUE_WORDS)} (on) or {', '.join(FALSE_WORDS)} (off)"
     )
+
+
+def server_spans_wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """``REER_MEMORY_SERVER_SPANS`` (default off): memory attributes on every server span and
+    per-route metrics. Never raises: a word it does not know logs one line and means off."""
+    value = (os.environ if environ is None else environ).get(names.ENV_SERVER_SPANS)
+    try:
+        return parse_bool(names.ENV_SERVER_SPANS, value, default=False)
+    except ConfigurationError as exc:
+        logger.error("reer_otel_memory: %s; using the default (off) instead", exc)
+        return False
 
 
 def _order_conflicts(config: MemoryConfig, names_by_level: Mapping[str, str], given: Mapping[str, object]) -> list[str]:

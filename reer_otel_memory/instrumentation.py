@@ -72,8 +72,10 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from . import _names as names
 from . import _telemetry
-from .config import get_config
+from ._runtime import RUNTIME
+from .config import get_config, server_spans_wanted
 from .errors import ConfigurationError
+from .frameworks.views import ViewTables
 from .monitoring.system_metrics import follow_forks as follow_system_metrics_forks
 from .monitoring.system_metrics import stop_following_forks as stop_following_system_metrics_forks
 from .profiling.explain_listener import start_explain_listener
@@ -90,6 +92,10 @@ logger = logging.getLogger(__name__)
 _LOG_PREFIX = "reer_otel_memory instrumentation"
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _OFF_WORDS = frozenset({"", "0", "off", "none", "false", "no"})
+#: Seconds after ``instrument()`` (or after a fork) when targets whose module is still not
+#: imported are logged, once each. A pre-fork server's parent, which leaves the app to its
+#: workers, logs nothing: the workers do.
+PENDING_TARGET_GRACE_S = 30.0
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -309,6 +315,11 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._previous_telemetry: _telemetry.Telemetry | None = None
             self._started_monitor: MemoryMonitor | None = None
             self._emergency_signal: signal.Signals | None = None
+            self._views = ViewTables()
+            self._pending_timer: threading.Timer | None = None
+            self._pending_grace_s = PENDING_TARGET_GRACE_S
+            self._pending_source = names.ENV_PROFILE_TARGETS
+            self._server_spans = False
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
@@ -345,6 +356,13 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         emergency_signal = (
             parse_signal(kwargs["emergency_signal"], "emergency_signal") if "emergency_signal" in kwargs else self._signal_from_environment()
         )
+        server_spans = kwargs["server_spans"] if "server_spans" in kwargs else server_spans_wanted()
+        if not isinstance(server_spans, bool):
+            raise ConfigurationError(f"server_spans={server_spans!r}: expected True or False")
+        grace = kwargs.get("pending_grace_s", PENDING_TARGET_GRACE_S)
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace > 0:
+            raise ConfigurationError(f"pending_grace_s={grace!r}: expected a number of seconds above 0")
+        grace = float(grace)
         if explicit_targets is None:
             targets = self._targets_from_environment()
 
@@ -361,8 +379,15 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if emergency_signal is not None:
             self._install_emergency_handler(emergency_signal, "emergency_signal" if "emergency_signal" in kwargs else names.ENV_EMERGENCY_SIGNAL)
         source = "profile_targets" if explicit_targets is not None else names.ENV_PROFILE_TARGETS
+        if targets:
+            self._views.install()
         for target in targets:
             self._watch(target, generation, source)
+        if server_spans:
+            self._install_server_spans()
+        with self._state_lock:
+            self._pending_grace_s, self._pending_source = grace, source
+        self._start_pending_timer(generation)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         with self._state_lock:
@@ -372,7 +397,16 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             previous, self._previous_telemetry = self._previous_telemetry, None
             monitor, self._started_monitor = self._started_monitor, None
             emergency_signal, self._emergency_signal = self._emergency_signal, None
+            timer, self._pending_timer = self._pending_timer, None
+            server_spans, self._server_spans = self._server_spans, False
         stop_following_system_metrics_forks()
+        if timer is not None:
+            timer.cancel()
+        self._views.uninstall()
+        if server_spans:
+            from .frameworks import server_spans as spans
+
+            spans.uninstall()
         for record in reversed(installed):
             if not _unwrap(record):
                 logger.warning(
@@ -460,6 +494,62 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         self._emergency_signal = signum
 
+    def _install_server_spans(self) -> None:
+        try:
+            from .frameworks import server_spans
+
+            server_spans.install()
+        except Exception as exc:
+            logger.error("%s: %s: requests will not be measured: %r", _LOG_PREFIX, names.ENV_SERVER_SPANS, exc)
+            return
+        with self._state_lock:
+            self._server_spans = True
+
+    def _start_pending_timer(self, generation: int) -> None:
+        """Log the targets still pending :data:`PENDING_TARGET_GRACE_S` from now (a daemon timer)."""
+        with self._state_lock:
+            if not self._pending or generation != self._generation:
+                return
+            if self._pending_timer is not None:
+                self._pending_timer.cancel()
+            timer = self._pending_timer = threading.Timer(self._pending_grace_s, self._log_pending, (generation,))
+            timer.daemon = True
+            timer.name = "reer-memory-pending-targets"
+        RUNTIME.after_fork_call(self)  # a forked worker imports the app itself: it starts its own timer
+        timer.start()
+
+    def _after_fork_in_child(self) -> None:
+        with self._state_lock:
+            self._pending_timer = None  # the parent's timer thread is not in the child
+            generation = self._generation
+        try:
+            self._start_pending_timer(generation)
+        except Exception as exc:
+            logger.error("%s: pending targets will not be reported in this process: %r", _LOG_PREFIX, exc)
+
+    def _log_pending(self, generation: int) -> None:
+        with self._state_lock:
+            if generation != self._generation:
+                return
+            pending = sorted(target.spec for target in self._pending)
+            grace, source = self._pending_grace_s, self._pending_source
+        if not pending:
+            return
+        try:
+            import psutil
+
+            if psutil.Process().children():
+                return  # a pre-fork parent (gunicorn's arbiter, uvicorn's supervisor): its workers import the app
+        except Exception:
+            pass
+        for spec in pending:
+            module = spec.partition(":")[0]
+            logger.error(
+                "%s: %s target %r has no effect yet: module %r was not imported %g s after start-up "
+                "(a typo in the module name?); it is wrapped if the module is imported later",
+                _LOG_PREFIX, source, spec, module, grace,
+            )
+
     def _watch(self, target: ProfileTarget, generation: int, source: str) -> None:
         """Wrap ``target`` now if its module is imported, else when it is."""
         with self._state_lock:
@@ -486,3 +576,6 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 return
             if record is not None:
                 self._installed.append(record)
+                if record.container is module and isinstance(record.handle, wrapt.FunctionWrapper):
+                    # A view: the framework's route table holds the original too (frameworks.views).
+                    self._views.view_wrapped(target.spec, module, record.handle.__wrapped__, record.handle)
