@@ -30,8 +30,20 @@ MB = 1024 * 1024
 
 APP = '''
 import os
+import subprocess
+import sys
 
 held = []
+helpers = []
+
+
+def spawn_helper():
+    """A Python subprocess of the service (it inherits the worker's environment), kept running."""
+    code = "import sys; print('ready', flush=True); sys.stdin.read()"  # after its start-up, instrumentation included
+    helper = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    helper.stdout.readline()
+    helpers.append(helper)
+    return helper.pid
 
 
 def handle_work(size):
@@ -46,23 +58,29 @@ def grow(mb):
 
 def wsgi(environ, start_response):
     path = environ["PATH_INFO"]
+    answer = os.getpid()
     if path == "/grow":
         grow(int(environ["QUERY_STRING"]))
+    elif path == "/spawn":
+        answer = spawn_helper()
     else:
         handle_work(1 << 16)
     start_response("200 OK", [("Content-Type", "text/plain")])
-    return [str(os.getpid()).encode()]
+    return [str(answer).encode()]
 
 
 async def asgi(scope, receive, send):
     if scope["type"] != "http":
         return
+    answer = os.getpid()
     if scope["path"] == "/grow":
         grow(int(scope["query_string"]))
+    elif scope["path"] == "/spawn":
+        answer = spawn_helper()
     else:
         handle_work(1 << 16)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+    await send({"type": "http.response.body", "body": str(answer).encode()})
 '''
 
 OPERATION_COUNT = series.series_name(names.METRIC_OPERATION_DURATION, series.HISTOGRAM) + "_count"
@@ -74,7 +92,7 @@ RSS = series.series_name(names.METRIC_RSS)
 class Server:
     """A pre-fork server under opentelemetry-instrument, its app in a temporary directory."""
 
-    def __init__(self, tmp_path: Path, command: list[str], alert_mb: int) -> None:
+    def __init__(self, tmp_path: Path, command: list[str], alert_mb: int, interval_s: str | None = "1") -> None:
         (tmp_path / "toyapp.py").write_text(textwrap.dedent(APP))
         self.metrics_port = free_port()
         self.http_port = free_port()
@@ -86,7 +104,7 @@ class Server:
                 "OTEL_LOGS_EXPORTER": "none",
                 "OTEL_EXPORTER_PROMETHEUS_PORT": str(self.metrics_port),
                 names.ENV_PROFILE_TARGETS: "toyapp:handle_work",
-                names.ENV_MONITORING_INTERVAL: "1",
+                **({names.ENV_MONITORING_INTERVAL: interval_s} if interval_s is not None else {}),
                 names.ENV_ALERT_MB: str(alert_mb),
                 names.ENV_CLEANUP_MB: str(alert_mb + 4000),
                 names.ENV_CRITICAL_MB: str(alert_mb + 8000),
@@ -126,6 +144,13 @@ class Server:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
             return int(response.read())
 
+    def operations(self) -> float:
+        """The profiled calls of every process on the page: one series, summed over live and exited workers."""
+        samples = scrape(self.url).get(OPERATION_COUNT, {})
+        found = [value for labels, value in samples.items() if dict(labels).get(series.LABEL_OPERATION) == "toyapp.handle_work"]
+        assert len(found) <= 1, samples
+        return found[0] if found else 0.0
+
     def pids(self, name: str, **labels: str) -> set[int]:
         samples = scrape(self.url).get(name, {})
         found = set()
@@ -162,16 +187,20 @@ def every_worker_appears(server: Server, worker_count: int) -> set[int]:
 
 
 def assert_every_worker_is_its_own_series(server: Server, workers: set[int]) -> None:
+    """Gauges per process, by pid; the profiled calls of all workers summed in one series without pid."""
     for level in ("alert", "cleanup", "critical"):
         assert workers <= server.pids(THRESHOLD, level=level)
     assert workers <= server.pids(LEVEL)
+    before = server.operations()
+    served: list[int] = []
 
     def all_served() -> bool:
-        for _ in range(6):
-            server.request()
-        return workers <= server.pids(OPERATION_COUNT, reer_operation="toyapp.handle_work")
+        served.extend(server.request() for _ in range(6))
+        return workers <= set(served)
 
-    wait_for(all_served, timeout_s=60, interval_s=0.1, message="every worker's profiled operation on /metrics")
+    wait_for(all_served, timeout_s=60, interval_s=0.1, message="a request served by every worker")
+    assert not server.pids(OPERATION_COUNT)
+    wait_for(lambda: server.operations() - before == len(served), timeout_s=10, message=f"{len(served)} calls on /metrics")
 
 
 def assert_alerts_fire_per_worker(tmp_path: Path, server: Server, alert_mb: int) -> None:

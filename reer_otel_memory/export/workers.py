@@ -1,41 +1,28 @@
-"""Pre-fork servers: every worker's metrics on the parent's one ``/metrics`` page, told apart by ``pid``.
+"""Pre-fork servers: every worker's metrics on the parent's one ``/metrics`` page, live, totals kept.
 
-Under ``opentelemetry-instrument`` with ``OTEL_METRICS_EXPORTER=prometheus``, the OpenTelemetry
-Prometheus exporter serves ``/metrics`` from the process that started first: gunicorn's arbiter,
-uvicorn's supervisor. Its workers are forked (gunicorn) or spawned (uvicorn ``--workers``) from
-it, and a worker's memory is what matters. So, as prometheus_client's multiprocess mode does for
-gunicorn, the page stays one scrape target and each process's series carry a ``pid`` label:
-
-* the parent makes a directory (``REER_MEMORY_WORKER_DIR``, default: a fresh temporary one,
-  removed at exit) and names it, and itself as the parent (``REER_MEMORY_WORKER_PARENT``), in
-  the environment its workers inherit; spawned workers also inherit
-  ``OTEL_EXPORTER_PROMETHEUS_PORT=0`` so their own exporter does not fight over the parent's port;
-* each worker (a forked child, or a spawned process that finds those variables naming another
-  process) writes its page to ``<dir>/<pid>.prom`` at once and every monitor interval
-  (``REER_MEMORY_MONITORING_INTERVAL``), and removes it when it exits;
-* each scrape of the parent serves its own series and every live worker's, all with ``pid``. A
-  worker whose process is gone (exited, killed, or its pid reused) is dropped at that scrape
-  and its file removed, so it disappears from the next scrape. Until a worker has written, the
-  page is the parent's alone, without ``pid``.
-
-Why one target with a ``pid`` label rather than one target per worker: it is how Prometheus
-users already see gunicorn (prometheus_client's multiprocess mode), it needs no service
-discovery and no port per worker (one port per pod, as Kubernetes scrape annotations assume),
-and the shipped alert rules compare each series with the thresholds of its ``job`` and
-``instance``, so each worker's alerts fire on its own RSS with the rules unchanged.
-
-A worker's values are as fresh as its last write (at most one monitor interval old).
+Under ``opentelemetry-instrument`` with ``OTEL_METRICS_EXPORTER=prometheus`` the page is served
+by the process that started first (gunicorn's arbiter, uvicorn's supervisor). Its workers,
+forked (gunicorn) or spawned by ``multiprocessing`` as its direct children (uvicorn
+``--workers``), write their series to ``REER_MEMORY_WORKER_DIR`` every half second while they
+work and once more at exit; each scrape of the parent merges them. Gauges stay per process
+(``pid`` label); counters and histograms are summed over the parent, the live workers and every
+worker that has exited, so totals never drop when a worker is recycled. Other processes (the
+resource tracker, the service's own subprocesses) are not workers: they drop the inherited
+variables and close the listener those made them open. The rules: docs/telemetry.md.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -45,14 +32,46 @@ from .._runtime import RUNTIME
 
 logger = logging.getLogger(__name__)
 
-_SUFFIX = ".prom"
-_HEADER = "# reer-otel-memory worker"
+#: A working worker writes its page at most this often (and only when it used CPU since the last).
+WRITE_INTERVAL_S = 0.5
+#: CPU (outside the writer) below which a worker counts as idle between two writes: less than
+#: any request costs, more than an idle event loop's ticks.
+IDLE_CPU_S = 50e-6
 
+_SUFFIX = ".json"
+_TEMPORARY = ".tmp"
+_INHERITED = (names.ENV_WORKER_DIR, names.ENV_WORKER_PARENT, names.ENV_WORKER_PORT)
 
-#: Held while this process collects its own series for a scrape, and across fork()
-#: (:meth:`Runtime.fork_guard`): a worker forked in the middle of a collection would inherit the
-#: SDK's locks held, and hang on its first collection.
+#: Held while this process collects its own series, and across fork() (:meth:`Runtime.fork_guard`):
+#: a worker forked in the middle of a collection would inherit the SDK's locks held.
 _COLLECTING = "export.workers.collecting"
+
+# How a family's samples meet on the parent's page.
+PER_PROCESS = "per_process"  # one series per process, labelled pid; gone with the process
+SUMMED = "summed"  # one series over all processes, exited ones included
+SHARED = "shared"  # one source seen by every process (the cgroup, the host): the highest reading of the live ones
+
+_SUMMED_TYPES = frozenset({"counter", "histogram"})
+
+#: A family: name, type, help, unit, samples (name, labels, value).
+Family = tuple[str, str, str, str, list[tuple[str, dict[str, str], float]]]
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _shared_names() -> frozenset[str]:
+    from . import naming as series
+
+    return frozenset(series.series_name(metric) for metric in (names.METRIC_CGROUP_OOM_KILLS, names.METRIC_CGROUP_PRESSURE))
+
+
+_SHARED_NAMES = _shared_names()
+
+
+def aggregation(name: str, kind: str) -> str:
+    """How the family ``name`` of Prometheus type ``kind`` is merged: PER_PROCESS, SUMMED or SHARED."""
+    if name in _SHARED_NAMES or name.startswith("system_"):  # the OpenTelemetry system metrics' host-wide ones
+        return SHARED if kind in _SUMMED_TYPES else PER_PROCESS
+    return SUMMED if kind in _SUMMED_TYPES else PER_PROCESS
 
 
 def _prometheus_reader_collector(meter_provider: Any) -> Any:
@@ -70,25 +89,16 @@ def _prometheus_reader_collector(meter_provider: Any) -> Any:
     return None
 
 
-def _render(families: Iterable[Any]) -> str:
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    class _Fixed:
-        def __init__(self, collected: list[Any]) -> None:
-            self.collected = collected
-
-        def collect(self) -> list[Any]:
-            return self.collected
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(list(families)))
-    return generate_latest(registry).decode()
+def families_of(metrics: Iterable[Any]) -> list[Family]:
+    """prometheus_client metric families as plain data (what a worker writes)."""
+    return [
+        (metric.name, metric.type, metric.documentation, metric.unit, [(s.name, dict(s.labels), float(s.value)) for s in metric.samples])
+        for metric in metrics
+    ]
 
 
-def _parse(text: str) -> list[Any]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return list(text_string_to_metric_families(text))
+def _key(sample_name: str, labels: dict[str, str]) -> _Key:
+    return sample_name, tuple(sorted(labels.items()))
 
 
 def _start_time(pid: int) -> float | None:
@@ -104,6 +114,108 @@ def _start_time(pid: int) -> float | None:
         return None
 
 
+def _same_process(pid: int, start: float) -> bool:
+    started = _start_time(pid)
+    return started is not None and abs(started - start) <= 0.5
+
+
+class _Page:
+    """One worker's page as read by the parent."""
+
+    __slots__ = ("families", "parent", "pid", "start", "version")
+
+    def __init__(self, version: tuple[int, int], pid: int, start: float, parent: int, families: list[Family]) -> None:
+        self.version = version
+        self.pid = pid
+        self.start = start
+        self.parent = parent
+        self.families = families
+
+
+class _Merged:
+    """The families of one scrape as they are built: per-process samples, sums and maxima."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, tuple[str, str, str]] = {}  # name -> type, help, unit (first seen wins)
+        self.samples: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+        self.values: dict[str, dict[_Key, tuple[str, dict[str, str], float]]] = {}
+
+    def _accepts(self, name: str, kind: str, documentation: str, unit: str) -> bool:
+        known = self.meta.setdefault(name, (kind, documentation, unit))
+        return known[0] == kind
+
+    def add(self, families: Iterable[Family], pid: int | None) -> None:
+        for name, kind, documentation, unit, samples in families:
+            if not self._accepts(name, kind, documentation, unit):
+                continue
+            how = aggregation(name, kind)
+            if how == PER_PROCESS:
+                label = {names.LABEL_PID: str(pid)} if pid is not None else {}
+                self.samples.setdefault(name, []).extend((sample, {**labels, **label}, value) for sample, labels, value in samples)
+                continue
+            values = self.values.setdefault(name, {})
+            for sample, labels, value in samples:
+                key = _key(sample, labels)
+                found = values.get(key)
+                if found is None:
+                    values[key] = (sample, labels, value)
+                else:
+                    values[key] = (sample, labels, found[2] + value if how == SUMMED else max(found[2], value))
+
+    def metrics(self) -> list[Any]:
+        from prometheus_client.metrics_core import Metric
+        from prometheus_client.samples import Sample
+
+        built = []
+        for name, (kind, documentation, unit) in self.meta.items():
+            metric = Metric(name, documentation, kind, unit)
+            metric.samples = [Sample(sample, labels, value) for sample, labels, value in self.samples.get(name, [])]
+            metric.samples.extend(Sample(sample, labels, value) for sample, labels, value in self.values.get(name, {}).values())
+            built.append(metric)
+        return built
+
+
+def _close_exporter_listener() -> None:
+    """Close the HTTP listener the OpenTelemetry Prometheus exporter opened here on port 0.
+
+    The exporter keeps no handle on it; its serving thread's target is the server's
+    ``serve_forever``. Shut down off this thread (it waits for the server's next poll).
+    """
+    for thread in threading.enumerate():
+        target = getattr(thread, "_target", None)
+        server = getattr(target, "__self__", None)
+        if getattr(target, "__name__", "") != "serve_forever" or not type(server).__module__.startswith("prometheus_client"):
+            continue
+
+        def close(server: Any = server) -> None:
+            try:
+                server.shutdown()
+                server.server_close()
+            except Exception as exc:
+                logger.debug("closing this process's Prometheus listener failed: %r", exc)
+
+        threading.Thread(target=close, name="reer-memory-close-listener", daemon=True).start()
+
+
+def _forget_inherited_environment() -> bool:
+    """Take the pre-fork variables out of this process's environment; True if the port was the parent's 0."""
+    port_was_ours = names.ENV_WORKER_PORT in os.environ and os.environ.get(names.ENV_PROMETHEUS_PORT) == "0"
+    original = os.environ.get(names.ENV_WORKER_PORT)
+    for variable in _INHERITED:
+        os.environ.pop(variable, None)
+    if original is not None:
+        if original:
+            os.environ[names.ENV_PROMETHEUS_PORT] = original
+        else:
+            os.environ.pop(names.ENV_PROMETHEUS_PORT, None)
+    return port_was_ours
+
+
+def _spawned_by_multiprocessing() -> bool:
+    """Started by ``multiprocessing`` as a Process (spawn or forkserver), as uvicorn's workers are."""
+    return "--multiprocessing-fork" in getattr(sys, "orig_argv", ())
+
+
 class WorkerPages:
     """The shared directory: workers write their page there, the parent merges them into its own."""
 
@@ -114,116 +226,217 @@ class WorkerPages:
         self.interval_s = interval_s
         self._owns_directory = owns_directory
         self._lock = threading.Lock()
-        self._parsed: dict[Path, tuple[tuple[int, int], float, list[Any]]] = {}
         self._stop = threading.Event()
-        self._writer: threading.Thread | None = None
+        # The parent's side.
+        self._pages: dict[Path, _Page] = {}
+        self._exited = _Merged()  # summed series of workers that exited
+        self._seen_worker = False
+        self._unremovable: set[tuple[int, float]] = set()
+        # A worker's side.
+        self.writing = False
+        self._start = 0.0
+        self._baseline: dict[_Key, float] = {}
+        self._last_others_cpu = 0.0
+        self._last_write = 0.0
+        self._failed_once = False
+        #: Pages written and the writer thread's CPU seconds (for the benchmark).
+        self.writes = 0
+        self.writer_cpu_s = 0.0
         RUNTIME.after_fork_call(self)
 
     # --- the worker side ------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
-        self._parsed = {}
+        self._pages, self._exited, self._unremovable = {}, _Merged(), set()
         self._owns_directory = False
+        if self.writing or os.getppid() != self.parent_pid:
+            # Forked by a worker (the service's own pool, a subprocess about to exec): not a worker.
+            self.writing = False
+            self._stop = threading.Event()
+            self._stop.set()
+            return
+        _forget_inherited_environment()  # its own subprocesses are not workers
+        self._baseline = self._summed_values()  # what the parent had counted: not this worker's
         self.start_writing()
 
+    def _summed_values(self) -> dict[_Key, float]:
+        try:
+            with RUNTIME.fork_guard(_COLLECTING):
+                own = families_of(self.collect())
+        except Exception as exc:
+            logger.debug("reading the series inherited from the parent failed: %r", exc)
+            return {}
+        return {
+            _key(sample, labels): value
+            for name, kind, _, _, samples in own
+            if aggregation(name, kind) == SUMMED
+            for sample, labels, value in samples
+            if value
+        }
+
     def start_writing(self) -> None:
-        """Write this worker's page now and every interval until exit (then remove it)."""
+        """Write this worker's page now, then while it works, and at exit."""
+        self.writing = True
+        self._start = _start_time(os.getpid()) or time.time()
         self._stop = threading.Event()
         self._write_page()
-        self._writer = threading.Thread(target=self._write_loop, name="reer-memory-worker-page", daemon=True)
-        self._writer.start()
-        atexit.register(self._remove_own_page)
+        threading.Thread(target=self._write_loop, name="reer-memory-worker-page", daemon=True).start()
+        atexit.register(self._final_write)
 
     @property
     def own_page(self) -> Path:
         return self.directory / f"{os.getpid()}{_SUFFIX}"
 
     def _write_loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        heartbeat_s = max(self.interval_s, WRITE_INTERVAL_S)
+        while not self._stop.wait(WRITE_INTERVAL_S):
+            # CPU the rest of the process used since the last write: none, nothing new to show.
+            others_cpu = time.process_time() - time.thread_time()
+            if others_cpu - self._last_others_cpu >= IDLE_CPU_S or time.monotonic() - self._last_write >= heartbeat_s:
+                self._write_page()
+            self.writer_cpu_s = time.thread_time()
+
+    def _final_write(self) -> None:
+        self._stop.set()
+        if self.writing and os.getpid() != self.parent_pid:
             self._write_page()
 
     def _write_page(self) -> None:
         try:
-            start = _start_time(os.getpid())
-            text = f"{_HEADER} {os.getpid()} {start!r}\n" + _render(self.collect())
-            temporary = self.directory / f".{os.getpid()}.tmp"
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, self.own_page)
-        except Exception as exc:  # the worker serves on; its series are missing until the next write
-            logger.debug("writing this worker's metrics to %s failed: %r", self.directory, exc)
-
-    def _remove_own_page(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self.own_page.unlink()
+            with self._lock:
+                self._last_others_cpu = time.process_time() - time.thread_time()
+                self._last_write = time.monotonic()
+                with RUNTIME.fork_guard(_COLLECTING):
+                    own = families_of(self.collect())
+                baseline = self._baseline
+                if baseline:
+                    own = [
+                        (name, kind, documentation, unit, [(s, labels, value - baseline.get(_key(s, labels), 0.0)) for s, labels, value in samples])
+                        if aggregation(name, kind) == SUMMED
+                        else (name, kind, documentation, unit, samples)
+                        for name, kind, documentation, unit, samples in own
+                    ]
+                text = json.dumps({"pid": os.getpid(), "start": self._start, "parent": self.parent_pid, "families": own}, separators=(",", ":"))
+                temporary = self.directory / f".{os.getpid()}{_TEMPORARY}"
+                temporary.write_text(text, encoding="utf-8")
+                os.replace(temporary, self.own_page)
+                self.writes += 1
+        except Exception as exc:  # the worker serves on; the page shows its last write
+            if not self._failed_once:
+                self._failed_once = True
+                logger.warning("reer_otel_memory: writing this worker's metrics to %s failed (%r); the parent's page shows its last write", self.directory, exc)
+            else:
+                logger.debug("writing this worker's metrics to %s failed: %r", self.directory, exc)
 
     # --- the parent side ------------------------------------------------------------------
 
-    def _worker_families(self) -> list[tuple[int, list[Any]]]:
-        """The families of every live worker, parsed once per written version."""
-        found: list[tuple[int, list[Any]]] = []
+    def _read(self, path: Path) -> _Page | None:
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size)
+        cached = self._pages.get(path)
+        if cached is not None and cached.version == version:
+            return cached
+        data = json.loads(path.read_text(encoding="utf-8"))
+        families = [
+            (str(n), str(k), str(d), str(u), [(str(s), dict(labels), float(v)) for s, labels, v in samples]) for n, k, d, u, samples in data["families"]
+        ]
+        page = _Page(version, int(data["pid"]), float(data["start"]), int(data["parent"]), families)
+        self._pages[path] = page
+        return page
+
+    def _fold(self, page: _Page, path: Path) -> None:
+        """A worker that exited: its counters and histograms join the exited totals, its gauges go."""
+        identity = (page.pid, page.start)
+        if identity not in self._unremovable:
+            self._exited.add(((n, k, d, u, s) for n, k, d, u, s in page.families if aggregation(n, k) == SUMMED), None)
+            self._seen_worker = True
+        self._pages.pop(path, None)
+        try:
+            path.unlink()
+            self._unremovable.discard(identity)
+        except FileNotFoundError:
+            self._unremovable.discard(identity)
+        except OSError as exc:
+            if identity not in self._unremovable:
+                logger.warning("reer_otel_memory: the page of the exited worker %d could not be removed (%r); its totals are kept once", page.pid, exc)
+            self._unremovable.add(identity)
+
+    def _refresh(self) -> list[_Page]:
+        """Every live worker's page; the pages of workers that exited are folded and removed."""
+        live: list[_Page] = []
         seen: set[Path] = set()
         try:
-            paths = sorted(self.directory.glob(f"*{_SUFFIX}"))
+            paths = sorted(self.directory.iterdir())
         except OSError:
-            return found
+            return live
         for path in paths:
-            try:
-                pid = int(path.stem)
-            except ValueError:
+            name = path.name
+            if name.endswith(_TEMPORARY) and name[1:-len(_TEMPORARY)].isdigit():
+                if _start_time(int(name[1:-len(_TEMPORARY)])) is None:  # a worker killed mid-write
+                    with contextlib.suppress(OSError):
+                        path.unlink()
                 continue
-            if pid == os.getpid():
+            if not name.endswith(_SUFFIX) or not name[: -len(_SUFFIX)].isdigit():
                 continue
             seen.add(path)
-            started = _start_time(pid)
             try:
-                stat = path.stat()
-                version = (stat.st_mtime_ns, stat.st_size)
-                cached = self._parsed.get(path)
-                if cached is None or cached[0] != version:
-                    text = path.read_text(encoding="utf-8")
-                    header = text.split("\n", 1)[0].split()
-                    written_start = float(header[-1]) if header[:3] == _HEADER.split() and header[-1] != "None" else None
-                    cached = (version, written_start if written_start is not None else -1.0, _parse(text))
-                    self._parsed[path] = cached
-            except (OSError, ValueError) as exc:
+                page = self._read(path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 logger.debug("skipping the worker page %s: %r", path, exc)
                 continue
-            if started is None or abs(started - cached[1]) > 0.5:
-                # Gone, or its pid now belongs to another process: drop it for good.
-                self._parsed.pop(path, None)
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            if page is None or page.pid == os.getpid():
                 continue
-            found.append((pid, cached[2]))
-        for stale in set(self._parsed) - seen:
-            del self._parsed[stale]
-        return found
+            alive = _same_process(page.pid, page.start)
+            if page.parent != self.parent_pid:
+                if not alive and _start_time(page.parent) is None:  # left by an earlier parent
+                    self._pages.pop(path, None)
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                continue
+            if alive:
+                live.append(page)
+                self._seen_worker = True
+            else:
+                self._fold(page, path)
+        for stale in set(self._pages) - seen:
+            del self._pages[stale]
+        return live
 
     def merged(self) -> list[Any]:
-        """This process's families, with every live worker's merged in, each sample labelled ``pid``."""
+        """The page: this process's families with every live worker's and the exited workers' totals."""
         if os.getpid() != self.parent_pid:
             return list(self.collect())
         with RUNTIME.fork_guard(_COLLECTING):
-            own = list(self.collect())
+            own_metrics = list(self.collect())
         with self._lock:
-            workers = self._worker_families()
-        if not workers:
-            return own
-        from prometheus_client.metrics_core import Metric
+            live = self._refresh()
+            if not self._seen_worker:
+                return own_metrics
+            merged = _Merged()
+            merged.add(families_of(own_metrics), os.getpid())
+            for page in live:
+                merged.add(page.families, page.pid)
+            merged.add(self._exited_families(), None)
+        return merged.metrics()
 
-        merged: dict[str, Any] = {}
-        for pid, families in [(os.getpid(), _parse(_render(own))), *workers]:
-            label = str(pid)
-            for family in families:
-                target = merged.get(family.name)
-                if target is None:
-                    target = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
-                elif target.type != family.type:
-                    continue
-                target.samples.extend(sample._replace(labels={**sample.labels, names.LABEL_PID: label}) for sample in family.samples)
-        return list(merged.values())
+    def _exited_families(self) -> list[Family]:
+        exited = self._exited
+        return [(name, kind, doc, unit, list(exited.values.get(name, {}).values())) for name, (kind, doc, unit) in exited.meta.items()]
+
+    def start_folding(self) -> None:
+        """In the parent: fold exited workers' pages every interval even when nobody scrapes."""
+        threading.Thread(target=self._fold_loop, name="reer-memory-worker-fold", daemon=True).start()
+
+    def _fold_loop(self) -> None:
+        while not self._stop.wait(max(1.0, self.interval_s)):
+            if os.getpid() != self.parent_pid:
+                return
+            try:
+                with self._lock:
+                    self._refresh()
+            except Exception as exc:
+                logger.debug("folding exited workers' pages failed: %r", exc)
 
     def close(self) -> None:
         self._stop.set()
@@ -232,22 +445,31 @@ class WorkerPages:
 
 
 def share_worker_metrics(meter_provider: Any, interval_s: float) -> WorkerPages | None:
-    """Set up the pre-fork page for this process (parent or spawned worker); None if not served by Prometheus.
+    """Set up the pre-fork page for this process (parent or spawned worker); None if it has no part in one.
 
     Called by the instrumentor. A bad directory logs one line and leaves the page as it was.
     """
+    parent = os.environ.get(names.ENV_WORKER_PARENT, "").strip()
+    if parent.isdigit() and int(parent) != os.getpid():
+        # A descendant of an instrumented parent: a worker only if that parent started it with
+        # multiprocessing (uvicorn --workers); none of its own descendants inherits the part.
+        configured = os.environ.get(names.ENV_WORKER_DIR, "").strip()
+        if _forget_inherited_environment():
+            _close_exporter_listener()
+        if not (configured and int(parent) == os.getppid() and _spawned_by_multiprocessing()):
+            return None
+        found = _prometheus_reader_collector(meter_provider)
+        if found is None:
+            return None
+        pages = WorkerPages(Path(configured), int(parent), found.collect, interval_s, owns_directory=False)
+        pages.start_writing()
+        return pages
     found = _prometheus_reader_collector(meter_provider)
     if found is None:
         return None
     collector = found
-    parent = os.environ.get(names.ENV_WORKER_PARENT, "").strip()
     configured = os.environ.get(names.ENV_WORKER_DIR, "").strip()
     try:
-        if parent.isdigit() and int(parent) != os.getpid() and configured and _start_time(int(parent)) is not None:
-            # A spawned worker of an instrumented parent: write, don't serve.
-            pages = WorkerPages(Path(configured), int(parent), collector.collect, interval_s, owns_directory=False)
-            pages.start_writing()
-            return pages
         if configured:
             directory, owns = Path(configured), False
             directory.mkdir(parents=True, exist_ok=True)
@@ -259,10 +481,12 @@ def share_worker_metrics(meter_provider: Any, interval_s: float) -> WorkerPages 
     pages = WorkerPages(directory, os.getpid(), collector.collect, interval_s, owns_directory=owns)
     os.environ[names.ENV_WORKER_DIR] = str(directory)
     os.environ[names.ENV_WORKER_PARENT] = str(os.getpid())
-    # Spawned workers start their own exporter: any free port, not the parent's.
+    # Spawned workers start their own exporter: any free port, not the parent's (they close it).
+    os.environ.setdefault(names.ENV_WORKER_PORT, os.environ.get(names.ENV_PROMETHEUS_PORT, ""))
     os.environ[names.ENV_PROMETHEUS_PORT] = "0"
     # The registry calls collector.collect(): in the parent it now serves the merged page (the
     # collector stays registered, so the reader's own shutdown still finds it).
     collector.collect = pages.merged
+    pages.start_folding()
     atexit.register(pages.close)
     return pages
