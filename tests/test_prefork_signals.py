@@ -1,8 +1,8 @@
 """Pre-fork servers: the emergency signal in gunicorn's workers, and OTel's process figures after fork.
 
-Real gunicorn under ``opentelemetry-instrument`` (with the system-metrics instrumentation that
-``opentelemetry-bootstrap`` installs): a signal gunicorn leaves alone triggers the emergency
-cleanup in the worker it is sent to; one gunicorn keeps for itself is named in one warning line;
+Real gunicorn and uvicorn under ``opentelemetry-instrument`` (with the system-metrics
+instrumentation that ``opentelemetry-bootstrap`` installs): a signal the server leaves alone
+triggers the emergency cleanup in the worker it is sent to; one gunicorn keeps for itself is named in one warning line;
 each forked worker's ``process.memory.usage`` is its own RSS, not the arbiter's. Plain
 ``os.fork()`` children show the system-metrics instrumentation repointed only while it is
 instrumented, and one debug line where it is shaped otherwise. The table of signals each server
@@ -36,8 +36,19 @@ MB = 1024 * 1024
 
 APP = """
 import os
+from pathlib import Path
+
+from reer_otel_memory import register_cleanup_hook
 
 held = []
+
+
+def record_cleanup():
+    with Path(__file__).with_name("cleanups.log").open("a") as log:
+        log.write(f"{os.getpid()}\\n")
+
+
+register_cleanup_hook("signalapp", record_cleanup)  # in each worker, where the app is imported
 
 
 def wsgi(environ, start_response):
@@ -48,6 +59,12 @@ def wsgi(environ, start_response):
         held.append(block)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [str(os.getpid()).encode()]
+
+
+async def asgi(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
 """
 
 CLEANUPS = series.series_name(names.METRIC_CLEANUPS, series.COUNTER)
@@ -55,11 +72,16 @@ RSS = series.series_name(names.METRIC_RSS)
 PROCESS_MEMORY = series.series_name(("process.memory.usage", "By", ""))  # the system-metrics instrumentation's
 
 
-class Gunicorn:
-    """``opentelemetry-instrument gunicorn -w N`` serving the app above, metrics on one page."""
+GUNICORN = [str(BIN / "gunicorn"), "-w", "{workers}", "-b", "127.0.0.1:{port}", "--no-control-socket", "signalapp:wsgi"]
+UVICORN = [str(BIN / "uvicorn"), "--workers", "{workers}", "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning", "signalapp:asgi"]
 
-    def __init__(self, tmp_path: Path, workers: int, emergency_signal: str) -> None:
+
+class Server:
+    """``opentelemetry-instrument`` running a pre-fork server with the app above, metrics on one page."""
+
+    def __init__(self, tmp_path: Path, command: list[str], workers: int, emergency_signal: str) -> None:
         (tmp_path / "signalapp.py").write_text(textwrap.dedent(APP))
+        self.cleanup_log = tmp_path / "cleanups.log"
         self.metrics_port = free_port()
         self.http_port = free_port()
         env = clean_environment(
@@ -75,16 +97,7 @@ class Gunicorn:
         )
         self.log = (tmp_path / "server.log").open("w+")
         self.process = subprocess.Popen(
-            [
-                str(BIN / "opentelemetry-instrument"),
-                str(BIN / "gunicorn"),
-                "-w",
-                str(workers),
-                "-b",
-                f"127.0.0.1:{self.http_port}",
-                "--no-control-socket",
-                "signalapp:wsgi",
-            ],
+            [str(BIN / "opentelemetry-instrument"), *[part.format(workers=workers, port=self.http_port) for part in command]],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -103,10 +116,11 @@ class Gunicorn:
         return self.log.read()
 
     def workers(self) -> set[int]:
+        """The live worker processes (uvicorn's spawn start also runs a resource tracker: not a worker)."""
         found = set()
         for child in psutil.Process(self.process.pid).children():
             try:
-                if child.status() != psutil.STATUS_ZOMBIE:
+                if "resource_tracker" not in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
                     found.add(child.pid)
             except psutil.Error:
                 pass
@@ -120,6 +134,14 @@ class Gunicorn:
             if names.LABEL_PID in label_map and all(label_map.get(k) == v for k, v in labels.items()):
                 found[int(label_map[names.LABEL_PID])] = value
         return found
+
+    def cleaned(self) -> list[int]:
+        """The pids of the workers whose cleanup hook ran, once per cleanup."""
+        return [int(line) for line in self.cleanup_log.read_text().split()] if self.cleanup_log.exists() else []
+
+    def emergency_cleanups(self) -> float:
+        """Emergency cleanups on the page, all processes together."""
+        return sum(value for labels, value in scrape(self.url).get(CLEANUPS, {}).items() if (names.LABEL_TRIGGER, names.TRIGGER_EMERGENCY) in labels)
 
     def request(self, path: str) -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
@@ -161,22 +183,17 @@ def vm_rss(pid: int) -> int:
 
 
 def test_recommended_signal_cleans_up_in_the_worker_it_is_sent_to_and_each_worker_reports_its_own_process_memory(tmp_path: Path) -> None:
-    server = Gunicorn(tmp_path, workers=2, emergency_signal=RECOMMENDED_SIGNAL.name)
+    server = Server(tmp_path, GUNICORN, workers=2, emergency_signal=RECOMMENDED_SIGNAL.name)
     try:
         workers = server.every_worker_on_the_page()
-        target, other = sorted(workers)
+        target = min(workers)
 
-        # The recommended signal, sent to one worker and to the arbiter: each counts one emergency cleanup.
+        # The recommended signal, sent to one worker and to the arbiter: each runs one emergency cleanup.
         os.kill(target, RECOMMENDED_SIGNAL)
         os.kill(server.process.pid, RECOMMENDED_SIGNAL)
-
-        def emergency_counted() -> dict[int, float] | None:
-            counts = server.by_pid(CLEANUPS, trigger=names.TRIGGER_EMERGENCY)
-            return counts if counts.get(target) == 1 and counts.get(server.process.pid) == 1 else None
-
-        counts = wait_for(emergency_counted, timeout_s=20, interval_s=0.1, message="one emergency cleanup counted for the worker and the arbiter")
-        assert isinstance(counts, dict)
-        assert counts.get(other, 0) == 0
+        wait_for(lambda: server.cleaned(), timeout_s=20, interval_s=0.1, message="the signalled worker's cleanup hook")
+        wait_for(lambda: server.emergency_cleanups() == 2, timeout_s=20, interval_s=0.1, message="two emergency cleanups on the page")
+        assert server.cleaned() == [target]  # that worker alone, once (the arbiter has no app, so no hook)
         assert server.workers() == workers  # no worker ended on it
 
         # One worker grows by 60 MB: its process.memory.usage follows its own RSS, not the arbiter's.
@@ -196,8 +213,23 @@ def test_recommended_signal_cleans_up_in_the_worker_it_is_sent_to_and_each_worke
         server.stop()
 
 
+def test_recommended_signal_cleans_up_in_a_spawned_uvicorn_worker(tmp_path: Path) -> None:
+    server = Server(tmp_path, UVICORN, workers=2, emergency_signal=RECOMMENDED_SIGNAL.name)
+    try:
+        workers = server.every_worker_on_the_page()
+        target = min(workers)
+        os.kill(target, RECOMMENDED_SIGNAL)
+        wait_for(lambda: server.cleaned(), timeout_s=20, interval_s=0.1, message="the signalled worker's cleanup hook")
+        wait_for(lambda: server.emergency_cleanups() == 1, timeout_s=20, interval_s=0.1, message="one emergency cleanup on the page")
+        assert server.cleaned() == [target]
+        assert server.workers() == workers
+        assert "REER_MEMORY_EMERGENCY_SIGNAL" not in server.output()  # no warning: uvicorn leaves URG alone
+    finally:
+        server.stop()
+
+
 def test_a_signal_gunicorn_keeps_is_named_in_one_warning_line(tmp_path: Path) -> None:
-    server = Gunicorn(tmp_path, workers=1, emergency_signal="USR1")
+    server = Server(tmp_path, GUNICORN, workers=1, emergency_signal="USR1")
     try:
         server.every_worker_on_the_page()
         warnings = [line for line in server.output().splitlines() if "REER_MEMORY_EMERGENCY_SIGNAL" in line]
