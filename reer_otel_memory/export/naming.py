@@ -118,3 +118,9 @@ CGROUP_OOM_KILLS = series_name(names.METRIC_CGROUP_OOM_KILLS, COUNTER)
 CGROUP_PRESSURE = series_name(names.METRIC_CGROUP_PRESSURE, COUNTER)
 LABEL_FRAMEWORK = label_name(names.LABEL_FRAMEWORK)
 LABEL_DEVICE = label_name(names.LABEL_DEVICE)
+
+# Requests of the instrumented web frameworks, by route (REER_MEMORY_SERVER_SPANS).
+ROUTE_PEAK = series_name(names.METRIC_ROUTE_PEAK, HISTOGRAM)
+ROUTE_NET = series_name(names.METRIC_ROUTE_NET)  # an up-down counter is exported as a gauge
+ROUTE_REQUESTS = series_name(names.METRIC_ROUTE_REQUESTS, COUNTER)
+LABEL_ROUTE = label_name(names.LABEL_ROUTE)
