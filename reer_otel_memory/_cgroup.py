@@ -29,6 +29,7 @@ trees they build, and a reader can watch another process (``proc_cgroup="/proc/<
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,6 +212,34 @@ class MemoryCgroup:
         limit, limit_path = self.limit()
         pressure = _read_pressure_s(self.pressure_file) if self.pressure_file is not None else None
         return CgroupMemory(self.version, str(directory), usage, working_set, limit, limit_path, oom_kills, limit_hits, pressure)
+
+
+#: What container runtimes name the cgroups of their containers (``/docker/<id>``,
+#: ``/kubepods/...``, ``cri-containerd-<id>.scope``, ``libpod-<id>.scope``, ...), seen where the
+#: container has no private cgroup namespace.
+_RUNTIME_CGROUP_PREFIXES = ("docker", "kubepods", "containerd", "cri-containerd", "crio", "libpod", "lxc", "garden")
+#: Files container runtimes put in a container's root: Docker's, and Podman's (and CRI-O's).
+_RUNTIME_MARKERS = (".dockerenv", "run/.containerenv")
+
+
+def in_container(
+    proc_cgroup: str | os.PathLike[str] = DEFAULT_PROC_CGROUP,
+    root: str | os.PathLike[str] = "/",
+    environ: Mapping[str, str] | None = None,
+) -> bool:
+    """Whether the process runs in a container: a runtime's marker file under ``root``, the
+    variables Kubernetes gives every container (``KUBERNETES_SERVICE_HOST``), or a cgroup path
+    a container runtime made. A systemd service's cgroup on a host is none of these."""
+    environ = os.environ if environ is None else environ
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    if any((Path(root) / marker).exists() for marker in _RUNTIME_MARKERS):
+        return True
+    for line in (_read_text(Path(proc_cgroup)) or "").splitlines():
+        path = line.split(":", 2)[-1]
+        if any(part.startswith(_RUNTIME_CGROUP_PREFIXES) for part in path.split("/")):
+            return True
+    return False
 
 
 def memory_cgroup(

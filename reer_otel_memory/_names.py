@@ -7,6 +7,8 @@ them (docs/telemetry.md is their reference), so they live in one place.
 from __future__ import annotations
 
 INSTRUMENTATION_SCOPE = "reer_otel_memory"
+# The semantic conventions that the standard names below (container.*, hw.gpu.*) follow: the scope's schema_url.
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
 
 # Span attributes of a profiled operation.
 ATTR_OPERATION = "reer.operation"
@@ -174,3 +176,11 @@ METRIC_CGROUP_WORKING_SET = ("reer.memory.cgroup.working_set", "By", "Cgroup usa
 METRIC_CGROUP_LIMIT = ("reer.memory.cgroup.limit", "By", "Memory limit of the process's cgroup.")
 METRIC_CGROUP_OOM_KILLS = ("reer.memory.cgroup.oom_kills", "1", "Processes of the cgroup killed by the OOM killer.")
 METRIC_CGROUP_PRESSURE = ("reer.memory.cgroup.pressure", "s", "Time some tasks of the cgroup stalled waiting for memory.")
+
+# The same quantities under OpenTelemetry's semantic conventions (observable up-down counters, as
+# the conventions define them), for backends whose container and GPU views read those names.
+METRIC_CONTAINER_MEMORY_USAGE = ("container.memory.usage", "By", "Memory usage of the container.")
+METRIC_CONTAINER_MEMORY_WORKING_SET = ("container.memory.working_set", "By", "Container memory working set.")
+METRIC_HW_GPU_MEMORY_USAGE = ("hw.gpu.memory.usage", "By", "GPU memory used.")
+METRIC_HW_GPU_MEMORY_LIMIT = ("hw.gpu.memory.limit", "By", "Size of the GPU memory.")
+LABEL_HW_ID = "hw.id"

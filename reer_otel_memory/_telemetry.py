@@ -108,8 +108,8 @@ class Telemetry:
     ) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.tracer = trace.get_tracer(names.INSTRUMENTATION_SCOPE, __version__, tracer_provider=tracer_provider)
-        self.meter = metrics.get_meter(names.INSTRUMENTATION_SCOPE, __version__, meter_provider=meter_provider)
+        self.tracer = trace.get_tracer(names.INSTRUMENTATION_SCOPE, __version__, tracer_provider=tracer_provider, schema_url=names.SCHEMA_URL)
+        self.meter = metrics.get_meter(names.INSTRUMENTATION_SCOPE, __version__, meter_provider=meter_provider, schema_url=names.SCHEMA_URL)
         self._sdk = tracer_provider is not None or meter_provider is not None
         self._metrics = meter_provider is not None
         name, unit, description = names.METRIC_OPERATION_PEAK

@@ -108,3 +108,39 @@ def test_this_process_cgroup_reads_where_the_machine_has_one():
     reading = cgroup.read()
     assert reading.usage_bytes is not None and reading.usage_bytes > 0
     assert reading.working_set_bytes is not None and 0 <= reading.working_set_bytes <= reading.usage_bytes
+
+
+# --- in a container or not --------------------------------------------------------------------
+
+
+def container_check(tmp_path, cgroup_lines: str, markers: tuple[str, ...] = (), environ: dict[str, str] | None = None) -> bool:
+    from reer_otel_memory._cgroup import in_container
+
+    root = tmp_path / "root"
+    for marker in markers:
+        (root / marker).parent.mkdir(parents=True, exist_ok=True)
+        (root / marker).touch()
+    root.mkdir(exist_ok=True)
+    proc_cgroup = tmp_path / "cgroup"
+    proc_cgroup.write_text(cgroup_lines)
+    return in_container(proc_cgroup, root, environ or {})
+
+
+@pytest.mark.parametrize(
+    ("lines", "markers", "environ"),
+    [
+        ("12:memory:/docker/4f1c2a\n", (), {}),
+        ("0::/kubepods.slice/kubepods-burstable.slice/cri-containerd-4f1c2a.scope\n", (), {}),
+        ("0::/machine.slice/libpod-4f1c2a.scope/container\n", (), {}),
+        ("0::/\n", (".dockerenv",), {}),
+        ("0::/\n", ("run/.containerenv",), {}),
+        ("0::/\n", (), {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}),
+    ],
+)
+def test_a_container_is_known_by_its_runtime(tmp_path, lines, markers, environ):
+    assert container_check(tmp_path, lines, markers, environ)
+
+
+@pytest.mark.parametrize("lines", ["0::/system.slice/myservice.service\n", "12:memory:/user.slice/user-0.slice\n", "0::/\n", ""])
+def test_a_service_on_a_host_is_not_a_container(tmp_path, lines):
+    assert not container_check(tmp_path, lines)

@@ -170,3 +170,66 @@ def test_a_second_telemetry_on_the_same_provider_reports_the_operation_sums():
         _telemetry.restore(previous)
         provider.shutdown()
     assert [(dict(point.attributes), point.value) for point in points] == [({names.LABEL_OPERATION: "rebound-operation"}, 4096)]
+
+
+# --- the semantic conventions' names --------------------------------------------------------
+
+
+@pytest.fixture
+def container_answer():
+    """Which answer the container check gives is set per test, and forgotten afterwards."""
+    from reer_otel_memory._runtime import RUNTIME
+
+    yield lambda answer: RUNTIME.replace("monitor.in_container", answer)
+    RUNTIME.replace("monitor.in_container", None)  # found again on next use
+
+
+def test_in_a_container_the_cgroup_figures_go_out_under_the_conventions_names_too(telemetry, container_answer):
+    cgroup = _monitor_metrics.process_cgroup()
+    if cgroup is None or cgroup.read().usage_bytes is None:
+        pytest.skip("this process is in no readable memory cgroup here")
+    get_memory_monitor()
+    container_answer(True)
+    metrics = {metric.name: metric for metric in telemetry.collect()}
+    for name, own in (("container.memory.usage", "reer.memory.cgroup.usage"), ("container.memory.working_set", "reer.memory.cgroup.working_set")):
+        data = metrics[name].data
+        assert type(data).__name__ == "Sum" and not data.is_monotonic, name  # an up-down counter, as the conventions define it
+        assert metrics[name].unit == "By"
+        (point,) = data.data_points
+        (own_point,) = metrics[own].data.data_points
+        assert point.value == own_point.value  # one cgroup reading serves both names
+        assert dict(point.attributes) == {}
+
+
+def test_outside_a_container_there_is_no_container_series(telemetry, container_answer):
+    get_memory_monitor()
+    container_answer(False)
+    names_collected = {metric.name for metric in telemetry.collect()}
+    assert "container.memory.usage" not in names_collected and "container.memory.working_set" not in names_collected
+
+
+def test_gpu_memory_under_the_conventions_names_comes_from_whole_devices_only():
+    from reer_otel_memory.profiling.devices import DeviceReading
+
+    readings = [
+        DeviceReading("nvml", "gpu:0", 3 << 30, None, 80 << 30, None, 1 << 30),
+        DeviceReading("nvml", "gpu:1", 1 << 30, None, None),
+        DeviceReading("torch", "cuda:0", 2 << 30, 2 << 30, 80 << 30),  # the process's allocator, not the device
+    ]
+    used = [(o.value, dict(o.attributes or {})) for o in _monitor_metrics.hw_gpu_observations(readings, "used_bytes")]
+    assert used == [(3 << 30, {"hw.id": "gpu:0"}), (1 << 30, {"hw.id": "gpu:1"})]
+    limits = [(o.value, dict(o.attributes or {})) for o in _monitor_metrics.hw_gpu_observations(readings, "limit_bytes")]
+    assert limits == [(80 << 30, {"hw.id": "gpu:0"})]
+
+
+def test_the_scope_names_the_conventions_it_follows(telemetry):
+    from reer_otel_memory import memory_context
+
+    get_memory_monitor()
+    with memory_context("scoped"):
+        pass
+    (span,) = telemetry.spans("scoped")
+    assert span.instrumentation_scope.schema_url == names.SCHEMA_URL
+    data = telemetry.metric_reader.get_metrics_data()
+    scopes = {scope.scope.name: scope.scope.schema_url for resource in data.resource_metrics for scope in resource.scope_metrics}
+    assert scopes[names.INSTRUMENTATION_SCOPE] == names.SCHEMA_URL

@@ -30,7 +30,7 @@ from conftest import wait_for
 from reer_otel_memory import PROBE, LeakDetector, MemoryLevel, get_memory_tracker, load_config, memory_context, memory_profile
 from reer_otel_memory import _names as names
 from reer_otel_memory import config as config_module
-from reer_otel_memory._cgroup import memory_cgroup
+from reer_otel_memory._cgroup import in_container, memory_cgroup
 from reer_otel_memory.export import endpoint, naming
 from reer_otel_memory.export.exposition import OpenTelemetryText
 from reer_otel_memory.instrumentation import parse_profile_targets, parse_signal
@@ -497,6 +497,13 @@ def not_measurable_here() -> set[str]:
         (names.METRIC_CGROUP_PRESSURE, "pressure_stall_s"),
     ):
         if reading is None or getattr(reading, attribute) is None:
+            absent.add(metric[0])
+    # The conventions' names: in a container only, and for the GPUs NVML reads.
+    for metric, attribute in ((names.METRIC_CONTAINER_MEMORY_USAGE, "usage_bytes"), (names.METRIC_CONTAINER_MEMORY_WORKING_SET, "working_set_bytes")):
+        if not in_container() or reading is None or getattr(reading, attribute) is None:
+            absent.add(metric[0])
+    for metric, attribute in ((names.METRIC_HW_GPU_MEMORY_USAGE, "used_bytes"), (names.METRIC_HW_GPU_MEMORY_LIMIT, "limit_bytes")):
+        if not any(reading.framework == "nvml" and getattr(reading, attribute) is not None for reading in readings):
             absent.add(metric[0])
     return absent
 

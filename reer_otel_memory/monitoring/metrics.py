@@ -7,7 +7,10 @@ Gauges (read when a reader collects, so they report whether or not a monitor thr
 process has imported, and ``device.threshold{framework, device, level}`` where device thresholds
 are set (:mod:`reer_otel_memory.profiling.devices`); and the container's view,
 ``cgroup.usage``, ``cgroup.working_set``, ``cgroup.limit``, where the process has a memory cgroup
-(:mod:`reer_otel_memory._cgroup`). The process gauges describe the *reporting monitor*: the monitor started most recently that is still running, else the
+(:mod:`reer_otel_memory._cgroup`). The same figures also go out under OpenTelemetry's semantic
+conventions, as up-down counters: ``container.memory.usage`` and ``.working_set`` in a container,
+``hw.gpu.memory.usage`` and ``.limit {hw.id}`` per GPU that NVML reads. The process gauges
+describe the *reporting monitor*: the monitor started most recently that is still running, else the
 process's default monitor (:func:`reer_otel_memory.monitoring.monitor.get_memory_monitor`).
 
 Counters (cumulative for the process, observed at collection time so every series exists
@@ -37,11 +40,11 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
-from .._cgroup import CgroupMemory, MemoryCgroup, memory_cgroup
+from .._cgroup import CgroupMemory, MemoryCgroup, in_container, memory_cgroup
 from .._runtime import RUNTIME
 from ..config import MemoryConfig
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
-from ..profiling.devices import DeviceReading, device_memory
+from ..profiling.devices import FRAMEWORK_NVML, DeviceReading, device_memory
 from ..profiling.probe import MemoryProbe
 from ..profiling.tracker import get_memory_tracker
 
@@ -216,6 +219,36 @@ def _cgroup_value(field: str) -> Callable[[], Iterator[Observation]]:
     return read
 
 
+def _in_container() -> bool:
+    """Whether the process runs in a container (:func:`reer_otel_memory._cgroup.in_container`), found once."""
+    return RUNTIME.get("monitor.in_container", in_container)
+
+
+def _container_value(field: str) -> Callable[[], Iterator[Observation]]:
+    """A cgroup value under the conventions' ``container.*`` name: only in a container, where
+    the process's memory cgroup is the container's (a service's cgroup on a host is not)."""
+    read = _cgroup_value(field)
+
+    def in_a_container() -> Iterator[Observation]:
+        if _in_container():
+            yield from read()
+
+    return in_a_container
+
+
+def hw_gpu_observations(readings: Iterable[DeviceReading], field: str) -> Iterator[Observation]:
+    """``hw.gpu.memory.*`` from the readings of whole GPUs (NVML's; a framework's allocator
+    figures are the process's share, not the device's), one per GPU, by ``hw.id``."""
+    for reading in readings:
+        value = getattr(reading, field)
+        if reading.framework == FRAMEWORK_NVML and value is not None:
+            yield Observation(value, {names.LABEL_HW_ID: reading.device})
+
+
+def _hw_gpu(field: str) -> Callable[[], Iterator[Observation]]:
+    return lambda: hw_gpu_observations(_device_readings(), field)
+
+
 def _leak_suspected() -> Iterator[Observation]:
     for operation, suspected in get_memory_tracker().leak_detector.states():
         yield Observation(1 if suspected else 0, {names.LABEL_OPERATION: operation})
@@ -290,6 +323,14 @@ _COUNTERS = (
     (names.METRIC_CGROUP_PRESSURE, _cgroup_value("pressure_stall_s")),
 )
 
+# Semantic-convention instruments: up-down counters, observed like the gauges above.
+_UP_DOWN_COUNTERS = (
+    (names.METRIC_CONTAINER_MEMORY_USAGE, _container_value("usage_bytes")),
+    (names.METRIC_CONTAINER_MEMORY_WORKING_SET, _container_value("working_set_bytes")),
+    (names.METRIC_HW_GPU_MEMORY_USAGE, _hw_gpu("used_bytes")),
+    (names.METRIC_HW_GPU_MEMORY_LIMIT, _hw_gpu("limit_bytes")),
+)
+
 _registered: weakref.WeakSet[_telemetry.Telemetry] = weakref.WeakSet()
 
 
@@ -306,6 +347,8 @@ def register(telemetry: _telemetry.Telemetry | None = None) -> None:
         meter.create_observable_gauge(name, callbacks=[_guarded(name, read)], unit=unit, description=description)
     for (name, unit, description), read in _COUNTERS:
         meter.create_observable_counter(name, callbacks=[_guarded(name, read)], unit=unit, description=description)
+    for (name, unit, description), read in _UP_DOWN_COUNTERS:
+        meter.create_observable_up_down_counter(name, callbacks=[_guarded(name, read)], unit=unit, description=description)
 
 
 _installed = False
