@@ -259,10 +259,13 @@ def test_gunicorn_three_workers_each_on_the_parents_page(tmp_path: Path) -> None
         workers = every_worker_appears(server, 3)
         assert_every_worker_is_its_own_series(server, workers)
 
-        # A worker that dies is gone from the next scrape; gunicorn's replacement appears.
+        # A worker that dies is gone from the next scrape, its calls stay in the total; gunicorn's
+        # replacement appears.
+        total = server.operations()
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: victim not in server.pids(RSS), timeout_s=10, interval_s=0.1, message="the killed worker to leave /metrics")
+        assert server.operations() == total
         replaced = every_worker_appears(server, 3)
         assert victim not in replaced
 

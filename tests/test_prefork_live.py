@@ -89,21 +89,24 @@ def test_gunicorn_page_live_at_the_default_interval(tmp_path: Path) -> None:
 
 
 def test_gunicorn_recycled_workers_keep_their_totals(tmp_path: Path) -> None:
-    command = [str(BIN / "gunicorn"), "-w", "2", "--max-requests", "40", "-b", "127.0.0.1:{port}", "toyapp:wsgi"]
+    """With --preload the arbiter makes one call before forking: counted once, not once per worker."""
+    (tmp_path / "preload.py").write_text("def when_ready(server):\n    import toyapp\n\n    toyapp.handle_work(1)\n")
+    command = [str(BIN / "gunicorn"), "-c", "preload.py", "--preload", "-w", "2", "--max-requests", "40", "-b", "127.0.0.1:{port}", "toyapp:wsgi"]
     server = Server(tmp_path, command, baseline_alert_mb(), interval_s=None)
     try:
         every_worker_appears(server, 2)
+        assert server.operations() == 1  # the arbiter's call
         served: set[int] = set()
         totals: list[float] = []
         first_series = 0
         for index in range(400):
             served.add(server.request())
             if index == 30:  # both workers' series on the page, none exited yet
-                wait_for(lambda: server.operations() == 31, timeout_s=10, interval_s=0.05, message="31 calls on /metrics")
+                wait_for(lambda: server.operations() == 1 + 31, timeout_s=10, interval_s=0.05, message="31 calls on /metrics")
                 first_series = page_series_count(server)
             if index % 25 == 24:
                 totals.append(server.operations())
-        wait_for(lambda: server.operations() == 400, timeout_s=10, interval_s=0.05, message="400 calls on /metrics")
+        wait_for(lambda: server.operations() == 1 + 400, timeout_s=10, interval_s=0.05, message="400 calls on /metrics")
         assert totals == sorted(totals), f"the total dropped: {totals}"
         assert len(served) >= 10, f"only {len(served)} workers served: gunicorn did not recycle them"
 
