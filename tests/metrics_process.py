@@ -9,6 +9,10 @@ profiled operations:
 - ``cache_fill``: keeps 64 KiB more per call for its first calls, so leak detection has
   something to suspect, then is no longer called (what it kept stays at a few MB).
 
+It also serves a Flask request every period (werkzeug's test client, under the Flask
+OpenTelemetry instrumentation, with ``REER_MEMORY_SERVER_SPANS`` measuring requests), so the
+per-route series exist.
+
 At start it also loads a small model through the memory profiler, registers two managed
 resources and cleans one up, and writes a few traces to a trace store at the path given as
 its first argument, so the model, resource and trace-store series exist.
@@ -82,6 +86,7 @@ def main() -> None:
             cache.append(b"\x01" * LEAK_BYTES_PER_CALL)
 
     endpoint = start_prometheus_exporter(port=0)
+    request = _flask_route()
     monitor = start_memory_monitoring()
     kept = _use_models_resources_and_trace_store(sys.argv[1])
     stop = threading.Event()
@@ -108,12 +113,34 @@ def main() -> None:
     # Paces the workload; the test side polls Prometheus and never waits on this.
     while not stop.wait(OPERATION_PERIOD_S):
         load_batch()
+        request()
         if calls < LEAK_CALLS:
             cache_fill()
         calls += 1
     monitor.stop_monitoring()
     endpoint.shutdown()
     del kept
+
+
+def _flask_route() -> Any:
+    """A function serving one request of a Flask route through the test client (REER_MEMORY_SERVER_SPANS)."""
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from reer_otel_memory.frameworks import server_spans
+
+    server_spans.install()
+    FlaskInstrumentor().instrument(tracer_provider=TracerProvider())
+    from flask import Flask
+
+    app = Flask("metrics_process")
+
+    @app.route("/items/<int:size>")
+    def items(size: int) -> str:
+        return str(len(bytearray(size)))
+
+    client = app.test_client()
+    return lambda: client.get("/items/4096")
 
 
 # --- the launcher (test side) --------------------------------------------------------------

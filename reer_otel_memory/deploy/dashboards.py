@@ -311,6 +311,42 @@ def _operations_row() -> list[dict[str, Any]]:
     ]
 
 
+def _routes_row() -> list[dict[str, Any]]:
+    """Requests of the instrumented web frameworks, by route template (REER_MEMORY_SERVER_SPANS)."""
+    route = f"{{{{instance}}}} {{{{{series.LABEL_ROUTE}}}}}"
+    by_route = f"job, instance, {series.LABEL_ROUTE}"
+    return [
+        _timeseries(
+            "Request peak growth p95 by route",
+            "95th percentile of how far RSS rose above its start during a request, by route template, "
+            "from the requests that overlapped no other measured work (REER_MEMORY_SERVER_SPANS=1).",
+            "bytes",
+            [_target("A", f"histogram_quantile(0.95, sum by ({by_route}, le) (rate({_select(series.ROUTE_PEAK + '_bucket')}[{RATE_WINDOW}])))", route)],
+        ),
+        _timeseries(
+            "Net bytes per route",
+            "Sum of RSS deltas of each route's requests that overlapped no other measured work; a line "
+            "that only climbs is memory the route keeps.",
+            "bytes",
+            [_target("A", f"sum by ({by_route}) ({_select(series.ROUTE_NET)})", route)],
+        ),
+        _timeseries(
+            "Requests measured alone by route",
+            "Share of each route's requests that overlapped no other measured work: only those feed the "
+            "two panels beside this one. A low share (a busy threaded or async server) means few figures.",
+            "percentunit",
+            [
+                _target(
+                    "A",
+                    f"sum by ({by_route}) (rate({_select(series.ROUTE_PEAK + '_count')}[{RATE_WINDOW}])) "
+                    f"/ sum by ({by_route}) (rate({_select(series.ROUTE_REQUESTS)}[{RATE_WINDOW}]))",
+                    route,
+                )
+            ],
+        ),
+    ]
+
+
 def _models_row() -> list[dict[str, Any]]:
     model = series.LABEL_MODEL
     resource = series.LABEL_RESOURCE
@@ -515,6 +551,7 @@ def dashboard() -> dict[str, Any]:
             ("Memory", _memory_row()),
             ("Alerts and cleanups", _alerts_row()),
             ("Operations", _operations_row()),
+            ("Requests by route", _routes_row()),
             ("Models and resources", _models_row()),
             ("Trace stores", _trace_store_row()),
             ("Containers", _containers_row()),
