@@ -61,6 +61,10 @@ def _select(metric: str, **labels: str) -> str:
     return f"{metric}{{{SELECTOR}{extra}}}"
 
 
+#: In a legend of per-process series: the process, on a pre-fork server's page (empty elsewhere).
+PID = f"{{{{{series.LABEL_PID}}}}}"
+
+
 def _target(ref_id: str, expr: str, legend: str) -> dict[str, Any]:
     return {"datasource": DATASOURCE, "refId": ref_id, "expr": expr, "legendFormat": legend, "range": True, "instant": False}
 
@@ -184,7 +188,7 @@ def _memory_row() -> list[dict[str, Any]]:
             "RSS and thresholds",
             "Resident set size of each process, with its own alert, cleanup and critical thresholds (dashed).",
             "bytes",
-            [_target("A", _select(series.RSS), "{{instance}} RSS"), *rss_thresholds],
+            [_target("A", _select(series.RSS), f"{{{{instance}}}} {PID} RSS"), *rss_thresholds],
             overrides=_threshold_overrides(rss_thresholds),
         ),
         _timeseries(
@@ -192,14 +196,14 @@ def _memory_row() -> list[dict[str, Any]]:
             "RSS as a share of the effective limit (smallest of cgroup limits and RAM), with the thresholds "
             "as shares of the same limit (dashed).",
             "percentunit",
-            [_target("A", _select(series.UTILIZATION), "{{instance}} utilization"), *share_thresholds],
+            [_target("A", _select(series.UTILIZATION), f"{{{{instance}}}} {PID} utilization"), *share_thresholds],
             overrides=_threshold_overrides(share_thresholds),
             defaults={"min": 0},
         ),
         _state_timeline(
             "Memory level",
             "The level each process is in: ok, alert, cleanup or critical.",
-            [_target("A", _select(series.LEVEL), "{{instance}}")],
+            [_target("A", _select(series.LEVEL), f"{{{{instance}}}} {PID}")],
             _value_mappings(_LEVEL_COLORS),
         ),
         _timeseries(
@@ -207,15 +211,15 @@ def _memory_row() -> list[dict[str, Any]]:
             "Bytes the C allocator has handed out and not freed; RSS far above it points at fragmentation "
             "or memory outside the allocator (mmap, native libraries).",
             "bytes",
-            [_target("A", _select(series.HEAP), "{{instance}} heap")],
+            [_target("A", _select(series.HEAP), f"{{{{instance}}}} {PID} heap")],
         ),
         _timeseries(
             "Peak RSS and limit",
             "Highest RSS each process has reached since it started, and its effective memory limit.",
             "bytes",
             [
-                _target("A", _select(series.PEAK_RSS), "{{instance}} peak RSS"),
-                _target("B", _select(series.LIMIT), "{{instance}} limit"),
+                _target("A", _select(series.PEAK_RSS), f"{{{{instance}}}} {PID} peak RSS"),
+                _target("B", _select(series.LIMIT), f"{{{{instance}}}} {PID} limit"),
             ],
             overrides=[_dashed("B", "red")],
         ),
@@ -225,7 +229,7 @@ def _memory_row() -> list[dict[str, Any]]:
             "(the one ReerMemoryCriticalPredicted compares), against the critical threshold (dashed).",
             "bytes",
             [
-                _target("A", _select(rules.PREDICTED_RSS), "{{instance}} predicted RSS"),
+                _target("A", _select(rules.PREDICTED_RSS), f"{{{{instance}}}} {PID} predicted RSS"),
                 _target(
                     "B",
                     f"max by (job, instance) ({_select(series.THRESHOLD, **{series.LABEL_LEVEL: 'critical'})})",
@@ -419,10 +423,10 @@ def _containers_row() -> list[dict[str, Any]]:
             "inactive page cache), usage and memory limit (dashed).",
             "bytes",
             [
-                _target("A", _select(series.RSS), "{{instance}} RSS"),
-                _target("B", _select(series.CGROUP_WORKING_SET), "{{instance}} working set"),
-                _target("C", _select(series.CGROUP_USAGE), "{{instance}} usage"),
-                _target("D", _select(series.CGROUP_LIMIT), "{{instance}} limit"),
+                _target("A", _select(series.RSS), f"{{{{instance}}}} {PID} RSS"),
+                _target("B", f"max by (job, instance) ({_select(series.CGROUP_WORKING_SET)})", "{{instance}} working set"),
+                _target("C", f"max by (job, instance) ({_select(series.CGROUP_USAGE)})", "{{instance}} usage"),
+                _target("D", f"max by (job, instance) ({_select(series.CGROUP_LIMIT)})", "{{instance}} limit"),
             ],
             overrides=[_dashed("D", "red")],
         ),

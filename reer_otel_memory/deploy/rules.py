@@ -455,7 +455,9 @@ def _recording_rules(options: RuleOptions) -> list[dict[str, Any]]:
         {
             # A cgroup without a limit reports none (or 0): no ratio, rather than a division by zero.
             "record": CONTAINER_WORKING_SET_RATIO,
-            "expr": f"{series.CGROUP_WORKING_SET}\n  / on(job, instance) group_left()\n  max by (job, instance) ({series.CGROUP_LIMIT} > 0)\n",
+            # Every process of a pre-fork server reads the one cgroup (one series each, by pid): one
+            # ratio per job and instance, so the container's alert fires once.
+            "expr": f"max by (job, instance) ({series.CGROUP_WORKING_SET})\n  / on(job, instance)\n  max by (job, instance) ({series.CGROUP_LIMIT} > 0)\n",
         },
     ]
 
