@@ -18,8 +18,9 @@ through the ``opentelemetry_instrumentor`` entry point named ``reer_memory``::
   :func:`~reer_otel_memory.memory_profile`, so each call is a profiled operation named
   ``<module>.<qualified name>``;
 * when the metrics are served by the OpenTelemetry Prometheus exporter, makes a pre-fork
-  server's workers (gunicorn, uvicorn ``--workers``) appear on that one page, each process's
-  series with a ``pid`` label (:mod:`reer_otel_memory.export.workers`);
+  server's workers (gunicorn, uvicorn ``--workers``) appear on that one page, live: gauges per
+  process with a ``pid`` label, counters and histograms summed over every process, exited
+  workers included (:mod:`reer_otel_memory.export.workers`);
 * with ``REER_MEMORY_EMERGENCY_SIGNAL`` set (``URG``, ``SIGUSR2``, a number; off by default),
   installs the emergency handler on that signal, with one warning line if the pre-fork server
   running the process keeps that signal for itself (:mod:`reer_otel_memory.monitoring.servers`);
