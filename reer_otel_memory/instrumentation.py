@@ -21,6 +21,11 @@ through the ``opentelemetry_instrumentor`` entry point named ``reer_memory``::
   server's workers (gunicorn, uvicorn ``--workers``) appear on that one page, live: gauges per
   process with a ``pid`` label, counters and histograms summed over every process, exited
   workers included (:mod:`reer_otel_memory.export.workers`);
+* makes a target that is a Flask, Starlette/FastAPI or Django view take effect in the
+  framework's route table too (:mod:`reer_otel_memory.frameworks.views`), and logs once each
+  target still pending :data:`PENDING_TARGET_GRACE_S` after start-up;
+* with ``REER_MEMORY_SERVER_SPANS=1``, measures every request of those frameworks on its server
+  span, with per-route metrics (:mod:`reer_otel_memory.frameworks.server_spans`);
 * with ``REER_MEMORY_EMERGENCY_SIGNAL`` set (``URG``, ``SIGUSR2``, a number; off by default),
   installs the emergency handler on that signal, with one warning line if the pre-fork server
   running the process keeps that signal for itself (:mod:`reer_otel_memory.monitoring.servers`);

@@ -42,7 +42,7 @@ from reer_otel_memory.monitoring.monitor import MemoryMonitor
 from reer_otel_memory.profiling import probe
 from reer_otel_memory.profiling.devices import device_memory
 from reer_otel_memory.profiling.flight_recorder import FlightRecorder, report_predecessor
-from reer_otel_memory.testing import capture_telemetry
+from reer_otel_memory.testing import TelemetryCapture, capture_telemetry
 from reer_otel_memory.trace_store import REERTraceStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,6 +336,28 @@ with memory_context("doomed"):
 """
 
 
+def serve_one_request(telemetry: TelemetryCapture) -> None:
+    """One Flask request under its OpenTelemetry instrumentation, measured as REER_MEMORY_SERVER_SPANS=1 does."""
+    from flask import Flask
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    from reer_otel_memory.frameworks import server_spans
+
+    app = Flask("reference")
+
+    @app.route("/items/<int:size>")
+    def items(size: int) -> str:
+        return str(len(bytearray(size)))
+
+    FlaskInstrumentor.instrument_app(app, tracer_provider=telemetry.tracer_provider)
+    server_spans.install()
+    try:
+        assert app.test_client().get("/items/4096").data == b"4096"
+    finally:
+        server_spans.uninstall()
+        FlaskInstrumentor.uninstrument_app(app)
+
+
 @pytest.fixture(scope="module")
 def emitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emitted]:
     """Run the package's instrumented paths once, with real in-memory SDK providers."""
@@ -404,6 +426,7 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emitted]:
             seen.update(span.attributes or {})
             for event in span.events:
                 found.events.setdefault(event.name, set()).update(event.attributes or {})
+        serve_one_request(telemetry)  # the per-route metrics (its server span is the framework's, not listed here)
         monitor.start_monitoring()  # the gauges describe the running monitor, device thresholds included
         try:
             data = telemetry.metric_reader.get_metrics_data()
