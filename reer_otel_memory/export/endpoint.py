@@ -31,33 +31,31 @@ points only for the series recorded to since the last scrape. With 100 profiled 
 Every gauge is read when the page is scraped, so RSS and level are current even if no monitor
 thread runs; the counters need a running monitor to move.
 
-It behaves like a production endpoint: ``GET`` and ``HEAD`` (other methods: 405), gzip when the
-scraper accepts it (Prometheus always asks), HTTP/1.1 keep-alive, a listen backlog of
-``LISTEN_BACKLOG``, at most ``max_connections`` connection threads (the rest wait in the
-backlog, so idle clients cannot pile up threads) each closed after ``connection_timeout_s`` of
-silence, and scrapes that arrive while a collection runs share the next one, so a burst of 64
-scrapes costs a few collections. A client that hangs up early is logged at debug level, never
-as a traceback on the host's stderr.
+It behaves like a production endpoint (:mod:`reer_otel_memory.export._http`): ``GET`` and
+``HEAD`` (other methods: 405 with ``Allow``), gzip when the scraper accepts it (Prometheus always
+asks), HTTP/1.1 keep-alive, and bounds no client can get round: a request must arrive within
+``request_timeout_s`` of accept (else 408 and close), its line and headers within
+``MAX_REQUEST_HEAD_BYTES`` (else 431), at most ``max_connections`` connections are open (when
+full, the one waiting longest for its request makes room), and no connection holds a thread:
+one thread serves them all and one renders, so slow or idle clients cannot starve a scrape.
+Scrapes that arrive while a collection runs share the next one, so a burst of 64 scrapes costs a
+few collections. A client that hangs up early is logged at debug level, never as a traceback on
+the host's stderr. :func:`serve_registry` serves any prometheus_client registry the same way.
 
-The HTTP server is a daemon thread and does not survive ``fork()``. Under
+The HTTP server's threads are daemons and do not survive ``fork()``. Under
 ``opentelemetry-instrument`` a pre-fork server's workers reach Prometheus through the parent
 (see ``reer_otel_memory.export.workers``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import logging
 import math
 import os
 import socket
-import sys
 import threading
-import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -74,7 +72,25 @@ from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
 from ..errors import ConfigurationError
+from ._http import LISTEN_BACKLOG, MAX_REQUEST_HEAD_BYTES, BoundedHTTPServer, gzip_accepted
 from .exposition import CONTENT_TYPE, CumulativeText
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
+__all__ = [
+    "DEFAULT_CONNECTION_TIMEOUT_S",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PORT",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "LISTEN_BACKLOG",
+    "MAX_REQUEST_HEAD_BYTES",
+    "PrometheusEndpoint",
+    "gzip_accepted",
+    "serve_registry",
+    "start_prometheus_exporter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -195,226 +211,62 @@ def _no_exemplars(aggregation_type: type) -> Callable[..., ExemplarReservoir]:
     return lambda **options: _NO_EXEMPLARS
 
 
-#: Connections waiting to be accepted (the kernel's queue): a burst of scrapes waits there.
-LISTEN_BACKLOG = 128
-#: Seconds a connection may take to send its request and read the answer before it is closed.
+#: Seconds a request may take to arrive, counted from accept (on a kept-alive connection, from
+#: its first byte): a client dribbling its headers is answered 408 and closed after this.
+DEFAULT_REQUEST_TIMEOUT_S = 5.0
+#: Seconds an answer may take to be sent, and a kept-alive connection may stay idle.
 DEFAULT_CONNECTION_TIMEOUT_S = 10.0
-#: Connections served at once, each on its own thread; further ones wait in the backlog, so idle
-#: or slow clients cannot pile up threads without bound.
-DEFAULT_MAX_CONNECTIONS = 16
-#: Smaller pages are sent as they are: compressing them saves less than it costs.
-_GZIP_MIN_BYTES = 1024
-_ALLOWED = "GET, HEAD"
-
-
-def gzip_accepted(accept_encoding: str | None) -> bool:
-    """Whether an ``Accept-Encoding`` header allows gzip (as prometheus_client reads it, and ``q=0`` refuses)."""
-    for entry in (accept_encoding or "").split(","):
-        coding, _, params = entry.partition(";")
-        if coding.strip().lower() != "gzip":
-            continue
-        quality = params.strip().lower()
-        if quality.startswith("q="):
-            try:
-                return float(quality[2:]) > 0
-            except ValueError:
-                return False
-        return True
-    return False
-
-
-class _Page:
-    """One collection, rendered, and its gzip form made on first demand."""
-
-    __slots__ = ("_gzipped", "_lock", "body", "started")
-
-    def __init__(self, body: bytes, started: float) -> None:
-        self.body = body
-        self.started = started
-        self._gzipped: bytes | None = None
-        self._lock = threading.Lock()
-
-    def gzipped(self) -> bytes:
-        with self._lock:
-            if self._gzipped is None:
-                # Level 1: 266 KiB -> 13.7 KiB in about 0.7 ms with 100 operations; level 6 saves
-                # another 1.6 KiB for three times the CPU (python -m benchmarks monitor).
-                self._gzipped = gzip.compress(self.body, compresslevel=1)
-            return self._gzipped
-
-
-class _MetricsServer(ThreadingHTTPServer):
-    """The HTTP server: a listen backlog, a cap on connection threads, quiet about hang-ups."""
-
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
-    pipeline: _Pipeline
-    connection_timeout_s: float = DEFAULT_CONNECTION_TIMEOUT_S
-
-    def __init__(self, address: tuple[str, int], max_connections: int) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._closing = False
-        self._page_lock = threading.Lock()
-        self._page: _Page | None = None
-        super().__init__(address, _MetricsHandler)
-
-    def page(self) -> _Page:
-        """A collection started after this call: scrapes that arrive together share one."""
-        asked = time.monotonic()
-        with self._page_lock:
-            page = self._page
-            if page is None or page.started < asked:
-                started = time.monotonic()
-                page = self._page = _Page(self.pipeline.render(), started)
-            return page
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Wait for a free slot in the accepting thread: meanwhile new connections queue in the
-        # backlog instead of each taking a thread.
-        while not self._slots.acquire(timeout=0.2):
-            if self._closing:
-                self.shutdown_request(request)
-                return
-        thread = threading.Thread(
-            target=self._serve_connection, args=(request, client_address), name="reer-memory-metrics-connection", daemon=True
-        )
-        try:
-            thread.start()
-        except BaseException:
-            self._slots.release()
-            self.shutdown_request(request)
-            raise
-
-    def _serve_connection(self, request: Any, client_address: Any) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Called inside the except block of socketserver's request handling.
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            # A scraper that hung up or stalled: nothing for the host's stderr.
-            logger.debug("/metrics client %s went away: %r", client_address, error)
-        else:
-            logger.error("/metrics request from %s failed", client_address, exc_info=error)
-
-    def close(self) -> None:
-        self._closing = True
-        self.shutdown()
-        self.server_close()
-
-
-class _MetricsHandler(BaseHTTPRequestHandler):
-    """``GET`` / ``HEAD`` ``/metrics`` (and ``/``) in the Prometheus text format, gzip when accepted.
-
-    Other paths answer 404, other methods 405.
-    """
-
-    server: _MetricsServer
-    protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection between scrapes
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.connection_timeout_s)
-        # Headers and body go out as two writes: without this, Nagle's algorithm holds the body
-        # until the scraper's delayed ACK (40 ms) on a kept-alive connection.
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def do_GET(self) -> None:
-        self._answer(with_body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(with_body=False)
-
-    def _not_allowed(self) -> None:
-        self.send_response(405)
-        self.send_header("Allow", _ALLOWED)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        body = f"{self.command} is not allowed here; use {_ALLOWED}\n".encode()
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
-
-    def _answer(self, with_body: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        if path not in ("/metrics", "/"):
-            self.send_error(404, "only /metrics is served here")
-            return
-        try:
-            page = self.server.page()
-        except Exception as exc:  # a scrape reports the failure; the host process goes on
-            logger.exception("collecting metrics for a scrape failed")
-            self.send_error(500, f"collecting metrics failed: {type(exc).__name__}")
-            return
-        body = page.body
-        gzipped = len(body) >= _GZIP_MIN_BYTES and gzip_accepted(self.headers.get("Accept-Encoding"))
-        if gzipped:
-            body = page.gzipped()
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE)
-        if gzipped:
-            self.send_header("Content-Encoding", "gzip")
-        self.send_header("Vary", "Accept-Encoding")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if with_body:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _serve(host: str, port: int, pipeline: _Pipeline, connection_timeout_s: float, max_connections: int) -> tuple[_MetricsServer, threading.Thread]:
-    """Bind ``host:port`` (IPv4 or IPv6) and serve the pipeline's metrics from a daemon thread."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    server_class = type("_BoundMetricsServer", (_MetricsServer,), {"address_family": family})
-    server = server_class((host, port), max_connections)
-    server.pipeline = pipeline
-    server.connection_timeout_s = connection_timeout_s
-    thread = threading.Thread(target=server.serve_forever, name="reer-memory-metrics-http", daemon=True)
-    thread.start()
-    return server, thread
+#: Connections open at once. None holds a thread; when the table is full, the connection that
+#: has waited longest (over a second) for its request is closed to make room for a new one.
+DEFAULT_MAX_CONNECTIONS = 64
 
 
 class PrometheusEndpoint:
     """A running ``/metrics`` server: where it listens, and :meth:`shutdown` to stop it."""
 
-    def __init__(self, host: str, port: int, server: Any, thread: threading.Thread) -> None:
+    def __init__(self, host: str, port: int, server: BoundedHTTPServer, release: Callable[[], None] | None = None) -> None:
         self.host = host
         #: The port actually bound (the one the system chose when asked for port 0).
         self.port = port
         self._server = server
-        self._thread = thread
+        self._release = release
         self._stopped = False
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (at most ``max_connections``)."""
+        return self._server.open_connections
+
     def shutdown(self) -> None:
         """Stop serving and close the port; the last endpoint also releases a private provider."""
-        global _pipeline
-        with RUNTIME.lock("endpoint"):
+        with self._lock:
             if self._stopped:
                 return
             self._stopped = True
-            self._server.close()
-            pipeline = _pipeline
-            if pipeline is not None:
-                pipeline.endpoints -= 1
-                if pipeline.endpoints == 0 and not pipeline.owns_global:
-                    pipeline.disconnect()
-                    _pipeline = None
-        self._thread.join(5.0)
+        self._server.close()
+        if self._release is not None:
+            self._release()
 
     def __repr__(self) -> str:
         return f"PrometheusEndpoint({self.url}{', stopped' if self._stopped else ''})"
+
+
+def _release_pipeline() -> None:
+    """One endpoint of the package's metrics is gone; the last one releases a private provider."""
+    global _pipeline
+    with RUNTIME.lock("endpoint"):
+        pipeline = _pipeline
+        if pipeline is not None:
+            pipeline.endpoints -= 1
+            if pipeline.endpoints == 0 and not pipeline.owns_global:
+                pipeline.disconnect()
+                _pipeline = None
 
 
 def _resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
@@ -438,37 +290,57 @@ def _resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
     return host, port
 
 
+def _check_bounds(request_timeout_s: float, connection_timeout_s: float, max_connections: int) -> None:
+    for keyword, seconds in (("request_timeout_s", request_timeout_s), ("connection_timeout_s", connection_timeout_s)):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+            raise ConfigurationError(f"{keyword}={seconds!r}: expected a positive number of seconds")
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        raise ConfigurationError(f"max_connections={max_connections!r}: expected a whole number of connections, 1 or more")
+
+
+def _bind(
+    host: str, port: int, render: Callable[[], bytes], content_type: str, request_timeout_s: float, connection_timeout_s: float, max_connections: int
+) -> BoundedHTTPServer:
+    try:
+        return BoundedHTTPServer(
+            host,
+            port,
+            render,
+            content_type,
+            request_timeout_s=float(request_timeout_s),
+            connection_timeout_s=float(connection_timeout_s),
+            max_connections=max_connections,
+        )
+    except socket.gaierror as exc:
+        raise OSError(f"cannot serve /metrics on {host}:{port}: unknown host {host!r} ({exc})") from exc
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; choose another port (port= or {names.ENV_PROMETHEUS_PORT})",
+        ) from exc
+
+
 def start_prometheus_exporter(
     port: int | None = None,
     host: str | None = None,
     *,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     connection_timeout_s: float = DEFAULT_CONNECTION_TIMEOUT_S,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> PrometheusEndpoint:
     """Serve the package's metrics (and the global provider's, when it is ours) on ``/metrics``.
 
-    ``connection_timeout_s``: how long one connection may stay idle or slow before it is closed;
-    ``max_connections``: connections served at once (each on a thread), the others wait.
+    ``request_timeout_s``: how long a request may take to arrive (from accept, or from its first
+    byte on a kept-alive connection); ``connection_timeout_s``: how long an answer may take to be
+    sent and a kept-alive connection may stay idle; ``max_connections``: connections open at once.
     """
     global _pipeline
     host, port = _resolve_address(host, port)
-    if isinstance(connection_timeout_s, bool) or not isinstance(connection_timeout_s, (int, float)) or not 0 < connection_timeout_s < math.inf:
-        raise ConfigurationError(f"connection_timeout_s={connection_timeout_s!r}: expected a positive number of seconds")
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-        raise ConfigurationError(f"max_connections={max_connections!r}: expected a whole number of connections, 1 or more")
+    _check_bounds(request_timeout_s, connection_timeout_s, max_connections)
     with RUNTIME.lock("endpoint"):
         pipeline = _pipeline if _pipeline is not None else _Pipeline()
         # Bind first: a taken port fails before any provider is touched.
-        try:
-            server, thread = _serve(host, port, pipeline, float(connection_timeout_s), max_connections)
-        except socket.gaierror as exc:
-            raise OSError(f"cannot serve /metrics on {host}:{port}: unknown host {host!r} ({exc})") from exc
-        except OSError as exc:
-            raise OSError(
-                exc.errno,
-                f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; "
-                f"choose another port (port= or {names.ENV_PROMETHEUS_PORT})",
-            ) from exc
+        server = _bind(host, port, pipeline.render, CONTENT_TYPE, request_timeout_s, connection_timeout_s, max_connections)
         if pipeline.provider is None:
             try:
                 pipeline.connect()
@@ -477,6 +349,38 @@ def start_prometheus_exporter(
                 raise
         pipeline.endpoints += 1
         _pipeline = pipeline
-    endpoint = PrometheusEndpoint(host, server.server_port, server, thread)
+    endpoint = PrometheusEndpoint(host, server.server_port, server, _release_pipeline)
     logger.info("serving memory metrics on %s", endpoint.url)
+    return endpoint
+
+
+def serve_registry(
+    registry: Collector | None = None,
+    port: int | None = None,
+    host: str | None = None,
+    *,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    connection_timeout_s: float = DEFAULT_CONNECTION_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> PrometheusEndpoint:
+    """Serve a prometheus_client registry (or any collector) on ``/metrics`` with this endpoint's bounds.
+
+    What ``prometheus_client.start_http_server(port, addr, registry)`` serves, in the text format
+    ``generate_latest`` writes, from the same bounded server as :func:`start_prometheus_exporter`
+    (deadlines, header cap, 405, capped connections, two threads). ``registry`` defaults to
+    prometheus_client's global ``REGISTRY``; the address to the arguments, else the
+    ``OTEL_EXPORTER_PROMETHEUS_*`` variables, else ``127.0.0.1:9464``. Nothing else is touched:
+    no provider is installed.
+    """
+    from prometheus_client import REGISTRY, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+    source: Collector = REGISTRY if registry is None else registry
+    if not callable(getattr(source, "collect", None)):
+        raise ConfigurationError(f"registry={registry!r}: expected a prometheus_client registry or collector")
+    host, port = _resolve_address(host, port)
+    _check_bounds(request_timeout_s, connection_timeout_s, max_connections)
+    server = _bind(host, port, lambda: generate_latest(source), CONTENT_TYPE_LATEST, request_timeout_s, connection_timeout_s, max_connections)
+    endpoint = PrometheusEndpoint(host, server.server_port, server)
+    logger.info("serving a Prometheus registry on %s", endpoint.url)
     return endpoint
