@@ -27,7 +27,8 @@ ALLOWED = {
     "ml": CORE | {"profiling", "monitoring"},
     "trace_store": CORE | {"profiling", "monitoring"},
     "deploy": CORE | {"export"},
-    "instrumentation": CORE | {"profiling", "monitoring", "export"},
+    "frameworks": CORE | {"profiling"},
+    "instrumentation": CORE | {"profiling", "monitoring", "export", "frameworks"},
 }
 
 

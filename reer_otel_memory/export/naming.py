@@ -119,6 +119,12 @@ CGROUP_OOM_KILLS = series_name(names.METRIC_CGROUP_OOM_KILLS, COUNTER)
 CGROUP_PRESSURE = series_name(names.METRIC_CGROUP_PRESSURE, COUNTER)
 LABEL_FRAMEWORK = label_name(names.LABEL_FRAMEWORK)
 LABEL_DEVICE = label_name(names.LABEL_DEVICE)
+# The same quantities under the semantic conventions' names (up-down counters: gauges).
+CONTAINER_MEMORY_USAGE = series_name(names.METRIC_CONTAINER_MEMORY_USAGE)
+CONTAINER_MEMORY_WORKING_SET = series_name(names.METRIC_CONTAINER_MEMORY_WORKING_SET)
+HW_GPU_MEMORY_USAGE = series_name(names.METRIC_HW_GPU_MEMORY_USAGE)
+HW_GPU_MEMORY_LIMIT = series_name(names.METRIC_HW_GPU_MEMORY_LIMIT)
+LABEL_HW_ID = label_name(names.LABEL_HW_ID)
 
 # Requests of the instrumented web frameworks, by route (REER_MEMORY_SERVER_SPANS).
 ROUTE_PEAK = series_name(names.METRIC_ROUTE_PEAK, HISTOGRAM)
