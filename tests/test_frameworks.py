@@ -466,3 +466,68 @@ def test_django_view_under_gunicorn(tmp_path: Path):
         {"DJANGO_SETTINGS_MODULE": "djsvc.settings"},
     )
     check_real_server(server, "djsvc.views.predict", "predict/<int:size>")
+
+
+OVERLAP_APP = '''
+import threading
+
+from flask import Flask
+
+from reer_otel_memory import memory_context
+
+app = Flask(__name__)
+both_in = threading.Barrier(2, timeout=30)
+
+
+@app.route("/together")
+def together():
+    both_in.wait()  # two requests in flight at once: each overlaps the other
+    return "ok"
+
+
+@app.route("/annotated")
+def annotated():
+    with memory_context("in_view", annotate_current=True, heap=True):
+        return str(len(bytearray(1 << 16)))
+'''
+
+
+def test_per_route_figures_leave_out_overlapped_requests_and_keep_one_record_per_span(instrumentor, capture, service):
+    import threading
+
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    FlaskInstrumentor().instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
+    try:
+        name = service(OVERLAP_APP)
+        instrument(instrumentor, capture, "", server_spans=True)
+        module = importlib.import_module(name)
+        answers: list[bytes] = []
+        threads = [threading.Thread(target=lambda: answers.append(module.app.test_client().get("/together").data)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert answers == [b"ok", b"ok"]
+        servers = [s for s in capture.spans() if s.kind.name == "SERVER"]
+        assert len(servers) == 2 and all(s.attributes[names.ATTR_OVERLAP] >= 1 for s in servers)
+        assert route_requests(capture) == {"/together": 2}  # counted, but their figures are the process's:
+        for metric in (names.METRIC_ROUTE_PEAK[0], names.METRIC_ROUTE_NET[0]):
+            found = capture.metric(metric)
+            points = [] if found is None else [p for p in found.data.data_points if p.attributes[names.LABEL_ROUTE] == "/together"]
+            assert all(getattr(p, "count", None) == 0 for p in points), (metric, points)
+
+        # An annotation inside the request: the server span keeps the request's record, the
+        # annotation's goes as an event, never mixed into it.
+        capture.clear()
+        assert module.app.test_client().get("/annotated").data == str(1 << 16).encode()
+        (server,) = [s for s in capture.spans() if s.kind.name == "SERVER"]
+        assert_memory_attributes(server)
+        assert names.ATTR_OPERATION not in server.attributes
+        (event,) = [e for e in server.events if e.name == names.EVENT_OPERATION]
+        assert event.attributes[names.ATTR_OPERATION] == "in_view" and names.ATTR_HEAP_DELTA in event.attributes
+        assert route_requests(capture)["/annotated"] == 1
+        peak = capture.metric(names.METRIC_ROUTE_PEAK[0])
+        assert peak is not None and any(p.attributes[names.LABEL_ROUTE] == "/annotated" and p.count == 1 for p in peak.data.data_points)
+    finally:
+        FlaskInstrumentor().uninstrument()
