@@ -15,6 +15,8 @@ Each profiled operation becomes a span with ``reer.memory.*`` attributes and fee
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from .config import (
     MemoryConfig,
@@ -31,6 +33,26 @@ from .profiling.leak import LeakDetector, LeakSuspect
 from .profiling.operations import OperationResult, memory_context, memory_profile
 from .profiling.probe import MemoryProbe
 from .profiling.tracker import MemorySnapshot, MemoryTracker, get_memory_tracker
+
+if TYPE_CHECKING:
+    # What the lazily loaded names are, for type checkers: at run time each loads on first use.
+    from .export.endpoint import start_prometheus_exporter
+    from .instrumentation import MemoryInstrumentor
+    from .ml.lazy import LazyModelLoader
+    from .ml.optimizer import MemoryOptimizer
+    from .ml.profiler import MemoryProfiler, get_memory_profiler
+    from .ml.resources import MemoryResourceManager, get_resource_manager
+    from .monitoring.cleanup import CleanupResult, register_cleanup_hook, run_cleanup, unregister_cleanup_hook
+    from .monitoring.emergency import remove_emergency_memory_handler, setup_emergency_memory_handler
+    from .monitoring.monitor import MemoryMonitor, get_memory_monitor, start_memory_monitoring, stop_memory_monitoring
+    from .profiling.explain import AllocationSite, ExplainUnavailableError, MemoryExplanation, explain_memory
+    from .trace_store import REERTraceStore
+    from .trace_store.jsonl import StreamingJSONLReader
+
+    #: The process-wide probe (opened on first use).
+    PROBE: MemoryProbe
+    #: The default monitor (:func:`get_memory_monitor`).
+    _memory_monitor: MemoryMonitor
 
 # Heavier parts load on first use, so importing the package stays cheap for the decorator.
 _LAZY = {

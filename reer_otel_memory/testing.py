@@ -6,8 +6,7 @@
     def test_load_is_profiled():
         with capture_telemetry() as telemetry:
             load_model()
-        span = telemetry.span("load_model")
-        assert span.attributes["reer.memory.rss.delta"] < 512 * 2**20
+        assert telemetry.span_numbers("load_model")["reer.memory.rss.delta"] < 512 * 2**20
         assert telemetry.metric_points("reer.memory.operation.duration")
 
 Inside the block every profiled operation and package instrument reports to a fresh
@@ -58,6 +57,15 @@ class TelemetryCapture:
             seen = sorted({s.name for s in self.spans()})
             raise AssertionError(f"expected one span named {name!r}, found {len(found)} (spans seen: {seen})")
         return found[0]
+
+    def span_numbers(self, name: str) -> dict[str, float]:
+        """The numeric attributes of the one span called ``name``, as floats (typed for checkers).
+
+        ``span(name).attributes`` holds any OpenTelemetry attribute value; this keeps the numbers
+        (``reer.memory.rss.peak``, ``reer.memory.rss.delta``, ...) so arithmetic on them type-checks.
+        """
+        attributes = self.span(name).attributes or {}
+        return {key: float(value) for key, value in attributes.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
     # --- metrics -------------------------------------------------------------------------------
 

@@ -22,9 +22,20 @@ def load_model() -> bytearray:
 def test_the_documented_example():
     with capture_telemetry() as telemetry:
         load_model()
-    span = telemetry.span("load_model")
-    assert span.attributes["reer.memory.rss.delta"] < 512 * 2**20
+    assert telemetry.span_numbers("load_model")["reer.memory.rss.delta"] < 512 * 2**20
     assert telemetry.metric_points("reer.memory.operation.duration")
+
+
+def test_span_numbers_are_the_spans_numeric_attributes_as_floats():
+    with capture_telemetry() as telemetry:
+        load_model()
+    attributes = telemetry.span("load_model").attributes or {}
+    numbers = telemetry.span_numbers("load_model")
+    assert numbers["reer.memory.rss.peak"] == float(attributes["reer.memory.rss.peak"])
+    assert all(type(value) is float for value in numbers.values())
+    # Strings (the operation's name) and booleans are left out.
+    assert "reer.operation" in attributes and "reer.operation" not in numbers
+    assert not any(isinstance(attributes[key], bool) for key in numbers)
 
 
 def test_spans_are_filtered_and_ordered():
