@@ -1,26 +1,29 @@
 """Prometheus series and label names of the package's instruments: the one place they are derived.
 
-opentelemetry-exporter-prometheus names a series with its own helpers
-(``opentelemetry.exporter.prometheus._mapping``): the instrument name with every run of
-characters outside ``[a-zA-Z0-9:]`` made ``_`` (``sanitize_full_name``), then the unit
-(``map_unit``: ``By`` -> ``bytes``, ``s`` -> ``seconds``, ``1`` -> nothing) appended unless the
-name already ends with it, and ``_total`` for a monotonic counter, as ``prometheus_client``'s
-families add them. Attribute keys become labels through ``sanitize_attribute``
-(``reer.operation`` -> ``reer_operation``). Those helpers are called here, not rewritten, so the
-names are the exporter's by construction; the exposition (``export.exposition``), the alert
-rules, the dashboards and ``reer_otel_memory.testing`` all take their names from this module.
+The rules are the OpenTelemetry specification's for Prometheus (those
+opentelemetry-exporter-prometheus applies): the instrument name with every run of characters
+outside ``[a-zA-Z0-9:]`` made ``_`` and a leading digit made ``_`` (:func:`sanitize_full_name`),
+then the unit (:func:`map_unit`: ``By`` -> ``bytes``, ``s`` -> ``seconds``, ``1`` -> nothing)
+appended unless the name already ends with it, and ``_total`` for a monotonic counter, as
+``prometheus_client``'s families add them. Attribute keys become labels through
+:func:`sanitize_attribute` (``reer.operation`` -> ``reer_operation``). They are written here
+rather than imported from the exporter, whose module for them is private; a test compares them
+with the installed exporter's on a set of names and units, so a change there is caught. The
+exposition (``export.exposition``), the alert rules, the dashboards and
+``reer_otel_memory.testing`` all take their names from this module.
 
     >>> series_name(("reer.memory.cleanup.freed", "By", "..."), COUNTER)
     'reer_memory_cleanup_freed_bytes_total'
     >>> label_name("reer.operation")
     'reer_operation'
+    >>> map_unit("m/s"), map_unit("{request}"), map_unit("MiBy")
+    ('meters_per_second', '', 'mebibytes')
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
-
-from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_attribute, sanitize_full_name
 
 from .. import _names as names
 from ..errors import ConfigurationError
@@ -32,6 +35,94 @@ KINDS: Final = (GAUGE, COUNTER, HISTOGRAM)
 """Prometheus metric types the exporter writes. An up-down counter is exported as a gauge."""
 
 _TOTAL = "_total"
+
+_NAME_INVALID = re.compile(r"[^a-zA-Z0-9:]+")
+_LABEL_INVALID = re.compile(r"[^a-zA-Z0-9]+")  # as a name, but ":" is not allowed
+# UCUM annotations, text in curly braces (``{request}``): any characters, as the exporter reads them.
+_UNIT_ANNOTATION = re.compile(r"{.*}")
+
+# UCUM and SI units as Prometheus names them (the OpenTelemetry specification's compatibility
+# table, as the collector's translator and the Python exporter have it).
+_UNITS: Final = {
+    # time
+    "d": "days",
+    "h": "hours",
+    "min": "minutes",
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    # bytes
+    "By": "bytes",
+    "KiBy": "kibibytes",
+    "MiBy": "mebibytes",
+    "GiBy": "gibibytes",
+    "TiBy": "tibibytes",
+    "KBy": "kilobytes",
+    "MBy": "megabytes",
+    "GBy": "gigabytes",
+    "TBy": "terabytes",
+    # SI
+    "m": "meters",
+    "V": "volts",
+    "A": "amperes",
+    "J": "joules",
+    "W": "watts",
+    "g": "grams",
+    # other
+    "Cel": "celsius",
+    "Hz": "hertz",
+    "1": "",
+    "%": "percent",
+}
+# The denominator of a ratio unit (``By/s`` -> ``bytes_per_second``), singular.
+_PER_UNITS: Final = {
+    "s": "second",
+    "m": "minute",
+    "h": "hour",
+    "d": "day",
+    "w": "week",
+    "mo": "month",
+    "y": "year",
+}
+
+
+def sanitize_full_name(name: str) -> str:
+    """A Prometheus metric name of ``name``: a leading digit and every run of characters outside
+    ``[a-zA-Z0-9:]`` become ``_``.
+    """
+    if name and name[0].isdigit():
+        name = "_" + name[1:]
+    return _NAME_INVALID.sub("_", name)
+
+
+def sanitize_attribute(key: str) -> str:
+    """A Prometheus label name of attribute ``key``: as :func:`sanitize_full_name`, ``:`` included."""
+    if key and key[0].isdigit():
+        key = "_" + key[1:]
+    return _LABEL_INVALID.sub("_", key)
+
+
+def map_unit(unit: str) -> str:
+    """The Prometheus name suffix of a UCUM ``unit`` (``By`` -> ``bytes``, ``1`` -> nothing).
+
+    Annotations in braces are dropped, ``a/b`` becomes ``a_per_b`` (``m/s`` ->
+    ``meters_per_second``), and anything else is sanitized as a name, without leading or
+    trailing ``_``.
+    """
+    unit = _UNIT_ANNOTATION.sub("", unit)
+    mapped = _UNITS.get(unit)
+    if mapped is not None:
+        return mapped
+    top, slash, bottom = unit.partition("/")
+    if slash:
+        bottom = _NAME_INVALID.sub("_", bottom)
+        if bottom:
+            top = _NAME_INVALID.sub("_", top)
+            top = _UNITS.get(top, top)
+            bottom = _PER_UNITS.get(bottom, bottom)
+            return f"{top}_per_{bottom}" if top else f"per_{bottom}"
+    return _NAME_INVALID.sub("_", unit).strip("_")
 
 
 def family_name(name: str, unit: str, kind: str) -> str:
