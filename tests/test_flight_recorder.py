@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
 
 import pytest
 from _forks import in_forked_child
+from conftest import IN_CI, wait_for
 
 from reer_otel_memory import _names as names
 from reer_otel_memory.cli import main
 from reer_otel_memory.errors import ConfigurationError
-from reer_otel_memory.profiling.flight_recorder import SLOT_CAPACITY, FlightRecorder, read_flight_record, render_postmortem
+from reer_otel_memory.profiling.flight_recorder import (
+    _SAMPLE,
+    _SAMPLES_OFFSET,
+    FILE_BYTES,
+    SAMPLE_CAPACITY,
+    SLOT_CAPACITY,
+    FlightRecorder,
+    read_flight_record,
+    render_postmortem,
+)
 
 MB = 1024 * 1024
 
@@ -91,7 +103,12 @@ def test_the_ring_keeps_the_latest_samples_and_full_slot_tables_degrade(tmp_path
     recorder.operation_finished(-1)
     for slot in slots[:10]:
         recorder.operation_finished(slot)
-    record = read_flight_record(recorder.path)
+    # Ends cost no system call: with nothing else written, the recorder's thread writes them.
+    def ends_written():
+        found = read_flight_record(recorder.path)
+        return found if len(found.running) == SLOT_CAPACITY - 10 else None
+
+    record = wait_for(ends_written, timeout_s=5, message="the ends of 10 operations in the file")
     recorder.close()
     assert [sample.rss_bytes for sample in record.samples] == list(range(3000 - 1024, 3000))
     assert len(record.running) == SLOT_CAPACITY - 10
@@ -167,3 +184,261 @@ def test_with_a_recorder_and_no_sdk_every_call_of_a_fast_operation_is_in_flight(
     done = subprocess.run([sys.executable, "-c", SEEN_IN_FLIGHT, str(path)], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [1] * 20
+
+
+# --- a hostile file system: truncation, a full disk, files that are not the recorder's --------
+
+TRUNCATED_UNDER_ME = """
+import sys
+from reer_otel_memory.profiling.flight_recorder import FlightRecorder
+recorder = FlightRecorder.open(sys.argv[1])
+recorder.record_sample(1 << 20)
+print("ready", flush=True)
+sys.stdin.readline()  # the parent has truncated the file
+for step in range(200):
+    slot = recorder.operation_started("after_truncation", step)
+    recorder.record_sample((2 << 20) + step)
+    recorder.level_changed("ok", "alert", step)
+    recorder.operation_finished(slot)
+recorder.operation_started("still_running", 7 << 20)
+recorder.record_sample(3 << 20)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("how", ["truncate -s0", "> file"])
+def test_truncating_the_file_under_a_live_writer_does_not_kill_it_and_the_next_sample_restores_it(tmp_path, how):
+    path = tmp_path / "live.flight"
+    child = subprocess.Popen([sys.executable, "-c", TRUNCATED_UNDER_ME, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        if how == "truncate -s0":
+            os.truncate(path, 0)
+        else:
+            with open(path, "w"):  # what the shell's `> file` and logrotate's copytruncate do
+                pass
+        assert path.stat().st_size == 0
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"  # a writer killed by SIGBUS never says it
+        record = read_flight_record(path)  # whole again, while the writer still runs
+        assert record.pid == child.pid and not record.clean_shutdown
+        assert record.samples[-1].rss_bytes == 3 << 20 and len(record.samples) == 202
+        assert [operation.name for operation in record.running] == ["still_running"]
+        child.stdin.write("exit\n")
+        child.stdin.close()
+        assert child.wait(30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        child.stdout.close()
+    assert read_flight_record(path).clean_shutdown
+
+
+FULL_DISK = """
+import logging, sys
+logging.basicConfig(format="%(levelname)s %(message)s")
+from reer_otel_memory.profiling.flight_recorder import process_flight_recorder
+print(process_flight_recorder() is None, flush=True)
+"""
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path):
+    """A real 64 KiB tmpfs, filled up: the next file written to it gets ENOSPC."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        reason = f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        filler = os.open(mount_point / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with pytest.raises(OSError, match="No space left"):
+                while True:
+                    os.write(filler, b"x" * 4096)
+        finally:
+            os.close(filler)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_file_system_at_open_is_one_log_line_and_the_host_runs_on(full_tmpfs):
+    path = full_tmpfs / "svc.flight"
+    env = {**os.environ, names.ENV_FLIGHT_RECORDER: str(path)}
+    done = subprocess.run([sys.executable, "-c", FULL_DISK], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr  # not 135 (SIGBUS)
+    assert done.stdout.split() == ["True"]  # the recorder is off
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(path) in lines[0] and "No space left on device" in lines[0], done.stderr
+    assert not path.exists()  # the empty file it created is gone again
+
+
+NOBODY_UID = 65534
+
+
+def _refused(case, tmp_path):
+    """Make the file ``case`` names; returns its path and the reason the recorder must give."""
+    path = tmp_path / "svc.flight"
+    if case == "symlink":
+        target = tmp_path / "important.data"
+        target.write_bytes(b"precious" * 16500)  # 132 KB
+        path.symlink_to(target)
+        return path, "symbolic link"
+    if case == "other user's file":
+        FlightRecorder.open(path).close()  # even a genuine recorder file
+        os.chown(path, NOBODY_UID, NOBODY_UID)
+        return path, f"owned by uid {NOBODY_UID}"
+    if case == "mode 0666":
+        FlightRecorder.open(path).close()
+        os.chmod(path, 0o666)
+        return path, "writable by group or others (mode 0666)"
+    if case == "not a recorder file":
+        path.write_bytes(b"log line\n" * 1000)
+        return path, "not a flight recorder file"
+    if case == "fifo":
+        os.mkfifo(path, 0o600)
+        return path, "not a regular file"
+    if case == "hard link":
+        FlightRecorder.open(path).close()
+        os.link(path, tmp_path / "another.name")
+        return path, "2 links"
+    raise AssertionError(case)
+
+
+REFUSED_CASES = ["symlink", "other user's file", "mode 0666", "not a recorder file", "fifo", "hard link"]
+
+
+@pytest.mark.parametrize("case", REFUSED_CASES)
+def test_files_the_recorder_cannot_own_are_refused_with_the_reason_and_left_as_they_were(tmp_path, case):
+    if case == "other user's file" and os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    path, reason = _refused(case, tmp_path)
+    before = os.lstat(path)
+    content = None if case == "fifo" else path.read_bytes()
+    with pytest.raises(ConfigurationError, match=re.escape(reason)) as refused:
+        FlightRecorder.open(path)
+    assert repr(str(path)) in str(refused.value)
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode, after.st_uid, after.st_size) == (before.st_ino, before.st_mode, before.st_uid, before.st_size)
+    if content is not None:
+        assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("case", ["symlink", "other user's file"])
+def test_a_refused_file_under_the_environment_variable_is_one_log_line_and_the_host_runs_on(tmp_path, case):
+    if case == "other user's file" and os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    path, reason = _refused(case, tmp_path)
+    env = {**os.environ, names.ENV_FLIGHT_RECORDER: str(path)}
+    done = subprocess.run([sys.executable, "-c", FULL_DISK], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.split() == ["True"], done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(path) in lines[0] and reason in lines[0], done.stderr
+
+
+def test_a_new_file_is_created_readable_and_writable_by_its_owner_only(tmp_path):
+    previous = os.umask(0)
+    try:
+        recorder = FlightRecorder.open(tmp_path / "new.flight")
+    finally:
+        os.umask(previous)
+    recorder.close()
+    status = os.stat(tmp_path / "new.flight")
+    assert status.st_mode & 0o777 == 0o600 and status.st_uid == os.geteuid() and status.st_size == FILE_BYTES
+
+
+# --- corrupt but well-formed records -----------------------------------------------------------
+
+
+def _corrupted(tmp_path, change):
+    """A record a killed process left, with ``change(image)`` applied to its bytes."""
+    path, _pid = _killed_mid_operation(tmp_path)
+    image = bytearray(path.read_bytes())
+    change(image)
+    path.write_bytes(bytes(image))
+    return path
+
+
+def _last_sample_offset(image):
+    # The killed process wrote 30 samples, sequence numbers 1 to 30.
+    return _SAMPLES_OFFSET + (30 % SAMPLE_CAPACITY) * _SAMPLE.size
+
+
+CORRUPTIONS = {
+    "NaN time": (lambda image: struct.pack_into("<d", image, _last_sample_offset(image) + 8, float("nan")), "time"),
+    "time past year 9999": (lambda image: struct.pack_into("<d", image, _last_sample_offset(image) + 8, 1e300), "time"),
+    "negative RSS": (lambda image: struct.pack_into("<q", image, _last_sample_offset(image) + 16, -5), "RSS"),
+    "unknown level": (lambda image: struct.pack_into("<B", image, _last_sample_offset(image) + 40, 7), "level"),
+    "infinite start time": (lambda image: struct.pack_into("<d", image, 32, float("inf")), "start time"),
+    "pid 0": (lambda image: struct.pack_into("<I", image, 12, 0), "pid"),
+    "unknown flags": (lambda image: struct.pack_into("<I", image, 16, 0xFF00), "flags"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_postmortem_of_a_corrupt_record_exits_2_with_one_line(tmp_path, capsys, corruption):
+    change, field_named = CORRUPTIONS[corruption]
+    path = _corrupted(tmp_path, change)
+    assert main(["postmortem", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "corrupt" in lines[0] and field_named in lines[0] and repr(str(path)) in lines[0], captured.err
+
+
+ESCAPES = """
+import sys
+from reer_otel_memory.profiling.flight_recorder import FlightRecorder
+recorder = FlightRecorder.open(sys.argv[1])
+recorder.operation_started("op\\x1b]0;owned\\x07\\x1b[2J", 1 << 20)
+recorder.record_sample(2 << 20)
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_postmortem_escapes_control_characters_from_the_file(tmp_path, capsys):
+    path = tmp_path / "escapes.flight"
+    child = subprocess.Popen(
+        [sys.executable, "-c", ESCAPES, str(path), "--title=\x1b[31mred\x1b[0m\r"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "ready"
+    child.kill()
+    child.wait(10)
+    child.stdin.close()
+    child.stdout.close()
+    assert main(["postmortem", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert not any(ord(character) < 32 and character != "\n" or 0x7F <= ord(character) < 0xA0 for character in out)
+    assert "--title=\\x1b[31mred\\x1b[0m\\r" in out and "op\\x1b]0;owned\\x07\\x1b[2J" in out
+
+
+CORRUPT_PREDECESSOR = """
+import json, logging, os, sys
+logging.basicConfig(format="%(levelname)s %(message)s")
+from reer_otel_memory.profiling.flight_recorder import process_flight_recorder
+recorder = process_flight_recorder()
+recorder.record_sample(5 << 20)
+print(json.dumps({"pid": os.getpid(), "active": recorder.active, "predecessor": recorder.predecessor is not None}), flush=True)
+"""
+
+
+def test_a_corrupt_predecessor_is_one_line_and_the_new_process_records_normally(tmp_path):
+    path = _corrupted(tmp_path, CORRUPTIONS["NaN time"][0])
+    env = {**os.environ, names.ENV_FLIGHT_RECORDER: str(path)}
+    done = subprocess.run([sys.executable, "-c", CORRUPT_PREDECESSOR], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["active"] and not seen["predecessor"]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "corrupt" in lines[0] and str(path) in lines[0], done.stderr
+    assert f"process {seen['pid']}" not in lines[0] and f"pid {seen['pid']}" not in lines[0] and "in use" not in lines[0]
+    record = read_flight_record(path)
+    assert record.pid == seen["pid"] and record.clean_shutdown and [sample.rss_bytes for sample in record.samples] == [5 << 20]

@@ -1,27 +1,39 @@
 """The flight recorder: the last minutes before the process died, in a file that survives SIGKILL.
 
 After an OOM kill nothing the process held in memory is left to say what it was doing. With
-``REER_MEMORY_FLIGHT_RECORDER=PATH`` the process keeps a small fixed-size file (64 KiB) mapped
-into memory and writes into it as it goes, with no system call per record (``struct.pack_into``
-on a shared ``mmap``): the kernel owns the mapped pages, so whatever was written is in the file
-even when the process is killed mid-record. It holds:
+``REER_MEMORY_FLIGHT_RECORDER=PATH`` the process keeps a small fixed-size file (64 KiB) and
+writes each record into it as it goes, one ``os.pwrite`` per record: the kernel holds what was
+written, so it is in the file even when the process is killed the next instant. An operation's
+end costs no system call of its own: it is written with the next record, or by a small thread
+within 0.1 s (so a postmortem may list an operation that ended in the last 0.1 s). It holds:
 
 * **samples** -- a ring of the last 1024 (time, RSS, working set, device memory, level);
 * **running operations** -- a table of 128 slots: name, thread, start time, RSS at start;
 * **level changes** -- a ring of the last 64 (time, what was compared, bytes, old and new level);
 * **a header** -- pid, process start time, command line, and a clean-shutdown flag set on exit.
 
-``reer-otel-memory postmortem PATH`` prints the last seconds before the death as a table and a
-terminal chart and names the operations that were running and how much each had grown. A
-process opening the same path first reports its predecessor's death once (a log line, and a
-short root span ``reer.memory.predecessor`` carrying the event ``reer.memory.predecessor.died``
-with the predecessor's pid, last RSS and working set, and the operations that were running),
-then reuses the file. The process's recorder (:func:`process_flight_recorder`) opens on first
-use: the monitor's first sample, the instrumentor, or the first profiled call, whichever comes first.
+Why ``pwrite`` and not a shared memory mapping (cheaper per record): a mapped file that anyone
+truncates (``> file``, logrotate's ``copytruncate``) or that a full disk cannot back kills the
+writer with SIGBUS. A write to a file descriptor cannot: after a truncation it extends the file
+again, and the whole image, kept in memory, is rewritten at the next monitor sample. The 64 KiB
+are reserved (``posix_fallocate``) before anything is written; a full disk leaves the recorder off.
 
-Cost (``benchmarks/bench_flight_recorder.py``): ``operation_started`` + ``operation_finished``
-together about 0.9 us (a fifth of a profiled no-op without an SDK), ``record_sample`` about 0.6 us. A forked child does not write into its
-parent's file (its writes go to a private buffer); it may open a path of its own.
+The recorder only writes a file it can own: it never follows a symbolic link at the path, and
+refuses anything but a regular file with one link, owned by the process's user, not writable by
+group or others, either empty or a flight recorder file; it creates new files with mode 0600.
+One process writes a file at a time (an ``flock``).
+
+``reer-otel-memory postmortem PATH`` prints the last seconds before the death as a table and a
+terminal chart and names the operations that were running and how much each had grown. Every
+field is checked on reading (a corrupt file is one error line) and control characters in the
+file's strings are escaped. A process opening the same path first reports its predecessor's
+death once (a log line, and a short root span ``reer.memory.predecessor`` carrying the event
+``reer.memory.predecessor.died`` with the predecessor's pid, last RSS and working set, and the
+operations that were running), then reuses the file; a corrupt predecessor is one log line, and
+the file is reused all the same. The process's recorder (:func:`process_flight_recorder`) opens
+on first use: the monitor's first sample, the instrumentor, or the first profiled call,
+whichever comes first. A forked child does not write into its parent's file; it may open a
+path of its own. ``docs/performance.md`` gives what it costs.
 
     >>> recorder = FlightRecorder.open("/tmp/service.flight")  # doctest: +SKIP
     >>> slot = recorder.operation_started("predict", rss_start=512 << 20)  # doctest: +SKIP
@@ -31,14 +43,17 @@ parent's file (its writes go to a private buffer); it may open a path of its own
 from __future__ import annotations
 
 import atexit
+import errno
 import itertools
 import logging
-import mmap
+import math
 import os
+import stat
 import struct
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import psutil
@@ -50,6 +65,11 @@ from .. import _telemetry
 from .._runtime import RUNTIME
 from ..errors import ConfigurationError
 from ..levels import MemoryLevel
+
+try:
+    import fcntl
+except ImportError:  # no advisory locks: a live writer is told by its pid and start time alone
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +84,7 @@ _LEVEL_NAME_BYTES = 8
 _ABSENT = -1
 _NO_LEVEL = 255
 _CLEAN_SHUTDOWN = 1
+_VERSION = 1
 
 # magic, version, pid, flags, capacities (samples, slots, levels), start time, process create time, command.
 _HEADER = struct.Struct("<8sIIIIIIdd200s")
@@ -174,44 +195,121 @@ def _describe(operation: RunningOperation) -> str:
     return f"{operation.name} ({grown} from {operation.rss_start_bytes / MB:.1f} MB)"
 
 
+# Control characters (C0, DEL, C1) in a string from the file are shown as escapes, never raw.
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]} | {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+
+
 def _text(raw: bytes) -> str:
-    return raw.rstrip(b"\0").decode("utf-8", "replace")
+    return raw.rstrip(b"\0").decode("utf-8", "replace").translate(_CONTROL)
+
+
+# What a field may hold: times between the epoch and the end of year 9999 (what a calendar
+# shows), pids up to the kernel's largest, byte counts below 2**53 (8 PiB, exact as a float).
+_MAX_TIME_S = 253402300799.0
+_MAX_PID = 1 << 22
+_MAX_BYTES = 1 << 53
+
+
+class _CorruptError(Exception):
+    """A field of a record outside what a writer can have written."""
+
+
+def _time(value: float, what: str) -> float:
+    if not (math.isfinite(value) and 0.0 <= value <= _MAX_TIME_S):
+        raise _CorruptError(f"{what} is {value!r} (expected seconds since the epoch, 0 to {_MAX_TIME_S:.0f})")
+    return value
+
+
+def _bytes(value: int, what: str, absent_allowed: bool = False) -> int | None:
+    if absent_allowed and value == _ABSENT:
+        return None
+    if not 0 <= value < _MAX_BYTES:
+        raise _CorruptError(f"{what} is {value} (expected 0 to 2**53 bytes{' or -1 for none' if absent_allowed else ''})")
+    return value
+
+
+def _level(rank: int, what: str) -> str | None:
+    if rank == _NO_LEVEL:
+        return None
+    if rank not in _BY_RANK:
+        raise _CorruptError(f"{what} is {rank} (expected one of {sorted(_BY_RANK)} or {_NO_LEVEL} for none)")
+    return _BY_RANK[rank]
 
 
 def parse_flight_record(data: bytes, path: str = "") -> FlightRecord:
-    """A flight recorder file's content read; :class:`ConfigurationError` if it is not one."""
+    """A flight recorder file's content read and checked field by field.
+
+    Raises :class:`ConfigurationError` (one line, naming the path and the field) when it is not
+    a flight recorder file or when a field holds what no writer writes (NaN, a time past year
+    9999, a negative size, an unknown level...). Strings have their control characters escaped.
+    """
     if len(data) < FILE_BYTES or data[:8] != MAGIC:
         raise ConfigurationError(f"flight recorder file {path!r}: not a flight recorder file (expected {FILE_BYTES} bytes starting with {MAGIC!r})")
-    _magic, _version, pid, flags, samples_n, slots_n, levels_n, started, created, command = _HEADER.unpack_from(data, 0)
+    try:
+        return _parse(data, path)
+    except _CorruptError as exc:
+        raise ConfigurationError(f"flight recorder file {path!r}: corrupt record: {exc}") from None
+
+
+def _parse(data: bytes, path: str) -> FlightRecord:
+    _magic, version, pid, flags, samples_n, slots_n, levels_n, started, created, command = _HEADER.unpack_from(data, 0)
+    if version != _VERSION:
+        raise _CorruptError(f"version is {version} (expected {_VERSION})")
     if (samples_n, slots_n, levels_n) != (SAMPLE_CAPACITY, SLOT_CAPACITY, LEVEL_CAPACITY):
-        raise ConfigurationError(f"flight recorder file {path!r}: capacities {samples_n}/{slots_n}/{levels_n} are not those of this version")
+        raise _CorruptError(f"capacities are {samples_n}/{slots_n}/{levels_n} (expected {SAMPLE_CAPACITY}/{SLOT_CAPACITY}/{LEVEL_CAPACITY})")
+    if not 0 < pid <= _MAX_PID:
+        raise _CorruptError(f"pid is {pid} (expected 1 to {_MAX_PID})")
+    if flags & ~_CLEAN_SHUTDOWN:
+        raise _CorruptError(f"flags are {flags:#x} (expected 0 or {_CLEAN_SHUTDOWN})")
+    _time(started, "start time")
+    _time(created, "process start time")
     samples = []
     for seq, time_s, rss, working_set, device, rank in sorted(
         (_SAMPLE.unpack_from(data, _SAMPLES_OFFSET + index * _SAMPLE.size) for index in range(SAMPLE_CAPACITY)), key=lambda record: record[0]
     ):
         if seq:
-            samples.append(FlightSample(time_s, rss, None if working_set < 0 else working_set, None if device < 0 else device, _BY_RANK.get(rank)))
+            what = f"sample {seq}"
+            samples.append(
+                FlightSample(
+                    _time(time_s, f"{what}: time"),
+                    _bytes(rss, f"{what}: RSS") or 0,
+                    _bytes(working_set, f"{what}: working set", absent_allowed=True),
+                    _bytes(device, f"{what}: device memory", absent_allowed=True),
+                    _level(rank, f"{what}: level"),
+                )
+            )
     running = []
     for index in range(SLOT_CAPACITY):
         generation, thread_id, started_s, rss_start, device_start, name = _SLOT.unpack_from(data, _SLOTS_OFFSET + index * _SLOT.size)
         if generation:
+            what = f"operation slot {index}"
+            started_s = _time(started_s, f"{what}: start time")
+            rss_start = _bytes(rss_start, f"{what}: RSS at start") or 0
             after = [sample.rss_bytes for sample in samples if sample.time_s >= started_s]
             growth = after[-1] - rss_start if after else None
-            running.append(RunningOperation(_text(name), thread_id, started_s, rss_start, None if device_start < 0 else device_start, growth))
+            device = _bytes(device_start, f"{what}: device memory at start", absent_allowed=True)
+            running.append(RunningOperation(_text(name), thread_id, started_s, rss_start, device, growth))
     running.sort(key=lambda operation: operation.started_s)
     changes = []
     for seq, time_s, value, source, old, new in sorted(
         (_LEVEL.unpack_from(data, _LEVELS_OFFSET + index * _LEVEL.size) for index in range(LEVEL_CAPACITY)), key=lambda record: record[0]
     ):
         if seq:
-            changes.append(LevelChange(time_s, _text(source), value, _text(old), _text(new)))
+            what = f"level change {seq}"
+            changes.append(LevelChange(_time(time_s, f"{what}: time"), _text(source), _bytes(value, f"{what}: bytes") or 0, _text(old), _text(new)))
     return FlightRecord(path, pid, started, created, bool(flags & _CLEAN_SHUTDOWN), _text(command), samples, running, changes)
 
 
 def read_flight_record(path: str | os.PathLike[str]) -> FlightRecord:
-    """Read a flight recorder file (OSError if unreadable, ConfigurationError if not one)."""
-    with open(path, "rb") as file:
-        return parse_flight_record(file.read(FILE_BYTES), str(path))
+    """Read and check a flight recorder file (OSError if unreadable, ConfigurationError if it is
+    not one or is corrupt). Opens without blocking and reads regular files only."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigurationError(f"flight recorder file {os.fspath(path)!r}: not a regular file")
+        return parse_flight_record(os.pread(fd, FILE_BYTES, 0), os.fspath(path))
+    finally:
+        os.close(fd)
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -232,23 +330,128 @@ def _owner_alive(record: FlightRecord) -> bool:
         return False
 
 
+_OPEN_FLAGS = os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_pwrite = os.pwrite
+
+
+def _refuse(path: str, why: str) -> ConfigurationError:
+    return ConfigurationError(f"flight recorder file {path!r}: {why}; give the recorder a path of its own")
+
+
+def _open_own(path: str) -> tuple[int, bool]:
+    """A descriptor for ``path`` opened for writing without following a link; True if created."""
+    for _attempt in range(3):
+        try:
+            return os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            pass
+        try:
+            found = os.lstat(path)
+            if stat.S_ISLNK(found.st_mode):
+                raise _refuse(path, "is a symbolic link, which the recorder does not follow")
+            if not stat.S_ISREG(found.st_mode):
+                raise _refuse(path, "is not a regular file")
+            return os.open(path, _OPEN_FLAGS), False
+        except FileNotFoundError:
+            continue  # removed since: create it
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # replaced by a link since
+                raise _refuse(path, "is a symbolic link, which the recorder does not follow") from None
+            raise
+    raise _refuse(path, "keeps appearing and disappearing")
+
+
+def _check_owned(fd: int, path: str) -> os.stat_result:
+    """Refuse a file the recorder must not write: see the module's docstring."""
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        raise _refuse(path, "is not a regular file")
+    if found.st_uid != os.geteuid():
+        raise _refuse(path, f"is owned by uid {found.st_uid}, not by this process's uid {os.geteuid()}")
+    if found.st_mode & 0o022:
+        raise _refuse(path, f"is writable by group or others (mode {stat.S_IMODE(found.st_mode):04o}), expected mode 0600")
+    if found.st_nlink != 1:
+        raise _refuse(path, f"has {found.st_nlink} links (another name for the same file)")
+    return found
+
+
+def _lock(fd: int) -> bool | None:
+    """Take the file's lock: True, False when another process holds it, None without locks."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None  # a file system without locks
+    return True
+
+
+def _reserve(fd: int, path: str, image: bytearray) -> None:
+    """Reserve the file's blocks, then write the whole image: a full disk fails here, cleanly."""
+    try:
+        os.posix_fallocate(fd, 0, FILE_BYTES)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no fallocate here: the write reserves
+            raise OSError(exc.errno, f"cannot reserve {FILE_BYTES} bytes for the flight recorder: {exc.strerror}", path) from None
+    written = 0
+    while written < FILE_BYTES:
+        count = _pwrite(fd, memoryview(image)[written:], written)
+        if count <= 0:
+            raise OSError(errno.ENOSPC, f"cannot write {FILE_BYTES} bytes for the flight recorder: {os.strerror(errno.ENOSPC)}", path)
+        written += count
+
+
+def _predecessor(fd: int, path: str, size: int) -> tuple[FlightRecord | None, str | None]:
+    """What the file holds now: a record, or the reason it is corrupt (refuses a foreign file)."""
+    if size == 0:
+        return None, None
+    previous = os.pread(fd, FILE_BYTES, 0)
+    if previous[:8] != MAGIC:
+        raise _refuse(path, f"is not a flight recorder file ({size} bytes, not starting with {MAGIC!r}), and is left as it is")
+    if size > FILE_BYTES:
+        raise _refuse(path, f"is {size} bytes, more than a flight recorder file's {FILE_BYTES}, and is left as it is")
+    if len(previous) < FILE_BYTES:
+        return None, f"{len(previous)} bytes, short of {FILE_BYTES}"
+    try:
+        return _parse(previous, path), None
+    except _CorruptError as exc:
+        return None, str(exc)
+
+
+def _writer(fd: int, path: str, size: int) -> str:
+    """Who holds the file's lock, as far as the file says."""
+    try:
+        record, _corrupt = _predecessor(fd, path, size)
+    except (OSError, ConfigurationError):
+        record = None
+    return f"the running process {record.pid}" if record is not None else "another running process"
+
+
 class FlightRecorder:
-    """Writes samples, running operations and level changes into a memory-mapped file.
+    """Writes samples, running operations and level changes into a flight recorder file.
 
     Open with :meth:`open`. Every write method is thread-safe without a lock and never raises
     once the recorder is open; after :meth:`close` they write nowhere.
     """
 
-    def __init__(self, path: str, buffer: mmap.mmap, predecessor: FlightRecord | None) -> None:
+    def __init__(self, path: str, fd: int, image: bytearray, predecessor: FlightRecord | None) -> None:
         self.path = path
-        self._mmap: mmap.mmap | None = buffer
-        self._buffer: mmap.mmap | bytearray = buffer
+        # The file's whole content, kept here: each record is packed into it, then written.
+        self._image = image
+        self._view = memoryview(image)
+        self._slot_views = [self._view[_SLOTS_OFFSET + slot * _SLOT.size :][: _SLOT.size] for slot in range(SLOT_CAPACITY)]
+        self._fd = fd
+        self._active = True
+        self._truncations = 0
         #: The previous process's record when it died without a clean shutdown, else None.
         self.predecessor = predecessor
         self._sample_seq = itertools.count(1)
         self._level_seq = itertools.count(1)
         self._generation = itertools.count(1)
         self._free_slots = list(range(SLOT_CAPACITY - 1, -1, -1))
+        self._cleared: list[int] = []
         self._names: dict[str, bytes] = {}
         RUNTIME.after_fork_call(self)
 
@@ -256,60 +459,107 @@ class FlightRecorder:
     def open(cls, path: str | os.PathLike[str]) -> FlightRecorder:
         """Open (create or reuse) the file at ``path``; reports a predecessor's death once.
 
-        Raises :class:`ConfigurationError` when a live process is writing the file, OSError
-        when it cannot be created.
+        Raises :class:`ConfigurationError` when the file is not one the recorder may write (a
+        symbolic link, another user's, writable by group or others, with other links, not a
+        flight recorder file) or a live process is writing it; OSError when it cannot be
+        created or its 64 KiB reserved (a full disk). Nothing is written to a refused file.
         """
         path = os.fspath(path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd, created = _open_own(path)
         try:
-            previous = os.pread(fd, FILE_BYTES, 0)
-            predecessor = None
-            if previous[:8] == MAGIC:
-                try:
-                    record = parse_flight_record(previous, path)
-                except ConfigurationError:
-                    record = None  # another version's file: start afresh
-                if record is not None and not record.clean_shutdown:
-                    if _owner_alive(record):
-                        raise ConfigurationError(f"flight recorder file {path!r}: in use by the running process {record.pid}; give each process its own path")
-                    predecessor = record
-            os.ftruncate(fd, FILE_BYTES)
-            buffer = mmap.mmap(fd, FILE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)  # the mapping keeps the file
-        buffer[:] = bytes(FILE_BYTES)
-        command = " ".join(sys.argv).encode("utf-8", "replace")[:200]
-        _HEADER.pack_into(buffer, 0, MAGIC, 1, os.getpid(), 0, SAMPLE_CAPACITY, SLOT_CAPACITY, LEVEL_CAPACITY, time.time(), _create_time(), command)
-        recorder = cls(path, buffer, predecessor)
+            found = _check_owned(fd, path)
+            locked = _lock(fd)
+            if locked is False:
+                raise ConfigurationError(f"flight recorder file {path!r}: in use by {_writer(fd, path, found.st_size)}; give each process its own path")
+            record, corrupt = _predecessor(fd, path, found.st_size)
+            if locked is None and record is not None and not record.clean_shutdown and record.pid != os.getpid() and _owner_alive(record):
+                raise ConfigurationError(f"flight recorder file {path!r}: in use by the running process {record.pid}; give each process its own path")
+            image = bytearray(FILE_BYTES)
+            command = " ".join(sys.argv).encode("utf-8", "replace")[:200]
+            _HEADER.pack_into(image, 0, MAGIC, _VERSION, os.getpid(), 0, SAMPLE_CAPACITY, SLOT_CAPACITY, LEVEL_CAPACITY, time.time(), _create_time(), command)
+            _reserve(fd, path, image)
+        except BaseException:
+            if created:
+                _remove_if_same(path, fd)
+            os.close(fd)
+            raise
+        predecessor = record if record is not None and not record.clean_shutdown else None
+        recorder = cls(path, fd, image, predecessor)
+        if corrupt is not None:
+            logger.warning("flight recorder %s: the previous writer's record is corrupt (%s); not reported, recording afresh", path, corrupt)
         if predecessor is not None:
             logger.warning("flight recorder %s: the previous process died: %s", path, predecessor.summary())
         atexit.register(recorder.close)
+        try:
+            threading.Thread(target=_write_ends, args=(weakref.ref(recorder),), name="reer-flight-recorder", daemon=True).start()
+        except RuntimeError:  # the interpreter is shutting down: ends go with the next record
+            pass
         return recorder
 
+    def _detach(self) -> None:
+        # The descriptor's number is pointed at /dev/null rather than closed: a write racing
+        # this on another thread goes nowhere, never into a file that reuses the number.
+        fd = self._fd
+        try:
+            null = os.open(os.devnull, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            self._fd = -1
+            os.close(fd)
+            return
+        try:
+            os.dup2(null, fd, inheritable=False)
+        finally:
+            os.close(null)
+
     def _after_fork_in_child(self) -> None:
-        # The mapping is shared with the parent: a child writing into it would corrupt the
-        # parent's record. The child's writes go to a private buffer instead.
-        self._buffer = bytearray(FILE_BYTES)
-        self._mmap = None
+        # A child writing into the parent's file would corrupt the parent's record; its writes
+        # go to its copy of the image alone, and it lets go of the parent's lock.
+        self._active = False
         self._free_slots = list(range(SLOT_CAPACITY - 1, -1, -1))
+        self._cleared = []
+        self._detach()
 
     def close(self, clean: bool = True) -> None:
         """Stop recording; ``clean`` marks the file as a clean shutdown (no death reported)."""
-        buffer, self._buffer = self._buffer, bytearray(FILE_BYTES)
-        mapped, self._mmap = self._mmap, None
-        if mapped is None:
+        if not self._active:
             return
-        if clean:
-            struct.pack_into("<I", buffer, _FLAGS_OFFSET, _CLEAN_SHUTDOWN)
+        self.restore_if_truncated()
+        self._active = False
         try:
-            mapped.close()
-        except BufferError:
-            pass  # a write on another thread still holds it: the mapping goes with the object
+            self._write_cleared()
+        except OSError:
+            pass
+        if clean:
+            struct.pack_into("<I", self._image, _FLAGS_OFFSET, _CLEAN_SHUTDOWN)
+            try:
+                _pwrite(self._fd, self._view[_FLAGS_OFFSET : _FLAGS_OFFSET + 4], _FLAGS_OFFSET)
+            except OSError:
+                pass
+        self._detach()
 
     @property
     def active(self) -> bool:
         """Whether writes reach the file (False after close and in a forked child)."""
-        return self._mmap is not None
+        return self._active
+
+    def restore_if_truncated(self) -> bool:
+        """Write the whole image again if the file was cut short; whether it was (never raises).
+
+        Each monitor sample checks; one log line says the first time it happens.
+        """
+        if not self._active:
+            return False
+        try:
+            size = os.fstat(self._fd).st_size
+            if size >= FILE_BYTES:
+                return False
+            _pwrite(self._fd, self._image, 0)
+        except OSError:
+            return False  # a full disk: the next check tries again
+        self._truncations += 1
+        log = logger.warning if self._truncations == 1 else logger.debug
+        log("flight recorder %s: the file was cut to %d bytes while recording (truncated, rotated); written whole again", self.path, size)
+        return True
 
     # --- the hot path -------------------------------------------------------------------------
 
@@ -320,13 +570,14 @@ class FlightRecorder:
         device_used_bytes: int | None = None,
         level: MemoryLevel | str | None = None,
     ) -> None:
-        """Add a sample to the ring (about 0.6 us)."""
+        """Add a sample to the ring, and check that the file still has its size."""
         seq = next(self._sample_seq)
+        offset = _SAMPLES_OFFSET + (seq % SAMPLE_CAPACITY) * _SAMPLE.size
         # One write per record, no lock: a SIGKILL stops every thread at once, so at worst the
         # record being written is cut short; the reader sorts by sequence number.
         _SAMPLE.pack_into(
-            self._buffer,
-            _SAMPLES_OFFSET + (seq % SAMPLE_CAPACITY) * _SAMPLE.size,
+            self._image,
+            offset,
             seq,
             time.time(),
             rss_bytes,
@@ -334,12 +585,15 @@ class FlightRecorder:
             _ABSENT if device_used_bytes is None else device_used_bytes,
             _NO_LEVEL if level is None else _RANKS.get(level, _NO_LEVEL),
         )
+        try:
+            _pwrite(self._fd, self._view[offset : offset + _SAMPLE.size], offset)
+            self._write_cleared()
+        except OSError:
+            pass  # the recorder never fails its host
+        self.restore_if_truncated()
 
     def operation_started(self, name: str, rss_start: int, device_start: int | None = None) -> int:
-        """Put a running operation in a free slot; returns the slot, or -1 when all are taken.
-
-        About 0.5 us.
-        """
+        """Put a running operation in a free slot; returns the slot, or -1 when all are taken."""
         try:
             slot = self._free_slots.pop()  # atomic: no lock needed
         except IndexError:
@@ -349,9 +603,10 @@ class FlightRecorder:
             if len(self._names) > 4096:
                 self._names.clear()  # bounded, whatever names the host invents
             encoded = self._names[name] = name.encode("utf-8", "replace")[:_NAME_BYTES]
+        offset = _SLOTS_OFFSET + slot * _SLOT.size
         _SLOT.pack_into(
-            self._buffer,
-            _SLOTS_OFFSET + slot * _SLOT.size,
+            self._image,
+            offset,
             next(self._generation),
             threading.get_ident(),
             time.time(),
@@ -359,19 +614,77 @@ class FlightRecorder:
             _ABSENT if device_start is None else device_start,
             encoded,
         )
+        try:
+            _pwrite(self._fd, self._slot_views[slot], offset)
+            cleared = self._cleared
+            while cleared:  # the ends since the last write (often only this slot's last user)
+                freed = cleared.pop()
+                if freed != slot:
+                    _pwrite(self._fd, self._slot_views[freed], _SLOTS_OFFSET + freed * _SLOT.size)
+        except (OSError, IndexError):  # IndexError: another thread took the last one first
+            pass
         return slot
 
     def operation_finished(self, slot: int) -> None:
-        """Free the slot :meth:`operation_started` returned (-1 is ignored). About 0.3 us."""
+        """Free the slot :meth:`operation_started` returned (-1 is ignored).
+
+        No system call: the end reaches the file with the next write (the next operation's
+        start, the next sample) or within ``END_DELAY_S``, whichever comes first.
+        """
         if slot >= 0:
-            _GENERATION.pack_into(self._buffer, _SLOTS_OFFSET + slot * _SLOT.size, 0)
+            _GENERATION.pack_into(self._image, _SLOTS_OFFSET + slot * _SLOT.size, 0)
+            self._cleared.append(slot)
             self._free_slots.append(slot)
+
+    def _write_cleared(self) -> None:
+        # The slots freed since, written as the image has them now: free, or taken again (then
+        # their new operation is written twice, harmlessly). The list is never replaced (but in
+        # a forked child) and pop() is atomic: each freed slot is written once.
+        cleared = self._cleared
+        try:
+            while cleared:
+                slot = cleared.pop()
+                _pwrite(self._fd, self._slot_views[slot], _SLOTS_OFFSET + slot * _SLOT.size)
+        except IndexError:
+            pass  # another thread took the last one first
 
     def level_changed(self, old: MemoryLevel | str, new: MemoryLevel | str, value_bytes: int, source: str = "rss") -> None:
         """Record a level change of ``source`` (``rss``, ``working_set``, ``device``) at ``value_bytes``."""
         seq = next(self._level_seq)
         offset = _LEVELS_OFFSET + (seq % LEVEL_CAPACITY) * _LEVEL.size
-        _LEVEL.pack_into(self._buffer, offset, seq, time.time(), value_bytes, source.encode()[:8], str(old).encode()[:8], str(new).encode()[:8])
+        _LEVEL.pack_into(self._image, offset, seq, time.time(), value_bytes, source.encode()[:8], str(old).encode()[:8], str(new).encode()[:8])
+        try:
+            _pwrite(self._fd, self._view[offset : offset + _LEVEL.size], offset)
+        except OSError:
+            pass
+
+
+#: The longest an operation's end waits to reach the file when nothing else is written.
+END_DELAY_S = 0.1
+
+
+def _write_ends(reference: weakref.ref[FlightRecorder]) -> None:
+    """Write the ends of operations that no later record has written, every ``END_DELAY_S``."""
+    while True:
+        time.sleep(END_DELAY_S)
+        recorder = reference()
+        if recorder is None or not recorder.active:
+            return
+        try:
+            recorder._write_cleared()
+        except Exception:  # a full disk, a closed descriptor: the next round tries again
+            pass
+        del recorder
+
+
+def _remove_if_same(path: str, fd: int) -> None:
+    """Remove the file this process created at ``path``, if the name still leads to it."""
+    try:
+        mine, named = os.fstat(fd), os.lstat(path)
+        if (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino):
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 # --- the process's recorder -----------------------------------------------------------------
@@ -430,7 +743,7 @@ def _from_environment() -> RecorderHolder:
         recorder = FlightRecorder.open(path)
     except (OSError, ConfigurationError) as exc:
         # Under auto-instrumentation: one line, and the host runs on without a recorder.
-        logger.warning("%s=%r: no flight recorder: %s", names.ENV_FLIGHT_RECORDER, path, exc)
+        logger.warning("%s: no flight recorder, the process runs on without one: %s", names.ENV_FLIGHT_RECORDER, exc)
         return RecorderHolder(None)
     report_predecessor(recorder)
     return RecorderHolder(recorder)
