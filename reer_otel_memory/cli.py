@@ -329,7 +329,9 @@ def _add_postmortem(subparsers: _Subparsers) -> None:
         help="print what a flight recorder file holds: the last seconds before the process died",
         description="Read a REER_MEMORY_FLIGHT_RECORDER file (also after the process was OOM-killed): "
         "print its last samples as a table and a chart, the operations running at the end and how much "
-        "each had grown, and the level changes. Exits 2 when the file is unreadable or not a flight recorder file.",
+        "each had grown, and the level changes. Control characters in the file's strings are printed as escapes. "
+        "Exits 2, with one line, when the file is unreadable, not a flight recorder file, or corrupt (a field "
+        "no writer writes: NaN, a time past year 9999, a negative size...).",
     )
     parser.add_argument("path", metavar="PATH", help="the flight recorder file")
     parser.add_argument("--seconds", type=_positive_float, default=60.0, help="how far back to show (default 60 s)")
