@@ -210,7 +210,9 @@ sys.stdin.readline()
 @pytest.mark.parametrize("how", ["truncate -s0", "> file"])
 def test_truncating_the_file_under_a_live_writer_does_not_kill_it_and_the_next_sample_restores_it(tmp_path, how):
     path = tmp_path / "live.flight"
-    child = subprocess.Popen([sys.executable, "-c", TRUNCATED_UNDER_ME, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", TRUNCATED_UNDER_ME, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline().strip() == "ready"
         if how == "truncate -s0":
@@ -229,11 +231,14 @@ def test_truncating_the_file_under_a_live_writer_does_not_kill_it_and_the_next_s
         child.stdin.write("exit\n")
         child.stdin.close()
         assert child.wait(30) == 0
+        lines = child.stderr.read().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0] and "cut short while recording" in lines[0], lines
     finally:
         if child.poll() is None:
             child.kill()
             child.wait(10)
         child.stdout.close()
+        child.stderr.close()
     assert read_flight_record(path).clean_shutdown
 
 
@@ -442,3 +447,14 @@ def test_a_corrupt_predecessor_is_one_line_and_the_new_process_records_normally(
     assert f"process {seen['pid']}" not in lines[0] and f"pid {seen['pid']}" not in lines[0] and "in use" not in lines[0]
     record = read_flight_record(path)
     assert record.pid == seen["pid"] and record.clean_shutdown and [sample.rss_bytes for sample in record.samples] == [5 << 20]
+
+
+def test_a_dead_predecessor_that_had_this_processs_pid_is_reported_not_taken_for_a_live_writer(tmp_path):
+    # In a container every start is pid 1: the record of the one before names this very pid.
+    path = _corrupted(tmp_path, lambda image: struct.pack_into("<I", image, 12, os.getpid()))
+    recorder = FlightRecorder.open(path)
+    try:
+        assert recorder.predecessor is not None and recorder.predecessor.pid == os.getpid()
+        assert [operation.name for operation in recorder.predecessor.running] == ["train_epoch"]
+    finally:
+        recorder.close()

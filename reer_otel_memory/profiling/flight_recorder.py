@@ -558,7 +558,7 @@ class FlightRecorder:
             return False  # a full disk: the next check tries again
         self._truncations += 1
         log = logger.warning if self._truncations == 1 else logger.debug
-        log("flight recorder %s: the file was cut to %d bytes while recording (truncated, rotated); written whole again", self.path, size)
+        log("flight recorder %s: the file was cut short while recording (truncated, or rotated with copytruncate); written whole again", self.path)
         return True
 
     # --- the hot path -------------------------------------------------------------------------
