@@ -62,7 +62,7 @@ def snippet(line: bytes | str) -> str:
 _SKIP = object()  # a blank line
 _BAD = object()  # a malformed line
 _REFUSED = object()  # a line the fast decoder refused: json.loads decides
-_FAST_ERRORS = (msgspec.MsgspecError, RecursionError)
+_FAST_ERRORS = (msgspec.MsgspecError, RecursionError, UnicodeDecodeError)  # msgspec before 0.23 raises UnicodeDecodeError on invalid UTF-8
 _decode_any = msgspec.json.Decoder().decode
 _projections: dict[str, Callable[[Any], Any]] = {}
 
