@@ -7,6 +7,10 @@ page lags the last response, the page's RSS against ``/proc/<pid>/status``) is p
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -136,9 +140,49 @@ def test_uvicorn_page_shows_exactly_its_workers(tmp_path: Path) -> None:
         for _ in range(10):
             server.request()
         assert server.pids(RSS) == workers | {server.process.pid}
-        assert not any(listens(pid, server) for pid in workers), "a spawned worker kept its own listener"
+        wait_for(lambda: not any(listens(pid, server) for pid in workers), timeout_s=5, interval_s=0.1, message="the workers' own listeners closed")
         assert_rss_live(server, workers)
         assert_helper_is_no_worker(server)
         assert "Traceback" not in server.output()
     finally:
         server.stop()
+
+
+def test_parent_folds_an_exited_worker_once_and_skips_a_corrupt_page(tmp_path: Path) -> None:
+    """The parent's merge with real processes: one that exited, one alive, and a page that is no JSON."""
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+    from reer_otel_memory.export.workers import WorkerPages, families_of
+
+    def own() -> list[object]:
+        calls = CounterMetricFamily("calls", "Calls.", labels=["op"])
+        calls.add_metric(["a"], 1)
+        rss = GaugeMetricFamily("rss_bytes", "RSS.")
+        rss.add_metric([], 5)
+        return [calls, rss]
+
+    def page(pid: int, calls: float, rss: float) -> None:
+        families = families_of(own())
+        families[0][4][0] = (families[0][4][0][0], {"op": "a"}, calls)
+        families[1][4][0] = (families[1][4][0][0], {}, rss)
+        data = {"pid": pid, "start": psutil.Process(pid).create_time(), "parent": os.getpid(), "families": families}
+        (tmp_path / f"{pid}.json").write_text(json.dumps(data))
+
+    sleeper = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    exited = subprocess.Popen(sleeper, stdin=subprocess.PIPE)
+    alive = subprocess.Popen(sleeper, stdin=subprocess.PIPE)
+    try:
+        page(exited.pid, calls=10, rss=7)
+        page(alive.pid, calls=5, rss=9)
+        (tmp_path / f"{alive.pid + 1}.json").write_text("{")
+        exited.communicate(timeout=10)
+        pages = WorkerPages(tmp_path, os.getpid(), own, 30.0, owns_directory=False)
+        for _ in range(2):  # the exited worker's calls are folded once, not once per scrape
+            merged = {m.name: m for m in pages.merged()}
+            assert [(s.labels, s.value) for s in merged["calls"].samples] == [({"op": "a"}, 16.0)]
+            assert {s.labels["pid"]: s.value for s in merged["rss_bytes"].samples} == {str(os.getpid()): 5.0, str(alive.pid): 9.0}
+        assert not (tmp_path / f"{exited.pid}.json").exists()
+    finally:
+        for process in (exited, alive):
+            process.kill()
+            process.communicate(timeout=10)

@@ -37,6 +37,9 @@ WRITE_INTERVAL_S = 0.5
 #: CPU (outside the writer) below which a worker counts as idle between two writes: less than
 #: any request costs, more than an idle event loop's ticks.
 IDLE_CPU_S = 50e-6
+#: An idle worker writes again when its RSS moved this share from the one on its page (a write
+#: itself allocates: the page would otherwise keep the RSS read before it).
+RSS_DRIFT_SHARE = 0.01
 
 _SUFFIX = ".json"
 _TEMPORARY = ".tmp"
@@ -99,6 +102,16 @@ def families_of(metrics: Iterable[Any]) -> list[Family]:
 
 def _key(sample_name: str, labels: dict[str, str]) -> _Key:
     return sample_name, tuple(sorted(labels.items()))
+
+
+def _rss() -> int:
+    """This process's RSS now (one read of a kept descriptor); 0 if unknown."""
+    from ..profiling.probe import process_probe
+
+    try:
+        return (RUNTIME.probe or process_probe()).rss_bytes()
+    except Exception:
+        return 0
 
 
 def _start_time(pid: int) -> float | None:
@@ -238,6 +251,7 @@ class WorkerPages:
         self._baseline: dict[_Key, float] = {}
         self._last_others_cpu = 0.0
         self._last_write = 0.0
+        self._written_rss = 0
         self._failed_once = False
         #: Pages written and the writer thread's CPU seconds (for the benchmark).
         self.writes = 0
@@ -293,7 +307,11 @@ class WorkerPages:
         while not self._stop.wait(WRITE_INTERVAL_S):
             # CPU the rest of the process used since the last write: none, nothing new to show.
             others_cpu = time.process_time() - time.thread_time()
-            if others_cpu - self._last_others_cpu >= IDLE_CPU_S or time.monotonic() - self._last_write >= heartbeat_s:
+            if (
+                others_cpu - self._last_others_cpu >= IDLE_CPU_S
+                or abs(_rss() - self._written_rss) > self._written_rss * RSS_DRIFT_SHARE
+                or time.monotonic() - self._last_write >= heartbeat_s
+            ):
                 self._write_page()
             self.writer_cpu_s = time.thread_time()
 
@@ -307,6 +325,7 @@ class WorkerPages:
             with self._lock:
                 self._last_others_cpu = time.process_time() - time.thread_time()
                 self._last_write = time.monotonic()
+                self._written_rss = _rss()
                 with RUNTIME.fork_guard(_COLLECTING):
                     own = families_of(self.collect())
                 baseline = self._baseline
@@ -409,16 +428,22 @@ class WorkerPages:
             return list(self.collect())
         with RUNTIME.fork_guard(_COLLECTING):
             own_metrics = list(self.collect())
-        with self._lock:
-            live = self._refresh()
-            if not self._seen_worker:
-                return own_metrics
-            merged = _Merged()
-            merged.add(families_of(own_metrics), os.getpid())
-            for page in live:
-                merged.add(page.families, page.pid)
-            merged.add(self._exited_families(), None)
-        return merged.metrics()
+        try:
+            with self._lock:
+                live = self._refresh()
+                if not self._seen_worker:
+                    return own_metrics
+                merged = _Merged()
+                merged.add(families_of(own_metrics), os.getpid())
+                for page in live:
+                    merged.add(page.families, page.pid)
+                merged.add(self._exited_families(), None)
+            return merged.metrics()
+        except Exception as exc:  # the scrape still gets this process's own series
+            if not self._failed_once:
+                self._failed_once = True
+                logger.warning("reer_otel_memory: merging the workers' metrics failed (%r); this scrape shows the parent's own", exc)
+            return own_metrics
 
     def _exited_families(self) -> list[Family]:
         exited = self._exited
