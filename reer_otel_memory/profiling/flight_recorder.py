@@ -15,7 +15,7 @@ within 0.1 s (so a postmortem may list an operation that ended in the last 0.1 s
 Why ``pwrite`` and not a shared memory mapping (cheaper per record): a mapped file that anyone
 truncates (``> file``, logrotate's ``copytruncate``) or that a full disk cannot back kills the
 writer with SIGBUS. A write to a file descriptor cannot: after a truncation it extends the file
-again, and the whole image, kept in memory, is rewritten at the next monitor sample. The 64 KiB
+again, and the whole image, kept in memory, is rewritten within a second. The 64 KiB
 are reserved (``posix_fallocate``) before anything is written; a full disk leaves the recorder off.
 
 The recorder only writes a file it can own: it never follows a symbolic link at the path, and
@@ -545,7 +545,8 @@ class FlightRecorder:
     def restore_if_truncated(self) -> bool:
         """Write the whole image again if the file was cut short; whether it was (never raises).
 
-        Each monitor sample checks; one log line says the first time it happens.
+        Each monitor sample checks, and the recorder's thread about every second; one log line
+        says the first time it happens.
         """
         if not self._active:
             return False
@@ -663,15 +664,22 @@ class FlightRecorder:
 END_DELAY_S = 0.1
 
 
+#: How many of those rounds apart the thread checks that the file still has its size.
+SIZE_CHECK_ROUNDS = 10
+
+
 def _write_ends(reference: weakref.ref[FlightRecorder]) -> None:
-    """Write the ends of operations that no later record has written, every ``END_DELAY_S``."""
-    while True:
+    """Write the ends of operations that no later record has written, every ``END_DELAY_S``,
+    and restore a truncated file about every second (a monitor sample does it too)."""
+    for round_ in itertools.count(1):
         time.sleep(END_DELAY_S)
         recorder = reference()
         if recorder is None or not recorder.active:
             return
         try:
             recorder._write_cleared()
+            if round_ % SIZE_CHECK_ROUNDS == 0:
+                recorder.restore_if_truncated()
         except Exception:  # a full disk, a closed descriptor: the next round tries again
             pass
         del recorder
