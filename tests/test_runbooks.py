@@ -43,8 +43,9 @@ def test_every_section_says_what_to_do_and_the_severity() -> None:
 def test_the_commands_it_names_exist() -> None:
     text = PAGE.read_text(encoding="utf-8")
     named = set(re.findall(r"`reer-otel-memory (\w+)", text))
-    assert named == {"rules", "config", "explain", "runbook"}
-    arguments = {"explain": ["1"], "runbook": ["ReerMemoryLeakSuspected"]}  # the commands that take a positional argument
+    assert named == {"rules", "config", "explain", "runbook", "postmortem"}
+    # the commands that take a positional argument
+    arguments = {"explain": ["1"], "runbook": ["ReerMemoryLeakSuspected"], "postmortem": ["svc.flight"]}
     for command in named:
         assert build_parser().parse_args([command, *arguments.get(command, [])]).command == command
     assert "--runbook-url" in text and "promtool test rules deploy/prometheus/tests/*.yml" in text
