@@ -35,14 +35,13 @@ from typing import Any
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.util.types import AttributeValue
 
 from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
 from ..config import get_config
 from ..profiling.devices import DeviceWindow, device_memory
-from ..profiling.operations import _OPERATION_KEY, CHEAP_HEAP_S, HEAP_COST_FACTOR
+from ..profiling.operations import _OPERATION_KEY, CHEAP_HEAP_S, HEAP_COST_FACTOR, memory_attributes
 from ..profiling.probe import PeakWindow, process_probe
 
 logger = logging.getLogger(__name__)
@@ -196,24 +195,9 @@ def _close(window: _RequestWindow | None, route_hint: Callable[[], str | None]) 
             hint = None
         route = _route_of(span, hint)
         if span.is_recording():
-            attributes: dict[str, AttributeValue] = {
-                names.ATTR_RSS_START: rss_start,
-                names.ATTR_RSS_END: rss_end,
-                names.ATTR_RSS_DELTA: rss_end - rss_start,
-                names.ATTR_LEVEL: level.value,
-                names.ATTR_OVERLAP: overlap,
-            }
-            if peak is not None:
-                attributes[names.ATTR_RSS_PEAK] = peak
-            if heap_delta is not None:
-                attributes[names.ATTR_HEAP_DELTA] = heap_delta
-            if window.device_start is not None and device_end is not None:
-                attributes[names.ATTR_DEVICE_START] = window.device_start
-                attributes[names.ATTR_DEVICE_END] = device_end
-                attributes[names.ATTR_DEVICE_DELTA] = device_end - window.device_start
-                if device_peak is not None:
-                    attributes[names.ATTR_DEVICE_PEAK] = device_peak
-            span.set_attributes(attributes)
+            span.set_attributes(
+                memory_attributes(rss_start, rss_end, level, overlap, peak, heap_delta, window.device_start, device_end, device_peak)
+            )
         telemetry = RUNTIME.telemetry or _telemetry.current()
         if telemetry.metrics_recording():
             instruments = _instruments_for(telemetry)

@@ -316,26 +316,10 @@ class _Operation(PeakWindow):
                 result.overlap = overlap
 
             if span is not None and span.is_recording():
-                attributes: dict[str, AttributeValue] = {
-                    names.ATTR_OPERATION: name,
-                    names.ATTR_RSS_START: rss_start,
-                    names.ATTR_RSS_END: rss_end,
-                    names.ATTR_RSS_DELTA: delta,
-                    names.ATTR_LEVEL: level.value,
-                    names.ATTR_OVERLAP: overlap,
-                }
+                attributes = memory_attributes(rss_start, rss_end, level, overlap, peak, heap_delta, device_start, device_end, device_peak)
+                attributes[names.ATTR_OPERATION] = name
                 if self.function is not None:
                     attributes[names.ATTR_FUNCTION] = self.function
-                if peak is not None:
-                    attributes[names.ATTR_RSS_PEAK] = peak
-                if heap_delta is not None:
-                    attributes[names.ATTR_HEAP_DELTA] = heap_delta
-                if device_start is not None and device_end is not None:
-                    attributes[names.ATTR_DEVICE_START] = device_start
-                    attributes[names.ATTR_DEVICE_END] = device_end
-                    attributes[names.ATTR_DEVICE_DELTA] = device_end - device_start
-                    if device_peak is not None:
-                        attributes[names.ATTR_DEVICE_PEAK] = device_peak
                 if suspected:
                     attributes[names.ATTR_LEAK_SUSPECTED] = True
                 if self.owns_span or not _annotated_by_another(self, span):
@@ -372,6 +356,31 @@ class _Operation(PeakWindow):
             recorder.operation_finished(self.slot)  # type: ignore[union-attr]
         except Exception as exc:  # in a finally block: must not replace what is being raised
             _log_failure("freeing the flight recorder slot", exc)
+
+
+def memory_attributes(
+    rss_start: int, rss_end: int, level: MemoryLevel, overlap: int, peak: int | None, heap_delta: int | None,
+    device_start: int | None, device_end: int | None, device_peak: int | None,
+) -> dict[str, AttributeValue]:
+    """The memory attributes of one measured window (an operation's, a request's), those it has."""
+    attributes: dict[str, AttributeValue] = {
+        names.ATTR_RSS_START: rss_start,
+        names.ATTR_RSS_END: rss_end,
+        names.ATTR_RSS_DELTA: rss_end - rss_start,
+        names.ATTR_LEVEL: level.value,
+        names.ATTR_OVERLAP: overlap,
+    }
+    if peak is not None:
+        attributes[names.ATTR_RSS_PEAK] = peak
+    if heap_delta is not None:
+        attributes[names.ATTR_HEAP_DELTA] = heap_delta
+    if device_start is not None and device_end is not None:
+        attributes[names.ATTR_DEVICE_START] = device_start
+        attributes[names.ATTR_DEVICE_END] = device_end
+        attributes[names.ATTR_DEVICE_DELTA] = device_end - device_start
+        if device_peak is not None:
+            attributes[names.ATTR_DEVICE_PEAK] = device_peak
+    return attributes
 
 
 def _annotated_by_another(operation: _Operation, span: Span) -> bool:
