@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from _procfs import ProcDir
-from conftest import IN_CI
+from conftest import IN_CI, wait_for
 
 from reer_otel_memory import MemoryLevel, MemoryMonitor, MemoryTracker, memory_context, memory_profile
 from reer_otel_memory import _names as names
@@ -243,7 +243,8 @@ def test_the_monitor_records_samples_and_level_changes_and_operations_hold_a_slo
         with memory_context("running-now"):
             monitor.sample_once()
             during = read_flight_record(recorder.path)
-        after = read_flight_record(recorder.path)
+        # An operation's end reaches the file with the next record or within END_DELAY_S.
+        after = wait_for(lambda: (found := read_flight_record(recorder.path)).running == [] and found, message="the operation's end in the file")
     finally:
         RUNTIME.replace("flight_recorder", previous)
         recorder.close()

@@ -491,7 +491,7 @@ class FlightRecorder:
             logger.warning("flight recorder %s: the previous process died: %s", path, predecessor.summary())
         atexit.register(recorder.close)
         try:
-            threading.Thread(target=_write_ends, args=(weakref.ref(recorder),), name="reer-flight-recorder", daemon=True).start()
+            threading.Thread(target=_write_ends, args=(weakref.ref(recorder),), name="reer-memory-flight-recorder", daemon=True).start()
         except RuntimeError:  # the interpreter is shutting down: ends go with the next record
             pass
         return recorder
