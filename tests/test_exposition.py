@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import re
 import urllib.error
 import urllib.request
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.prometheus import _CustomCollector
@@ -25,10 +27,11 @@ def reference_page(metrics_data) -> bytes:
     """The page the OpenTelemetry Prometheus exporter gives for the same data (no scope labels)."""
     if metrics_data is None:  # the exporter ignores an empty collection
         return b""
-    options: dict[str, object] = {"disable_target_info": False, "prefix": "", "scope_info_enabled": False}
-    if "resource_attribute_filter" in inspect.signature(_CustomCollector).parameters:  # exporter 0.66b0 and later
-        options["resource_attribute_filter"] = None
-    collector = _CustomCollector(**options)
+    # Only the options this exporter has: scope labels arrived in 0.64b0 (before, there are none),
+    # resource_attribute_filter in 0.66b0.
+    options = {"disable_target_info": False, "prefix": "", "scope_info_enabled": False, "resource_attribute_filter": None}
+    accepted = inspect.signature(_CustomCollector).parameters
+    collector = _CustomCollector(**{key: value for key, value in options.items() if key in accepted})
     collector.add_metrics_data(metrics_data)
 
     class Registry:
@@ -175,6 +178,12 @@ def test_histograms_summed_from_deltas_read_as_the_cumulative_collection_scrape_
         provider.shutdown()
 
 
+_SDK_VERSION = tuple(int(part) for part in importlib.metadata.version("opentelemetry-sdk").split(".")[:3] if part.isdigit())
+
+
+# The cumulative reference past the limit is what SDK 1.45.2 collects: earlier SDKs collect the
+# overflow point in another shape, and the exporter's page then has other label sets.
+@pytest.mark.skipif(_SDK_VERSION < (1, 45, 2), reason="the cumulative reference past the cardinality limit is SDK 1.45.2's")
 def test_histogram_series_past_the_cardinality_limit_overflow_as_in_the_cumulative_collection():
     provider, delta, cumulative = _delta_and_cumulative_readers()
     page = CumulativeText()
