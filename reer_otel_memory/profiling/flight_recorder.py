@@ -1,39 +1,22 @@
 """The flight recorder: the last minutes before the process died, in a file that survives SIGKILL.
 
-After an OOM kill nothing the process held in memory is left to say what it was doing. With
-``REER_MEMORY_FLIGHT_RECORDER=PATH`` the process keeps a small fixed-size file (64 KiB) and
-writes each record into it as it goes, one ``os.pwrite`` per record: the kernel holds what was
-written, so it is in the file even when the process is killed the next instant. An operation's
-end costs no system call of its own: it is written with the next record, or by a small thread
-within 0.1 s (so a postmortem may list an operation that ended in the last 0.1 s). It holds:
+With ``REER_MEMORY_FLIGHT_RECORDER=PATH`` the process keeps a 64 KiB file of its last 1024
+samples (time, RSS, working set, device memory, level), its running operations (128 slots:
+name, thread, start time, RSS at start), its last 64 level changes, and a header (pid, start
+time, command line, a clean-shutdown flag). ``reer-otel-memory postmortem PATH`` reads it after
+an OOM kill; the next process on the path reports the death once (a log line and a span
+``reer.memory.predecessor``), then reuses the file. The process's recorder
+(:func:`process_flight_recorder`) opens on first use; a forked child writes nowhere.
 
-* **samples** -- a ring of the last 1024 (time, RSS, working set, device memory, level);
-* **running operations** -- a table of 128 slots: name, thread, start time, RSS at start;
-* **level changes** -- a ring of the last 64 (time, what was compared, bytes, old and new level);
-* **a header** -- pid, process start time, command line, and a clean-shutdown flag set on exit.
-
-Why ``pwrite`` and not a shared memory mapping (cheaper per record): a mapped file that anyone
-truncates (``> file``, logrotate's ``copytruncate``) or that a full disk cannot back kills the
-writer with SIGBUS. A write to a file descriptor cannot: after a truncation it extends the file
-again, and the whole image, kept in memory, is rewritten within a second. The 64 KiB
-are reserved (``posix_fallocate``) before anything is written; a full disk leaves the recorder off.
-
-The recorder only writes a file it can own: it never follows a symbolic link at the path, and
-refuses anything but a regular file with one link, owned by the process's user, not writable by
-group or others, either empty or a flight recorder file; it creates new files with mode 0600.
-One process writes a file at a time (an ``flock``).
-
-``reer-otel-memory postmortem PATH`` prints the last seconds before the death as a table and a
-terminal chart and names the operations that were running and how much each had grown. Every
-field is checked on reading (a corrupt file is one error line) and control characters in the
-file's strings are escaped. A process opening the same path first reports its predecessor's
-death once (a log line, and a short root span ``reer.memory.predecessor`` carrying the event
-``reer.memory.predecessor.died`` with the predecessor's pid, last RSS and working set, and the
-operations that were running), then reuses the file; a corrupt predecessor is one log line, and
-the file is reused all the same. The process's recorder (:func:`process_flight_recorder`) opens
-on first use: the monitor's first sample, the instrumentor, or the first profiled call,
-whichever comes first. A forked child does not write into its parent's file; it may open a
-path of its own. ``docs/performance.md`` gives what it costs.
+Each record is one ``os.pwrite`` from an image kept in memory, not a store into a shared
+mapping (cheaper, ``docs/performance.md``): a mapped file that is truncated (``> file``,
+``copytruncate``) or that a full disk cannot back kills the writer with SIGBUS, a ``pwrite``
+cannot; a truncated file is written whole again within a second. The 64 KiB are reserved
+(``posix_fallocate``) first. An operation's end is written with the next record, or by the
+recorder's thread within 0.1 s. The recorder writes only a file it may own: no symbolic link,
+a regular file with one link, the process's user's, not writable by group or others, empty or
+a recorder file, one writer at a time (``flock``); new files get mode 0600. Every field read
+back is checked and strings are escaped: a corrupt record is one line, never a crash.
 
     >>> recorder = FlightRecorder.open("/tmp/service.flight")  # doctest: +SKIP
     >>> slot = recorder.operation_started("predict", rss_start=512 << 20)  # doctest: +SKIP
@@ -391,7 +374,8 @@ def _lock(fd: int) -> bool | None:
 def _reserve(fd: int, path: str, image: bytearray) -> None:
     """Reserve the file's blocks, then write the whole image: a full disk fails here, cleanly."""
     try:
-        os.posix_fallocate(fd, 0, FILE_BYTES)
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, FILE_BYTES)
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no fallocate here: the write reserves
             raise OSError(exc.errno, f"cannot reserve {FILE_BYTES} bytes for the flight recorder: {exc.strerror}", path) from None
