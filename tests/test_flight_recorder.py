@@ -313,6 +313,14 @@ def test_a_full_file_system_at_open_is_one_log_line_and_the_host_runs_on(full_tm
 NOBODY_UID = 65534
 
 
+def _need_root():
+    """Giving a file to another uid needs root: skip without it, except in CI, which runs as root."""
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("the tests of a file owned by another user need root (chown to nobody)")
+        pytest.skip("chown to another uid needs root")
+
+
 def _refused(case, tmp_path):
     """Make the file ``case`` names; returns its path and the reason the recorder must give."""
     path = tmp_path / "svc.flight"
@@ -347,8 +355,8 @@ REFUSED_CASES = ["symlink", "other user's file", "mode 0666", "not a recorder fi
 
 @pytest.mark.parametrize("case", REFUSED_CASES)
 def test_files_the_recorder_cannot_own_are_refused_with_the_reason_and_left_as_they_were(tmp_path, case):
-    if case == "other user's file" and os.geteuid() != 0:
-        pytest.skip("chown to another uid needs root")
+    if case == "other user's file":
+        _need_root()
     path, reason = _refused(case, tmp_path)
     before = os.lstat(path)
     content = None if case == "fifo" else path.read_bytes()
@@ -363,8 +371,8 @@ def test_files_the_recorder_cannot_own_are_refused_with_the_reason_and_left_as_t
 
 @pytest.mark.parametrize("case", ["symlink", "other user's file"])
 def test_a_refused_file_under_the_environment_variable_is_one_log_line_and_the_host_runs_on(tmp_path, case):
-    if case == "other user's file" and os.geteuid() != 0:
-        pytest.skip("chown to another uid needs root")
+    if case == "other user's file":
+        _need_root()
     path, reason = _refused(case, tmp_path)
     env = {**os.environ, names.ENV_FLIGHT_RECORDER: str(path)}
     done = subprocess.run([sys.executable, "-c", FULL_DISK], capture_output=True, text=True, timeout=60, env=env)
