@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench bench-quick demo stack deploy install clean
+.PHONY: test test-minimums lint bench bench-quick demo stack deploy install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,21 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q tests
+
+# The lowest version pyproject.toml allows of every dependency (.ci/minimums.txt), in a fresh venv
+# of its own, and the tests that read what those versions provide: the minimums file against
+# pyproject, heap readings and trims, the exporter's naming rules, /metrics and its exposition,
+# profiled calls, the instrumentor under opentelemetry-instrument, JSONL reads.
+MIN_VENV := .venv-min
+MIN_TESTS := tests/test_dependencies.py tests/test_naming.py tests/test_exposition.py tests/test_endpoint_http.py \
+	tests/test_probe.py tests/test_profile.py tests/test_instrumentor.py tests/test_jsonl.py
+test-minimums:
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q -c .ci/minimums.txt -e . pytest pytest-timeout hypothesis opentelemetry-distro
+	$(MIN_VENV)/bin/python -m pip check
+	$(MIN_VENV)/bin/python -m pytest -q $(MIN_TESTS)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
@@ -42,4 +57,4 @@ deploy: $(STAMP)
 	$(PY) -c 'from reer_otel_memory import deploy; deploy.write_deploy_files("deploy")'
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) build *.egg-info
