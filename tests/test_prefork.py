@@ -92,7 +92,7 @@ RSS = series.series_name(names.METRIC_RSS)
 class Server:
     """A pre-fork server under opentelemetry-instrument, its app in a temporary directory."""
 
-    def __init__(self, tmp_path: Path, command: list[str], alert_mb: int, interval_s: str | None = "1") -> None:
+    def __init__(self, tmp_path: Path, command: list[str], alert_mb: int, interval_s: str | None = "1", env: dict[str, str] | None = None) -> None:
         (tmp_path / "toyapp.py").write_text(textwrap.dedent(APP))
         self.metrics_port = free_port()
         self.http_port = free_port()
@@ -108,6 +108,7 @@ class Server:
                 names.ENV_ALERT_MB: str(alert_mb),
                 names.ENV_CLEANUP_MB: str(alert_mb + 4000),
                 names.ENV_CRITICAL_MB: str(alert_mb + 8000),
+                **(env or {}),
             }
         )
         self.log = (tmp_path / "server.log").open("w+")

@@ -9,6 +9,11 @@ work and once more at exit; each scrape of the parent merges them. Gauges stay p
 worker that has exited, so totals never drop when a worker is recycled. Other processes (the
 resource tracker, the service's own subprocesses) are not workers: they drop the inherited
 variables and close the listener those made them open. The rules: docs/telemetry.md.
+
+The directory is trusted only as far as it is safe: a configured one must belong to this
+process's user and be closed to group and others (else the private default is used); pages are
+written through a fresh temporary file and read without following links or blocking, up to
+``MAX_PAGE_BYTES``, and only from files of this user whose pid is a live child of the parent.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -40,6 +46,12 @@ IDLE_CPU_S = 50e-6
 #: An idle worker writes again when its RSS moved this share from the one on its page (a write
 #: itself allocates: the page would otherwise keep the RSS read before it).
 RSS_DRIFT_SHARE = 0.01
+
+#: A page larger than this is not read (a warning, once): a real one holds tens of KiB.
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+#: How a page is opened: never through a link, never waiting on a FIFO or a device.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_KINDS = frozenset({"counter", "gauge", "histogram", "summary", "info", "stateset", "gaugehistogram", "unknown"})
 
 _SUFFIX = ".json"
 _TEMPORARY = ".tmp"
@@ -132,12 +144,80 @@ def _same_process(pid: int, start: float) -> bool:
     return started is not None and abs(started - start) <= 0.5
 
 
+def _live_children() -> dict[int, float]:
+    """This process's children now (zombies excluded): pid -> start time."""
+    import psutil
+
+    found: dict[int, float] = {}
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found[child.pid] = float(child.create_time())
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def directory_refusal(path: Path) -> str | None:
+    """Why ``path`` may not hold the pages (None: it may): a directory, not a link, of this user, closed to group and others."""
+    try:
+        found = os.lstat(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if stat.S_ISLNK(found.st_mode):
+        return "a symbolic link"
+    if not stat.S_ISDIR(found.st_mode):
+        return "not a directory"
+    if found.st_uid != os.geteuid():
+        return f"owned by uid {found.st_uid}, not by this process's uid {os.geteuid()}"
+    if found.st_mode & 0o022:
+        return f"writable by group or others (mode {found.st_mode & 0o7777:o})"
+    return None
+
+
+def _configured_directory(configured: str) -> Path | None:
+    """The configured directory (made 0700 if missing), or None with one error line if it is refused."""
+    directory = Path(configured)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        refusal: str | None = str(exc)
+    else:
+        refusal = directory_refusal(directory)
+    if refusal is None:
+        return directory
+    logger.error(
+        "reer_otel_memory: %s=%r refused (%s): it must be a directory of this user that group and others cannot write; "
+        "workers' pages go to a private temporary directory instead",
+        names.ENV_WORKER_DIR,
+        configured,
+        refusal,
+    )
+    return None
+
+
+def _temporary_pid(name: str) -> int | None:
+    """The writer's pid of a temporary page ``.<pid>.<random>.tmp``, else None."""
+    if not (name.startswith(".") and name.endswith(_TEMPORARY)):
+        return None
+    head = name[1:].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+class _RefusedError(Exception):
+    """A file in the directory that is not read: its kind of refusal and a description."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(text)
+        self.kind = kind
+
+
 class _Page:
     """One worker's page as read by the parent."""
 
     __slots__ = ("families", "parent", "pid", "start", "version")
 
-    def __init__(self, version: tuple[int, int], pid: int, start: float, parent: int, families: list[Family]) -> None:
+    def __init__(self, version: tuple[int, int, int], pid: int, start: float, parent: int, families: list[Family]) -> None:
         self.version = version
         self.pid = pid
         self.start = start
@@ -245,6 +325,7 @@ class WorkerPages:
         self._exited = _Merged()  # summed series of workers that exited
         self._seen_worker = False
         self._unremovable: set[tuple[int, float]] = set()
+        self._refused: set[str] = set()
         # A worker's side.
         self.writing = False
         self._start = 0.0
@@ -337,9 +418,7 @@ class WorkerPages:
                         for name, kind, documentation, unit, samples in own
                     ]
                 text = json.dumps({"pid": os.getpid(), "start": self._start, "parent": self.parent_pid, "families": own}, separators=(",", ":"))
-                temporary = self.directory / f".{os.getpid()}{_TEMPORARY}"
-                temporary.write_text(text, encoding="utf-8")
-                os.replace(temporary, self.own_page)
+                self._publish(text.encode("utf-8"))
                 self.writes += 1
         except Exception as exc:  # the worker serves on; the page shows its last write
             if not self._failed_once:
@@ -348,21 +427,72 @@ class WorkerPages:
             else:
                 logger.debug("writing this worker's metrics to %s failed: %r", self.directory, exc)
 
+    def _publish(self, data: bytes) -> None:
+        """Replace this worker's page at once: a fresh temporary file (O_EXCL, no link followed), renamed over it."""
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{os.getpid()}.", suffix=_TEMPORARY, dir=self.directory)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(data)
+            os.replace(temporary, self.own_page)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
     # --- the parent side ------------------------------------------------------------------
 
-    def _read(self, path: Path) -> _Page | None:
-        stat = path.stat()
-        version = (stat.st_mtime_ns, stat.st_size)
+    def _read(self, path: Path) -> _Page:
+        """The page in ``path``: a regular file of this user up to MAX_PAGE_BYTES, read without following a link or blocking."""
+        found = os.lstat(path)
+        self._check(found)
         cached = self._pages.get(path)
-        if cached is not None and cached.version == version:
+        if cached is not None and cached.version == (found.st_ino, found.st_mtime_ns, found.st_size):
             return cached
-        data = json.loads(path.read_text(encoding="utf-8"))
-        families = [
-            (str(n), str(k), str(d), str(u), [(str(s), dict(labels), float(v)) for s, labels, v in samples]) for n, k, d, u, samples in data["families"]
-        ]
-        page = _Page(version, int(data["pid"]), float(data["start"]), int(data["parent"]), families)
+        descriptor = os.open(path, _READ_FLAGS)
+        try:
+            found = os.fstat(descriptor)  # the file opened, whatever the name points to now
+            self._check(found)
+            chunks, left = [], MAX_PAGE_BYTES + 1
+            while left > 0:
+                chunk = os.read(descriptor, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(descriptor)
+        raw = b"".join(chunks)
+        if len(raw) > MAX_PAGE_BYTES:
+            raise _RefusedError("size", f"{path} grew past {MAX_PAGE_BYTES} bytes")
+        data = json.loads(raw.decode("utf-8"))
+        families = []
+        for n, k, d, u, samples in data["families"]:
+            if k not in _KINDS:
+                raise ValueError(f"unknown metric type {k!r}")
+            values = [(str(s), {str(a): str(b) for a, b in dict(labels).items()}, float(v)) for s, labels, v in samples]
+            families.append((str(n), str(k), str(d), str(u), values))
+        page = _Page((found.st_ino, found.st_mtime_ns, found.st_size), int(data["pid"]), float(data["start"]), int(data["parent"]), families)
+        if f"{page.pid}{_SUFFIX}" != path.name:
+            raise ValueError(f"the page of pid {page.pid} is named {path.name}")
         self._pages[path] = page
         return page
+
+    @staticmethod
+    def _check(found: os.stat_result) -> None:
+        if not stat.S_ISREG(found.st_mode):
+            raise _RefusedError("kind", "not a regular file")
+        if found.st_uid != os.geteuid():
+            raise _RefusedError("owner", f"owned by uid {found.st_uid}, not by this process's uid {os.geteuid()}")
+        if found.st_size > MAX_PAGE_BYTES:
+            raise _RefusedError("size", f"{found.st_size} bytes, over the {MAX_PAGE_BYTES} read")
+
+    def _refuse(self, path: Path, refusal: _RefusedError) -> None:
+        """One warning per kind of refusal (links and FIFOs, foreign owners, oversized pages), then debug lines."""
+        if refusal.kind in self._refused:
+            logger.debug("skipping the worker page %s: %s", path, refusal)
+            return
+        self._refused.add(refusal.kind)
+        logger.warning("reer_otel_memory: the worker page %s is not read (%s); the page shows the other processes", path, refusal)
 
     def _fold(self, page: _Page, path: Path) -> None:
         """A worker that exited: its counters and histograms join the exited totals, its gauges go."""
@@ -389,10 +519,12 @@ class WorkerPages:
             paths = sorted(self.directory.iterdir())
         except OSError:
             return live
+        children: dict[int, float] | None = None
         for path in paths:
             name = path.name
-            if name.endswith(_TEMPORARY) and name[1:-len(_TEMPORARY)].isdigit():
-                if _start_time(int(name[1:-len(_TEMPORARY)])) is None:  # a worker killed mid-write
+            writer = _temporary_pid(name)
+            if writer is not None:
+                if _start_time(writer) is None:  # a worker killed mid-write
                     with contextlib.suppress(OSError):
                         path.unlink()
                 continue
@@ -401,10 +533,13 @@ class WorkerPages:
             seen.add(path)
             try:
                 page = self._read(path)
+            except _RefusedError as refusal:
+                self._refuse(path, refusal)
+                continue
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 logger.debug("skipping the worker page %s: %r", path, exc)
                 continue
-            if page is None or page.pid == os.getpid():
+            if page.pid == os.getpid():
                 continue
             alive = _same_process(page.pid, page.start)
             if page.parent != self.parent_pid:
@@ -414,6 +549,12 @@ class WorkerPages:
                         path.unlink()
                 continue
             if alive:
+                if children is None:
+                    children = _live_children()
+                started = children.get(page.pid)
+                if started is None or abs(started - page.start) > 0.5:  # alive, but no worker of this parent
+                    logger.debug("skipping the worker page %s: pid %d is not a child of this process", path, page.pid)
+                    continue
                 live.append(page)
                 self._seen_worker = True
             else:
@@ -486,6 +627,10 @@ def share_worker_metrics(meter_provider: Any, interval_s: float) -> WorkerPages 
         found = _prometheus_reader_collector(meter_provider)
         if found is None:
             return None
+        refusal = directory_refusal(Path(configured))
+        if refusal is not None:
+            logger.error("reer_otel_memory: %s=%r refused (%s); this worker's metrics are not on the parent's page", names.ENV_WORKER_DIR, configured, refusal)
+            return None
         pages = WorkerPages(Path(configured), int(parent), found.collect, interval_s, owns_directory=False)
         pages.start_writing()
         return pages
@@ -494,15 +639,14 @@ def share_worker_metrics(meter_provider: Any, interval_s: float) -> WorkerPages 
         return None
     collector = found
     configured = os.environ.get(names.ENV_WORKER_DIR, "").strip()
-    try:
-        if configured:
-            directory, owns = Path(configured), False
-            directory.mkdir(parents=True, exist_ok=True)
-        else:
+    directory = _configured_directory(configured) if configured else None  # a refused one logs one line
+    owns = False
+    if directory is None:
+        try:
             directory, owns = Path(tempfile.mkdtemp(prefix="reer-memory-workers-")), True
-    except (OSError, ValueError) as exc:
-        logger.error("reer_otel_memory: %s=%r is not a usable directory (%s); workers' metrics will not be merged", names.ENV_WORKER_DIR, configured, exc)
-        return None
+        except OSError as exc:
+            logger.error("reer_otel_memory: no private directory for the workers' pages (%s); workers' metrics will not be merged", exc)
+            return None
     pages = WorkerPages(directory, os.getpid(), collector.collect, interval_s, owns_directory=owns)
     os.environ[names.ENV_WORKER_DIR] = str(directory)
     os.environ[names.ENV_WORKER_PARENT] = str(os.getpid())
