@@ -59,6 +59,9 @@ ATTR_FLIGHT_RECORDER_PATH = "reer.memory.flight_recorder.path"
 LABEL_LEVEL = "level"
 LABEL_TRIGGER = "trigger"
 LABEL_OPERATION = ATTR_OPERATION
+# Past the package's cap on distinct operations per process, their calls are recorded under this
+# attribute alone (OpenTelemetry's own overflow attribute), not under a new reer.operation value.
+LABEL_METRIC_OVERFLOW = "otel.metric.overflow"
 
 # Metric instruments: name, unit, description.
 METRIC_RSS = ("reer.memory.rss", "By", "Resident set size of the process.")

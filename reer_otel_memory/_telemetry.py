@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import TracerProvider
+from opentelemetry.util.types import AttributeValue
 
 from . import _names as names
 from ._runtime import RUNTIME
@@ -23,9 +24,12 @@ from ._version import __version__
 
 #: Histogram buckets for bytes: 64 KiB to 16 GiB in steps of 4x.
 BYTES_BUCKETS = tuple(float(64 * 1024 * 4**i) for i in range(10))
-#: Histogram buckets for operation durations, seconds.
-_MAX_OPERATIONS = 1000
+#: Distinct operations a process records metrics under; later ones share the overflow attributes.
+MAX_OPERATIONS = 1000
+#: The attributes of every call of an operation past :data:`MAX_OPERATIONS`.
+OVERFLOW_ATTRIBUTES: Mapping[str, AttributeValue] = {names.LABEL_METRIC_OVERFLOW: True}
 _MISSING = object()
+#: Histogram buckets for operation durations, seconds.
 DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -50,8 +54,39 @@ def _global_meter_configured() -> bool:
     return meter_provider is not None
 
 
+class _OperationAttributes:
+    """The metric attributes of each operation, the same mapping for every call, at most
+    :data:`MAX_OPERATIONS` of them: the process's series stay bounded whatever the SDK's own
+    cardinality limit does (SDKs before 1.45.2 kept an aggregation for every attribute set)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_operation: dict[str, Mapping[str, AttributeValue]] = {}
+
+    def get(self, operation: str) -> Mapping[str, AttributeValue]:
+        found = self.by_operation.get(operation)
+        if found is None:
+            with self.lock:
+                found = self.by_operation.get(operation)
+                if found is None:
+                    if len(self.by_operation) >= MAX_OPERATIONS:
+                        return OVERFLOW_ATTRIBUTES
+                    found = self.by_operation[operation] = {names.LABEL_OPERATION: operation}
+        return found
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+
+
+def operation_attributes(operation: str) -> Mapping[str, AttributeValue]:
+    """The metric attributes to record ``operation``'s calls under (``reer.operation``, or past
+    the cap the overflow attributes)."""
+    return RUNTIME.get("telemetry.operation_attributes", _OperationAttributes).get(operation)
+
+
 class OperationNet:
-    """Each operation's sum of RSS deltas (bounded to 1000 operations), observed at collection time.
+    """Each operation's sum of RSS deltas (bounded to :data:`MAX_OPERATIONS`; later
+    ones are summed under the overflow attributes), observed at collection time.
 
     Summed here rather than recorded on a synchronous instrument: one instrument fewer on the hot
     path (each record costs about 2 us in the SDK).
@@ -59,18 +94,22 @@ class OperationNet:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.bytes_by_operation: dict[str, int] = {}
+        self.bytes_by_operation: dict[str | None, int] = {}  # None: the operations past the cap
 
     def add(self, operation: str, delta_bytes: int) -> None:
         net = self.bytes_by_operation
         with self.lock:  # a read-modify-write: two threads must not lose an update
+            key: str | None = operation
             previous = net.get(operation)
-            if previous is None and len(net) >= _MAX_OPERATIONS:
-                return
-            net[operation] = (previous or 0) + delta_bytes
+            if previous is None and len(net) >= MAX_OPERATIONS:
+                key, previous = None, net.get(None)
+            net[key] = (previous or 0) + delta_bytes
 
     def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(value, {names.LABEL_OPERATION: op}) for op, value in list(self.bytes_by_operation.items())]
+        return [
+            Observation(value, OVERFLOW_ATTRIBUTES if op is None else {names.LABEL_OPERATION: op})
+            for op, value in list(self.bytes_by_operation.items())
+        ]
 
     def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()  # another thread may have held it when the process forked
@@ -146,7 +185,7 @@ class Telemetry:
         return net
 
     def add_operation_net(self, operation: str, delta_bytes: int) -> None:
-        """Add one call's RSS delta to its operation's running sum (bounded to 1000 operations)."""
+        """Add one call's RSS delta to its operation's running sum (bounded: see :class:`OperationNet`)."""
         self.operation_net.add(operation, delta_bytes)
 
     def _observe_operation_net(self, options: CallbackOptions) -> Iterable[Observation]:

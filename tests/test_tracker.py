@@ -163,7 +163,18 @@ def test_clear_forgets_snapshots_and_leak_statistics(telemetry):
     assert abs(tracker.baseline_rss_bytes - PROBE.rss_bytes()) < 16 * MiB
 
 
-def test_the_profilers_own_memory_stays_bounded(telemetry):
+@pytest.fixture
+def fresh_operation_caps():
+    """The process's caps on operations are filled by the test, then forgotten: later tests'
+    operations get their own series again."""
+    from reer_otel_memory._runtime import RUNTIME
+
+    RUNTIME.replace("telemetry.operation_attributes", None)
+    yield
+    RUNTIME.replace("telemetry.operation_attributes", None)
+
+
+def test_the_profilers_own_memory_stays_bounded(telemetry, fresh_operation_caps):
     """Thousands of calls over as many operation names: everything the package keeps is capped.
 
     Past the caps (1000 operations; the SDK's own 2000 attribute sets per instrument), the
@@ -193,4 +204,11 @@ def test_the_profilers_own_memory_stays_bounded(telemetry):
     assert len(tracker.snapshots) <= tracker.max_snapshots
     assert len(tracker.leak_detector.states()) <= tracker.leak_detector.max_operations
     assert len(_profile._mean_duration_s) <= _profile._MAX_TRACKED_DURATIONS
-    assert len(_telemetry.current().operation_net.bytes_by_operation) <= _telemetry._MAX_OPERATIONS
+    # One key per operation up to the cap, and one for every later one.
+    assert len(_telemetry.current().operation_net.bytes_by_operation) <= _telemetry.MAX_OPERATIONS + 1
+    # The package records at most the cap of operations' series itself, whichever SDK keeps them;
+    # later ones share OpenTelemetry's overflow attribute.
+    for metric in ("reer.memory.operation.duration", "reer.memory.operation.net"):
+        points = telemetry.metric_points(metric)
+        assert len(points) <= _telemetry.MAX_OPERATIONS + 1
+        assert [dict(p.attributes) for p in points if "reer.operation" not in p.attributes] == [{"otel.metric.overflow": True}]

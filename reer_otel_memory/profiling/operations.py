@@ -220,7 +220,7 @@ class _Operation(PeakWindow):
     )
     device_window: DeviceWindow | None  # set by start(); finish() runs only after a successful start()
 
-    def __init__(self, name: str, function: str | None, metric_attributes: Mapping[str, str], keep_result: bool) -> None:
+    def __init__(self, name: str, function: str | None, metric_attributes: Mapping[str, AttributeValue], keep_result: bool) -> None:
         self.name = name
         self.function = function
         self.metric_attributes = metric_attributes
@@ -440,7 +440,7 @@ class _Spec:
     ) -> None:
         self.name = name
         self.function = function
-        self.metric_attributes = {names.LABEL_OPERATION: name}
+        self.metric_attributes = _telemetry.operation_attributes(name)
         self.heap = heap
         self.annotate_current = annotate_current
         self.attributes = attributes
