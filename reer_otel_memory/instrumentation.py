@@ -63,6 +63,7 @@ In code::
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -88,6 +89,7 @@ from .profiling.explain_listener import start_explain_listener
 from .profiling.operations import memory_profile
 
 if TYPE_CHECKING:
+    from .export.endpoint import PrometheusEndpoint
     from .monitoring.monitor import MemoryMonitor
 
 #: Libraries the instrumentor needs installed: none, it instruments the process itself.
@@ -326,6 +328,7 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._pending_grace_s = PENDING_TARGET_GRACE_S
             self._pending_source = names.ENV_PROFILE_TARGETS
             self._server_spans = False
+            self._metrics_endpoint: tuple[int, PrometheusEndpoint] | None = None  # (pid, endpoint) of the bounded zero-code /metrics
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
@@ -405,7 +408,12 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             emergency_signal, self._emergency_signal = self._emergency_signal, None
             timer, self._pending_timer = self._pending_timer, None
             server_spans, self._server_spans = self._server_spans, False
+            metrics_endpoint, self._metrics_endpoint = self._metrics_endpoint, None
         stop_following_system_metrics_forks()
+        if metrics_endpoint is not None and metrics_endpoint[0] == os.getpid():
+            from .export.zero_code import give_back
+
+            give_back(metrics_endpoint[1])
         if timer is not None:
             timer.cancel()
         self._views.uninstall()
@@ -471,8 +479,31 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         except Exception as exc:
             logger.error("%s: the memory monitor could not start: %r", _LOG_PREFIX, exc)
 
+    def _serve_metrics_bounded(self) -> None:
+        """The exporter's zero-code ``/metrics`` moved to the bounded server (export.zero_code), in the process that serves it."""
+        parent = os.environ.get(names.ENV_WORKER_PARENT, "").strip()
+        if parent.isdigit() and int(parent) != os.getpid():
+            return  # a worker or another descendant: it serves nothing (export.workers closes its listener)
+        with self._state_lock:
+            if self._metrics_endpoint is not None and self._metrics_endpoint[0] == os.getpid():
+                return
+        try:
+            from .export.zero_code import serve_exporter_registry_bounded
+
+            endpoint = serve_exporter_registry_bounded()
+        except Exception as exc:  # the stock server serves on
+            logger.error("%s: /metrics stays on prometheus_client's server: %r", _LOG_PREFIX, exc)
+            return
+        if endpoint is None:
+            return
+        with self._state_lock:
+            self._metrics_endpoint = (os.getpid(), endpoint)
+        pid = os.getpid()
+        atexit.register(lambda: endpoint.shutdown() if os.getpid() == pid else None)
+
     def _share_worker_metrics(self, meter_provider: Any) -> None:
         """Pre-fork servers: workers' series on the parent's Prometheus page (export.workers); once per process."""
+        self._serve_metrics_bounded()
         if getattr(self, "_worker_pages_pid", None) == os.getpid():
             return
         try:

@@ -130,17 +130,22 @@ class BoundedHTTPServer:
         request_timeout_s: float,
         connection_timeout_s: float,
         max_connections: int,
+        listener: socket.socket | None = None,
     ) -> None:
+        """Bind ``host:port``, or serve on ``listener``, a bound socket handed over (it is put to listen here)."""
         self._render = render
         self._content_type = content_type
         self._request_timeout_s = request_timeout_s
         self._connection_timeout_s = connection_timeout_s
         self._max_connections = max_connections
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        handed_over = listener is not None
+        if listener is None:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            listener = socket.socket(family, socket.SOCK_STREAM)
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((host, port))
+            if not handed_over:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((host, port))
             listener.listen(LISTEN_BACKLOG)
             listener.setblocking(False)
         except BaseException:

@@ -268,28 +268,6 @@ class _Merged:
         return built
 
 
-def _close_exporter_listener() -> None:
-    """Close the HTTP listener the OpenTelemetry Prometheus exporter opened here on port 0.
-
-    The exporter keeps no handle on it; its serving thread's target is the server's
-    ``serve_forever``. Shut down off this thread (it waits for the server's next poll).
-    """
-    for thread in threading.enumerate():
-        target = getattr(thread, "_target", None)
-        server = getattr(target, "__self__", None)
-        if getattr(target, "__name__", "") != "serve_forever" or not type(server).__module__.startswith("prometheus_client"):
-            continue
-
-        def close(server: Any = server) -> None:
-            try:
-                server.shutdown()
-                server.server_close()
-            except Exception as exc:
-                logger.debug("closing this process's Prometheus listener failed: %r", exc)
-
-        threading.Thread(target=close, name="reer-memory-close-listener", daemon=True).start()
-
-
 def _forget_inherited_environment() -> bool:
     """Take the pre-fork variables out of this process's environment; True if the port was the parent's 0."""
     port_was_ours = names.ENV_WORKER_PORT in os.environ and os.environ.get(names.ENV_PROMETHEUS_PORT) == "0"
@@ -621,7 +599,9 @@ def share_worker_metrics(meter_provider: Any, interval_s: float) -> WorkerPages 
         # multiprocessing (uvicorn --workers); none of its own descendants inherits the part.
         configured = os.environ.get(names.ENV_WORKER_DIR, "").strip()
         if _forget_inherited_environment():
-            _close_exporter_listener()
+            from .zero_code import close_stock_servers
+
+            close_stock_servers()  # the listener the exporter opened here on port 0
         if not (configured and int(parent) == os.getppid() and _spawned_by_multiprocessing()):
             return None
         found = _prometheus_reader_collector(meter_provider)
