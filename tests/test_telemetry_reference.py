@@ -379,9 +379,6 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emitted]:
         explain_process_level_growth()
         with pytest.raises(ValueError), memory_context(FAILING_OPERATION):
             raise ValueError("raised inside a profiled block")
-        # An annotation of a profiled block's own span: its record is an event on it.
-        with memory_context("reference_request"):
-            memory_profile(operation_name="reference_annotation", annotate_current=True, heap=True)(lambda: None)()
 
         try:  # accelerator memory, from MLX's CPU build where it is installed
             import mlx.core as mx
@@ -390,6 +387,11 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emitted]:
             mx.eval(device_array)
         except ImportError:
             device_array = None
+
+        # An annotation of a profiled block's own span: its record is an event on it (with the
+        # device attributes, as MLX is imported now).
+        with memory_context("reference_request"):
+            memory_profile(operation_name="reference_annotation", annotate_current=True, heap=True)(lambda: None)()
 
         # Thresholds of 1, 1.5 and 2 MB: one sample crosses all three and cleans up (critical).
         monitor = MemoryMonitor(1, 2, 1.5, 3600, config=load_config({"REER_MEMORY_DEVICE_ALERT_MB": "1"}), cleanup_cooldown_s=3600)
