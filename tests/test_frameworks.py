@@ -531,3 +531,15 @@ def test_per_route_figures_leave_out_overlapped_requests_and_keep_one_record_per
         assert peak is not None and any(p.attributes[names.LABEL_ROUTE] == "/annotated" and p.count == 1 for p in peak.data.data_points)
     finally:
         FlaskInstrumentor().uninstrument()
+
+
+def test_views_registered_after_a_second_instrument_are_profiled(instrumentor, capture, service):
+    """The instrumentor is a singleton: instrumented again after uninstrument, it hooks route
+    registration again (a route registered afterwards, by an app factory, gets the wrapper)."""
+    name = service(FLASK_APP)
+    instrument(instrumentor, capture, f"{name}:later")
+    module = importlib.import_module(name)
+    instrumentor.uninstrument()
+    instrument(instrumentor, capture, f"{name}:later")
+    assert module.create_app().test_client().get("/later").data == b"later"
+    assert [span.name for span in capture.spans(f"{name}.later")] == [f"{name}.later"]

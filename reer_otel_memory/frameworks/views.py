@@ -110,6 +110,8 @@ class ViewTables:
             self._active = False
             patches, self._patches = self._patches, []
             hooks, self._class_hooks = self._class_hooks, []
+            # The next install() hooks again: the instrumentor is a singleton, instrumented anew.
+            self._hooks_registered = False
             self._views.clear()
             self._registered.clear()
             self._elsewhere_logged.clear()
@@ -310,8 +312,11 @@ class ViewTables:
                 logger.error("%s: checking a registered view for profile targets failed: %r", _LOG_PREFIX, exc)
             return result
 
-        handle = wrapt.wrap_function_wrapper(owner, attribute, hook)
         with self._lock:
+            # A post-import hook of an earlier install() may still be pending beside this one's.
+            if any(hooked_owner is owner and hooked_attribute == attribute for hooked_owner, hooked_attribute, _ in self._class_hooks):
+                return
+            handle = wrapt.wrap_function_wrapper(owner, attribute, hook)
             self._class_hooks.append((owner, attribute, handle))
 
     def _hook_flask(self, module: types.ModuleType) -> None:
