@@ -311,7 +311,9 @@ def test_steady_work_is_not_a_leak(telemetry, detector):
         ("64KiB", lambda: touched(64 * KiB), 64 * KiB, 64),
         ("256KiB", lambda: touched(256 * KiB), 256 * KiB, 64),
         ("1MiB", lambda: touched(MiB), MiB, 64),
-        ("small_dicts", small_objects, None, 64),
+        # Small objects fill whatever free room earlier work left in Python's arenas before any
+        # RSS grows: the ballast below takes most of it, not always all (megabytes may remain).
+        ("small_dicts", small_objects, None, 256),
         ("16KiB", lambda: touched(16 * KiB), 16 * KiB, 300),
     ],
 )
