@@ -1,101 +1,11 @@
 """Memory budgets in tests: a pytest plugin with exact peaks, leak checks and a baseline.
 
-Installing the package registers a pytest entry point (``pytest11``, name ``reer_otel_memory``:
-the small module ``_reer_otel_memory_pytestplugin``, which imports neither this package nor
-OpenTelemetry), but all it does then is add the command-line options and ini keys below: this
-module is not even imported, no test is measured, no marker is registered and no hook runs until
-the budgets are asked for, by any of
-
-* ``pytest -p reer_otel_memory`` (on the command line, in ``addopts`` or ``PYTEST_ADDOPTS``);
-* ``memory_budgets = true`` in the ini file (``[tool.pytest.ini_options]`` in pyproject.toml);
-* one of its own options: ``--memory-limit``, ``--memory-report``, ``--memory-baseline``,
-  ``--memory-fail-on-increase``, or the ini key ``memory_limit``;
-* loading this module as a plugin: ``pytest_plugins = ["reer_otel_memory.pytest_plugin"]`` in a
-  conftest, or ``-p reer_otel_memory.pytest_plugin`` (where plugin autoloading is disabled).
-
-``-p no:reer_otel_memory`` removes the entry point altogether.
-
-Markers::
-
-    @pytest.mark.limit_memory("24 MB")                       # peak growth during the test
-    @pytest.mark.limit_memory("24 MB", measure="retained")   # growth still resident at the end
-    @pytest.mark.limit_memory("24 MB", include_children=True)
-    @pytest.mark.limit_leaks("1 MB", calls=20)               # the body 20 times, growth per call
-    @pytest.mark.limit_device_memory("2 GiB")                # accelerator memory, peak growth
-    @pytest.mark.limit_device_memory("1 GiB", measure="retained")
-
-``limit_device_memory`` reads the accelerator memory of the frameworks the process has imported
-before the test starts (MLX, PyTorch once CUDA is initialised, JAX; see
-:mod:`reer_otel_memory.profiling.devices`), summed over their devices: peak growth above the start
-(exact under nesting, as for RSS) or what is still in use at the end. Where no framework reports
-device memory, nothing is checked and the test gets a warning saying so.
-
-Sizes are an int (bytes) or a string: ``B``, ``KB``/``KiB``, ``MB``/``MiB``, ``GB``/``GiB``,
-where KB = 1000 B and KiB = 1024 B (``"1.5 GiB"``, ``"512KB"``; units are case-insensitive).
-A bad size or marker argument is a collection error naming the test and the value.
-
-What is measured, around the test function's call (fixtures' setup and teardown excluded):
-
-* **peak** -- the highest RSS of the process during the call minus the RSS at its start, from
-  the kernel's high-water mark (:meth:`MemoryProbe.begin_peak` / ``end_peak``): exact, not
-  sampled, including memory that no Python allocator hook sees (native libraries, mmap).
-* **retained** -- RSS at the end minus RSS at the start; with ``measure="retained"`` the
-  plugin runs ``gc.collect()`` before reading the end, so garbage awaiting collection does not
-  count.
-* **heap** -- the change of the C allocator's bytes in use (``mallinfo2``), where available;
-  for a test with a budget but no report or baseline asked for, only while one reading costs at
-  most 5 us (it walks the allocator's free lists, which gets slower as the heap fragments).
-* ``include_children=True`` adds the children's peak: the highest RSS high-water mark of the
-  child processes still running at the end of the call (``VmHWM`` in ``/proc/PID/status``),
-  or of those waited for during it, from ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` -- which is
-  the largest peak of any child ever waited for by this process, so a child waited for during
-  the test counts only when it raised that figure. The sum (own peak growth + children's
-  peak) is an upper bound: it assumes the peaks coincided. With ``measure="retained"`` the
-  children's part is the RSS of those still running.
-
-``limit_leaks(SIZE, calls=N)`` (default ``calls=10``) runs the test body N times with the same
-fixture values, collecting garbage around each call, and feeds each call's RSS and heap delta
-to the package's :class:`~reer_otel_memory.profiling.leak.LeakDetector` (the first fifth of
-the calls, at least one, warm caches up and are not judged). The test fails when the detector
-finds memory retained on most calls with a median of at least SIZE / (judged calls) per call:
-that is, when the calls together keep about SIZE or more.
-
-``--memory-limit=SIZE`` (or ini ``memory_limit``) is a ``limit_memory(SIZE)`` for every test
-that has no ``limit_memory`` marker of its own.
-
-Reports and regressions:
-
-* ``--memory-report`` prints a table at the end (test, peak growth, retained, heap delta,
-  duration), sorted by peak growth.
-* ``--memory-baseline=FILE`` writes every measured test's figures to FILE (JSON).
-* ``--memory-fail-on-increase=PCT`` with ``--memory-baseline=FILE`` reads FILE instead and
-  fails each test whose figure (its ``measure``; peak growth by default) grew by more than PCT
-  percent and by at least 1 MiB (smaller changes are page and allocator noise); the file is
-  not rewritten. (pytest-memray owns ``--fail-on-increase``, so the two can be installed side
-  by side; pytest-memray also acts on ``limit_memory`` and ``limit_leaks`` by itself whenever it
-  is installed, tracing every allocation: ``-p no:memray`` leaves the budgets to this plugin.)
-
-A test without a budget is measured only when a report or baseline is asked for, so enabling
-the plugin costs nothing for unmarked tests; a measured test costs a handful of system calls
-(``make bench``: tens of microseconds per test), and enabling it imports the package once.
-
-A failing test says, in a few lines: the limit and where it came from, the measured value and
-what it was, the other figures, the top profiled operations by peak growth (when the test ran
-``@memory_profile`` / ``memory_context`` code), and the names of the spans it produced. For
-that, while tests with a limit run (from the first one's call to the setup of the next test
-without one), the package's spans go to the plugin's in-memory exporter (the OpenTelemetry SDK
-is imported once, before the first test), unless other providers are in force: a global
-OpenTelemetry SDK, or explicit ones (``capture_telemetry()``, the instrumentor), whose spans
-stay theirs; the failure output then lists no operations. The ``memory_telemetry`` fixture
-gives a test a :class:`reer_otel_memory.testing.TelemetryCapture` of the spans and metrics it
-produced (and the failure output uses it).
-
-With pytest-xdist each worker measures its own tests and sends the figures to the controller,
-which prints the report and writes the baseline. Async tests (any plugin that runs them through
-``pytest_pyfunc_call``: pytest-asyncio, anyio) are measured like others.
-
-Resetting the high-water mark is visible to the whole process (see :mod:`.profiling.probe`);
-with ``REER_MEMORY_RESET_PEAK=0`` peaks are reported only where they are still exact.
+The markers (``limit_memory``, ``limit_leaks``, ``limit_device_memory``), the options, what is
+measured and what a failing test prints are documented in the README, "Memory budgets in your
+tests". The ``pytest11`` entry point is the small module ``_reer_otel_memory_pytestplugin``: it
+adds the options and ini keys without importing this package or OpenTelemetry, so this module
+loads, and any test is measured, only once budgets are asked for. Peaks come from the kernel's RSS
+high-water mark (:mod:`.profiling.probe`), so no allocation is traced.
 """
 
 from __future__ import annotations
@@ -127,7 +37,8 @@ MiB = 1024 * 1024
 #: An increase smaller than this never fails ``--memory-fail-on-increase``: page and allocator noise.
 INCREASE_FLOOR_BYTES = MiB
 DEFAULT_LEAK_CALLS = 10
-#: Read the heap for budget-only tests while one reading costs at most this (seconds).
+#: Read the heap for budget-only tests while one reading costs at most this (seconds): a reading
+#: walks the allocator's free lists, which gets slower as the heap fragments.
 CHEAP_HEAP_S = 5e-6
 _MEASURES = ("peak", "retained")
 _UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
@@ -338,7 +249,7 @@ class MemoryBudgets:
         return report
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        # The OpenTelemetry SDK (about 25 ms to import) is loaded before the first test, not in it.
+        # The OpenTelemetry SDK is imported before the first test, so its import time is not in one.
         if any(item.stash.get(_BUDGET, Budget()).limit_bytes is not None for item in session.items):
             self._span_telemetry()
 
@@ -442,8 +353,8 @@ class MemoryBudgets:
     def _bind_spans(self) -> bool:
         """Send the package's spans to the plugin's exporter; False where other providers are in force.
 
-        The binding stays from one budgeted test to the next (about 1 us to check, against tens
-        of microseconds to bind and restore): the setup of the first test without a limit (or
+        The binding stays from one budgeted test to the next (checking it is far cheaper than
+        binding and restoring): the setup of the first test without a limit (or
         with ``memory_telemetry``), and the end of the session, restore what was in force before.
         """
         current = _telemetry.current()
