@@ -12,17 +12,14 @@ import asyncio
 import importlib
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import textwrap
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from _children import clean_environment, free_port, scrape
+from _children import scrape
+from _servers import BIN, InstrumentedServer
 from conftest import wait_for
 
 from reer_otel_memory import _names as names
@@ -31,7 +28,6 @@ from reer_otel_memory.instrumentation import MemoryInstrumentor
 from reer_otel_memory.monitoring.monitor import stop_memory_monitoring
 from reer_otel_memory.testing import TelemetryCapture
 
-BIN = Path(sys.executable).parent
 MEMORY_ATTRIBUTES = (
     names.ATTR_RSS_START, names.ATTR_RSS_END, names.ATTR_RSS_DELTA, names.ATTR_RSS_PEAK, names.ATTR_LEVEL, names.ATTR_OVERLAP,
 )
@@ -335,45 +331,23 @@ def test_a_target_whose_module_is_never_imported_is_logged_once_after_the_grace(
 # --- real servers under opentelemetry-instrument -------------------------------------------------
 
 
-class WebServer:
+class WebServer(InstrumentedServer):
     """A server under opentelemetry-instrument; spans go to its output (console exporter)."""
 
     def __init__(self, tmp_path: Path, files: dict[str, str], command: list[str], targets: str, extra_env: dict[str, str] | None = None) -> None:
-        for relative, source in files.items():
-            path = tmp_path / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(textwrap.dedent(source))
-        self.metrics_port = free_port()
-        self.http_port = free_port()
-        env = clean_environment(
-            {
-                "PYTHONPATH": str(tmp_path),
-                "OTEL_METRICS_EXPORTER": "prometheus",
-                "OTEL_TRACES_EXPORTER": "console",
-                "OTEL_LOGS_EXPORTER": "none",
-                "OTEL_BSP_SCHEDULE_DELAY": "50",
-                "OTEL_EXPORTER_PROMETHEUS_PORT": str(self.metrics_port),
-                names.ENV_PROFILE_TARGETS: targets,
-                names.ENV_SERVER_SPANS: "1",
-                names.ENV_MONITORING_INTERVAL: "1",
-                **(extra_env or {}),
-            }
-        )
-        self.log = (tmp_path / "server.log").open("w+")
-        self.process = subprocess.Popen(
-            [str(BIN / "opentelemetry-instrument"), *[part.format(port=self.http_port) for part in command]],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
-        )
+        settings = {
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            names.ENV_PROFILE_TARGETS: targets,
+            names.ENV_SERVER_SPANS: "1",
+            names.ENV_MONITORING_INTERVAL: "1",
+            **(extra_env or {}),
+        }
+        super().__init__(tmp_path, files, command, settings, traces="console")
 
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def get(self, path: str) -> bytes | None:
+    def get_or_none(self, path: str) -> bytes | None:
+        """The answer, or None while the server is not answering yet (it must still be running)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
-                return response.read()
+            return self.get(path)
         except OSError:
             assert self.process.poll() is None, self.output()
             return None
@@ -393,26 +367,12 @@ class WebServer:
             index = text.find("{\n", end)
         return found
 
-    def page_total(self, name: str, **labels: str) -> float:
-        samples = scrape(f"http://127.0.0.1:{self.metrics_port}/metrics").get(name, {})
-        return sum(value for label_set, value in samples.items() if all(dict(label_set).get(k) == v for k, v in labels.items()))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self.log.close()
-
 
 def check_real_server(server: WebServer, operation: str, route: str, request_count: int = 5) -> None:
     try:
-        wait_for(lambda: server.get("/predict/64") is not None, timeout_s=30, interval_s=0.1, message="the server to answer")
+        wait_for(lambda: server.get_or_none("/predict/64") is not None, timeout_s=30, interval_s=0.1, message="the server to answer")
         for _ in range(request_count - 1):
-            assert b"64" in (server.get("/predict/64") or b"")
+            assert b"64" in server.get("/predict/64")
 
         def traced() -> tuple[list[dict], list[dict]] | None:
             spans = server.spans()

@@ -11,21 +11,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
-import urllib.request
 from pathlib import Path
 
 import psutil
 import yaml
-from _children import clean_environment, free_port, scrape
+from _children import scrape
+from _servers import BIN, InstrumentedServer
 from conftest import require_binary, wait_for
 
 from reer_otel_memory import _names as names
 from reer_otel_memory.deploy import rules
 from reer_otel_memory.export import naming as series
 
-BIN = Path(sys.executable).parent
 MB = 1024 * 1024
 
 APP = '''
@@ -89,61 +86,22 @@ LEVEL = series.series_name(names.METRIC_LEVEL)
 RSS = series.series_name(names.METRIC_RSS)
 
 
-class Server:
+class Server(InstrumentedServer):
     """A pre-fork server under opentelemetry-instrument, its app in a temporary directory."""
 
     def __init__(self, tmp_path: Path, command: list[str], alert_mb: int, interval_s: str | None = "1", env: dict[str, str] | None = None) -> None:
-        (tmp_path / "toyapp.py").write_text(textwrap.dedent(APP))
-        self.metrics_port = free_port()
-        self.http_port = free_port()
-        env = clean_environment(
-            {
-                "PYTHONPATH": str(tmp_path),
-                "OTEL_METRICS_EXPORTER": "prometheus",
-                "OTEL_TRACES_EXPORTER": "none",
-                "OTEL_LOGS_EXPORTER": "none",
-                "OTEL_EXPORTER_PROMETHEUS_PORT": str(self.metrics_port),
-                names.ENV_PROFILE_TARGETS: "toyapp:handle_work",
-                **({names.ENV_MONITORING_INTERVAL: interval_s} if interval_s is not None else {}),
-                names.ENV_ALERT_MB: str(alert_mb),
-                names.ENV_CLEANUP_MB: str(alert_mb + 4000),
-                names.ENV_CRITICAL_MB: str(alert_mb + 8000),
-                **(env or {}),
-            }
-        )
-        self.log = (tmp_path / "server.log").open("w+")
-        self.process = subprocess.Popen(
-            [str(BIN / "opentelemetry-instrument"), *[part.format(port=self.http_port) for part in command]],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            start_new_session=True,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def workers(self) -> set[int]:
-        """The live worker processes (uvicorn's spawn start also runs a resource tracker: not a worker)."""
-        found = set()
-        for child in psutil.Process(self.process.pid).children():
-            try:
-                if "resource_tracker" not in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                    found.add(child.pid)
-            except psutil.Error:
-                pass
-        return found
+        settings = {
+            names.ENV_PROFILE_TARGETS: "toyapp:handle_work",
+            **({names.ENV_MONITORING_INTERVAL: interval_s} if interval_s is not None else {}),
+            names.ENV_ALERT_MB: str(alert_mb),
+            names.ENV_CLEANUP_MB: str(alert_mb + 4000),
+            names.ENV_CRITICAL_MB: str(alert_mb + 8000),
+            **(env or {}),
+        }
+        super().__init__(tmp_path, {"toyapp.py": APP}, command, settings)
 
     def request(self, path: str = "/work") -> int:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
-            return int(response.read())
+        return int(self.get(path))
 
     def operations(self) -> float:
         """The profiled calls of every process on the page: one series, summed over live and exited workers."""
@@ -153,23 +111,7 @@ class Server:
         return found[0] if found else 0.0
 
     def pids(self, name: str, **labels: str) -> set[int]:
-        samples = scrape(self.url).get(name, {})
-        found = set()
-        for label_set in samples:
-            label_map = dict(label_set)
-            if names.LABEL_PID in label_map and all(label_map.get(k) == v for k, v in labels.items()):
-                found.add(int(label_map[names.LABEL_PID]))
-        return found
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self.log.close()
+        return set(self.by_pid(name, **labels))
 
 
 def every_worker_appears(server: Server, worker_count: int) -> set[int]:

@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
-import urllib.request
 from pathlib import Path
 
 import gunicorn.arbiter
 import gunicorn.workers.base
-import psutil
 import uvicorn.server
 import uvicorn.supervisors.multiprocess
-from _children import clean_environment, free_port, scrape
+from _children import scrape
+from _servers import BIN, InstrumentedServer
 from conftest import wait_for
 
 from reer_otel_memory import _names as names
 from reer_otel_memory.export import naming as series
 from reer_otel_memory.monitoring.servers import RECOMMENDED_SIGNAL, SERVER_SIGNALS, detect_server, server_taking
 
-BIN = Path(sys.executable).parent
 MB = 1024 * 1024
 
 APP = """
@@ -76,64 +71,14 @@ GUNICORN = [str(BIN / "gunicorn"), "-w", "{workers}", "-b", "127.0.0.1:{port}", 
 UVICORN = [str(BIN / "uvicorn"), "--workers", "{workers}", "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning", "signalapp:asgi"]
 
 
-class Server:
+class Server(InstrumentedServer):
     """``opentelemetry-instrument`` running a pre-fork server with the app above, metrics on one page."""
 
     def __init__(self, tmp_path: Path, command: list[str], workers: int, emergency_signal: str) -> None:
-        (tmp_path / "signalapp.py").write_text(textwrap.dedent(APP))
         self.cleanup_log = tmp_path / "cleanups.log"
-        self.metrics_port = free_port()
-        self.http_port = free_port()
-        env = clean_environment(
-            {
-                "PYTHONPATH": str(tmp_path),
-                "OTEL_METRICS_EXPORTER": "prometheus",
-                "OTEL_TRACES_EXPORTER": "none",
-                "OTEL_LOGS_EXPORTER": "none",
-                "OTEL_EXPORTER_PROMETHEUS_PORT": str(self.metrics_port),
-                names.ENV_MONITORING_INTERVAL: "1",
-                names.ENV_EMERGENCY_SIGNAL: emergency_signal,
-            }
-        )
-        self.log = (tmp_path / "server.log").open("w+")
-        self.process = subprocess.Popen(
-            [str(BIN / "opentelemetry-instrument"), *[part.format(workers=workers, port=self.http_port) for part in command]],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            start_new_session=True,
-        )
+        settings = {names.ENV_MONITORING_INTERVAL: "1", names.ENV_EMERGENCY_SIGNAL: emergency_signal}
+        super().__init__(tmp_path, {"signalapp.py": APP}, command, settings, workers=workers)
         self.worker_count = workers
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def workers(self) -> set[int]:
-        """The live worker processes (uvicorn's spawn start also runs a resource tracker: not a worker)."""
-        found = set()
-        for child in psutil.Process(self.process.pid).children():
-            try:
-                if "resource_tracker" not in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                    found.add(child.pid)
-            except psutil.Error:
-                pass
-        return found
-
-    def by_pid(self, name: str, **labels: str) -> dict[int, float]:
-        """``name``'s values on the page by ``pid``, for the series with ``labels``."""
-        found = {}
-        for label_set, value in scrape(self.url).get(name, {}).items():
-            label_map = dict(label_set)
-            if names.LABEL_PID in label_map and all(label_map.get(k) == v for k, v in labels.items()):
-                found[int(label_map[names.LABEL_PID])] = value
-        return found
 
     def cleaned(self) -> list[int]:
         """The pids of the workers whose cleanup hook ran, once per cleanup."""
@@ -144,8 +89,7 @@ class Server:
         return sum(value for labels, value in scrape(self.url).get(CLEANUPS, {}).items() if (names.LABEL_TRIGGER, names.TRIGGER_EMERGENCY) in labels)
 
     def request(self, path: str) -> int:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
-            return int(response.read())
+        return int(self.get(path))
 
     def every_worker_on_the_page(self) -> set[int]:
         def ready() -> set[int] | None:
@@ -162,16 +106,6 @@ class Server:
         found = wait_for(ready, timeout_s=60, interval_s=0.2, message=f"{self.worker_count} workers and the arbiter on /metrics")
         assert isinstance(found, set)
         return found
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self.log.close()
 
 
 def vm_rss(pid: int) -> int:
