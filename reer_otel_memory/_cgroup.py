@@ -1,29 +1,11 @@
 """The container's view of memory: the process's memory cgroup, as the kernel's OOM killer sees it.
 
 In a container the kernel OOM-kills on the cgroup's usage (page cache and every process in the
-cgroup included), not on one process's RSS. This module finds the process's memory cgroup from
-``/proc/self/cgroup`` -- cgroup v2, v1, or the hybrid layout with v2 at ``<root>/unified`` -- and
-reads, each value guarded (a file that is missing or unreadable leaves that value None):
-
-=====================  ===============================================  ==============================================
-value                  cgroup v2                                        cgroup v1
-=====================  ===============================================  ==============================================
-usage                  ``memory.current``                               ``memory.usage_in_bytes``
-working set            usage minus ``inactive_file`` of ``memory.stat``  usage minus ``total_inactive_file``
-limit                  smallest ``memory.max`` walking up to the root   smallest ``memory.limit_in_bytes`` walking up
-OOM kills              ``oom_kill`` of ``memory.events``                ``oom_kill`` of ``memory.oom_control``
-limit hits             ``max`` of ``memory.events``                     ``memory.failcnt``
-pressure stall         ``total=`` of the ``some`` line of               none in v1; in the hybrid layout, the v2
-                       ``memory.pressure`` (PSI)                        cgroup's ``memory.pressure`` where it exists
-=====================  ===============================================  ==============================================
-
-The working set is what cAdvisor and the kubelet report as ``container_memory_working_set_bytes``
-and evict on. Both roots are parameters (``cgroup_root``, ``proc_cgroup``) so tests point them at
-trees they build, and a reader can watch another process (``proc_cgroup="/proc/<pid>/cgroup"``).
-
-    >>> from reer_otel_memory._cgroup import memory_cgroup
-    >>> cgroup = memory_cgroup()
-    >>> cgroup.read().working_set_bytes if cgroup else None  # doctest: +SKIP
+cgroup included), not on one process's RSS. This module finds the process's memory cgroup (v2,
+v1, or the hybrid layout) from ``/proc/self/cgroup`` and reads usage, working set (what the
+kubelet evicts on), limit, OOM kills, limit hits and pressure stall, each guarded: a file missing
+or unreadable leaves that value None. docs/telemetry.md says which file gives each. Both roots
+are parameters, so tests point them at trees they build.
 """
 
 from __future__ import annotations

@@ -1,28 +1,12 @@
 """The process runtime: the one owner of the package's process-wide state.
 
-Everything that exists once per process lives here -- the probe, the configuration, the
-telemetry binding, the tracker, the cleanup registry, the counters of the monitor and the
-default instances of the add-ons -- built on first use by the module that defines it
-(``RUNTIME.get(key, factory)``), so that importing the package builds nothing: it opens no file,
-starts no thread and writes nothing to ``/proc``.
-
-A pre-fork server forks while other threads may hold a lock, and the child inherits that lock
-held forever. One fork hook, registered when the first piece of state is built, keeps the child
-sound:
-
-* every lock handed out by :meth:`Runtime.lock` is replaced by a fresh one (and a lock handed out
-  by :meth:`Runtime.fork_guard` is held across the fork itself, so that no fork happens while a
-  thread is inside what it guards);
-* a component built with ``fresh_in_child=True`` (counters that Prometheus must see restart) is
-  dropped, so the child builds its own on first use;
-* every other component, and every object registered with :meth:`Runtime.after_fork_call`,
-  has its ``_after_fork_in_child()`` method called (reopen descriptors, new locks).
-
-Components are looked up with one dictionary read (about 0.1 us). The six that every profiled
-call reads -- ``probe``, ``tracker``, ``config``, ``telemetry``, ``device_memory`` and
-``flight_recorder`` (the holder of the process's recorder, or of None) -- are also plain attributes
-of the runtime once built (``RUNTIME.probe or process_probe()``: one attribute read, about
-30 ns), because a profiled call with no SDK costs only a few microseconds in all.
+Everything that exists once per process is built here on first use (``RUNTIME.get(key,
+factory)``), so importing the package opens no file, starts no thread and writes nothing to
+``/proc``. A pre-fork server forks while other threads may hold a lock, which the child would
+inherit held forever, so one fork hook keeps the child sound: locks from :meth:`Runtime.lock` are
+replaced, ``fresh_in_child`` components are dropped and rebuilt, and every other component gets
+``_after_fork_in_child()``. The components every profiled call reads are also plain attributes
+once built, because a profiled call with no SDK costs only a few microseconds in all.
 """
 
 from __future__ import annotations

@@ -1,27 +1,12 @@
 """The ``reer-otel-memory`` command (also ``python -m reer_otel_memory``).
 
-    reer-otel-memory config            # every REER_MEMORY_* variable, the effective thresholds, interval
-                                       # and limit, and where each came from
-    reer-otel-memory config --json     # the same, machine-readable
-    reer-otel-memory demo              # an ML-style workload climbing through the memory levels,
-                                       # /metrics on 127.0.0.1:9464, a live status line until Ctrl-C
-    reer-otel-memory rules [--static] [--output FILE]   # Prometheus alerting rules
-    reer-otel-memory dashboards [--output FILE]         # the Grafana dashboard JSON
-    reer-otel-memory postmortem PATH [--seconds N]      # a flight recorder file: the last seconds
-                                                        # before the process died, what was running
-    reer-otel-memory explain PID [--seconds S] [--top N] [--json]
-                                       # ask a running process which lines hold the memory it
-                                       # allocates over S seconds (its explain listener)
-    reer-otel-memory runbook [ALERT]   # an alert's runbook (meaning, impact, diagnosis, fix,
-                                       # silence), from the installed package; no ALERT: the list
-    reer-otel-memory --version
-
-Exit status: 0 on success, 2 on a bad configuration or bad arguments (the message names the
-variable or argument and the value it got), 1 when ``explain`` gets no explanation (no such
-process, no listener, permission denied, the process cannot explain now).
-
-Each subcommand is one ``_add_<name>(subparsers)`` function that builds its parser and sets
-the function to run; :data:`SUBCOMMANDS` lists them, in the order ``--help`` shows them.
+Subcommands: ``config`` (the effective configuration and where each value came from),
+``demo``, ``rules`` and ``dashboards`` (the Prometheus rules and Grafana dashboard),
+``postmortem`` (a flight recorder file), ``explain`` (ask a running process which lines hold
+its memory) and ``runbook``; ``--help`` describes each. Exit status: 0 on success, 2 on a bad
+configuration or arguments (the message names the value), 1 when ``explain`` gets no explanation.
+Each subcommand is one ``_add_<name>(subparsers)`` function; :data:`SUBCOMMANDS` lists them in
+the order ``--help`` shows them.
 """
 
 from __future__ import annotations

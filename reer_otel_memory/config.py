@@ -1,29 +1,13 @@
 """Thresholds and interval from ``REER_MEMORY_*`` variables or code, and the effective memory limit.
 
-A ``*_MB`` value is a number of MB (1 MB = 1,048,576 bytes) or ``NN%`` of the effective limit:
-the smallest of the cgroup v2 ``memory.max``, the cgroup v1 ``memory.limit_in_bytes`` (both
-walked up the hierarchy) and physical RAM. A ``REER_MEMORY_DEVICE_*_MB`` value is a number of MB
-or ``NN%`` of each accelerator device's own limit. ``REER_MEMORY_THRESHOLD_SOURCE`` (``rss`` or
-``working_set``) says what the host levels compare.
-
-Ranges, checked in one place (:func:`parse_threshold_mb`, :func:`parse_interval_s`,
-:func:`parse_bool`), for variables and arguments alike:
-
-* thresholds: above 0 and at most 1 PiB (1073741824 MB), or above 0% and at most 100%;
-* monitoring interval: 0.1 s to 86400 s (1 day);
-* device thresholds: as thresholds, the percentage of the device's limit;
-* words (``REER_MEMORY_THRESHOLD_SOURCE``): one of the listed words, any case;
-* booleans (``REER_MEMORY_RESET_PEAK``, ``REER_MEMORY_SERVER_SPANS``): ``1 true yes on`` or
-  ``0 false no off``, any case.
-
-Numbers are ASCII decimals (``800``, ``2.5``, ``1e3``): ``inf``, ``nan``, ``1_000`` and other
-scripts' digits are refused. Bad values raise one :class:`ConfigurationError` naming every bad
-variable or argument, its value and what was expected, and every pair of thresholds out of
-order. :func:`get_config` (what profiled calls, monitors and auto-instrumentation read) never
-raises: it logs one line and uses the default for each bad value.
-
-    >>> import reer_otel_memory as rom
-    >>> rom.setup_memory_limits(alert_mb=800, cleanup_mb="60%", critical_mb="80%")  # doctest: +SKIP
+A ``*_MB`` value is a number of MB or ``NN%`` of the effective limit (the smallest cgroup limit up
+the hierarchy, or physical RAM); a device threshold is a percentage of that device's own limit.
+Every range is checked in one place (:func:`parse_threshold_mb`, :func:`parse_interval_s`,
+:func:`parse_bool`) for variables and arguments alike, and numbers are plain ASCII decimals, so
+``inf``, ``nan`` and ``1_000`` are refused. Bad values raise one :class:`ConfigurationError`
+naming every one of them; :func:`get_config`, which profiled calls, monitors and
+auto-instrumentation read, never raises: it logs one line and uses the default for each bad
+value. docs/telemetry.md lists every variable and its range.
 """
 
 from __future__ import annotations

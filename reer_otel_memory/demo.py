@@ -1,31 +1,12 @@
 """``reer-otel-memory demo``: an ML-style workload that climbs through the memory levels.
 
-    make demo                       # or: reer-otel-memory demo [--port 9464] [--duration 60]
-    curl -s 127.0.0.1:9464/metrics | grep reer_memory_
-
-What it does, in one process:
-
-1. Measures its own starting RSS and sets the thresholds above it: alert at start + 48 MB,
-   cleanup at start + 80 MB, critical at start + 112 MB (``setup_memory_limits``), so the
-   levels are crossed within seconds whatever the machine.
-2. Builds a 32 MB "model" (eight 4 MB weight layers) in a profiled ``demo.load_model``.
-3. Processes batches, ten a second, each a profiled ``demo.process_batch``: a forward pass
-   copies 2 MB of activations that end up in reference cycles (garbage only the cyclic
-   collector can free) and keeps 0.5 MB of predictions for evaluation at the end of the epoch.
-   Automatic garbage collection is off, as in training loops that avoid collector pauses, so
-   the cycles pile up until the memory monitor's cleanup collects them.
-4. A memory monitor samples every ``--interval`` seconds (every half second above alert) with a
-   2 s cleanup cooldown instead of the library's minute: RSS climbs through alert; at cleanup,
-   a cleanup collects the cycles and RSS drops, but the kept predictions grow, so it
-   eventually reaches critical. There the critical cleanup also runs a hook the trainer
-   registered, which ends the epoch (profiled ``demo.evaluate_epoch``) and releases its
-   predictions: RSS falls back near the model's size and the cycle starts over, about every
-   eight seconds. Memory stays bounded (start + 115 MB or so at the top); a safety valve
-   collects by itself should the monitor ever fall behind.
-5. Serves ``/metrics`` (127.0.0.1:9464 by default; port 0 picks a free one) and shows a live
-   status line (RSS, level, alerts, cleanups, freed) under the monitor's own log lines
-   (crossings, cleanups, leak suspicions). Ctrl-C or SIGTERM ends it cleanly (exit 0);
-   ``--duration`` ends it by itself.
+It sets its thresholds just above its own starting RSS (so the levels are crossed within seconds
+on any machine), builds a profiled "model", and processes batches whose activations end up in
+reference cycles with automatic garbage collection off, as in training loops that avoid
+collector pauses, while it keeps predictions until the end of each epoch. The monitor's cleanups
+collect the cycles; at critical a hook ends the epoch and releases the predictions, so memory
+stays bounded and the cycle starts over. It serves ``/metrics`` and shows a live status line;
+Ctrl-C or SIGTERM ends it cleanly. ``make demo`` runs it (README, first lines).
 """
 
 from __future__ import annotations

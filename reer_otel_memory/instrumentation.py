@@ -1,64 +1,17 @@
 """Auto-instrumentation: memory monitoring and profiling of a service without code changes.
 
-With ``opentelemetry-distro`` installed, ``opentelemetry-instrument`` finds this instrumentor
-through the ``opentelemetry_instrumentor`` entry point named ``reer_memory``::
+``opentelemetry-instrument`` finds :class:`MemoryInstrumentor` through the
+``opentelemetry_instrumentor`` entry point ``reer_memory``. ``instrument()`` binds the package to
+the given providers, starts the default monitor, wraps the ``REER_MEMORY_PROFILE_TARGETS`` with
+:func:`~reer_otel_memory.memory_profile` (now, or when their module is imported) and sets up the
+pre-fork, framework, server-span and emergency-signal parts its settings ask for;
+``uninstrument()`` undoes all of it. The README ("Without code changes") is the manual.
 
-    OTEL_METRICS_EXPORTER=prometheus OTEL_TRACES_EXPORTER=console \\
-    REER_MEMORY_ALERT_MB=800 REER_MEMORY_CLEANUP_MB=1200 REER_MEMORY_CRITICAL_MB=1600 \\
-    REER_MEMORY_PROFILE_TARGETS="myservice.model:load_model,myservice.api:Handler.predict" \\
-        opentelemetry-instrument python -m myservice
-
-``instrument()`` then
-
-* binds the package's spans and instruments to the given ``tracer_provider`` /
-  ``meter_provider`` (default: the global ones), so the ``reer.memory.*`` gauges and counters
-  listed in docs/telemetry.md appear on whatever exporter the service configured;
-* starts the default memory monitor (thresholds from ``REER_MEMORY_*``);
-* wraps every callable named in ``REER_MEMORY_PROFILE_TARGETS`` with
-  :func:`~reer_otel_memory.memory_profile`, so each call is a profiled operation named
-  ``<module>.<qualified name>``;
-* when the metrics are served by the OpenTelemetry Prometheus exporter, makes a pre-fork
-  server's workers (gunicorn, uvicorn ``--workers``) appear on that one page, live: gauges per
-  process with a ``pid`` label, counters and histograms summed over every process, exited
-  workers included (:mod:`reer_otel_memory.export.workers`);
-* makes a target that is a Flask, Starlette/FastAPI or Django view take effect in the
-  framework's route table too (:mod:`reer_otel_memory.frameworks.views`), and logs once each
-  target still pending :data:`PENDING_TARGET_GRACE_S` after start-up;
-* with ``REER_MEMORY_SERVER_SPANS=1``, measures every request of those frameworks on its server
-  span, with per-route metrics (:mod:`reer_otel_memory.frameworks.server_spans`);
-* with ``REER_MEMORY_EMERGENCY_SIGNAL`` set (``URG``, ``SIGUSR2``, a number; off by default),
-  installs the emergency handler on that signal, with one warning line if the pre-fork server
-  running the process keeps that signal for itself (:mod:`reer_otel_memory.monitoring.servers`);
-* in each forked worker, points OpenTelemetry's system-metrics instrumentation, if instrumented,
-  at the worker's own process (:mod:`reer_otel_memory.monitoring.system_metrics`).
-
-``uninstrument()`` undoes all of it: wrappers removed, handler removed, the monitor stopped if
-``instrument()`` started it, and the previous provider binding restored. Turn the whole thing
-off with ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=reer_memory``.
-
-Profile targets are ``module:function``, ``module:Class.method`` (plain, static, class and
-async methods, generators; inherited methods are wrapped on the named class) or
-``module:Outer.Inner.method``, separated by commas. A target whose module is already imported
-is wrapped at once; any other is wrapped the moment its module is imported (a post-import
-hook; the module is never imported by the instrumentor). Wrapping puts a wrapt
-``FunctionWrapper`` in place of the attribute on its module or class, and ``uninstrument()``
-takes it out with ``wrapt.unwrap_object`` (a wrapper another library put on top stays, ours is
-spliced out from under it; a replacement made since is left alone). Code that copied the function earlier (``from mod import func`` run
-before instrumentation) keeps the original, which is why ``opentelemetry-instrument``, which
-instruments before the service imports anything, is the way to use it.
-
-A service must never fail because of its instrumentation: a bad ``REER_MEMORY_*`` value or a
-bad target from the environment logs one error line naming it and falls back to the default
-for that value (or to all defaults if the remaining ones are out of order) or skips that
-target. Bad arguments given to ``instrument()`` in code raise :class:`ConfigurationError`.
-
-In code::
-
-    from reer_otel_memory.instrumentation import MemoryInstrumentor
-
-    MemoryInstrumentor().instrument(meter_provider=meter_provider, profile_targets="app.jobs:run")
-    ...
-    MemoryInstrumentor().uninstrument()
+A service must never fail because of its instrumentation: a bad value from the environment logs
+one error line and falls back to the default, or skips that target; bad arguments in code raise
+:class:`ConfigurationError`. Code that copied a function before instrumentation (``from mod
+import func``) keeps the original, which is why instrumenting before the service imports
+anything is the way to use it.
 """
 
 from __future__ import annotations

@@ -1,50 +1,13 @@
 """The Prometheus endpoint: every ``reer.memory.*`` metric on ``http://127.0.0.1:9464/metrics``.
 
-    from reer_otel_memory import start_prometheus_exporter, start_memory_monitoring
-
-    endpoint = start_prometheus_exporter()       # or port=0 for any free port
-    start_memory_monitoring()
-    print(endpoint.url)                          # http://127.0.0.1:9464/metrics
-    ...
-    endpoint.shutdown()
-
-The address comes from the arguments, else ``OTEL_EXPORTER_PROMETHEUS_HOST`` /
-``OTEL_EXPORTER_PROMETHEUS_PORT`` (the variables the OpenTelemetry Prometheus exporter reads),
-else ``127.0.0.1:9464``: loopback only unless configured otherwise. A port that is taken raises
-OSError naming the host and port.
-
-Behind it is a pull reader on an SDK ``MeterProvider``. While the global meter provider is
-still the API's default proxy, that provider becomes the global one, so other instrumentations
-(system metrics, HTTP servers, ...) appear on the same page. If an SDK provider is already
-installed, a reader cannot be added to it, so a private provider carries this package's
-instruments instead (the package is rebound to it). Further endpoints (other ports) serve the
-same metrics.
-
-Each scrape collects once and writes the text format straight from the OpenTelemetry data
-(:class:`reer_otel_memory.export.exposition.CumulativeText`): the same series, names and bytes
-as ``PrometheusMetricReader`` with ``generate_latest`` would give (without ``otel_scope_*``
-labels). Histograms are collected as deltas and summed into running totals, so the SDK builds
-points only for the series recorded to since the last scrape. With 100 profiled operations
-(about 3,000 lines, mostly histogram buckets) a scrape takes well under 10 ms on a small machine
-(``python -m benchmarks monitor``).
-
-Every gauge is read when the page is scraped, so RSS and level are current even if no monitor
-thread runs; the counters need a running monitor to move.
-
-It behaves like a production endpoint (:mod:`reer_otel_memory.export._http`): ``GET`` and
-``HEAD`` (other methods: 405 with ``Allow``), gzip when the scraper accepts it (Prometheus always
-asks), HTTP/1.1 keep-alive, and bounds no client can get round: a request must arrive within
-``request_timeout_s`` of accept (else 408 and close), its line and headers within
-``MAX_REQUEST_HEAD_BYTES`` (else 431), at most ``max_connections`` connections are open (when
-full, the one waiting longest for its request makes room), and no connection holds a thread:
-one thread serves them all and one renders, so slow or idle clients cannot starve a scrape.
-Scrapes that arrive while a collection runs share the next one, so a burst of 64 scrapes costs a
-few collections. A client that hangs up early is logged at debug level, never as a traceback on
-the host's stderr. :func:`serve_registry` serves any prometheus_client registry the same way.
-
-The HTTP server's threads are daemons and do not survive ``fork()``. Under
-``opentelemetry-instrument`` a pre-fork server's workers reach Prometheus through the parent
-(see ``reer_otel_memory.export.workers``).
+The address comes from the arguments, else ``OTEL_EXPORTER_PROMETHEUS_HOST`` / ``_PORT``, else
+loopback. Behind it is a pull reader on an SDK ``MeterProvider``: the global one while the
+global is still the API's proxy (so other instrumentations share the page), else a private one
+the package is rebound to, since a reader cannot be added to an installed SDK provider. Each
+scrape writes the text format straight from the OpenTelemetry data
+(:mod:`.exposition`), and the HTTP server (:mod:`._http`) keeps hostile or slow clients from
+starving a scrape. Its threads do not survive ``fork()``; pre-fork workers reach Prometheus
+through the parent (:mod:`.workers`). The README ("Prometheus and Grafana") is the manual.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """Memory per request (``REER_MEMORY_SERVER_SPANS=1``): the server span's memory attributes and per-route metrics.
 
 Each request handled inside a recording span of a framework's OpenTelemetry instrumentation
-(opentelemetry-instrumentation-flask, -django, -fastapi or the ASGI middleware) is measured as
-one window, like a profiled operation's: RSS at start and end, the peak in between, the heap
-delta where affordable, accelerator memory where a framework with a device is imported, and
-``reer.memory.overlap`` (other measured work in flight meanwhile; profiled operations the
-request runs are its own work, not overlap). The window opens inside the instrumentation's span
-and closes before it ends, so its attributes land on that span. Where the window opens:
-
-* Flask: around ``Flask.dispatch_request`` (the routing error or the view);
-* Django: around ``BaseHandler._get_response`` / ``_get_response_async`` (URL resolution,
-  view middleware and the view);
-* ASGI (FastAPI, Starlette, any app under the OpenTelemetry ASGI middleware): around the app
-  the middleware calls, up to the response's last message (after which the middleware ends its span).
-
-Metrics, by ``http.route``: the route template the instrumentation put on the span
-(``/items/<int:id>``, ``/items/{item_id}``), else the framework's own match, else ``unknown``;
-never a raw path, and at most :data:`MAX_ROUTES` distinct values (later ones are ``unknown``).
-``reer.memory.route.requests`` counts every measured request; ``reer.memory.route.peak``
-(histogram) and ``reer.memory.route.net`` (sum of deltas) take only requests that overlapped
-nothing: an overlapped window's figures are the process's, not the request's.
+(Flask, Django, or the ASGI middleware under FastAPI and Starlette) is one window, like a
+profiled operation's; it opens inside the instrumentation's span and closes before it ends, so
+its attributes land on that span. Metrics are by ``http.route``, the route template, never a raw
+path, and at most :data:`MAX_ROUTES` values. The peak and net metrics take only requests that
+overlapped nothing: an overlapped window's figures are the process's, not the request's.
 """
 
 from __future__ import annotations

@@ -1,26 +1,13 @@
 """Profile targets that are views: the route tables of Flask, Starlette/FastAPI and Django hold them too.
 
 ``@app.route`` and ``@app.get`` keep the function they decorate in the framework's route table,
-so wrapping the module attribute alone changes nothing a request calls. For each target that is
-a plain function, :class:`ViewTables` also puts the module attribute's wrapper in every route
-table slot that holds the original function:
-
-* Flask: ``app.view_functions[endpoint]`` (looked up on every request);
-* Starlette: ``route.endpoint``, and ``route.app`` rebuilt with ``request_response`` (what
-  ``Route`` built it from) when that is all it was;
-* FastAPI: ``route.endpoint`` and ``route.dependant.call`` (what the request handler calls;
-  whether it awaits was decided from the original, which the wrapper matches);
-* Django: ``URLPattern.callback``.
-
-Which tables: every Flask app, Starlette or FastAPI route and Django URL pattern registered
-while targets are watched (``App.add_url_rule``, ``Route.__init__``, ``APIRoute.__init__`` and
-``URLPattern.__init__`` are hooked when their modules are imported), plus the apps, routers
-and ``urlpatterns`` found in the target's own module. A route registered after the target was
-wrapped (an app factory run later, an included router) gets the wrapper at registration; one
-registered before, when the module attribute is wrapped. A table slot holding another object
-for the same view (a decorator applied above the route decorator) cannot be profiled through
-the target: that is logged once. ``uninstall`` puts every original back where the wrapper still
-is, and takes the hooks out.
+so wrapping the module attribute alone changes nothing a request calls. :class:`ViewTables`
+also puts the wrapper in every route table slot that holds the original function: in routes
+registered while targets are watched (the frameworks' route constructors are hooked when their
+modules are imported) and in the apps, routers and ``urlpatterns`` of the target's own module.
+A slot holding another object for the same view (a decorator above the route decorator) cannot
+be profiled through the target; that is logged once. ``uninstall`` puts every original back where
+the wrapper still is, and takes the hooks out.
 """
 
 from __future__ import annotations

@@ -1,30 +1,13 @@
 """LazyModelLoader: a model loaded on first use, unloadable on demand or under memory pressure.
 
-    from reer_otel_memory import LazyModelLoader
-
-    lazy_model = LazyModelLoader(load_model_func, model_path="path/to/model")
-    predictions = lazy_model.predict(input_data)   # loads on first access
-    lazy_model.unload()                            # frees it; the next access loads it again
-
-The first attribute access or call loads the model with ``load_model_func(model_path, *args,
-**kwargs)`` (``load_model_func(*args, **kwargs)`` when ``model_path`` is None), exactly once
-even when many threads get there together; the others wait for that load. The load is profiled
-through :meth:`MemoryProfiler.profile_model_loading` (a ``model_load`` span), every access
-counts as a use for the profiler's ``idle`` recommendation, and :meth:`LazyModelLoader.unload`
-is a ``model_unload`` operation that drops the reference, collects garbage, trims the heap and
-measures the RSS freed (if the program still holds the model elsewhere, nothing is freed, and
-the measurement says so).
-
-Under memory pressure the monitor's cleanup (:func:`reer_otel_memory.run_cleanup`) unloads
-lazy models through one cleanup hook: every loaded model when ``idle_timeout_s`` is None, only
-those unused for ``idle_timeout_s`` seconds otherwise (``math.inf``: never). The hook holds
-loaders weakly and skips a model whose load is in progress.
-
-Keyword arguments ``model_name`` (default: ``model_path``, else the loader's name),
-``idle_timeout_s`` and ``profiler`` configure the loader; every other argument goes to
-``load_model_func``. The loader's own names (``load``, ``unload``, ``is_loaded``,
-``model_name``, ``idle_timeout_s``, ``idle_s``, ``last_unload_freed_bytes``) take precedence
-over the model's attributes; reach those through ``lazy_model.load().name``.
+The first attribute access or call loads the model exactly once, even when many threads get
+there together; the load is profiled (a ``model_load`` span) and every access counts as a use
+for the profiler's ``idle`` advice. :meth:`LazyModelLoader.unload` drops the reference,
+collects and trims, and measures the RSS freed (nothing, if the program still holds the model).
+Under memory pressure one cleanup hook, holding loaders weakly, unloads loaded models (those idle
+for ``idle_timeout_s``, or all when it is None) and skips a model whose load is in progress. The
+loader's own names take precedence over the model's attributes (``lazy_model.load().name``
+reaches those).
 """
 
 from __future__ import annotations

@@ -1,41 +1,13 @@
 """MemoryOptimizer: release what can be released, find what cannot, and shrink numpy arrays.
 
-    from reer_otel_memory import MemoryOptimizer
-
-    cleaned = MemoryOptimizer.cleanup_large_objects(size_threshold_mb=10.0)  # objects and caches released
-    collected = MemoryOptimizer.force_garbage_collection()                   # objects collected
-    weights = MemoryOptimizer.optimize_numpy_arrays(weights)
-
-    details: dict = {}
-    MemoryOptimizer.cleanup_large_objects(report=details)  # the same, and what is still held
-    print(details["largest"], details["rss_freed_bytes"])
-
-What each method does, and does not do:
-
-* :meth:`MemoryOptimizer.cleanup_large_objects` cannot free an object the program still
-  references; nothing can. It releases what is held only for speed -- the caches registered
-  with :meth:`MemoryOptimizer.register_cache` and, unless ``clear_lru_caches=False``, every
-  ``functools.lru_cache`` in the process -- collects unreachable reference cycles, returns free
-  heap to the OS, and then *finds* the objects still larger than the threshold (``bytes``,
-  ``bytearray``, ``array.array``, lists, dicts, sets, tuples by their own size, numpy arrays by
-  ``nbytes``), so you can see what holds the memory. It returns how many objects and caches it
-  released (an ``int``); pass ``report={}`` to get the details too: the large objects still held
-  and the RSS freed, measured. It walks every object the garbage collector tracks, their direct referents and
-  the locals of every running frame: about 1 s per million objects. The registered caches are
-  hooks (of kind ``cache``) in the package's one cleanup registry, so the monitor's cleanups
-  (:func:`reer_otel_memory.run_cleanup`) clear them too.
-* :meth:`MemoryOptimizer.force_garbage_collection` collects each generation, trims the heap and
-  returns the number of objects collected (an ``int``); ``report={}`` receives the count per
-  generation and the RSS freed.
-* :meth:`MemoryOptimizer.optimize_numpy_arrays` returns smaller copies of arrays where the
-  values are kept exactly (checked, not assumed): float64 to float32 and complex128 to
-  complex64 when every value survives the round trip (or, with ``float_rtol``, stays within
-  that relative tolerance), integers to the smallest integer type of the same signedness that
-  holds their range. A small view that pins a base at least twice its size is copied so the
-  base can be freed. A single array comes back as a new array; a list or dict is updated in
-  place and returned, so ``MemoryOptimizer.optimize_numpy_arrays(weights_by_name)`` needs no
-  assignment. numpy is imported only when an object with a ``dtype`` is passed; without numpy
-  installed that raises ImportError, and anything else passes through.
+No cleanup can free an object the program still references, so
+:meth:`MemoryOptimizer.cleanup_large_objects` releases what is held only for speed (registered
+caches, ``functools.lru_cache``), collects cycles, returns free heap to the OS, and then *finds*
+the large objects still held, so you can see what holds the memory; finding them walks every
+object the garbage collector tracks, so its cost grows with the heap. Registered caches are
+hooks in the one cleanup registry, so the monitor's cleanups clear them too.
+:meth:`MemoryOptimizer.optimize_numpy_arrays` narrows dtypes only where every value survives
+(checked, not assumed); numpy is imported only when an object with a ``dtype`` is passed.
 """
 
 from __future__ import annotations

@@ -1,45 +1,12 @@
 """MemoryProfiler: model loads as profiled operations, per-model statistics and recommendations.
 
-    from reer_otel_memory import get_memory_profiler
-
-    profiler = get_memory_profiler()
-    model = profiler.profile_model_loading("my_model", load_model_func)
-    for advice in profiler.get_model_memory_recommendations():
-        print(advice["model"], advice["kind"], advice["message"], advice["estimated_savings_bytes"])
-
-Each load is one profiled operation: a span named ``model_load`` with ``reer.model.name``,
-``reer.model.size`` (estimated bytes, see below) and the usual ``reer.memory.*`` attributes
-(RSS start/end/delta, exact peak, heap delta, and the model's device footprint
-``reer.memory.device.delta`` / ``.peak`` where an accelerator framework is imported, also in its
-stats as ``load_device_delta_bytes`` / ``load_device_peak_bytes``), feeding the ``reer.memory.operation.*`` metrics
-under ``reer.operation="model_load"``. The profiler keeps, per model, the last load's RSS delta,
-peak growth, heap delta, duration and size estimate, how often it was loaded and unloaded, and
-when it was last used (:meth:`MemoryProfiler.record_model_use`, which
-:class:`~reer_otel_memory.LazyModelLoader` calls on every access).
-
-**Size estimate.** The bytes in the model's arrays and buffers (numpy ``nbytes``, torch
-storages, ``bytes``/``bytearray``/buffers, any array type with ``nbytes`` and ``dtype``), found
-by a bounded walk of its attributes, dicts and lists. numpy and torch are never imported for
-this; see :mod:`reer_otel_memory.ml.sizing`.
-
-**Whether a model is still loaded.** The profiler holds the model weakly where the type allows
-it, so a model the program dropped stops counting once it is collected; for types that cannot
-be weakly referenced (dict, list, ...) call :meth:`MemoryProfiler.record_model_unload`.
-
-**Recommendations** (:meth:`MemoryProfiler.get_model_memory_recommendations`), each a dict with
-``model``, ``kind``, ``message`` and ``estimated_savings_bytes``, largest savings first:
-
-* ``load_peak``: loading peaked at ``peak_ratio`` times or more what the model retains; loading
-  in place (memory-mapped weights) saves the transient copy.
-* ``float64``: the model holds float64 arrays; float32 halves them.
-* ``idle``: a model whose use is tracked has not been used for ``idle_after_s``; unloading it
-  (``LazyModelLoader.unload()``) frees what it retains.
-* ``models_vs_limit`` (``model`` None): the loaded models together retain more than
-  ``budget_share`` of the memory budget (the critical threshold or the effective limit,
-  whichever is lower).
-
-Metrics: ``reer.memory.model.size{model}`` (gauge, bytes, loaded models) and
-``reer.memory.model.loads{model}`` (counter). The profiler keeps at most ``max_models`` models.
+Each load is one profiled operation named ``model_load`` with ``reer.model.name`` and an
+estimated ``reer.model.size`` (:mod:`reer_otel_memory.ml.sizing`; numpy and torch are never
+imported for it). Per model the profiler keeps the last load's figures, load and unload counts
+and the last use; it holds models weakly where the type allows, so a model the program dropped
+stops counting once collected (other types need :meth:`MemoryProfiler.record_model_unload`).
+:meth:`MemoryProfiler.get_model_memory_recommendations` turns these into advice, largest
+estimated savings first. The metrics are listed in docs/telemetry.md.
 """
 
 from __future__ import annotations
@@ -334,7 +301,16 @@ class MemoryProfiler:
         """Concrete advice drawn from the measured loads, largest estimated savings first.
 
         ``budget_bytes`` defaults to the lower of the critical threshold and the effective
-        memory limit. See the module docs for each kind.
+        memory limit. Each advice is a dict with ``model``, ``kind``, ``message`` and
+        ``estimated_savings_bytes``; the kinds:
+
+        * ``load_peak``: loading peaked at ``peak_ratio`` times or more what the model retains;
+          loading in place (memory-mapped weights) saves the transient copy.
+        * ``float64``: the model holds float64 arrays; float32 halves them.
+        * ``idle``: a model whose use is tracked has not been used for ``idle_after_s``;
+          unloading it (``LazyModelLoader.unload()``) frees what it retains.
+        * ``models_vs_limit`` (``model`` None): the loaded models together retain more than
+          ``budget_share`` of ``budget_bytes``.
         """
         _check_number("peak_ratio", peak_ratio, minimum=1.0)
         _check_number("idle_after_s", idle_after_s, minimum=0.0)

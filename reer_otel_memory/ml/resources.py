@@ -1,38 +1,11 @@
 """MemoryResourceManager: named resources with cleanup callbacks, size estimates and memory limits.
 
-    from reer_otel_memory import get_resource_manager
-
-    manager = get_resource_manager()
-    manager.register_resource("my_resource", resource_object, cleanup_callback=cleanup_func, memory_limit_mb=100.0)
-    cleaned = manager.cleanup_all_resources()   # number of resources cleaned up
-
-**Cleaning up** a resource removes it from the manager and calls its ``cleanup_callback``
-(with no argument, or with the resource if the callback takes one). Without a callback it only
-drops the manager's reference. :meth:`cleanup_resource` lets a callback's exception through;
-:meth:`cleanup_all_resources` and the cleanup hook log it and go on.
-
-**Lifetime.** The manager holds a resource weakly when its type allows, so it never keeps a
-resource alive beyond its owner: once the program drops it, the entry disappears (without a
-callback: there is nothing left to clean). A ``cleanup_callback`` that is a bound method of
-the resource (``resource.close``) is held weakly too; any other callback that references the
-resource keeps it alive. ``keep_alive=True`` holds the resource strongly, and so are types that
-cannot be weakly referenced (dict, list, bytes, ...).
-
-**Sizes and limits.** Each resource's size is estimated at registration and on every
-:meth:`check_limits` (bytes in arrays and buffers, by a walk bounded to ``max_size_objects``;
-see :mod:`reer_otel_memory.ml.sizing`). :meth:`check_limits` cleans up every resource whose
-estimate exceeds its ``memory_limit_mb`` (trigger ``limit``).
-
-**Under memory pressure** the monitor's cleanup (:func:`reer_otel_memory.run_cleanup`) runs
-the manager's cleanup hook: limits are checked, then every resource registered with
-``release_on_pressure=True`` is cleaned up (trigger ``pressure``). That is opt-in: a resource
-the program is still using (a model, a connection pool) must not vanish because memory ran
-high, so by default only its ``memory_limit_mb`` and explicit cleanups release it.
-
-Metrics: ``reer.memory.resources`` (gauge, resources alive), ``reer.memory.resource.size
-{resource}`` (gauge, bytes, as last estimated), ``reer.memory.resource.cleanups{trigger}``
-(counter; trigger ``manual``, ``limit`` or ``pressure``). Thread-safe; a weakly held resource
-that dies is forgotten at the manager's next call.
+The manager holds a resource weakly where its type allows, so it never keeps one alive beyond
+its owner (``keep_alive=True`` holds it strongly). Sizes are estimated by a bounded walk
+(:mod:`reer_otel_memory.ml.sizing`); :meth:`MemoryResourceManager.check_limits` cleans up a
+resource over its ``memory_limit_mb``. Under memory pressure only resources registered with
+``release_on_pressure=True`` are cleaned up: a model or connection pool still in use must not
+vanish because memory ran high. Thread-safe; the metrics are listed in docs/telemetry.md.
 """
 
 from __future__ import annotations

@@ -1,30 +1,13 @@
 """Memory cleanup: one registry of cleanup hooks, garbage collection, and handing freed heap back to the OS.
 
-Other parts of the package (the resource manager, lazy models, trace stores, the caches given to
-:meth:`MemoryOptimizer.register_cache`) and users plug in with :func:`register_cleanup_hook`;
-all of them land in one :class:`CleanupRegistry` per process (:func:`cleanup_registry`). The
-monitor runs :func:`run_cleanup` at the cleanup and critical levels, on the emergency signal
-and on demand (:meth:`MemoryMonitor.cleanup`), counts each run in
-``reer.memory.cleanups{trigger}`` and the RSS it released in ``reer.memory.cleanup.freed``.
-
-    from reer_otel_memory import register_cleanup_hook, run_cleanup
-
-    register_cleanup_hook("feature-cache", feature_cache.clear)
-    result = run_cleanup()
-    print(result.freed_bytes, result.collected_objects)
-
-One cleanup: every hook (a hook that raises is logged and skipped), then the accelerator
-frameworks' caches the process imported are emptied (``mx.clear_cache``,
-``torch.cuda.empty_cache``: cached, unused device memory goes back to the device), then
-``gc.collect()``, then
-``malloc_trim(0)`` on glibc (:func:`trim_heap`) so memory freed by Python goes back to the OS
-and RSS really falls. Its cost is that of a full garbage collection: milliseconds in a small
-process, up to seconds with millions of container objects, which is why the monitor keeps a
-cooldown between automatic cleanups and runs them on its own thread, never in a signal handler.
-
-Everything in the package that releases memory and reports what it freed (this cleanup, the
-optimizer, a lazy model's unload, a trace store's ``optimize_memory_usage``) measures it the
-same way, through :func:`release_memory`: RSS before, release, collect, trim, RSS after.
+Every part of the package that can release memory, and users, register hooks in the one
+:class:`CleanupRegistry` per process (:func:`register_cleanup_hook`). One cleanup runs every hook
+(one that raises is logged and skipped), empties the caches of the accelerator frameworks the
+process imported, collects garbage and calls ``malloc_trim(0)`` so freed memory really leaves
+RSS. It costs a full garbage collection, which grows with the number of container objects, so
+the monitor keeps a cooldown between automatic cleanups and runs them on its own thread, never in
+a signal handler. Everything that releases memory and reports what it freed measures it the same
+way, through :func:`release_memory`.
 """
 
 from __future__ import annotations

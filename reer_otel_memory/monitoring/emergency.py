@@ -1,30 +1,13 @@
 """The emergency signal: ``kill -USR1 <pid>`` asks the memory monitor for a cleanup now.
 
-    from reer_otel_memory import setup_emergency_memory_handler
-
-    setup_emergency_memory_handler()            # SIGUSR1 by default
-    # from a shell:  kill -USR1 <pid>
-    # or in code:    reer_otel_memory._memory_monitor._trigger_emergency_cleanup()
-
-The handler does nothing but wake the monitor thread, which runs the cleanup (hooks,
-``gc.collect()``, ``malloc_trim``) and counts it in ``reer.memory.cleanups{trigger="emergency"}``:
-a signal handler interrupts arbitrary code, so it must not collect garbage or take locks
-itself. Since the thread is what cleans up, installing the handler starts the monitor if it is
-not running (and removing the handler stops it again). Signals that arrive while a cleanup is
-pending are coalesced into that one cleanup.
-
-A Python handler already installed for the signal keeps working: ours calls it after waking the
-monitor. :func:`remove_emergency_memory_handler` puts it back. Both functions must be called from
-the main thread, as Python only runs signal handlers there; elsewhere they raise RuntimeError.
-Python runs the handler when the main thread next executes Python code: a main thread that
-sits in one long C call (a blocking read without a timeout, a large native computation) delays
-the cleanup until that call returns, which event loops and server loops that wake regularly
-never do.
-
-Under a pre-fork server pick a signal the server leaves alone: gunicorn installs its own
-handlers for ``USR1``, ``USR2`` and others after this one, in the arbiter and in every worker
-(:mod:`reer_otel_memory.monitoring.servers` lists them); ``SIGURG`` works in both gunicorn and
-uvicorn, and a forked worker inherits the handler.
+A signal handler interrupts arbitrary code, so it must not collect garbage or take locks: the
+handler only wakes the monitor thread, which runs and counts the cleanup; installing the handler
+therefore starts the monitor if it is not running. Signals that arrive while a cleanup is pending
+are coalesced into it, and a Python handler already installed keeps working (ours calls it).
+Python runs handlers only in the main thread, between bytecodes, so both functions must be
+called from it and a long C call there delays the cleanup. Under a pre-fork server pick a signal
+the server leaves alone (:mod:`reer_otel_memory.monitoring.servers`); the README ("Monitoring,
+cleanup and the emergency signal") is the manual.
 """
 
 from __future__ import annotations

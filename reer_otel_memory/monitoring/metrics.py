@@ -1,30 +1,11 @@
 """The monitor's OpenTelemetry instruments: gauges read at collection time, and its counters.
 
-Gauges (read when a reader collects, so they report whether or not a monitor thread runs):
-``reer.memory.rss``, ``peak_rss``, ``heap``, ``limit``, ``utilization``, ``threshold{level}``,
-``level`` (0 ok .. 3 critical) and ``leak.suspected{reer.operation}``; accelerator memory
-``device.used``, ``device.peak``, ``device.limit`` ``{framework, device}`` from the frameworks the
-process has imported, and ``device.threshold{framework, device, level}`` where device thresholds
-are set (:mod:`reer_otel_memory.profiling.devices`); and the container's view,
-``cgroup.usage``, ``cgroup.working_set``, ``cgroup.limit``, where the process has a memory cgroup
-(:mod:`reer_otel_memory._cgroup`). The same figures also go out under OpenTelemetry's semantic
-conventions, as up-down counters: ``container.memory.usage`` and ``.working_set`` in a container,
-``hw.gpu.memory.usage`` and ``.limit {hw.id}`` per GPU that NVML reads. The process gauges
-describe the *reporting monitor*: the monitor started most recently that is still running, else the
-process's default monitor (:func:`reer_otel_memory.monitoring.monitor.get_memory_monitor`).
-
-Counters (cumulative for the process, observed at collection time so every series exists
-from the first scrape, at 0): ``reer.memory.alerts{level}``, ``reer.memory.cleanups{trigger}``,
-``reer.memory.cleanup.freed`` and ``reer.memory.monitor.cpu`` (seconds of CPU the monitor
-threads spent sampling and cleaning up); and the kernel's own counts for the cgroup,
-``reer.memory.cgroup.oom_kills`` and ``reer.memory.cgroup.pressure`` (seconds stalled, where the
-kernel has PSI for it). Every monitor in the process adds to them; a forked
-child starts again from 0.
-
-Each read is guarded: a source that cannot be read leaves that one metric out of this
-collection (and is logged once), it never fails the collection. Instruments are registered
-once per :class:`~reer_otel_memory._telemetry.Telemetry`, and again whenever the package is
-rebound to other providers.
+Gauges are read when a reader collects, so they report whether or not a monitor thread runs;
+the process gauges describe the monitor started most recently that is still running, else the
+default one. Counters are observed at collection time too, so every series exists from the first
+scrape at 0; every monitor in the process adds to them and a forked child starts again from 0.
+Each read is guarded: a source that cannot be read leaves that one metric out of the collection
+(logged once) and never fails it. docs/telemetry.md lists every instrument.
 """
 
 from __future__ import annotations

@@ -1,49 +1,13 @@
 """MemoryMonitor: watches the process RSS, reports its level, alerts once per crossing, cleans up.
 
-    from reer_otel_memory import MemoryMonitor, start_memory_monitoring
-
-    start_memory_monitoring()           # the default monitor, thresholds from REER_MEMORY_*
-
-    monitor = MemoryMonitor(alert_threshold_mb=1000, critical_threshold_mb=2000,
-                            cleanup_threshold_mb=1500, monitoring_interval=30)
-    monitor.add_callback(lambda snapshot: print(snapshot.level, snapshot.process_memory_mb))
-    monitor.start_monitoring()
-
-**Levels.** Each sample compares the RSS with the thresholds: ``ok < alert < cleanup <
-critical`` (:class:`~reer_otel_memory.levels.MemoryLevel`). A level is entered as soon as the
-RSS reaches its threshold and left only once the RSS falls ``hysteresis_share`` (5%) of that
-threshold below it, so a process hovering at a threshold does not flap. Every upward crossing
-counts once in ``reer.memory.alerts{level}`` and ``alert_counts`` (a jump from ok to critical
-crosses all three thresholds) and logs one line. Callbacks get every sample's
-:class:`~reer_otel_memory.profiling.tracker.MemorySnapshot` (level, previous level, whether it crossed);
-one that raises is logged and the monitor carries on. Samples are recorded in the tracker.
-
-**Sampling.** A daemon thread samples every ``monitoring_interval`` seconds, and above the
-alert level every tenth of that (at least 0.5 s, never slower than the interval), so fast
-growth toward critical is seen in time. It waits on an event, so :meth:`stop_monitoring`
-returns at once. One sample reads ``/proc/self/statm`` (one ``pread``), the allocator heap when
-that reading is cheap, and does the bookkeeping: under 0.1 ms of CPU with the thread's wake-up,
-about 0.02% of one core at a 1 s interval (``make bench``). The thread's CPU time is counted in
-``reer.memory.monitor.cpu``. Nothing but :meth:`stop_monitoring` ends the thread: a sample or
-wait that fails is logged (the first time, then every 100th) and the loop goes on, so
-``is_running`` is true exactly while it samples.
-
-**Cleanup.** At the cleanup and critical levels the monitor runs :func:`~reer_otel_memory.monitoring.cleanup.run_cleanup`
-(hooks, ``gc.collect()``, ``malloc_trim``) on its own thread, at most once per
-``cleanup_cooldown_s`` (60 s) at a level, though reaching a higher level always cleans up at
-once. :meth:`MemoryMonitor.cleanup` runs one on demand; the emergency signal
-(:mod:`reer_otel_memory.monitoring.emergency`) wakes the thread for one. Each is counted in
-``reer.memory.cleanups{trigger}`` and its freed RSS in ``reer.memory.cleanup.freed``.
-
-**Configuration.** Thresholds left out (None) come from the process-wide configuration
-(:func:`reer_otel_memory.get_config`, i.e. ``REER_MEMORY_*`` or :func:`setup_memory_limits`);
-unless a ``config`` is passed, the monitor follows later changes to it. Bad or unordered
-values raise :class:`~reer_otel_memory.errors.ConfigurationError` naming the argument.
-
-**One default monitor per process** (:func:`get_memory_monitor`, also ``_memory_monitor``),
-built from ``REER_MEMORY_*``; a bad environment logs one error line and the defaults are used.
-A running monitor keeps running in a forked child (pre-fork servers), restarted there with
-fresh counters, and reports the child's own memory.
+A daemon thread samples the RSS every ``monitoring_interval`` seconds, faster above the alert
+level so growth toward critical is seen in time. Levels have hysteresis so a process hovering at
+a threshold does not flap; every upward crossing is counted and logged once; at the cleanup and
+critical levels the monitor runs :func:`~reer_otel_memory.monitoring.cleanup.run_cleanup`,
+at most once per cooldown at a level. Nothing but :meth:`MemoryMonitor.stop_monitoring` ends the
+thread, so ``is_running`` is true exactly while it samples. There is one default monitor per
+process (:func:`get_memory_monitor`); it keeps running in a forked child, with fresh counters.
+The README ("Monitoring, cleanup and the emergency signal") is the manual.
 """
 
 from __future__ import annotations

@@ -1,44 +1,16 @@
 """Accelerator memory: what MLX, PyTorch CUDA, JAX and NVML say this process holds on its devices.
 
 RSS does not see the memory a model keeps on a GPU (or in MLX's unified memory). This module
-reads it, but only from frameworks the process has already imported: it never imports one, and
-it never initialises CUDA (PyTorch is read only once ``torch.cuda.is_initialized()``, JAX only
-once its backends exist). The sources:
+reads it only from frameworks the process has already imported: it never imports one and never
+initialises CUDA. NVML counts every process on a GPU, so it is reported in
+:meth:`DeviceMemory.readings` only, never added into an operation's figures. Each source is
+guarded: its first failure is logged once and the framework skipped from then on.
 
-* **MLX** (``mlx.core``): ``get_active_memory`` (used), ``get_peak_memory`` /
-  ``reset_peak_memory`` (peak), ``get_cache_memory`` (freed but kept by MLX's allocator),
-  ``get_memory_limit`` (limit). One device: MLX's default device, e.g. ``cpu:0`` or ``gpu:0``.
-* **PyTorch CUDA**, per device ``cuda:N``: ``memory_allocated`` (used),
-  ``max_memory_allocated`` / ``reset_peak_memory_stats`` (peak), ``memory_reserved`` minus
-  used (cache), the total of ``mem_get_info`` (limit).
-* **JAX**, per local device (``gpu:0``, ``tpu:0``): ``device.memory_stats()`` where it returns
-  numbers (``bytes_in_use``, ``peak_bytes_in_use``, ``bytes_limit``; the CPU backend returns
-  none). JAX's peak cannot be reset.
-* **NVML** (the optional ``nvml`` extra, ``nvidia-ml-py``), per GPU ``gpu:N``: the device's
-  used and total memory, and this process's share where the driver reports it. NVML counts
-  every process on the GPU, so it is reported in :meth:`DeviceMemory.readings` only and never
-  added into an operation's figures (PyTorch's own figures cover those).
-
-Each source is guarded: the first failure is logged once and that framework is skipped from
-then on; nothing here raises into the host.
-
-**Per-operation peaks.** :meth:`DeviceMemory.begin` and :meth:`DeviceMemory.end` measure an
-operation the way :meth:`~reer_otel_memory.profiling.probe.MemoryProbe.begin_peak` measures
-RSS: before each reset of a framework's high-water mark the mark is folded into every window
-still open, and the mark is reset only when it is above the memory in use, so nested and
-concurrent operations all get exact peaks. The reset is visible to the host (a later
-``mx.get_peak_memory()`` or ``torch.cuda.max_memory_allocated()`` reports the peak since it);
-``DeviceMemory(reset_peaks=False)`` leaves the marks alone and then reports peaks only where
-they are still exact. With more than one device in use, an operation's peak is the sum of each
-device's own peak (an upper bound of their simultaneous peak).
-
-Cost: with no framework imported, ``begin()`` and ``end()`` take about 0.1 us each (one length
-check of ``sys.modules``; a twentieth of the RSS peak window's cost); with MLX imported, about
-1.5 us each (half the RSS window's). ``benchmarks/bench_flight_recorder.py`` measures both.
-
-    >>> from reer_otel_memory.profiling.devices import device_memory
-    >>> window, used_bytes = device_memory().begin()
-    >>> end_bytes, peak_bytes = device_memory().end(window)
+:meth:`DeviceMemory.begin` / :meth:`DeviceMemory.end` give exact per-operation peaks under
+nesting and concurrency the way :class:`~reer_otel_memory.profiling.probe.MemoryProbe` does for
+RSS: before each reset of a framework's high-water mark the mark is folded into every open
+window. The reset is visible to the host; ``DeviceMemory(reset_peaks=False)`` leaves the marks
+alone and reports peaks only where they are still exact.
 """
 
 from __future__ import annotations

@@ -1,26 +1,13 @@
 """Explanations: which lines, and which profiled operations, hold the memory a process grows by.
 
-:func:`explain_memory` traces the process's allocations for a bounded window (with memray where it
-is installed, the ``explain`` extra, else with :mod:`tracemalloc`) and reports the allocation sites, and the profiled operations, holding the bytes that were
-allocated during the window and are still live at its end. :class:`AutoExplainer` runs one such
-window in the background when a leak is suspected, and reports it as a span, a log line and to
-its listeners.
-
-A site is the innermost line of an allocation's traceback in the service's own code: frames of
-this package, the standard library and installed third-party packages are passed over (a file
-holding a profiled operation is the service's wherever it is installed), so that two lines
-leaking through ``json.loads`` are two sites, not one line of json's decoder. A traceback with no
-such frame is sited at its innermost line outside this package. An allocation belongs to the
-operation whose registered code (:func:`note_function`, :func:`note_block`) holds the innermost
-frame of its traceback that lies in any; within that frame, the narrowest range.
-
-Tracebacks are recorded :data:`TRACEBACK_FRAMES` (32) frames deep: the profiled operation's frame
-must be among those recorded, under whatever library calls lie between it and the allocation.
-Recording a frame means a line-number lookup on every allocation, so tracing slows allocations in
-proportion to the frames recorded (docs/performance.md); a window therefore runs for a bounded
-time, one at a time, and :class:`AutoExplainer` keeps windows to a small share of wall time.
-memray records its stacks at a fraction of that cost and sees native allocations too, so it is
-the backend wherever it can be imported; tracemalloc, in the standard library, everywhere else.
+:func:`explain_memory` traces allocations for a bounded window (memray where installed, else
+:mod:`tracemalloc`) and reports the sites and operations holding bytes allocated during the
+window and still live at its end; :class:`AutoExplainer` runs one when a leak is suspected. A
+site is the innermost line of a traceback in the service's own code (this package, the standard
+library and third-party packages are passed over), so two lines leaking through ``json.loads``
+are two sites. Tracing slows every allocation in proportion to the frames recorded
+(docs/performance.md), so windows are bounded, one at a time, and kept to a small share of wall
+time; memray records stacks far more cheaply and sees native allocations, hence preferred.
 """
 
 from __future__ import annotations

@@ -1,26 +1,14 @@
 """The flight recorder: the last minutes before the process died, in a file that survives SIGKILL.
 
-With ``REER_MEMORY_FLIGHT_RECORDER=PATH`` the process keeps a 64 KiB file of its last 1024
-samples (time, RSS, working set, device memory, level), its running operations (128 slots:
-name, thread, start time, RSS at start), its last 64 level changes, and a header (pid, start
-time, command line, a clean-shutdown flag). ``reer-otel-memory postmortem PATH`` reads it after
-an OOM kill; the next process on the path reports the death once (a log line and a span
-``reer.memory.predecessor``), then reuses the file. The process's recorder
-(:func:`process_flight_recorder`) opens on first use; a forked child writes nowhere.
-
-Each record is one ``os.pwrite`` from an image kept in memory, not a store into a shared
-mapping (cheaper, ``docs/performance.md``): a mapped file that is truncated (``> file``,
-``copytruncate``) or that a full disk cannot back kills the writer with SIGBUS, a ``pwrite``
-cannot; a truncated file is written whole again within a second. The 64 KiB are reserved
-(``posix_fallocate``) first. An operation's end is written with the next record, or by the
-recorder's thread within 0.1 s. The recorder writes only a file it may own: no symbolic link,
-a regular file with one link, the process's user's, not writable by group or others, empty or
-a recorder file, one writer at a time (``flock``); new files get mode 0600. Every field read
-back is checked and strings are escaped: a corrupt record is one line, never a crash.
-
-    >>> recorder = FlightRecorder.open("/tmp/service.flight")  # doctest: +SKIP
-    >>> slot = recorder.operation_started("predict", rss_start=512 << 20)  # doctest: +SKIP
-    >>> recorder.operation_finished(slot)  # doctest: +SKIP
+With ``REER_MEMORY_FLIGHT_RECORDER=PATH`` the process keeps a small fixed-size file of its last
+samples, running operations and level changes; ``reer-otel-memory postmortem PATH`` reads it
+after an OOM kill, and the next process on the path reports the death once. Each record is one
+``os.pwrite`` from an image kept in memory, not a store into a shared mapping: a mapped file
+that is truncated or that a full disk cannot back kills the writer with SIGBUS, a ``pwrite``
+cannot. The recorder writes only a file it may own (no symbolic link, one link, the user's,
+not group- or world-writable, one writer at a time) and checks every field it reads back, so a
+corrupt record is one line, never a crash. The README ("Accelerators and containers") is the
+manual; a forked child writes nowhere.
 """
 
 from __future__ import annotations

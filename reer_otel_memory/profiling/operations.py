@@ -1,28 +1,14 @@
 """Profiled operations: ``@memory_profile`` and ``memory_context``, one span each.
 
-Each operation opens a span (or annotates the current one), measures the process's RSS at start
-and end, its peak in between, how many other operations overlapped it, and, where affordable, the
-allocator heap delta; records the ``reer.memory.operation.*`` metrics; adds a snapshot to the
-tracker; and feeds leak detection. One lifecycle (:func:`_start`, :func:`_finish`) serves
-functions, coroutines, generators, async generators and blocks, with an SDK or without one.
-
-Which calls carry ``reer.memory.heap.delta``: ``heap=True`` always, ``heap=False`` never, and
-by default (``heap=None``) a call whose operation took, on average so far, at least
-:data:`HEAP_COST_FACTOR` times what one heap reading costs in this process (heap readings get
-slower as the heap fragments, from about 1 us to milliseconds), and the first call of an
-operation while a heap reading costs at most :data:`CHEAP_HEAP_S`.
-
-Leak verdicts also read it, while one reading costs at most :data:`HEAP_WATCH_MAX_S`, on an
-operation's first calls and while it is under suspicion (:meth:`LeakDetector.wants_heap`).
-
-The process's probe, tracker, configuration and telemetry are read as attributes of the runtime
-(``RUNTIME.probe or process_probe()``: one attribute read once built).
-
-With no OpenTelemetry SDK configured nothing leaves the process but the tracker ring and leak
-detection, so a decorated function is measured (two RSS reads and the bookkeeping) on every call
-only while its calls average :data:`LIGHT_EVERY_CALL_S` or more, or a flight recorder is
-configured; a faster one on one call in :data:`LIGHT_SAMPLE_EVERY` (see :class:`_LightSampler`).
-``memory_context`` blocks, whose result the caller reads, are measured every time.
+Each operation opens a span (or annotates the current one), measures RSS at start and end, the
+peak in between, the overlap with other operations and, where affordable, the heap delta;
+records the ``reer.memory.operation.*`` metrics, feeds the tracker and leak detection. One
+lifecycle (:func:`_start`, :func:`_finish`) serves functions, coroutines, generators, async
+generators and blocks, with an SDK or without one. Heap readings get slower as the heap
+fragments, so by default a call reads the heap only when its operation is long beside one
+reading (:data:`HEAP_COST_FACTOR`). Without an SDK nothing leaves the process but the tracker
+and leak detection, so fast functions are measured on a sample of calls (:class:`_LightSampler`,
+docs/performance.md); ``memory_context`` blocks, whose result the caller reads, always are.
 """
 
 from __future__ import annotations

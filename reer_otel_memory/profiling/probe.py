@@ -1,32 +1,16 @@
 """The memory probe: process RSS, allocator heap, and exact peak RSS per operation.
 
-This is the hot path of everything else, so each read is a single cheap system call on Linux:
-
-* **RSS** -- ``pread`` on a kept ``/proc/self/statm`` descriptor (about 1.5-2.5 us), called with
-  the GIL held (see :func:`_statm_pages_reader`).
-* **Heap** -- allocator bytes in use from ``psutil.heap_info()`` (glibc ``mallinfo2``). It sees
-  large native allocations that RSS misses until pages are touched, but it walks the free
-  lists: about 1 us in a fresh process, milliseconds in a fragmented one. The probe times the
-  reading profiled calls take (heap and small-object blocks, :attr:`MemoryProbe.heap_cost_s`)
-  so callers can decide whether it is affordable.
-* **Peak** -- the kernel's RSS high-water mark, reset by writing ``5`` to a kept
-  ``/proc/self/clear_refs`` descriptor (under 1 us) and read with ``getrusage().ru_maxrss``
-  (about 0.5 us). The reset is skipped when the mark already equals the RSS. Before each reset the high-water mark is folded into every peak window still
-  open, so nested and concurrent operations all get exact peaks. ``ru_maxrss`` also keeps the
-  high-water mark of threads that have exited, which ``clear_refs`` does not reset: whenever
-  a reading would raise a peak, the probe checks it against ``VmHWM`` in
-  ``/proc/self/status`` (about 7 us), and once it finds a stale value it reads ``VmHWM``
-  from then on. Where no peak can be measured, :meth:`end_peak` returns ``None``.
-
-Resetting the mark is visible to the whole process: ``VmHWM``, ``getrusage().ru_maxrss`` and
-a parent's ``wait4()`` (``/usr/bin/time -v``) then report the peak since the latest reset.
-``reer.memory.peak_rss`` keeps the true lifetime peak. Where something depends on the kernel's
-own figure, ``REER_MEMORY_RESET_PEAK=0`` (or ``MemoryProbe(reset_high_water=False)``) leaves
-it alone; peaks are then reported only where they are still exact (an operation that set a
-new high-water mark, or never rose above its start and end).
-
-Elsewhere the probe uses psutil and reports no peak. Descriptors are reopened in a forked
-child, so a child reads its own memory.
+This is the hot path of everything else, so each read is one system call on a kept descriptor
+where Linux allows: RSS from ``/proc/self/statm`` (read with the GIL held, see
+:func:`_statm_pages_reader`); the allocator heap from ``psutil.heap_info()``, which walks the
+free lists, so its cost grows with fragmentation and is timed (:attr:`MemoryProbe.heap_cost_s`)
+for callers to decide whether it is affordable; the peak from the kernel's RSS high-water mark,
+reset through ``/proc/self/clear_refs``. Before each reset the mark is folded into every open
+peak window, so nested and concurrent operations all get exact peaks. ``ru_maxrss`` keeps the
+mark of exited threads, so the probe checks a rising peak against ``VmHWM`` and, once it finds a
+stale value, reads ``VmHWM`` from then on. The reset is visible to the whole process;
+``REER_MEMORY_RESET_PEAK=0`` leaves the mark alone (README, "What it emits"). Elsewhere psutil is
+used and no peak is reported; a forked child reopens the descriptors.
 """
 
 from __future__ import annotations
