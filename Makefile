@@ -25,10 +25,10 @@ test: $(STAMP) lint
 # The lowest version pyproject.toml allows of every dependency (.ci/minimums.txt), in a fresh venv
 # of its own, and the tests that read what those versions provide: the minimums file against
 # pyproject, heap readings and trims, the exporter's naming rules, /metrics and its exposition,
-# profiled calls, the instrumentor under opentelemetry-instrument, JSONL reads.
+# profiled calls, the instrumentor under opentelemetry-instrument, JSONL reads, the YAML under deploy/.
 MIN_VENV := .venv-min
 MIN_TESTS := tests/test_dependencies.py tests/test_naming.py tests/test_exposition.py tests/test_endpoint_http.py \
-	tests/test_probe.py tests/test_profile.py tests/test_instrumentor.py tests/test_jsonl.py
+	tests/test_probe.py tests/test_profile.py tests/test_instrumentor.py tests/test_jsonl.py tests/test_rules.py
 test-minimums:
 	rm -rf $(MIN_VENV)
 	$(PYTHON) -m venv $(MIN_VENV)
