@@ -176,7 +176,7 @@ class MemoryCgroup:
         return best
 
     def read(self) -> CgroupMemory:
-        """Every value now (a few file reads, about 50 us)."""
+        """Every value now (a few file reads)."""
         directory = self.directory
         if self.version == 2:
             usage = _read_int(directory / "memory.current")

@@ -34,10 +34,10 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 
 
 
 def _global_sdk_configured() -> bool:
-    """True once a real global tracer or meter provider is set. About 0.1 us.
+    """True once a real global tracer or meter provider is set.
 
-    Reads the API's module globals directly (``get_tracer_provider()`` costs about 1 us, too
-    much for a check on every profiled call); falls back to the public calls if they move.
+    Reads the API's module globals directly (``get_tracer_provider()`` costs several times more,
+    too much for a check on every profiled call); falls back to the public calls if they move.
     """
     try:
         return trace._TRACER_PROVIDER is not None or _metrics_internal._METER_PROVIDER is not None
@@ -89,7 +89,7 @@ class OperationNet:
     ones are summed under the overflow attributes), observed at collection time.
 
     Summed here rather than recorded on a synchronous instrument: one instrument fewer on the hot
-    path (each record costs about 2 us in the SDK).
+    path (each SDK record is a real share of a profiled call, docs/performance.md).
     """
 
     def __init__(self) -> None:

@@ -477,8 +477,8 @@ class BoundedHTTPServer:
                     headers = [("Content-Type", self._content_type), ("Vary", "Accept-Encoding")]
                     if scrape.gzip and len(body) >= _GZIP_MIN_BYTES:
                         if compressed is None:
-                            # Level 1: 266 KiB -> 13.7 KiB in about 0.7 ms with 100 operations; level
-                            # 6 saves another 1.6 KiB for three times the CPU (python -m benchmarks monitor).
+                            # Level 1: higher levels save little more on this repetitive text for
+                            # several times the CPU (docs/performance.md, the scrape's section).
                             compressed = gzip.compress(body, compresslevel=1)
                         page = compressed
                         headers.insert(1, ("Content-Encoding", "gzip"))

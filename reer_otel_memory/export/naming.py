@@ -1,23 +1,14 @@
 """Prometheus series and label names of the package's instruments: the one place they are derived.
 
-The rules are the OpenTelemetry specification's for Prometheus (those
-opentelemetry-exporter-prometheus applies): the instrument name with every run of characters
-outside ``[a-zA-Z0-9:]`` made ``_`` and a leading digit made ``_`` (:func:`sanitize_full_name`),
-then the unit (:func:`map_unit`: ``By`` -> ``bytes``, ``s`` -> ``seconds``, ``1`` -> nothing)
-appended unless the name already ends with it, and ``_total`` for a monotonic counter, as
-``prometheus_client``'s families add them. Attribute keys become labels through
-:func:`sanitize_attribute` (``reer.operation`` -> ``reer_operation``). They are written here
-rather than imported from the exporter, whose module for them is private; a test compares them
-with the installed exporter's on a set of names and units, so a change there is caught. The
-exposition (``export.exposition``), the alert rules, the dashboards and
-``reer_otel_memory.testing`` all take their names from this module.
-
-    >>> series_name(("reer.memory.cleanup.freed", "By", "..."), COUNTER)
-    'reer_memory_cleanup_freed_bytes_total'
-    >>> label_name("reer.operation")
-    'reer_operation'
-    >>> map_unit("m/s"), map_unit("{request}"), map_unit("MiBy")
-    ('meters_per_second', '', 'mebibytes')
+The rules are the OpenTelemetry specification's for Prometheus, as opentelemetry-exporter-prometheus
+applies them: the instrument name sanitized (:func:`sanitize_full_name`), its unit appended
+(:func:`map_unit`, ``By`` -> ``bytes``) unless already there, and ``_total`` for a monotonic
+counter; attribute keys become labels (:func:`sanitize_attribute`). They are written here
+because the exporter's module for them is private; a test compares them with the installed
+exporter's, so a change there is caught. The exposition, the alert rules, the dashboards and
+``reer_otel_memory.testing`` all take their names from here, e.g.
+``series_name(("reer.memory.cleanup.freed", "By", "..."), COUNTER)`` is
+``'reer_memory_cleanup_freed_bytes_total'``.
 """
 
 from __future__ import annotations

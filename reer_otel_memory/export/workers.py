@@ -1,19 +1,13 @@
 """Pre-fork servers: every worker's metrics on the parent's one ``/metrics`` page, live, totals kept.
 
-Under ``opentelemetry-instrument`` with ``OTEL_METRICS_EXPORTER=prometheus`` the page is served
-by the process that started first (gunicorn's arbiter, uvicorn's supervisor). Its workers,
-forked (gunicorn) or spawned by ``multiprocessing`` as its direct children (uvicorn
-``--workers``), write their series to ``REER_MEMORY_WORKER_DIR`` every half second while they
-work and once more at exit; each scrape of the parent merges them. Gauges stay per process
-(``pid`` label); counters and histograms are summed over the parent, the live workers and every
-worker that has exited, so totals never drop when a worker is recycled. Other processes (the
-resource tracker, the service's own subprocesses) are not workers: they drop the inherited
-variables and close the listener those made them open. The rules: docs/telemetry.md.
-
-The directory is trusted only as far as it is safe: a configured one must belong to this
-process's user and be closed to group and others (else the private default is used); pages are
-written through a fresh temporary file and read without following links or blocking, up to
-``MAX_PAGE_BYTES``, and only from files of this user whose pid is a live child of the parent.
+Under ``opentelemetry-instrument`` with the Prometheus exporter the page is served by the process
+that started first (gunicorn's arbiter, uvicorn's supervisor). Its workers write their series to
+``REER_MEMORY_WORKER_DIR`` while they work and once more at exit, and each scrape of the parent
+merges them: gauges per process (``pid`` label), counters and histograms summed over the parent,
+the live workers and every worker that has exited, so totals never drop when a worker is
+recycled (the rules: docs/telemetry.md). The directory is trusted only as far as it is safe: it
+must be this user's and closed to others, pages are written through a fresh temporary file, and
+only files of this user from a live child of the parent are read, without following links.
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
 """Estimating the bytes an object graph holds in arrays and buffers (models, managed resources).
 
-:func:`estimate_size` walks an object breadth-first through instance attributes, ``__slots__``,
-dicts, lists, tuples and sets, and adds up the data buffers it finds:
-
-* numpy arrays: ``nbytes`` of the array that owns the data (a view counts its base once);
-* torch tensors: the bytes of their storage (``element_size() * nelement()`` where the storage
-  is unavailable), each storage once;
-* ``bytes``, ``bytearray``, ``memoryview``, ``array.array`` and anything else exporting a buffer;
-* other array types (MLX, JAX, CuPy, ...): any object whose type has ``nbytes`` and ``dtype``.
-
-numpy and torch are looked up in ``sys.modules`` and never imported here: if the process has
-not imported them, it holds none of their arrays. Python containers themselves, strings and
-numbers are not counted: for a model, the weights are what matter. Functions, classes and
-modules are not entered, so the walk stays on the object's own data.
-
-The walk visits at most ``max_objects`` objects; :attr:`SizeEstimate.truncated` says whether
-it stopped early (the bytes are then a lower bound). Cost: about 1 us per object visited.
+:func:`estimate_size` walks an object breadth-first through attributes, ``__slots__`` and Python
+containers and adds up the data buffers it finds (numpy arrays and torch storages once each,
+buffer-exporting objects, any type with ``nbytes`` and ``dtype``); for a model the weights are
+what matter, so containers, strings and numbers themselves are not counted, and functions,
+classes and modules are not entered. numpy and torch are looked up in ``sys.modules``, never
+imported: a process that has not imported them holds none of their arrays. The walk's cost grows
+with the objects it visits, so it stops at ``max_objects`` (:attr:`SizeEstimate.truncated`: the
+bytes are then a lower bound).
 """
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ class _Operation(PeakWindow):
         probe = self.probe = RUNTIME.probe or process_probe()
         rss_start = self.rss_start = probe.open_window(self)
         try:
-            # None (about 0.1 us) unless a framework with a device is imported.
+            # None (a length check) unless a framework with a device is imported.
             device_window, device_start = (RUNTIME.device_memory or device_memory()).begin()
             self.device_window = device_window
             if device_window is not None:
@@ -484,7 +484,7 @@ class _LightSampler:
 
     Nothing leaves the process from such a call but the tracker ring and leak detection, so a
     fast operation is measured on one call in :data:`LIGHT_SAMPLE_EVERY`: the two RSS reads
-    (about 2 us each here) would otherwise cost more than the call. Each measured call still
+    would otherwise cost more than the call (docs/performance.md, "Decisions"). Each measured call still
     reports its own start and end, so leak detection judges true per-call deltas, only on fewer
     calls. Operations averaging :data:`LIGHT_EVERY_CALL_S` or more, and every call while a
     flight recorder is configured (it must see every operation in flight), are always measured.
@@ -498,7 +498,7 @@ class _LightSampler:
         self.mean_s = 0.0  # smoothed duration of the measured calls
 
     def skip(self) -> bool:
-        """True when this call is not measured (about 0.2 us)."""
+        """True when this call is not measured."""
         countdown = self.countdown
         if countdown <= 0 or self.mean_s >= LIGHT_EVERY_CALL_S:
             self.countdown = LIGHT_SAMPLE_EVERY - 1

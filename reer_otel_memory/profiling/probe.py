@@ -39,11 +39,9 @@ def _statm_pages_reader(fd: int) -> Callable[[], int]:
     """A function returning the resident pages in ``/proc/self/statm`` (second field), read through ``fd``.
 
     libc's ``pread`` is called through ``ctypes.PyDLL``, which keeps the GIL held. ``os.pread``
-    releases it around the 2 us read: in a process with another busy thread (a span exporter, a
+    releases it around the short read: in a process with another busy thread (a span exporter, a
     server's workers) the thread then hands the GIL over and waits to get it back, which costs a
-    traced call more than the read itself (``benchmarks/bench_profile.py``, tracing SDK with a
-    batch span processor: 1.56-1.69x a bare span with ``os.pread``, 1.39-1.42x with the GIL kept,
-    measured the same hour). A read of ``statm`` never blocks. Where ctypes or ``pread`` is missing, or
+    traced call more than the read itself (docs/performance.md). A read of ``statm`` never blocks. Where ctypes or ``pread`` is missing, or
     the interpreter runs without a GIL, ``os.pread`` is used.
 
     The buffer is shared by the threads reading one descriptor: a thread switch between the read
@@ -212,7 +210,7 @@ class MemoryProbe:
     # --- reads ---------------------------------------------------------------------------------
 
     def rss_bytes(self) -> int:
-        """Resident set size now. About 1.5 us on Linux (one ``pread``)."""
+        """Resident set size now (on Linux one ``pread``)."""
         fd = self._statm_fd
         if fd >= 0:
             return self._statm_pages() * self._page_size
@@ -228,7 +226,7 @@ class MemoryProbe:
     def heap_bytes(self) -> int | None:
         """Bytes the C allocator has handed out and not freed, or None where unknown.
 
-        Cost varies with heap fragmentation (1 us to milliseconds).
+        It walks the allocator's free lists, so its cost grows with heap fragmentation.
         """
         reading = self._read_heap(blocks=False)
         return None if reading is None else reading[0]
@@ -289,7 +287,7 @@ class MemoryProbe:
 
         ``ru_maxrss`` never under-reports, but a thread that exited leaves its high-water mark
         in it, which the reset does not clear. Only a reading that would raise a peak needs
-        this check (about 7 us); once it finds a stale value the probe reads ``VmHWM`` for good.
+        this check (one more file read); once it finds a stale value the probe reads ``VmHWM`` for good.
         """
         if self._peak_mode is not _PEAK_RUSAGE or self._status_fd < 0:
             return hwm
@@ -302,8 +300,8 @@ class MemoryProbe:
     def begin_peak(self) -> tuple[PeakWindow, int]:
         """Open a peak window; returns it and the RSS at its start.
 
-        About 3 us: read the high-water mark and fold it into every open window, read RSS,
-        and reset the mark when it is above the RSS.
+        Reads the high-water mark and folds it into every open window, reads RSS, and resets
+        the mark when it is above the RSS.
         """
         window = PeakWindow()
         return window, self.open_window(window)
@@ -386,8 +384,8 @@ class MemoryProbe:
     def end_peak(self, window: PeakWindow, end_rss: int) -> int | None:
         """Close ``window``; the highest RSS seen in it, or None where it cannot be known.
 
-        About 1.5 us; 7 us more when the high-water mark is above both the window's start
-        and end (a transient peak), to check it is not a stale thread peak.
+        One read of the high-water mark; one file read more when the mark is above both the
+        window's start and end (a transient peak), to check it is not a stale thread peak.
         """
         mode = self._peak_mode
         if mode is _PEAK_NONE:

@@ -97,7 +97,7 @@ class MemoryTracker:
             self._peak_rss_bytes = snapshot.rss_bytes
 
     def record_operation(self, operation: str, rss_bytes: int, level: MemoryLevel) -> None:
-        """Add the end-of-operation snapshot of a profiled call. About 0.2 us.
+        """Add the end-of-operation snapshot of a profiled call (on the hot path: keep it cheap).
 
         The ring holds a plain tuple; :attr:`snapshots` turns it into a MemorySnapshot.
         """
