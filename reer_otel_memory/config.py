@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, overload
 
 import psutil
 
@@ -216,8 +217,8 @@ def _number(value: object) -> float | None:
 
 
 def _in_range(number: float | None, low: float, high: float, *, low_inclusive: bool, high_inclusive: bool = True) -> bool:
-    """The one range check of every setting: finite, above (or at) ``low``, at most (or below) ``high``."""
-    if number is None or not math.isfinite(number):
+    """The one range check of every setting: above (or at) ``low``, at most (or below) ``high``; never NaN."""
+    if number is None:
         return False
     return (number >= low if low_inclusive else number > low) and (number <= high if high_inclusive else number < high)
 
@@ -230,6 +231,38 @@ def number_in_range(value: object, low: float, high: float, *, low_inclusive: bo
     """
     number = None if isinstance(value, str) else _number(value)
     return number if _in_range(number, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive) else None
+
+
+@overload
+def checked_number(
+    value: object, low: float, high: float = ..., *, name: str, expected: str, where: str = ...,
+    whole: Literal[True], low_inclusive: bool = ..., high_inclusive: bool = ...,
+) -> int: ...
+@overload
+def checked_number(
+    value: object, low: float, high: float = ..., *, name: str, expected: str, where: str = ...,
+    whole: Literal[False] = ..., low_inclusive: bool = ..., high_inclusive: bool = ...,
+) -> float: ...
+def checked_number(
+    value: object, low: float, high: float = math.inf, *, name: str, expected: str, where: str = "",
+    whole: bool = False, low_inclusive: bool = True, high_inclusive: bool = True,
+) -> float:
+    """``value`` if it is a number within the range (``whole``: an int, returned as is), else ConfigurationError.
+
+    The range as in :func:`number_in_range`; ``math.inf`` is in it only where ``high`` is
+    ``math.inf`` and inclusive. The error reads ``where(name=value): expected``, or
+    ``name=value: expected`` without ``where``.
+    """
+    if whole:
+        number = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if number is not None and _in_range(number, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive):
+            return number
+    else:
+        found = number_in_range(value, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive)
+        if found is not None:
+            return found
+    argument = f"{name}={value!r}"
+    raise ConfigurationError(f"{where}({argument}): {expected}" if where else f"{argument}: {expected}")
 
 
 def _percent(name: str, value: object, of_what: str) -> float | None:

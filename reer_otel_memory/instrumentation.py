@@ -33,7 +33,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from . import _names as names
 from . import _telemetry
 from ._runtime import RUNTIME
-from .config import get_config, server_spans_wanted
+from .config import checked_number, get_config, server_spans_wanted
 from .errors import ConfigurationError
 from .frameworks.views import ViewTables
 from .monitoring.system_metrics import follow_forks as follow_system_metrics_forks
@@ -321,10 +321,10 @@ class MemoryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         server_spans = kwargs["server_spans"] if "server_spans" in kwargs else server_spans_wanted()
         if not isinstance(server_spans, bool):
             raise ConfigurationError(f"server_spans={server_spans!r}: expected True or False")
-        grace = kwargs.get("pending_grace_s", PENDING_TARGET_GRACE_S)
-        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace > 0:
-            raise ConfigurationError(f"pending_grace_s={grace!r}: expected a number of seconds above 0")
-        grace = float(grace)
+        grace = checked_number(
+            kwargs.get("pending_grace_s", PENDING_TARGET_GRACE_S), 0.0, low_inclusive=False,
+            name="pending_grace_s", expected="expected a number of seconds above 0",
+        )
         if explicit_targets is None:
             targets = self._targets_from_environment()
 

@@ -27,6 +27,7 @@ import _reer_otel_memory_pytestplugin as _entry
 
 from . import _names as names
 from . import _telemetry
+from .config import checked_number
 from .errors import ConfigurationError
 from .profiling.devices import device_memory
 from .profiling.leak import LeakDetector
@@ -154,8 +155,7 @@ def _budget_for(item: pytest.Item, default_limit: tuple[int, str] | None) -> Bud
         if len(marker.args) != 1 or set(marker.kwargs) - {"calls"}:
             raise ConfigurationError(f"limit_leaks{_call_text(marker)}: expected one size and optionally calls=")
         calls = marker.kwargs.get("calls", DEFAULT_LEAK_CALLS)
-        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 2:
-            raise ConfigurationError(f"limit_leaks(calls={calls!r}): expected a whole number of calls >= 2")
+        checked_number(calls, 2, whole=True, where="limit_leaks", name="calls", expected="expected a whole number of calls >= 2")
         fields.update(leak_limit_bytes=_marker_size("limit_leaks", marker.args[0]), leak_calls=calls)
     marker = item.get_closest_marker("limit_device_memory")
     if marker is not None:

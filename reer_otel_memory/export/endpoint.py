@@ -13,7 +13,6 @@ through the parent (:mod:`.workers`). The README ("Prometheus and Grafana") is t
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -34,6 +33,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReade
 from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
+from ..config import checked_number
 from ..errors import ConfigurationError
 from ._http import LISTEN_BACKLOG, MAX_REQUEST_HEAD_BYTES, BoundedHTTPServer, gzip_accepted
 from .exposition import CONTENT_TYPE, CumulativeText
@@ -248,17 +248,13 @@ def _resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
         if not 0 <= port <= 65535:
             raise ConfigurationError(f"{names.ENV_PROMETHEUS_PORT}={raw!r}: expected a port number 0-65535")
         return host, port
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigurationError(f"port={port!r}: expected a port number 0-65535 (0: any free port)")
-    return host, port
+    return host, checked_number(port, 0, 65535, whole=True, name="port", expected="expected a port number 0-65535 (0: any free port)")
 
 
 def _check_bounds(request_timeout_s: float, connection_timeout_s: float, max_connections: int) -> None:
     for keyword, seconds in (("request_timeout_s", request_timeout_s), ("connection_timeout_s", connection_timeout_s)):
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
-            raise ConfigurationError(f"{keyword}={seconds!r}: expected a positive number of seconds")
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-        raise ConfigurationError(f"max_connections={max_connections!r}: expected a whole number of connections, 1 or more")
+        checked_number(seconds, 0, low_inclusive=False, high_inclusive=False, name=keyword, expected="expected a positive number of seconds")
+    checked_number(max_connections, 1, whole=True, name="max_connections", expected="expected a whole number of connections, 1 or more")
 
 
 def _bind(

@@ -12,7 +12,6 @@ reaches those).
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import weakref
@@ -21,7 +20,8 @@ from typing import Any
 
 from .. import _names as names
 from .._runtime import RUNTIME
-from ..errors import ConfigurationError, InvalidArgumentError
+from ..config import checked_number
+from ..errors import InvalidArgumentError
 from ..monitoring.cleanup import register_cleanup_hook, release_memory
 from .profiler import MemoryProfiler, get_memory_profiler, run_profiled
 
@@ -63,10 +63,11 @@ class LazyModelLoader:
     ) -> None:
         if not callable(load_model_func):
             raise InvalidArgumentError(f"LazyModelLoader(load_model_func={load_model_func!r}): expected a callable returning the model")
-        if idle_timeout_s is not None and (
-            not isinstance(idle_timeout_s, (int, float)) or isinstance(idle_timeout_s, bool) or math.isnan(idle_timeout_s) or idle_timeout_s < 0
-        ):
-            raise ConfigurationError(f"LazyModelLoader(idle_timeout_s={idle_timeout_s!r}): expected seconds >= 0 (math.inf: never unload on cleanup) or None")
+        if idle_timeout_s is not None:
+            checked_number(
+                idle_timeout_s, 0, where="LazyModelLoader", name="idle_timeout_s",
+                expected="expected seconds >= 0 (math.inf: never unload on cleanup) or None",
+            )
         if model_name is None:
             model_name = str(model_path) if model_path is not None else getattr(load_model_func, "__qualname__", repr(load_model_func))
         elif not isinstance(model_name, str) or not model_name:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ..config import number_in_range, size_mb_to_bytes
+from ..config import checked_number, size_mb_to_bytes
 from ..errors import ConfigurationError, InvalidArgumentError
 from ..monitoring.cleanup import KIND_CACHE, Released, cleanup_registry, release_memory
 
@@ -69,20 +69,12 @@ def _measured(released: Released[Any]) -> dict[str, Any]:
     }
 
 
-def _check_positive(where: str, name: str, value: object, allow_zero: bool = False) -> float:
-    number = number_in_range(value, 0.0, math.inf, low_inclusive=allow_zero)
-    if number is not None:
-        return number
-    raise ConfigurationError(f"{where}({name}={value!r}): expected a finite number {'>= 0' if allow_zero else '> 0'}")
-
-
 def _check_threshold(where: str, size_threshold_mb: object) -> int:
     return size_mb_to_bytes(size_threshold_mb, f"{where}(size_threshold_mb={size_threshold_mb!r})", allow_zero=True)
 
 
 def _check_top(where: str, top: object) -> None:
-    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-        raise ConfigurationError(f"{where}(top={top!r}): expected a non-negative integer (how many objects to list)")
+    checked_number(top, 0, whole=True, where=where, name="top", expected="expected a non-negative integer (how many objects to list)")
 
 
 def _check_report(where: str, report: object) -> None:
@@ -215,7 +207,9 @@ class MemoryOptimizer:
         values must stay finite). ``report``, if a list, receives one dict per array: key,
         action (``downcast``, ``compacted`` or ``unchanged``), dtypes and bytes before/after.
         """
-        rtol = _check_positive("optimize_numpy_arrays", "float_rtol", float_rtol, allow_zero=True)
+        rtol = checked_number(
+            float_rtol, 0.0, math.inf, high_inclusive=False, where="optimize_numpy_arrays", name="float_rtol", expected="expected a finite number >= 0"
+        )
         if rtol >= 1.0:
             raise ConfigurationError(f"optimize_numpy_arrays(float_rtol={float_rtol!r}): expected a relative tolerance below 1")
         if report is not None and not isinstance(report, list):

@@ -26,8 +26,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
-from ..config import MB, get_config
-from ..errors import ConfigurationError, InvalidArgumentError, NotFoundError
+from ..config import MB, checked_number, get_config
+from ..errors import InvalidArgumentError, NotFoundError
 from ..profiling import operations as _profile
 from ..profiling.operations import OperationResult
 from ..profiling.probe import process_probe
@@ -164,8 +164,7 @@ class MemoryProfiler:
     """Profiles model loads and keeps bounded per-model statistics; see the module docs."""
 
     def __init__(self, max_models: int = DEFAULT_MAX_MODELS, max_size_objects: int = 100_000) -> None:
-        if not isinstance(max_models, int) or isinstance(max_models, bool) or max_models <= 0:
-            raise ConfigurationError(f"MemoryProfiler(max_models={max_models!r}): expected a positive integer")
+        checked_number(max_models, 1, whole=True, where="MemoryProfiler", name="max_models", expected="expected a positive integer")
         self.max_models = max_models
         self.max_size_objects = max_size_objects
         self._lock = threading.Lock()
@@ -377,15 +376,11 @@ class MemoryProfiler:
 
 
 def _check_number(name: str, value: object, minimum: float, exclusive: bool = False) -> None:
-    ok = (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value > minimum if exclusive else value >= minimum)
+    bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
+    checked_number(
+        value, minimum, math.inf, low_inclusive=not exclusive, high_inclusive=False,
+        where="get_model_memory_recommendations", name=name, expected=f"expected a finite number {bound}",
     )
-    if not ok:
-        bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
-        raise ConfigurationError(f"get_model_memory_recommendations({name}={value!r}): expected a finite number {bound}")
 
 
 # --- metrics -----------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
-from ..config import MB, size_mb_to_bytes
-from ..errors import ConfigurationError, InvalidArgumentError
+from ..config import MB, checked_number, size_mb_to_bytes
+from ..errors import InvalidArgumentError
 from ..monitoring.cleanup import register_cleanup_hook
 from .sizing import estimate_size
 
@@ -103,8 +103,7 @@ class MemoryResourceManager:
     """Named resources, cleaned up on demand, over their limit, or under memory pressure."""
 
     def __init__(self, max_size_objects: int = DEFAULT_MAX_SIZE_OBJECTS) -> None:
-        if not isinstance(max_size_objects, int) or isinstance(max_size_objects, bool) or max_size_objects <= 0:
-            raise ConfigurationError(f"MemoryResourceManager(max_size_objects={max_size_objects!r}): expected a positive integer")
+        checked_number(max_size_objects, 1, whole=True, where="MemoryResourceManager", name="max_size_objects", expected="expected a positive integer")
         self.max_size_objects = max_size_objects
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..config import checked_number
 
 #: Objects visited by default before the walk stops.
 DEFAULT_MAX_OBJECTS = 100_000
@@ -58,8 +58,7 @@ def _is_float64(dtype: Any) -> bool:
 
 def estimate_size(obj: Any, max_objects: int = DEFAULT_MAX_OBJECTS) -> SizeEstimate:
     """Walk ``obj`` (bounded by ``max_objects``) and add up the array and buffer bytes it holds."""
-    if not isinstance(max_objects, int) or isinstance(max_objects, bool) or max_objects <= 0:
-        raise ConfigurationError(f"estimate_size(max_objects={max_objects!r}): expected a positive integer")
+    checked_number(max_objects, 1, whole=True, where="estimate_size", name="max_objects", expected="expected a positive integer")
     numpy = sys.modules.get("numpy")
     ndarray = getattr(numpy, "ndarray", None)
     torch = sys.modules.get("torch")

@@ -24,7 +24,7 @@ from .. import config as config_module
 from .._cgroup import CgroupMemory, MemoryCgroup
 from .._runtime import RUNTIME
 from ..config import MB, MemoryConfig
-from ..errors import ConfigurationError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
 from ..profiling.devices import DeviceMemory, DeviceReading, device_memory
 from ..profiling.flight_recorder import FlightRecorder, process_flight_recorder
@@ -102,12 +102,13 @@ class MemoryMonitor:
         cgroup: MemoryCgroup | object | None = _PROCESS_CGROUP,
         devices: DeviceMemory | None = None,
     ) -> None:
-        share = config_module.number_in_range(hysteresis_share, 0.0, 1.0, high_inclusive=False)
-        if share is None:
-            raise ConfigurationError(f"hysteresis_share={hysteresis_share!r}: expected a share of the threshold from 0 up to (not including) 1")
-        cooldown_s = config_module.number_in_range(cleanup_cooldown_s, 0.0, math.inf)
-        if cooldown_s is None:
-            raise ConfigurationError(f"cleanup_cooldown_s={cleanup_cooldown_s!r}: expected a finite number of seconds >= 0")
+        share = config_module.checked_number(
+            hysteresis_share, 0.0, 1.0, high_inclusive=False,
+            name="hysteresis_share", expected="expected a share of the threshold from 0 up to (not including) 1",
+        )
+        cooldown_s = config_module.checked_number(
+            cleanup_cooldown_s, 0.0, math.inf, high_inclusive=False, name="cleanup_cooldown_s", expected="expected a finite number of seconds >= 0"
+        )
         self._probe = probe if probe is not None else process_probe()
         self._tracker = tracker
         if cgroup is not _PROCESS_CGROUP and cgroup is not None and not isinstance(cgroup, MemoryCgroup):

@@ -39,7 +39,7 @@ from opentelemetry.util.types import AttributeValue
 from .. import _names as names
 from .. import _telemetry
 from .._runtime import RUNTIME
-from ..config import number_in_range, parse_choice
+from ..config import checked_number, number_in_range, parse_choice
 from ..errors import ConfigurationError, ReerMemoryError
 from .probe import process_probe
 from .window import EXPLANATION_WINDOW
@@ -419,12 +419,11 @@ def unavailable_reason() -> str | None:
 
 
 def _check_arguments(seconds: object, top: object) -> tuple[float, int]:
-    window = number_in_range(seconds, 0.0, MAX_SECONDS, low_inclusive=False)
-    if window is None:
-        raise ConfigurationError(f"explain_memory(seconds={seconds!r}): expected a number of seconds above 0 and at most {MAX_SECONDS:.0f}")
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ConfigurationError(f"explain_memory(top={top!r}): expected an int of at least 1")
-    return window, top
+    window = checked_number(
+        seconds, 0.0, MAX_SECONDS, low_inclusive=False,
+        where="explain_memory", name="seconds", expected=f"expected a number of seconds above 0 and at most {MAX_SECONDS:.0f}",
+    )
+    return window, checked_number(top, 1, whole=True, where="explain_memory", name="top", expected="expected an int of at least 1")
 
 
 def explain_memory(seconds: float = 10.0, *, top: int = 10, native: bool | None = None) -> MemoryExplanation:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .. import _names as names
 from .._runtime import RUNTIME
+from ..config import checked_number
 from ..errors import ConfigurationError
 from .window import EXPLANATION_WINDOW
 
@@ -243,10 +244,8 @@ class LeakDetector:
             ("window", window), ("min_samples", min_samples), ("check_every", check_every), ("max_operations", max_operations),
             ("long_window", long_window), ("long_min_samples", long_min_samples),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"LeakDetector({argument}={value!r}): expected a whole number >= 1")
-        if isinstance(warmup_calls, bool) or not isinstance(warmup_calls, int) or warmup_calls < 0:
-            raise ConfigurationError(f"LeakDetector(warmup_calls={warmup_calls!r}): expected a whole number >= 0")
+            checked_number(value, 1, whole=True, where="LeakDetector", name=argument, expected="expected a whole number >= 1")
+        checked_number(warmup_calls, 0, whole=True, where="LeakDetector", name="warmup_calls", expected="expected a whole number >= 0")
         if min_samples > window:
             raise ConfigurationError(
                 f"LeakDetector(min_samples={min_samples!r}, window={window!r}): "
@@ -261,12 +260,10 @@ class LeakDetector:
             ("floor_bytes", floor_bytes), ("long_floor_bytes", long_floor_bytes), ("process_window_s", process_window_s),
             ("process_floor_bytes", process_floor_bytes),
         ):
-            if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
-                unit = "seconds" if argument.endswith("_s") else "bytes"
-                raise ConfigurationError(f"LeakDetector({argument}={number!r}): expected a positive number of {unit}")
+            unit = "seconds" if argument.endswith("_s") else "bytes"
+            checked_number(number, 0, low_inclusive=False, where="LeakDetector", name=argument, expected=f"expected a positive number of {unit}")
         for argument, share in (("positive_share", positive_share), ("busy_thread_share", busy_thread_share)):
-            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
-                raise ConfigurationError(f"LeakDetector({argument}={share!r}): expected a share above 0 and at most 1")
+            checked_number(share, 0, 1, low_inclusive=False, where="LeakDetector", name=argument, expected="expected a share above 0 and at most 1")
         self.window = window
         self.warmup_calls = warmup_calls
         self.min_samples = min_samples

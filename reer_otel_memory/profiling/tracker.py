@@ -17,8 +17,7 @@ import time
 from typing import Any, NamedTuple
 
 from .._runtime import RUNTIME
-from ..config import MB, get_config
-from ..errors import ConfigurationError
+from ..config import MB, checked_number, get_config
 from ..levels import MemoryLevel
 from .leak import LeakDetector, LeakSuspect
 from .probe import MemoryProbe, process_probe
@@ -70,8 +69,7 @@ class MemoryTracker:
     """Keeps recent snapshots and per-operation leak statistics for one process."""
 
     def __init__(self, max_snapshots: int = 1000, probe: MemoryProbe | None = None, leak_detector: LeakDetector | None = None) -> None:
-        if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int) or max_snapshots <= 0:
-            raise ConfigurationError(f"MemoryTracker(max_snapshots={max_snapshots!r}): expected a whole number of snapshots >= 1")
+        checked_number(max_snapshots, 1, whole=True, where="MemoryTracker", name="max_snapshots", expected="expected a whole number of snapshots >= 1")
         if probe is None:
             probe = process_probe()
         self._probe = probe
