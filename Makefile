@@ -50,7 +50,7 @@ demo: $(STAMP)
 
 # The demo, Prometheus and Alertmanager on loopback, alerts printed as they fire; Ctrl-C stops them.
 stack: $(STAMP)
-	$(PY) -m reer_otel_memory.deploy.stack $(STACK_ARGS)
+	$(PY) scripts/stack.py $(STACK_ARGS)
 
 # The shipped alert rules, dashboard and examples under deploy/, from the generators.
 deploy: $(STAMP)

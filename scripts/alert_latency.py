@@ -29,11 +29,12 @@ from tempfile import TemporaryDirectory
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import stack  # noqa: E402  (scripts/stack.py, beside this file)
 from metrics_process import MetricsProcess  # noqa: E402
 from prometheus_server import PrometheusServer  # noqa: E402
 
 from reer_otel_memory import _names as names  # noqa: E402
-from reer_otel_memory.deploy import rules, stack  # noqa: E402
+from reer_otel_memory.deploy import rules  # noqa: E402
 from reer_otel_memory.export import naming as series  # noqa: E402
 
 MIB = 1024 * 1024

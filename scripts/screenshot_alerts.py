@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reer_otel_memory.deploy.stack import Stack
+from stack import Stack  # scripts/stack.py, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "images" / "prometheus-alerts.png"

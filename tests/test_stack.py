@@ -1,9 +1,10 @@
-"""``make stack``: the demo, Prometheus and Alertmanager come up on loopback, alerts fire and are
+"""``make stack`` (scripts/stack.py): the demo, Prometheus and Alertmanager come up on loopback, alerts fire and are
 printed, and SIGINT (Ctrl-C) stops all three and removes their directory."""
 
 from __future__ import annotations
 
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -14,18 +15,17 @@ from pathlib import Path
 from _children import free_port
 from conftest import require_binary, wait_for
 
-from reer_otel_memory.deploy import stack
-
 ROOT = Path(__file__).resolve().parent.parent
+STACK = ROOT / "scripts" / "stack.py"
 
 
 def test_stack_shows_alerts_firing_and_stops_cleanly_on_ctrl_c() -> None:
     require_binary("prometheus")
-    if not any(shutil.which(name) for name in stack.ALERTMANAGER_BINARIES):
+    if not any(shutil.which(name) for name in runpy.run_path(str(STACK))["ALERTMANAGER_BINARIES"]):
         require_binary("alertmanager")  # skips, or fails in CI
     ports = [free_port() for _ in range(3)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "reer_otel_memory.deploy.stack",
+        [sys.executable, str(STACK),
          "--prometheus-port", str(ports[0]), "--alertmanager-port", str(ports[1]), "--demo-port", str(ports[2])],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

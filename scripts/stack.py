@@ -1,6 +1,6 @@
 """``make stack``: the demo, Prometheus and Alertmanager together on loopback, alerts shown as they fire.
 
-    make stack        # or: python -m reer_otel_memory.deploy.stack [--duration 120]
+    make stack        # or: .venv/bin/python scripts/stack.py [--duration 120]
 
 Starts, each on 127.0.0.1 and storing under one temporary directory removed at the end:
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from . import rules
+from reer_otel_memory.deploy import rules
 
 HOST = "127.0.0.1"
 DEFAULT_PROMETHEUS_PORT = 9090
