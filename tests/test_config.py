@@ -565,3 +565,44 @@ def test_a_service_with_overflowing_values_starts_with_defaults_and_one_log_line
     errors = [line for line in done.stderr.splitlines() if "REER_MEMORY" in line]
     assert len(errors) == 1, done.stderr
     assert "REER_MEMORY_ALERT_MB='1e308'" in errors[0] and "REER_MEMORY_MONITORING_INTERVAL='1e10'" in errors[0]
+
+
+# --- numeric arguments ---------------------------------------------------------------------------
+
+
+def test_a_refused_number_names_the_argument_its_value_and_what_was_expected():
+    with pytest.raises(ConfigurationError, match=r"^Thing\(size=0\): expected at least 1$"):
+        config_module.checked_number(0, 1, whole=True, where="Thing", name="size", expected="expected at least 1")
+    with pytest.raises(ConfigurationError, match=r"^size=-1\.5: expected a number >= 0$"):
+        config_module.checked_number(-1.5, 0, name="size", expected="expected a number >= 0")
+
+
+@pytest.mark.parametrize("value", [True, False, 2.0, "2", None, [2], 1 + 0j])
+def test_a_whole_number_is_an_int_never_a_bool_float_or_string(value):
+    with pytest.raises(ConfigurationError):
+        config_module.checked_number(value, 0, whole=True, name="n", expected="expected a whole number")
+
+
+def test_a_whole_number_is_returned_as_it_came_however_large():
+    huge = 10**400
+    assert config_module.checked_number(huge, 1, whole=True, name="n", expected="") is huge
+    assert config_module.checked_number(65535, 0, 65535, whole=True, name="port", expected="") == 65535
+    with pytest.raises(ConfigurationError):
+        config_module.checked_number(65536, 0, 65535, whole=True, name="port", expected="")
+
+
+@pytest.mark.parametrize("value", [True, "1", math.nan, None])
+def test_a_number_is_never_a_bool_string_or_nan(value):
+    with pytest.raises(ConfigurationError):
+        config_module.checked_number(value, 0, name="x", expected="expected a number")
+
+
+def test_infinity_is_in_range_only_where_the_upper_bound_is_infinite_and_inclusive():
+    assert config_module.checked_number(math.inf, 0, name="x", expected="") == math.inf
+    with pytest.raises(ConfigurationError):
+        config_module.checked_number(math.inf, 0, math.inf, high_inclusive=False, name="x", expected="")
+    with pytest.raises(ConfigurationError):
+        config_module.checked_number(math.inf, 0, 1e6, name="x", expected="")
+    assert config_module.checked_number(0.5, 0, 1, low_inclusive=False, name="x", expected="") == 0.5
+    with pytest.raises(ConfigurationError):
+        config_module.checked_number(0, 0, 1, low_inclusive=False, name="x", expected="")

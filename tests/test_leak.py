@@ -391,3 +391,9 @@ def test_a_steady_climb_no_operation_shows_is_a_process_level_verdict_naming_non
 def test_process_settings_are_checked():
     with pytest.raises(ConfigurationError, match=r"process_window_s=0.*positive number of seconds"):
         LeakDetector(process_window_s=0)
+
+
+@pytest.mark.parametrize("argument", ["floor_bytes", "long_floor_bytes", "process_window_s", "process_floor_bytes"])
+def test_a_floor_or_window_of_nan_is_refused(argument):
+    with pytest.raises(ConfigurationError, match=rf"^LeakDetector\({argument}=nan\): expected a positive number of "):
+        LeakDetector(**{argument: float("nan")})
