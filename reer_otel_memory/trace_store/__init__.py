@@ -1,5 +1,5 @@
 """Constant-memory JSONL: the trace store (:class:`REERTraceStore`), the streaming reader and
-the chunked scanner they share.
+the per-line pass they share.
 
     from reer_otel_memory.trace_store import REERTraceStore
 

@@ -14,17 +14,16 @@
     async for record in StreamingJSONLReader(file_path):   # reads in a worker thread
         await process(record)
 
-Each pass reads the file in chunks of ``chunk_size`` bytes (default 1 MiB; any size works, a
-line longer than a chunk included, larger chunks read faster) and parses every line with
-msgspec, handing the lines it refuses to ``json.loads``: results equal ``json.loads`` per line
-(NaN, Infinity and integers beyond 64 bits included) at 2.2x its speed on realistic traces
-(``python -m benchmarks jsonl``). Blank lines are skipped. A malformed line raises
-:class:`~reer_otel_memory.errors.MalformedLineError` naming the file, the 1-based line number
-and the line's start, as ``json``, pandas and polars do;
-``skip_malformed=True`` skips such lines instead, counts them with their line numbers in
-:attr:`~StreamingJSONLReader.stats` and logs one warning per pass with the count and the first
-line numbers. A line longer than ``max_line_bytes`` (default 64 MiB) is malformed: it raises,
-or is skipped without ever being held whole. A UTF-8 byte order mark at the start is skipped.
+Each pass reads the file line by line through a read buffer of ``chunk_size`` bytes (default
+1 MiB; any size works) and parses every line with msgspec, handing the lines it refuses to
+``json.loads``: results equal ``json.loads`` per line (NaN, Infinity and integers beyond 64 bits
+included). Blank lines are skipped. A malformed line raises
+:class:`~reer_otel_memory.errors.MalformedLineError` naming the file, the 1-based line number,
+its byte offset and the line's start; ``skip_malformed=True`` skips such lines instead, counts
+them with their line numbers in :attr:`~StreamingJSONLReader.stats` and logs one warning per
+pass with the count and the first line numbers. A line longer than ``max_line_bytes`` (default
+64 MiB) is malformed: it raises, or is skipped without ever being held whole. A UTF-8 byte
+order mark at the start is skipped.
 
 A last line without a trailing newline is returned if it is valid JSON (hand-written files often
 end that way); otherwise it is taken for a record still being written, or cut short by a killed

@@ -67,7 +67,7 @@ class ScoreStats:
 
     def consume(self, scores: Iterator[Any], stats: ScanStats, max_bytes: int) -> bool:
         """Fold in the ``score`` of each record until ``max_bytes`` more are read; True once the pass is exhausted."""
-        byte_limit = stats.bytes_read + max_bytes
+        byte_limit = stats.end_offset + max_bytes
         count, total = self.count, self.total
         low = float("inf") if self.low is None else self.low
         high = float("-inf") if self.high is None else self.high
@@ -80,7 +80,7 @@ class ScoreStats:
                     low = score
                 if score > high:
                     high = score
-            if stats.bytes_read >= byte_limit:
+            if stats.end_offset >= byte_limit:
                 exhausted = False
                 break
         self.count, self.total = count, total

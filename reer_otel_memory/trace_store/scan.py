@@ -1,38 +1,23 @@
-"""The chunked JSONL reading core shared by :class:`~reer_otel_memory.trace_store.jsonl.StreamingJSONLReader`
+"""The per-line JSONL pass shared by :class:`~reer_otel_memory.trace_store.jsonl.StreamingJSONLReader`
 and :class:`~reer_otel_memory.trace_store.REERTraceStore`.
 
-One pass (:class:`JSONLScan`) reads a file in large binary chunks from a byte offset, cuts each
-chunk at its last newline (the rest is carried into the next chunk) and decodes each line with
-msgspec straight out of the chunk (a ``memoryview`` slice: no per-line copy). A value must end
-at its line's newline, so a line holding two values, or a value spread over two lines, is
-malformed. A line msgspec refuses goes to ``json.loads``, which decides: results equal a
-``json.loads`` per line, NaN, Infinity, integers beyond 64 bits and lone surrogates included
-(msgspec refuses the first, second and last), at 2.2x its speed on realistic traces
-(``python -m benchmarks jsonl``; msgspec alone parses them at 2.5x, orjson at 2.1x). Passes
-that need one field of each record (``field=``: the store's scores and ids) decode only that
-field; the rest of the line is validated, not built.
-
-Memory is constant in the file size: one chunk of bytes, its decoded text, and the record being
-handed out (a line longer than a chunk is held whole, as it must be). Malformed and blank lines
-are skipped and counted, the first :data:`MAX_REPORTED_MALFORMED` malformed line numbers kept.
-
-A last line without its newline is a *torn tail*: a writer was killed mid-record, or is still
-writing it. It is not returned (unless ``parse_unterminated_tail`` asks for a valid one to be)
-and is reported in :attr:`ScanStats.torn_tail_offset` / ``torn_tail_bytes``.
-
-Costs, per record of realistic traces (1.5 KB): about 1 us reading, finding the line and
-handing the record out, the rest parsing and building the Python objects (7.6 us, against
-19 us for ``json.loads`` per line). Reads are handed on whole, never copied, and lines are
-counted as they are parsed: copying each read and counting its newlines cost 2 us a record.
+A pass reads a binary file line by line and decodes each line with msgspec; ``json.loads``
+decides the lines msgspec refuses, so the records equal ``json.loads`` per line (NaN, Infinity,
+integers beyond 64 bits, lone surrogates). Blank and malformed lines raise or are skipped and
+counted; a last line without its newline (a *torn tail*: a writer killed, or still writing) is
+reported rather than returned. Memory holds one line at a time, never more than
+``max_line_bytes`` of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
 from collections.abc import Callable, Generator, Iterator
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -41,7 +26,7 @@ from ..errors import MalformedLineError
 
 logger = logging.getLogger(__name__)
 
-#: Bytes read per system call by default: large enough that per-chunk costs vanish.
+#: Read buffer of a pass by default.
 DEFAULT_CHUNK_BYTES = 1 << 20
 #: Malformed line numbers kept per pass; the count is always exact.
 MAX_REPORTED_MALFORMED = 100
@@ -52,6 +37,11 @@ SNIPPET_CHARS = 60
 #: Line numbers named in the warning a skipping pass logs.
 LOGGED_LINE_NUMBERS = 5
 _BOM = b"\xef\xbb\xbf"
+_SKIP = object()  # a blank or malformed line, counted
+_REFUSED = object()  # a line msgspec refused: json.loads decides
+_FAST_ERRORS = (msgspec.MsgspecError, RecursionError, UnicodeDecodeError)  # msgspec before 0.23 raises UnicodeDecodeError on invalid UTF-8
+_decode_any = msgspec.json.Decoder().decode
+_projections: dict[str, Callable[[Any], Any]] = {}
 
 
 def snippet(line: bytes | str) -> str:
@@ -59,12 +49,15 @@ def snippet(line: bytes | str) -> str:
     text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
     return text[:SNIPPET_CHARS] + ("..." if len(text) > SNIPPET_CHARS else "")
 
-_SKIP = object()  # a blank line
-_BAD = object()  # a malformed line
-_REFUSED = object()  # a line the fast decoder refused: json.loads decides
-_FAST_ERRORS = (msgspec.MsgspecError, RecursionError, UnicodeDecodeError)  # msgspec before 0.23 raises UnicodeDecodeError on invalid UTF-8
-_decode_any = msgspec.json.Decoder().decode
-_projections: dict[str, Callable[[Any], Any]] = {}
+
+def _loads(line: bytes) -> Any:
+    """``json.loads`` of one line, or ``_REFUSED`` if it is not JSON (a BOM inside the file included)."""
+    if line.startswith(_BOM):
+        return _REFUSED  # json.loads would drop it from bytes; only the file's first line may have one
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return _REFUSED
 
 
 def decode_line(line: bytes) -> Any:
@@ -73,21 +66,13 @@ def decode_line(line: bytes) -> Any:
         return _decode_any(line)
     except _FAST_ERRORS:
         pass
-    if line.startswith(_BOM):
-        return None
-    try:
-        return json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _refuse(line: Any) -> Any:
-    raise msgspec.DecodeError("not valid UTF-8")
+    value = _loads(line)
+    return None if value is _REFUSED else value
 
 
 def _projection(field: str) -> Callable[[Any], Any]:
     """A decoder of one field of a JSON object into ``.value`` (None when absent): the other
-    fields are validated and skipped, never built (about 3x faster on long records)."""
+    fields are validated and skipped, never built."""
     decode = _projections.get(field)
     if decode is None:
         struct = msgspec.defstruct("Projection", [("value", Any, None)], rename={"value": field})
@@ -100,13 +85,12 @@ class ScanStats:
 
     __slots__ = (
         "blank_lines",
-        "bytes_read",
         "end_offset",
         "lines_read",
         "malformed_line_numbers",
         "malformed_lines",
         "max_reported_malformed",
-        "records",
+        "skipped_lines",
         "start_offset",
         "torn_tail_bytes",
         "torn_tail_offset",
@@ -116,10 +100,9 @@ class ScanStats:
         self.start_offset = start_offset
         #: Offset just past the last complete line read from the file.
         self.end_offset = start_offset
-        self.bytes_read = 0
         #: Complete lines consumed (records, blank and malformed).
         self.lines_read = 0
-        self.records = 0
+        self.skipped_lines = 0
         self.blank_lines = 0
         self.malformed_lines = 0
         self.malformed_line_numbers: list[int] = []
@@ -128,17 +111,25 @@ class ScanStats:
         self.torn_tail_bytes = 0
         self.max_reported_malformed = max_reported_malformed
 
+    @property
+    def records(self) -> int:
+        """Records handed out (complete lines that were neither blank nor malformed)."""
+        return self.lines_read - self.skipped_lines
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the file consumed, a byte order mark and a torn tail included."""
+        return self.end_offset - self.start_offset + self.torn_tail_bytes
+
     def _malformed(self, line_number: int) -> None:
         self.malformed_lines += 1
         if len(self.malformed_line_numbers) < self.max_reported_malformed:
             self.malformed_line_numbers.append(line_number)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__ if name != "max_reported_malformed"}
-
     def __repr__(self) -> str:
-        fields = ", ".join(f"{key}={value!r}" for key, value in self.as_dict().items())
-        return f"ScanStats({fields})"
+        names = ("start_offset", "end_offset", "bytes_read", "lines_read", "records", "blank_lines", "malformed_lines",
+                 "malformed_line_numbers", "torn_tail_offset", "torn_tail_bytes")  # fmt: skip
+        return "ScanStats(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in names) + ")"
 
 
 class JSONLScan:
@@ -146,14 +137,14 @@ class JSONLScan:
 
     ``start_offset`` must be the start of a line; ``first_line_number`` is that line's number
     (only used to report malformed lines). ``objects_only`` counts a valid line that is not a
-    JSON object as malformed. ``with_offsets`` makes :meth:`records` yield ``(offset, value)``
-    with each line's byte offset. ``strict`` raises :class:`MalformedLineError` at the first
-    malformed line instead of skipping it; otherwise a pass that skipped lines logs one
-    warning with their count and first line numbers. A line longer than ``max_line_bytes`` is
-    malformed (and never held whole). A UTF-8 byte order mark at the start of the file is
-    skipped. A missing file raises ``FileNotFoundError`` on iteration. ``field`` makes
-    :meth:`records` yield that field of each record (None where absent; a line that is not a
-    JSON object is malformed) instead of the record.
+    JSON object as malformed. ``with_offsets`` makes :meth:`records` yield ``(offset, value)``.
+    ``strict`` raises :class:`MalformedLineError` at the first malformed line instead of
+    skipping it; a pass that skipped lines logs one warning with their count and first line
+    numbers. A line longer than ``max_line_bytes`` is malformed (and never held whole). A UTF-8
+    byte order mark at the start of the file is skipped. A missing file raises
+    ``FileNotFoundError`` on iteration. ``field`` makes :meth:`records` yield that field of
+    each record (None where absent; a line that is not a JSON object is malformed).
+    ``parse_unterminated_tail`` returns a valid last line that lacks its newline.
     """
 
     def __init__(
@@ -173,168 +164,128 @@ class JSONLScan:
     ) -> None:
         self.path = os.fspath(path)
         self.field = field
-        self._decode = _decode_any if field is None else _projection(field)
         self.max_line_bytes = max_line_bytes
-        self._next_line = first_line_number
         self.chunk_bytes = chunk_bytes
         self.first_line_number = first_line_number
-        self.objects_only = objects_only
+        self.objects_only = objects_only and field is None
         self.with_offsets = with_offsets
         self.parse_unterminated_tail = parse_unterminated_tail
         self.strict = strict
         self.stats = ScanStats(start_offset, max_reported_malformed)
-
-    # --- reading -------------------------------------------------------------------------------
-
-    def _blocks(self) -> Iterator[tuple[int, bytes, int]]:
-        """(offset, data, end): ``data[:end]`` is a run of complete lines (the bytes after
-        ``end`` are the start of the next line, already carried over); sets the torn tail at EOF.
-
-        The whole read is handed out rather than a copy of its complete lines: copying each
-        read cost as much as reading it. ``self._next_line`` is the number of the first line
-        of each block when it is yielded; the consumer of a block advances it.
-        """
-        stats = self.stats
-        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        try:
-            offset = stats.start_offset
-            if offset == 0 and os.pread(fd, len(_BOM), 0) == _BOM:
-                # Editors on Windows write one; it is not part of the first record.
-                offset = stats.end_offset = len(_BOM)
-                stats.bytes_read += len(_BOM)
-            if offset:
-                os.lseek(fd, offset, os.SEEK_SET)
-            if hasattr(os, "posix_fadvise"):
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                except OSError:
-                    pass
-            limit = self.max_line_bytes
-            # A line within one read is then never longer than the limit: only lines spanning
-            # reads need checking.
-            read_bytes = min(self.chunk_bytes, limit + 1)
-            pending: list[bytes] = []  # an unfinished line, in pieces: joining once avoids quadratic copies
-            pending_bytes = 0
-            dropping = False  # inside a line over the limit, read but not kept
-            while True:
-                data = os.read(fd, read_bytes)
-                if not data:
-                    break
-                stats.bytes_read += len(data)
-                if pending or dropping:
-                    nl = data.find(b"\n")
-                    line_bytes = pending_bytes + (len(data) if nl < 0 else nl)
-                    if not dropping and line_bytes > limit:
-                        self._too_long(offset, pending)
-                        pending.clear()
-                        dropping = True
-                    if dropping:
-                        pending_bytes = line_bytes
-                        if nl < 0:
-                            continue
-                        offset = stats.end_offset = offset + line_bytes + 1
-                        pending_bytes, dropping = 0, False
-                        self._next_line += 1
-                        stats.lines_read += 1
-                        data = data[nl + 1 :]
-                        if not data:
-                            continue
-                cut = data.rfind(b"\n") + 1
-                if not cut:
-                    pending.append(data)
-                    pending_bytes += len(data)
-                    if pending_bytes > limit:
-                        self._too_long(offset, pending)
-                        pending.clear()
-                        dropping = True
-                    continue
-                if pending:
-                    pending.append(data[:cut])
-                    block = b"".join(pending)
-                    end = len(block)
-                    pending.clear()
-                    pending_bytes = 0
-                else:
-                    block, end = data, cut
-                stats.end_offset = offset + end
-                yield offset, block, end
-                offset += end
-                del block
-                if cut < len(data):
-                    pending.append(data[cut:])
-                    pending_bytes = len(data) - cut
-            if dropping:
-                stats.torn_tail_offset, stats.torn_tail_bytes = offset, pending_bytes
-            elif pending:
-                yield from self._tail(offset, b"".join(pending))
-        finally:
-            os.close(fd)
-
-    def _too_long(self, offset: int, pieces: list[bytes]) -> None:
-        """The line at ``offset`` is over ``max_line_bytes``: raise if strict, else count it as malformed."""
-        if self.strict:
-            start = b"".join(pieces)[: SNIPPET_CHARS * 4]
-            raise MalformedLineError(
-                self.path, self._next_line, offset, snippet(start), f"is longer than max_line_bytes={self.max_line_bytes}"
-            )
-        self.stats._malformed(self._next_line)
-
-    def _tail(self, offset: int, tail: bytes) -> Iterator[tuple[int, bytes, int]]:
-        stats = self.stats
-        if self.parse_unterminated_tail:
-            value = self._parse_line(tail)
-            if value is not _SKIP and value is not _BAD:
-                stats.end_offset = offset + len(tail)
-                yield offset, tail + b"\n", len(tail) + 1
-                return
-        stats.torn_tail_offset = offset
-        stats.torn_tail_bytes = len(tail)
-
-    # --- parsing -------------------------------------------------------------------------------
-
-    def _parse_line(self, line: bytes) -> Any:
-        """The slow path for one line: its value, ``_SKIP`` if blank, ``_BAD`` if malformed.
-
-        ``json.loads`` decides every line the fast decoder refuses, so NaN, Infinity, integers
-        beyond 64 bits and lone surrogates read as they always did.
-        """
-        if not line.strip():
-            return _SKIP
-        if line.startswith(_BOM):
-            return _BAD  # json.loads would drop it from bytes; only the file's first line may have one
-        try:
-            value = json.loads(line)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            return _BAD
-        if self.objects_only and type(value) is not dict:
-            return _BAD
-        if self.field is not None:
-            return value.get(self.field) if type(value) is dict else _BAD
-        return value
+        #: True once the pass has read to its end.
+        self.done = False
 
     def records(self) -> Generator[Any, None, None]:
         """Every record (or ``(offset, record)`` with ``with_offsets``), in file order.
 
-        With ``field``, the value of that field of each record (None where it has none).
+        With ``field``, the value of that field of each record (None where it has none). The
+        stats are current whenever a record is handed out.
         """
+        stats = self.stats
         try:
-            for offset, block, end in self._blocks():
-                yield from self._records_of_block(block, end, offset, self._next_line)
+            with io.FileIO(self.path) as raw, io.BufferedReader(raw, self.chunk_bytes) as file:
+                offset = stats.start_offset
+                if offset:
+                    file.seek(offset)
+                elif file.read(len(_BOM)) == _BOM:
+                    offset = stats.end_offset = len(_BOM)  # an editor's, not part of the first record
+                else:
+                    file.seek(0)
+                decode = _decode_any if self.field is None else _projection(self.field)
+                projected, objects_only, with_offsets = self.field is not None, self.objects_only, self.with_offsets
+                for lines, line in enumerate(iter(partial(file.readline, self.max_line_bytes + 1), b""), 1):
+                    start = offset
+                    try:
+                        value = decode(line)
+                    except _FAST_ERRORS:
+                        value = _REFUSED
+                    if value is _REFUSED or line[-1] != 10 or (objects_only and type(value) is not dict) or (
+                        projected and not line.isascii()
+                    ):
+                        value, offset, last = self._slow_line(file, line, value, offset, lines)
+                        if value is not _SKIP:
+                            yield (start, value) if with_offsets else value
+                        if last:
+                            break
+                        continue
+                    offset += len(line)
+                    stats.end_offset, stats.lines_read = offset, lines
+                    if projected:
+                        value = value.value
+                    yield (start, value) if with_offsets else value
+            self.done = True
         finally:
             self._log_skipped()
 
-    def runs(self) -> Generator[Iterator[Any], None, None]:
-        """The records of :meth:`records`, one iterator per read of the file; consume each
-        whole before asking for the next.
+    def _slow_line(self, file: io.BufferedReader[io.FileIO], line: bytes, value: Any, offset: int, lines: int) -> tuple[Any, int, bool]:
+        """A line the fast path did not hand out, counted in the stats: (its value or ``_SKIP``,
+        the offset after it, whether the pass ends with it)."""
+        stats = self.stats
+        number = self.first_line_number + lines - 1
+        if line[-1] != 10:
+            if len(line) > self.max_line_bytes:
+                return self._too_long(file, line, offset, lines)
+            if self.parse_unterminated_tail and line.strip():
+                value = self._value_of(line, value)
+                if value is not _REFUSED:
+                    stats.end_offset, stats.lines_read = offset + len(line), lines
+                    return value, stats.end_offset, True
+            stats.torn_tail_offset, stats.torn_tail_bytes = offset, len(line)
+            return _SKIP, offset, True
+        if not line.strip():
+            stats.blank_lines += 1
+            value = _SKIP
+        else:
+            value = self._value_of(line, value)
+            if value is _REFUSED:
+                stats._malformed(number)
+                if self.strict:
+                    raise MalformedLineError(self.path, number, offset, snippet(line[:-1]))
+                value = _SKIP
+        if value is _SKIP:
+            stats.skipped_lines += 1
+        stats.end_offset, stats.lines_read = offset + len(line), lines
+        return value, stats.end_offset, False
 
-        A caller that handles records in C (``list.extend(filter(...))``) then runs no Python
-        code of its own per record, and can stop between reads (a byte budget per hop).
-        """
-        try:
-            for offset, block, end in self._blocks():
-                yield self._records_of_block(block, end, offset, self._next_line)
-        finally:
-            self._log_skipped()
+    def _value_of(self, line: bytes, value: Any) -> Any:
+        """The line's value as a full read gives it (its field with ``field``), or ``_REFUSED``."""
+        projected = self.field is not None
+        if value is _REFUSED:
+            value = _loads(line)
+            if value is _REFUSED or ((projected or self.objects_only) and type(value) is not dict):
+                return _REFUSED
+            return value.get(self.field) if projected else value
+        if self.objects_only and type(value) is not dict:
+            return _REFUSED
+        if not projected:
+            return value
+        if not line.isascii():
+            # A projection skips the other fields without checking their UTF-8: check it here.
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return _REFUSED
+        return value.value
+
+    def _too_long(self, file: io.BufferedReader[io.FileIO], line: bytes, offset: int, lines: int) -> tuple[Any, int, bool]:
+        """A line over ``max_line_bytes``: raise if strict, else count it malformed and read past it."""
+        stats = self.stats
+        number = self.first_line_number + lines - 1
+        if self.strict:
+            raise MalformedLineError(
+                self.path, number, offset, snippet(line[: SNIPPET_CHARS * 4]), f"is longer than max_line_bytes={self.max_line_bytes}"
+            )
+        stats._malformed(number)
+        length = len(line)
+        while line and line[-1] != 10:
+            line = file.readline(self.max_line_bytes + 1)
+            length += len(line)
+        if not line:  # the file ended inside it: a torn tail as well
+            stats.torn_tail_offset, stats.torn_tail_bytes = offset, length
+            return _SKIP, offset, True
+        stats.skipped_lines += 1
+        stats.end_offset, stats.lines_read = offset + length, lines
+        return _SKIP, stats.end_offset, False
 
     def _log_skipped(self) -> None:
         """One warning per pass that skipped malformed lines: data dropped is never dropped silently."""
@@ -353,68 +304,6 @@ class JSONLScan:
             more,
         )
 
-    def _records_of_block(self, block: bytes, end: int, offset: int, first_line_number: int) -> Iterator[Any]:
-        """The records of the complete lines in ``block[:end]``: msgspec per line, ``json.loads``
-        for what it refuses.
-
-        This loop is most of a pass's cost beyond parsing, so it does per line only what each
-        line needs: no copy of the line, and lines counted as they go (``bytes.count`` over the
-        block cost as much again).
-        """
-        stats = self.stats
-        decode = self._decode
-        find = block.find
-        view = memoryview(block)  # slices of it are not copies
-        projected = self.field is not None
-        objects_only = self.objects_only and not projected
-        with_offsets = self.with_offsets
-        if projected and not block.isascii():
-            # Decoding into a projection skips the other fields without checking their UTF-8:
-            # check it here, so a pass counts exactly the lines a full read returns.
-            try:
-                str(view[:end], "utf-8")
-            except UnicodeDecodeError:
-                decode = _refuse
-        pos = 0
-        lines = 0  # lines consumed, the one being handed out included
-        skipped = 0
-        try:
-            while pos < end:
-                nl = find(b"\n", pos)
-                lines += 1
-                try:
-                    value = decode(view[pos:nl])
-                except _FAST_ERRORS:
-                    value = _REFUSED
-                else:
-                    if projected:
-                        value = value.value
-                    elif objects_only and type(value) is not dict:
-                        value = _REFUSED
-                if value is _REFUSED:
-                    line = block[pos:nl]
-                    value = self._parse_line(line)
-                    if value is _SKIP or value is _BAD:
-                        if value is _SKIP:
-                            stats.blank_lines += 1
-                        else:
-                            line_number = first_line_number + lines - 1
-                            stats._malformed(line_number)
-                            if self.strict:
-                                lines -= 1  # not consumed: the pass ends before it
-                                raise MalformedLineError(self.path, line_number, offset + pos, snippet(line))
-                        skipped += 1
-                        pos = nl + 1
-                        continue
-                if with_offsets:
-                    value = (offset + pos, value)
-                pos = nl + 1
-                yield value
-        finally:
-            stats.lines_read += lines
-            stats.records += lines - skipped
-            self._next_line += lines
-
 
 def take(
     records: Iterator[Any],
@@ -431,22 +320,21 @@ def take(
     found: list[Any] = []
     if max_items <= 0:
         return found, False
-    byte_limit = stats.bytes_read + max_bytes
+    byte_limit = stats.end_offset + max_bytes
     append = found.append
     for record in records:
         if predicate is None or predicate(record):
             append(record)
             if len(found) >= max_items:
                 return found, False
-        if stats.bytes_read >= byte_limit:
+        if stats.end_offset >= byte_limit:
             return found, False
     return found, True
 
 
 class AsyncPass:
     """Drives a pass from the event loop: each :meth:`hop` runs ``fn(records, *args)`` in a
-    worker thread, so no file I/O or parsing blocks the loop. With ``by_read``, ``records`` is
-    :meth:`JSONLScan.runs` (an iterator of records per read) instead of :meth:`JSONLScan.records`.
+    worker thread, so no file I/O or parsing blocks the loop.
 
     :meth:`close` ends the pass at once unless a cancelled hop may still be running it in its
     thread; then the pass closes when that hop lets go of it.
@@ -454,9 +342,9 @@ class AsyncPass:
 
     __slots__ = ("busy", "records", "scan")
 
-    def __init__(self, scan: JSONLScan, *, by_read: bool = False) -> None:
+    def __init__(self, scan: JSONLScan) -> None:
         self.scan = scan
-        self.records: Generator[Any, None, None] = scan.runs() if by_read else scan.records()
+        self.records: Generator[Any, None, None] = scan.records()
         self.busy = False
 
     async def hop(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -32,7 +32,7 @@ writes a newline, so the torn bytes become one malformed line and no complete re
 lost or corrupted. Reads go on past damage: malformed lines are skipped, counted with their line
 numbers, and each read that skipped any logs one warning naming them.
 
-**Reads** stream through the package's chunked JSONL core (:mod:`reer_otel_memory.trace_store.scan`,
+**Reads** stream through the package's per-line JSONL pass (:mod:`reer_otel_memory.trace_store.scan`,
 shared with :class:`~reer_otel_memory.trace_store.jsonl.StreamingJSONLReader`) in a worker thread, in hops
 of a few MiB each (2 MiB for queries, 8 MiB for stats), so the event loop never blocks and
 memory does not grow with the file (about 7 MiB of peak RSS growth for stats and 24 MiB for a
@@ -64,6 +64,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from itertools import islice
 from typing import Any
 
 from opentelemetry import trace as otel_trace
@@ -95,6 +96,8 @@ QUERY_HOP_BYTES = 2 << 20
 #: Traces one hop hands from the worker thread to the event loop (at most; a hop costs about a
 #: millisecond of thread hand-offs, so fewer would show in the throughput).
 HOP_RECORDS = 4096
+#: Records a filtered stream reads between checks of its hop's byte budget.
+FILL_RUN_RECORDS = 64
 #: Bytes of lines written per lock and ``write`` by ``add_traces``.
 WRITE_BATCH_BYTES = 1 << 20
 
@@ -463,13 +466,13 @@ class REERTraceStore:
         span.set_attributes(self._span_attributes)
         self._after_fork()
         scan = self._scan()
-        run = AsyncPass(scan, by_read=True)
+        run = AsyncPass(scan)
         filler = _ChunkFiller(filter_func, chunk_size)
         returned = 0
         try:
             exhausted = False
             while not exhausted:
-                chunks, exhausted = await run.hop(filler.fill, scan.stats, QUERY_HOP_BYTES)
+                chunks, exhausted = await run.hop(filler.fill, scan, QUERY_HOP_BYTES)
                 for chunk in chunks:
                     returned += len(chunk)
                     yield chunk
@@ -690,12 +693,12 @@ def _take_existing(
 
 
 class _ChunkFiller:
-    """The hops of ``stream_traces_filtered``: whole reads filtered in C into chunks, the
-    unfinished chunk carried to the next hop.
+    """The hops of ``stream_traces_filtered``: records filtered in C into chunks, the unfinished
+    chunk carried to the next hop.
 
-    Per record only the parse and the filter run (``list.extend(filter(...))`` over a read's
-    records: no Python loop of the hop's own), and a hop stops between reads once it has read
-    its byte budget, so it holds at most a budget's worth of traces beyond the unfinished chunk.
+    Per record only the parse and the filter run (``list.extend(filter(...))`` over runs of
+    :data:`FILL_RUN_RECORDS` records), and a hop stops between runs once it has read its byte
+    budget, so it holds at most a budget's worth of traces beyond the unfinished chunk.
     """
 
     __slots__ = ("chunk_size", "kept", "predicate")
@@ -705,20 +708,18 @@ class _ChunkFiller:
         self.chunk_size = chunk_size
         self.kept: list[dict[str, Any]] = []
 
-    def fill(self, runs: Iterator[Iterator[dict[str, Any]]], stats: ScanStats, max_bytes: int) -> tuple[list[list[dict[str, Any]]], bool]:
+    def fill(self, records: Iterator[dict[str, Any]], scan: JSONLScan, max_bytes: int) -> tuple[list[list[dict[str, Any]]], bool]:
         """(the chunks completed in this hop, whether the pass is exhausted); the last chunk of
         a pass may be short."""
-        kept, predicate = self.kept, self.predicate
-        byte_limit = stats.bytes_read + max_bytes
-        exhausted = True
+        kept, predicate, stats = self.kept, self.predicate, scan.stats
+        byte_limit = stats.end_offset + max_bytes
         try:
-            for records in runs:
-                kept.extend(records if predicate is None else filter(predicate, records))
-                if stats.bytes_read >= byte_limit:
-                    exhausted = False
-                    break
+            while not scan.done and stats.end_offset < byte_limit:
+                run = islice(records, FILL_RUN_RECORDS)
+                kept.extend(run if predicate is None else filter(predicate, run))
         except FileNotFoundError:
-            pass  # no file yet: an empty store
+            scan.done = True  # no file yet: an empty store
+        exhausted = scan.done
         size = self.chunk_size
         whole = len(kept) if exhausted else len(kept) - len(kept) % size
         chunks = [kept[start : start + size] for start in range(0, whole, size)]
