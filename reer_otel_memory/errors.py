@@ -1,17 +1,11 @@
 """Exceptions raised by reer_otel_memory.
 
 Every error the package raises on bad input is a :class:`ReerMemoryError` and also the builtin
-exception such input has always raised, so ``except ValueError`` / ``except TypeError`` /
-``except KeyError`` in callers keep working:
-
-* :class:`ConfigurationError` (ValueError): a threshold, interval, size or other setting or
-  argument value that is not usable;
-* :class:`InvalidArgumentError` (TypeError): an argument of the wrong kind (not callable, not a
-  string, not a path, ...);
-* :class:`NotFoundError` (KeyError): a name asked for that is not known;
-* :class:`TraceStoreError` (ValueError): a trace or trace-store argument;
-* :class:`MalformedLineError` (ValueError): a JSONL line that is not valid JSON or too long.
-
+exception such input has always raised, so ``except ValueError`` / ``TypeError`` / ``KeyError``
+in callers keep working: :class:`ConfigurationError` and :class:`TraceStoreError` and
+:class:`MalformedLineError` are ValueErrors (an unusable setting or argument value, a trace
+argument, a JSONL line that is not valid JSON or too long), :class:`InvalidArgumentError` a
+TypeError (an argument of the wrong kind), :class:`NotFoundError` a KeyError (an unknown name).
 Each message names the argument or variable, the value it got and what was expected.
 """
 

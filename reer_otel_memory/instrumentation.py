@@ -1,17 +1,15 @@
 """Auto-instrumentation: memory monitoring and profiling of a service without code changes.
 
-``opentelemetry-instrument`` finds :class:`MemoryInstrumentor` through the
-``opentelemetry_instrumentor`` entry point ``reer_memory``. ``instrument()`` binds the package to
-the given providers, starts the default monitor, wraps the ``REER_MEMORY_PROFILE_TARGETS`` with
-:func:`~reer_otel_memory.memory_profile` (now, or when their module is imported) and sets up the
-pre-fork, framework, server-span and emergency-signal parts its settings ask for;
-``uninstrument()`` undoes all of it. The README ("Without code changes") is the manual.
-
-A service must never fail because of its instrumentation: a bad value from the environment logs
-one error line and falls back to the default, or skips that target; bad arguments in code raise
+``opentelemetry-instrument`` finds :class:`MemoryInstrumentor` through the entry point
+``reer_memory``. ``instrument()`` binds the package to the given providers, starts the default
+monitor, wraps the ``REER_MEMORY_PROFILE_TARGETS`` with :func:`~reer_otel_memory.memory_profile`
+(now, or when their module is imported) and sets up the pre-fork, framework, server-span and
+emergency-signal parts its settings ask for; ``uninstrument()`` undoes all of it. A service must
+never fail because of its instrumentation: a bad value from the environment logs one error line
+and falls back to the default or skips that target; bad arguments in code raise
 :class:`ConfigurationError`. Code that copied a function before instrumentation (``from mod
-import func``) keeps the original, which is why instrumenting before the service imports
-anything is the way to use it.
+import func``) keeps the original, hence instrumenting before the service imports anything. The
+README ("Without code changes") is the manual.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """Helpers to assert memory telemetry in tests, with real in-memory OpenTelemetry SDK readers.
 
-    from reer_otel_memory import memory_profile
-    from reer_otel_memory.testing import capture_telemetry
-
-    def test_load_is_profiled():
-        with capture_telemetry() as telemetry:
-            load_model()
-        assert telemetry.span_numbers("load_model")["reer.memory.rss.delta"] < 512 * 2**20
-        assert telemetry.metric_points("reer.memory.operation.duration")
-
-Inside the block every profiled operation and package instrument reports to a fresh
-``TracerProvider`` with an ``InMemorySpanExporter`` and a ``MeterProvider`` with an
-``InMemoryMetricReader``; the previous binding is restored afterwards. The global providers
-are never touched, so it works whether or not the process configured an SDK.
+Inside ``with capture_telemetry() as telemetry:`` every profiled operation and package
+instrument reports to a fresh ``TracerProvider`` with an ``InMemorySpanExporter`` and a
+``MeterProvider`` with an ``InMemoryMetricReader``; the previous binding is restored afterwards.
+The global providers are never touched, so it works whether or not the process configured an
+SDK. The README ("Testing your own code") shows it in use.
 """
 
 from __future__ import annotations

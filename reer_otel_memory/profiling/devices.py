@@ -3,14 +3,12 @@
 RSS does not see the memory a model keeps on a GPU (or in MLX's unified memory). This module
 reads it only from frameworks the process has already imported: it never imports one and never
 initialises CUDA. NVML counts every process on a GPU, so it is reported in
-:meth:`DeviceMemory.readings` only, never added into an operation's figures. Each source is
-guarded: its first failure is logged once and the framework skipped from then on.
-
-:meth:`DeviceMemory.begin` / :meth:`DeviceMemory.end` give exact per-operation peaks under
-nesting and concurrency the way :class:`~reer_otel_memory.profiling.probe.MemoryProbe` does for
-RSS: before each reset of a framework's high-water mark the mark is folded into every open
-window. The reset is visible to the host; ``DeviceMemory(reset_peaks=False)`` leaves the marks
-alone and reports peaks only where they are still exact.
+:meth:`DeviceMemory.readings` only. Each source is guarded: its first failure is logged once and
+the framework skipped from then on. :meth:`DeviceMemory.begin` / :meth:`DeviceMemory.end` give
+exact per-operation peaks under nesting and concurrency the way
+:class:`~reer_otel_memory.profiling.probe.MemoryProbe` does for RSS (marks folded into every open
+window before a reset); the reset is visible to the host, and ``DeviceMemory(reset_peaks=False)``
+leaves the marks alone, reporting peaks only where they are still exact.
 """
 
 from __future__ import annotations

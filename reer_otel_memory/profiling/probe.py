@@ -1,16 +1,14 @@
 """The memory probe: process RSS, allocator heap, and exact peak RSS per operation.
 
 This is the hot path of everything else, so each read is one system call on a kept descriptor
-where Linux allows: RSS from ``/proc/self/statm`` (read with the GIL held, see
-:func:`_statm_pages_reader`); the allocator heap from ``psutil.heap_info()``, which walks the
-free lists, so its cost grows with fragmentation and is timed (:attr:`MemoryProbe.heap_cost_s`)
-for callers to decide whether it is affordable; the peak from the kernel's RSS high-water mark,
-reset through ``/proc/self/clear_refs``. Before each reset the mark is folded into every open
-peak window, so nested and concurrent operations all get exact peaks. ``ru_maxrss`` keeps the
-mark of exited threads, so the probe checks a rising peak against ``VmHWM`` and, once it finds a
-stale value, reads ``VmHWM`` from then on. The reset is visible to the whole process;
-``REER_MEMORY_RESET_PEAK=0`` leaves the mark alone (README, "What it emits"). Elsewhere psutil is
-used and no peak is reported; a forked child reopens the descriptors.
+where Linux allows: RSS from ``/proc/self/statm`` (with the GIL held, :func:`_statm_pages_reader`);
+the heap from ``psutil.heap_info()``, whose cost grows with fragmentation and is timed
+(:attr:`MemoryProbe.heap_cost_s`) so callers can decide whether it is affordable; the peak from
+the kernel's RSS high-water mark, reset through ``/proc/self/clear_refs``. Before each reset the
+mark is folded into every open peak window, so nested and concurrent operations all get exact
+peaks; a rising peak is checked against ``VmHWM``, as ``ru_maxrss`` keeps exited threads' marks.
+The reset is visible to the whole process; ``REER_MEMORY_RESET_PEAK=0`` leaves the mark alone
+(README, "What it emits"). Elsewhere psutil is used and no peak is reported.
 """
 
 from __future__ import annotations
