@@ -54,7 +54,7 @@ stack: $(STAMP)
 
 # The shipped alert rules, dashboard and examples under deploy/, from the generators.
 deploy: $(STAMP)
-	$(PY) -c 'from reer_otel_memory import deploy; deploy.write_deploy_files("deploy")'
+	$(PY) scripts/deploy_files.py deploy
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) build *.egg-info

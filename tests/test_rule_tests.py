@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import rule_tests  # scripts/rule_tests.py
 from conftest import require_binary
 
-from reer_otel_memory.deploy import rule_tests, rules
+from reer_otel_memory.deploy import rules
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = ROOT / "deploy" / "prometheus" / rule_tests.TESTS_DIR

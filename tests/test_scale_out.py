@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import scale_out  # scripts/scale_out.py
 import yaml
 from conftest import require_binary, wait_for
 from metrics_process import MetricsProcess
 from prometheus_server import PrometheusServer
 
 from reer_otel_memory import _names as names
-from reer_otel_memory.deploy import _yaml, rules, scale_out
+from reer_otel_memory.deploy import _yaml, rules
 from reer_otel_memory.export import naming as series
 
 ROOT = Path(__file__).resolve().parent.parent

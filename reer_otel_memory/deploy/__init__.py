@@ -1,14 +1,7 @@
-"""Deploy-time generators: Prometheus alert rules and configuration, Grafana dashboards, the
-Alertmanager example, and the writer of the files shipped under ``deploy/``.
-
-    python -c 'from reer_otel_memory import deploy; deploy.write_deploy_files("deploy")'
+"""Deploy-time generators: Prometheus alert rules and configuration, Grafana dashboards and the
+Alertmanager example, behind ``reer-otel-memory rules`` and ``reer-otel-memory dashboards``.
 
 No service process needs this subpackage. It reads names from the package's core and series
-from :mod:`reer_otel_memory.export.naming`; nothing else in the package imports it.
+from :mod:`reer_otel_memory.export.naming`; nothing else in the package imports it. ``make deploy``
+(``scripts/deploy_files.py``) writes the files under ``deploy/`` from it.
 """
-
-from __future__ import annotations
-
-from .files import deploy_files, write_deploy_files
-
-__all__ = ["deploy_files", "write_deploy_files"]

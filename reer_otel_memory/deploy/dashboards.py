@@ -25,7 +25,7 @@ Firing ``ReerMemory*`` alerts show as annotations. Render it with
     open("reer-memory-dashboard.json", "w").write(render_dashboard())
 
 ``deploy/grafana/`` holds the rendered dashboard and provisioning examples; ``make deploy``
-regenerates them (:func:`reer_otel_memory.deploy.write_deploy_files`).
+regenerates them (``scripts/deploy_files.py``).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ alert                                           severity    fires while
 ==============================================  ==========  =====================================
 
 Two recording rules (:data:`PREDICTED_RSS`, :data:`CONTAINER_WORKING_SET_RATIO`) hold the
-expressions the alerts and the dashboard share. ``rule_tests`` generates promtool unit tests
-of all of it into ``deploy/prometheus/tests/``.
+expressions the alerts and the dashboard share. ``scripts/rule_tests.py`` generates promtool unit
+tests of all of it into ``deploy/prometheus/tests/``.
 
 By default each rule compares ``reer_memory_rss_bytes`` with the
 ``reer_memory_threshold_bytes{level=...}`` the same process exports (matched on ``job`` and
@@ -47,7 +47,7 @@ Render them with ``reer-otel-memory rules [--static] [--output FILE]`` or::
     open("reer-memory-rules.yml", "w").write(render_rules())
 
 ``deploy/prometheus/`` holds the rendered rules and an example ``prometheus.yml``,
-``deploy/alertmanager/`` an example ``alertmanager.yml``; ``make deploy`` regenerates them (:func:`reer_otel_memory.deploy.write_deploy_files`).
+``deploy/alertmanager/`` an example ``alertmanager.yml``; ``make deploy`` regenerates them (``scripts/deploy_files.py``).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..export import naming as series
-from . import _yaml, rules
+from reer_otel_memory.deploy import _yaml, rules
+from reer_otel_memory.export import naming as series
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

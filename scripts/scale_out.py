@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _names as names
-from . import _yaml, rules
+from reer_otel_memory import _names as names
+from reer_otel_memory.deploy import _yaml, rules
 
 FILE_SD_DIR = "prometheus/file_sd"
 KUBERNETES_PROMETHEUS_DIR = "prometheus/kubernetes"
