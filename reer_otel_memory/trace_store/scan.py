@@ -5,8 +5,8 @@ A pass reads a binary file line by line and decodes each line with msgspec; ``js
 decides the lines msgspec refuses, so the records equal ``json.loads`` per line (NaN, Infinity,
 integers beyond 64 bits, lone surrogates). Blank and malformed lines raise or are skipped and
 counted; a last line without its newline (a *torn tail*: a writer killed, or still writing) is
-reported rather than returned. Memory holds one line at a time, never more than
-``max_line_bytes`` of it.
+reported rather than returned. Memory holds a line at a time (64 KiB of lines in a pass that
+decodes one field), and never more than ``max_line_bytes`` of one line.
 """
 
 from __future__ import annotations
@@ -70,14 +70,50 @@ def decode_line(line: bytes) -> Any:
     return None if value is _REFUSED else value
 
 
-def _projection(field: str) -> Callable[[Any], Any]:
+def _projection(field: str) -> Callable[[bytes], Any]:
     """A decoder of one field of a JSON object into ``.value`` (None when absent): the other
-    fields are validated and skipped, never built."""
+    fields are validated and skipped, never built (their UTF-8 is not checked)."""
     decode = _projections.get(field)
     if decode is None:
         struct = msgspec.defstruct("Projection", [("value", Any, None)], rename={"value": field})
         decode = _projections[field] = msgspec.json.Decoder(struct).decode
     return decode
+
+
+def _utf8_checked(readline: Callable[[], bytes], batch_bytes: int = 1 << 16) -> Iterator[bytes]:
+    """The lines ``readline`` gives, each one that is not valid UTF-8 replaced by as many bytes
+    that no JSON parser accepts, so that a projection (which does not check the UTF-8 of the
+    fields it skips) refuses the lines a full read refuses. Checked a batch at a time: one
+    check per line would cost more than the projection."""
+    while True:
+        batch: list[bytes] = []
+        size = 0
+        while size < batch_bytes:
+            line = readline()
+            if not line:
+                break
+            batch.append(line)
+            size += len(line)
+            if line[-1] != 10:
+                break
+        if not batch:
+            return
+        joined = b"".join(batch)
+        if not joined.isascii():
+            try:
+                str(joined, "utf-8")
+            except UnicodeDecodeError:
+                batch = [line if _is_utf8(line) else b"\xff" * (len(line) - 1) + line[-1:] for line in batch]
+        del joined
+        yield from batch
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        str(line, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class ScanStats:
@@ -193,15 +229,15 @@ class JSONLScan:
                     file.seek(0)
                 decode = _decode_any if self.field is None else _projection(self.field)
                 projected, objects_only, with_offsets = self.field is not None, self.objects_only, self.with_offsets
-                for lines, line in enumerate(iter(partial(file.readline, self.max_line_bytes + 1), b""), 1):
+                readline = partial(file.readline, self.max_line_bytes + 1)
+                source = _utf8_checked(readline) if projected else iter(readline, b"")
+                for lines, line in enumerate(source, 1):
                     start = offset
                     try:
                         value = decode(line)
                     except _FAST_ERRORS:
                         value = _REFUSED
-                    if value is _REFUSED or line[-1] != 10 or (objects_only and type(value) is not dict) or (
-                        projected and not line.isascii()
-                    ):
+                    if value is _REFUSED or line[-1] != 10 or (objects_only and type(value) is not dict):
                         value, offset, last = self._slow_line(file, line, value, offset, lines)
                         if value is not _SKIP:
                             yield (start, value) if with_offsets else value
@@ -257,15 +293,7 @@ class JSONLScan:
             return value.get(self.field) if projected else value
         if self.objects_only and type(value) is not dict:
             return _REFUSED
-        if not projected:
-            return value
-        if not line.isascii():
-            # A projection skips the other fields without checking their UTF-8: check it here.
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                return _REFUSED
-        return value.value
+        return value.value if projected else value
 
     def _too_long(self, file: io.BufferedReader[io.FileIO], line: bytes, offset: int, lines: int) -> tuple[Any, int, bool]:
         """A line over ``max_line_bytes``: raise if strict, else count it malformed and read past it."""
