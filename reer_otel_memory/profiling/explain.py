@@ -797,9 +797,9 @@ class AutoExplainer:
             seconds = _seconds_from_env(os.environ.get(names.ENV_EXPLAIN_SECONDS), 10.0)
         self.seconds, self.top = _check_arguments(seconds, top)
         self.native = native  # the backend, as explain_memory(native=...)
-        share = number_in_range(max_share, 0.0, 1.0, low_inclusive=False)
-        if share is None:
-            raise ConfigurationError(f"AutoExplainer(max_share={max_share!r}): expected a share above 0 and at most 1")
+        share = checked_number(
+            max_share, 0.0, 1.0, low_inclusive=False, where="AutoExplainer", name="max_share", expected="expected a share above 0 and at most 1"
+        )
         self.enabled = bool(enabled)
         self.max_share = share
         self._clock = clock
