@@ -24,7 +24,7 @@ from benchmarks._traces import best_of_interleaved, realistic_traces_file
 
 TRACES = scaled(1_000_000, 50_000)
 LOOKUPS = scaled(5_000, 1_000)
-ROUNDS = scaled(3, 1)
+ROUNDS = scaled(3, 2)
 CHUNK = 1000
 _MB = 1 << 20
 
