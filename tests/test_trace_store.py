@@ -700,3 +700,18 @@ def test_stats_and_index_decode_one_field_yet_count_what_a_full_read_returns(tmp
 
 async def _collect(store):
     return [trace async for chunk in store.stream_traces_filtered() for trace in chunk]
+
+
+def test_one_field_passes_refuse_bad_utf8_deep_in_a_large_non_ascii_file(tmp_path):
+    # The stats and the index check UTF-8 over many lines at once: a bad line far into a file
+    # of non-ASCII traces is still malformed for them, and only that line.
+    path = tmp_path / "traces.jsonl"
+    good = [f'{{"trace_id": "t{i}", "score": 0.5, "text": "réponse {i}"}}\n'.encode() for i in range(3000)]
+    good[2500] = b'{"trace_id": "bad", "score": 0.5, "text": "caf\xe9"}\n'
+    path.write_bytes(b"".join(good))
+    store = REERTraceStore(path)
+    stats = run(store.get_memory_efficient_stats())
+    assert (stats["total_traces"], stats["malformed_line_numbers"], stats["scored_traces"]) == (2999, [2501], 2999)
+    assert run(store.get_trace("bad")) is None
+    assert run(store.get_trace("t2999"))["text"] == "réponse 2999"
+    store.close()
