@@ -260,6 +260,43 @@ def test_an_explanation_names_the_leaker_the_figures_could_not(telemetry, caplog
         kept.clear()
 
 
+def test_a_verdict_whose_explanation_cannot_start_asks_again_once_it_can(telemetry):
+    """Another window runs when the verdict comes (an operator's ``explain``, say): the verdict's
+    explanation is not dropped, it starts from the operation's calls once that window is over."""
+    from reer_otel_memory.profiling import explain
+
+    explainer = AutoExplainer(enabled=True, seconds=0.1, max_share=1.0)
+    other = AutoExplainer(enabled=True, seconds=60, max_share=1.0, native=False)
+    tracker = get_memory_tracker()
+    previous = tracker.leak_detector
+    detector = tracker.leak_detector = LeakDetector(explainer=explainer)
+    kept: list[object] = []
+
+    @memory_profile(operation_name="leaks_while_busy")
+    def leaks_while_busy() -> None:
+        kept.append(touched(256 * KiB))
+
+    try:
+        assert other.request("another window", [], [])
+        wait_for(explain.window_open, timeout_s=10, message="the other window to start")
+        wait_for(lambda: leaks_while_busy() or detector.is_suspected("leaks_while_busy"), timeout_s=30, interval_s=0,
+                 message="the leak to be suspected while the other window runs")
+        assert explainer.latest() is None  # its request could not start
+        other.stop()
+        assert other.wait_idle(30)
+        wait_for(lambda: leaks_while_busy() or explainer.latest() is not None, timeout_s=30, interval_s=0,
+                 message="the verdict's explanation, once the other window was over")
+        assert explainer.wait_idle(30)
+        assert "leaks_while_busy" in explainer.latest().operations
+    finally:
+        other.stop()
+        other.wait_idle(30)
+        explainer.stop()
+        explainer.wait_idle(30)
+        tracker.leak_detector = previous
+        kept.clear()
+
+
 # --- what is not a leak --------------------------------------------------------------------------
 
 

@@ -53,6 +53,8 @@ _CREDIBILITY_SPAN = 256 << 20
 _PROCESS_SAMPLES = 64
 #: A suspicion only an explanation could see holds this long before a new explanation must confirm it.
 _EXPLAINED_HOLD_S = 600.0
+# How often a verdict whose explanation could not start asks again (from its operations' calls).
+_RETRY_EXPLANATION_S = 1.0
 #: A candidate's other-thread check needs at least this much wall time since its mark.
 _MIN_MARK_AGE_S = 0.002
 #: The other-thread mark is renewed this often while an operation is not a candidate.
@@ -287,6 +289,9 @@ class LeakDetector:
         self._process_growth = False
         self._process_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=_PROCESS_SAMPLES)
         self._explainer_hooked = False
+        # A verdict's explanation that could not start (another window running, the time budget):
+        # (when to try again, reason, operations, the operation suspected or None for the process).
+        self._pending_explanation: tuple[float, str, tuple[str, ...], str | None] | None = None
         self._rss_sum = 0  # RSS growth, and what the heap views retained, over calls that read the heap
         self._heap_sum = 0
         RUNTIME.after_fork_call(self)
@@ -372,6 +377,8 @@ class LeakDetector:
             return None
         if start is not None:
             self._sample_process(start.rss_start, span)
+        if self._pending_explanation is not None:
+            self._retry_explanation(span)
         return self._check(operation, history, span)
 
     # --- the process -----------------------------------------------------------------------------
@@ -541,7 +548,7 @@ class LeakDetector:
                 "memory leak suspected in operation %r: about %d bytes retained per call over its recent calls",
                 operation, history.bytes_per_call,
             )
-            self._request_explanation(f"operation {operation!r} suspected of leaking", [operation], span)
+            self._request_verdict_explanation(f"operation {operation!r} suspected of leaking", [operation], operation, span)
         return changed
 
     def _update_process_verdict(self, span: Span | None) -> None:
@@ -567,9 +574,29 @@ class LeakDetector:
             )
         if span is not None and span.is_recording():
             span.add_event(names.EVENT_PROCESS_LEAK_SUSPECTED, {names.ATTR_LEAK_CANDIDATES: candidates})
-        self._request_explanation("process memory grows: " + (", ".join(candidates) or "outside the profiled operations"), candidates, span)
+        self._request_verdict_explanation("process memory grows: " + (", ".join(candidates) or "outside the profiled operations"), candidates, None, span)
 
     # --- explanations --------------------------------------------------------------------------
+
+    def _request_verdict_explanation(self, reason: str, operations: Sequence[str], suspect: str | None, span: Span | None) -> None:
+        """Ask for the explanation of a new verdict (``suspect``: the operation, None: the
+        process); one that cannot start now is asked for again, while the verdict holds."""
+        if self._request_explanation(reason, operations, span):
+            self._pending_explanation = None
+        elif self._explainer is not False:
+            self._pending_explanation = (time.monotonic() + _RETRY_EXPLANATION_S, reason, tuple(operations), suspect)
+
+    def _retry_explanation(self, span: Span | None) -> None:
+        pending = self._pending_explanation
+        if pending is None or time.monotonic() < pending[0]:
+            return
+        _, reason, operations, suspect = pending
+        history = self._ops.get(suspect) if suspect is not None else None
+        holds = self._process_suspected if suspect is None else history is not None and history.suspected
+        if not holds:
+            self._pending_explanation = None
+            return
+        self._request_verdict_explanation(reason, operations, suspect, span)
 
     def _request_explanation(self, reason: str, operations: Sequence[str], span: Span | None) -> bool:
         """Ask for one explanation window; whether one was started."""
