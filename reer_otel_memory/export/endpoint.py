@@ -258,7 +258,8 @@ def _check_bounds(request_timeout_s: float, connection_timeout_s: float, max_con
 
 
 def _bind(
-    host: str, port: int, render: Callable[[], bytes], content_type: str, request_timeout_s: float, connection_timeout_s: float, max_connections: int
+    host: str, port: int, render: Callable[[], bytes], content_type: str, request_timeout_s: float, connection_timeout_s: float, max_connections: int,
+    listener: socket.socket | None = None,
 ) -> BoundedHTTPServer:
     try:
         return BoundedHTTPServer(
@@ -269,6 +270,7 @@ def _bind(
             request_timeout_s=float(request_timeout_s),
             connection_timeout_s=float(connection_timeout_s),
             max_connections=max_connections,
+            listener=listener,
         )
     except socket.gaierror as exc:
         raise OSError(f"cannot serve /metrics on {host}:{port}: unknown host {host!r} ({exc})") from exc
@@ -321,6 +323,7 @@ def serve_registry(
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     connection_timeout_s: float = DEFAULT_CONNECTION_TIMEOUT_S,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    listener: socket.socket | None = None,
 ) -> PrometheusEndpoint:
     """Serve a prometheus_client registry (or any collector) on ``/metrics`` with this endpoint's bounds.
 
@@ -329,7 +332,8 @@ def serve_registry(
     (deadlines, header cap, 405, capped connections, two threads). ``registry`` defaults to
     prometheus_client's global ``REGISTRY``; the address to the arguments, else the
     ``OTEL_EXPORTER_PROMETHEUS_*`` variables, else ``127.0.0.1:9464``. Nothing else is touched:
-    no provider is installed.
+    no provider is installed. ``listener``: a socket already listening on that address, to serve
+    from instead of binding one (taking over another server's port without closing it).
     """
     from prometheus_client import REGISTRY, generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -339,7 +343,9 @@ def serve_registry(
         raise ConfigurationError(f"registry={registry!r}: expected a prometheus_client registry or collector")
     host, port = _resolve_address(host, port)
     _check_bounds(request_timeout_s, connection_timeout_s, max_connections)
-    server = _bind(host, port, lambda: generate_latest(source), CONTENT_TYPE_LATEST, request_timeout_s, connection_timeout_s, max_connections)
+    server = _bind(
+        host, port, lambda: generate_latest(source), CONTENT_TYPE_LATEST, request_timeout_s, connection_timeout_s, max_connections, listener
+    )
     endpoint = PrometheusEndpoint(host, server.server_port, server)
     logger.info("serving a Prometheus registry on %s", endpoint.url)
     return endpoint

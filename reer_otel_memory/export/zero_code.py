@@ -20,7 +20,7 @@ from typing import Any
 from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER
 
 from .. import _names as names
-from .endpoint import DEFAULT_CONNECTION_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, PrometheusEndpoint
+from .endpoint import PrometheusEndpoint, serve_registry
 
 logger = logging.getLogger(__name__)
 
@@ -84,23 +84,9 @@ def serve_exporter_registry_bounded() -> PrometheusEndpoint | None:
     stock = servers[0]
     host = str(getattr(stock, "server_address", ("?",))[0])
     try:
-        from prometheus_client import REGISTRY, generate_latest
-        from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-        from ._http import BoundedHTTPServer
-
         listener = stock.socket.dup()  # type: ignore[attr-defined]
         try:
-            bounded = BoundedHTTPServer(
-                host,
-                int(port or 0),
-                lambda: generate_latest(REGISTRY),
-                CONTENT_TYPE_LATEST,
-                request_timeout_s=DEFAULT_REQUEST_TIMEOUT_S,
-                connection_timeout_s=DEFAULT_CONNECTION_TIMEOUT_S,
-                max_connections=DEFAULT_MAX_CONNECTIONS,
-                listener=listener,
-            )
+            endpoint = serve_registry(None, port=int(port or 0), host=host, listener=listener)  # prometheus_client's REGISTRY
         except BaseException:
             listener.close()
             raise
@@ -109,8 +95,6 @@ def serve_exporter_registry_bounded() -> PrometheusEndpoint | None:
         return None
     # Both accept on the socket until the stock server's loop ends (within its 0.5 s poll).
     threading.Thread(target=_stop, args=(stock,), name="reer-memory-close-listener", daemon=True).start()
-    endpoint = PrometheusEndpoint(host, bounded.server_port, bounded)
-    logger.info("serving the OpenTelemetry Prometheus exporter's /metrics on %s with deadlines and a connection limit", endpoint.url)
     return endpoint
 
 
