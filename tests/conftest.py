@@ -51,3 +51,28 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 10.0, interval_
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {message or condition}")
         time.sleep(interval_s)
+
+
+@pytest.fixture
+def capture() -> Iterator[TelemetryCapture]:
+    """Fresh in-memory providers, not bound to the package: for code that is given them."""
+    capture = TelemetryCapture()
+    yield capture
+    capture.shutdown()
+
+
+@pytest.fixture
+def instrumentor(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The instrumentor, uninstrumented afterwards; no REER_MEMORY_* that it reads set from outside;
+    the default monitor stopped before and after."""
+    from reer_otel_memory import _names as names
+    from reer_otel_memory.instrumentation import MemoryInstrumentor
+    from reer_otel_memory.monitoring.monitor import stop_memory_monitoring
+
+    for var in (names.ENV_PROFILE_TARGETS, names.ENV_EMERGENCY_SIGNAL, names.ENV_SERVER_SPANS):
+        monkeypatch.delenv(var, raising=False)
+    stop_memory_monitoring()
+    instance = MemoryInstrumentor()
+    yield instance
+    instance.uninstrument()
+    stop_memory_monitoring()

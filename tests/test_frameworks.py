@@ -25,7 +25,6 @@ from conftest import wait_for
 from reer_otel_memory import _names as names
 from reer_otel_memory.export import naming
 from reer_otel_memory.instrumentation import MemoryInstrumentor
-from reer_otel_memory.monitoring.monitor import stop_memory_monitoring
 from reer_otel_memory.testing import TelemetryCapture
 
 MEMORY_ATTRIBUTES = (
@@ -165,24 +164,6 @@ def service(tmp_path: Path):
     sys.path.remove(str(tmp_path))
     for name in written:
         sys.modules.pop(name, None)
-
-
-@pytest.fixture
-def capture():
-    capture = TelemetryCapture()
-    yield capture
-    capture.shutdown()
-
-
-@pytest.fixture
-def instrumentor(monkeypatch: pytest.MonkeyPatch):
-    for var in (names.ENV_PROFILE_TARGETS, names.ENV_EMERGENCY_SIGNAL, names.ENV_SERVER_SPANS):
-        monkeypatch.delenv(var, raising=False)
-    stop_memory_monitoring()
-    instance = MemoryInstrumentor()
-    yield instance
-    instance.uninstrument()
-    stop_memory_monitoring()
 
 
 def instrument(instrumentor: MemoryInstrumentor, capture: TelemetryCapture, targets: str, **kwargs: object) -> None:

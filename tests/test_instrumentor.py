@@ -24,8 +24,7 @@ from reer_otel_memory import _telemetry
 from reer_otel_memory.config import MB
 from reer_otel_memory.errors import ConfigurationError
 from reer_otel_memory.export.naming import COUNTER, HISTOGRAM, label_name, series_name
-from reer_otel_memory.instrumentation import MemoryInstrumentor
-from reer_otel_memory.monitoring.monitor import get_memory_monitor, stop_memory_monitoring
+from reer_otel_memory.monitoring.monitor import get_memory_monitor
 from reer_otel_memory.testing import TelemetryCapture
 
 RSS = series_name(names.METRIC_RSS)
@@ -91,25 +90,6 @@ def service_dir(tmp_path: Path):
     for name in set(sys.modules) - before:
         if name.startswith("svc_"):
             del sys.modules[name]
-
-
-@pytest.fixture
-def instrumentor(monkeypatch: pytest.MonkeyPatch):
-    """The instrumentor, uninstrumented afterwards; the default monitor stopped before and after."""
-    for var in (names.ENV_PROFILE_TARGETS, names.ENV_EMERGENCY_SIGNAL):
-        monkeypatch.delenv(var, raising=False)
-    stop_memory_monitoring()
-    instance = MemoryInstrumentor()
-    yield instance
-    instance.uninstrument()
-    stop_memory_monitoring()
-
-
-@pytest.fixture
-def capture():
-    capture = TelemetryCapture()
-    yield capture
-    capture.shutdown()
 
 
 def monitor_threads() -> list[threading.Thread]:
