@@ -592,6 +592,120 @@ def _check_options(where: str, heap: object, annotate_current: object, attribute
         )
 
 
+def _wrap_async_generator(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    @functools.wraps(func)
+    async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+        # asend/athrow must reach the wrapped generator (an ``async for`` would drop them).
+        call = _start(spec, False, False)
+        agen = func(*args, **kwargs)
+        ctx = call.context if call is not None else None
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        failure: BaseException | None = None
+        try:
+            while True:
+                token = _attach_context(ctx)
+                try:
+                    if to_throw is not None:
+                        thrown, to_throw = to_throw, None
+                        item = await agen.athrow(thrown)
+                    else:
+                        item = await agen.asend(to_send)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    _detach(token)
+                try:
+                    to_send = yield item
+                except GeneratorExit:
+                    await agen.aclose()
+                    raise
+                except BaseException as thrown:  # delivered into the wrapped generator
+                    to_throw = thrown
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            _finish(call, failure)
+
+    return async_gen_wrapper
+
+
+def _wrap_generator(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+        call = _start(spec, False, False)
+        if call is None:
+            return (yield from func(*args, **kwargs))
+        gen = func(*args, **kwargs)
+        ctx = call.context
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        failure: BaseException | None = None
+        try:
+            while True:
+                token = _attach_context(ctx)
+                try:
+                    if to_throw is not None:
+                        thrown, to_throw = to_throw, None
+                        item = gen.throw(thrown)
+                    else:
+                        item = gen.send(to_send)
+                except StopIteration as stop:
+                    return stop.value
+                finally:
+                    _detach(token)
+                try:
+                    to_send = yield item
+                except GeneratorExit:
+                    gen.close()
+                    raise
+                except BaseException as thrown:
+                    to_throw = thrown
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            _finish(call, failure)
+
+    return gen_wrapper
+
+
+def _wrap_coroutine_function(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    @functools.wraps(func)
+    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+        call = _start(spec, False, True)
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            _finish(call, exc)
+            raise
+        _finish(call, None)
+        return result
+
+    return async_wrapper
+
+
+def _wrap_function(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        call = _start(spec, False, True)
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            _finish(call, exc)
+            raise
+        _finish(call, None)
+        return result
+
+    wrapper.__reer_memory_profiled__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 @overload
 def memory_profile(operation_name: F) -> F: ...
 @overload
@@ -642,118 +756,13 @@ def memory_profile(
         function = f"{getattr(func, '__module__', None) or '?'}.{getattr(func, '__qualname__', repr(func))}"
         spec = _Spec(operation_name or function, function, heap, annotate_current, static_attributes, _LightSampler())
         _note_function(spec.name, func)
-
         if inspect.isasyncgenfunction(func):
-
-            @functools.wraps(func)
-            async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                # asend/athrow must reach the wrapped generator (an ``async for`` would drop them).
-                call = _start(spec, False, False)
-                agen = func(*args, **kwargs)
-                ctx = call.context if call is not None else None
-                to_send: Any = None
-                to_throw: BaseException | None = None
-                failure: BaseException | None = None
-                try:
-                    while True:
-                        token = _attach_context(ctx)
-                        try:
-                            if to_throw is not None:
-                                thrown, to_throw = to_throw, None
-                                item = await agen.athrow(thrown)
-                            else:
-                                item = await agen.asend(to_send)
-                        except StopAsyncIteration:
-                            return
-                        finally:
-                            _detach(token)
-                        try:
-                            to_send = yield item
-                        except GeneratorExit:
-                            await agen.aclose()
-                            raise
-                        except BaseException as thrown:  # delivered into the wrapped generator
-                            to_throw = thrown
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    _finish(call, failure)
-
-            return async_gen_wrapper  # type: ignore[return-value]
-
+            return _wrap_async_generator(func, spec)  # type: ignore[return-value]
         if inspect.isgeneratorfunction(func):
-
-            @functools.wraps(func)
-            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                call = _start(spec, False, False)
-                if call is None:
-                    return (yield from func(*args, **kwargs))
-                gen = func(*args, **kwargs)
-                ctx = call.context
-                to_send: Any = None
-                to_throw: BaseException | None = None
-                failure: BaseException | None = None
-                try:
-                    while True:
-                        token = _attach_context(ctx)
-                        try:
-                            if to_throw is not None:
-                                thrown, to_throw = to_throw, None
-                                item = gen.throw(thrown)
-                            else:
-                                item = gen.send(to_send)
-                        except StopIteration as stop:
-                            return stop.value
-                        finally:
-                            _detach(token)
-                        try:
-                            to_send = yield item
-                        except GeneratorExit:
-                            gen.close()
-                            raise
-                        except BaseException as thrown:
-                            to_throw = thrown
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    _finish(call, failure)
-
-            return gen_wrapper  # type: ignore[return-value]
-
+            return _wrap_generator(func, spec)  # type: ignore[return-value]
         if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                call = _start(spec, False, True)
-                try:
-                    result = await func(*args, **kwargs)
-                except BaseException as exc:
-                    _finish(call, exc)
-                    raise
-                _finish(call, None)
-                return result
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            call = _start(spec, False, True)
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                _finish(call, exc)
-                raise
-            _finish(call, None)
-            return result
-
-        wrapper.__reer_memory_profiled__ = True  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+            return _wrap_coroutine_function(func, spec)  # type: ignore[return-value]
+        return _wrap_function(func, spec)  # type: ignore[return-value]
 
     return decorate
 
