@@ -52,13 +52,12 @@ Render them with ``reer-otel-memory rules [--static] [--output FILE]`` or::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .. import _names as names
-from ..config import MB, MemoryConfig, get_config
+from ..config import MB, MemoryConfig, checked_number, get_config
 from ..errors import ConfigurationError, InvalidArgumentError
 from ..export import naming as series
 from ..levels import THRESHOLD_LEVELS, MemoryLevel
@@ -231,8 +230,7 @@ _RUNBOOKS = {
 
 def format_duration(seconds: float) -> str:
     """A Prometheus duration for ``seconds``: ``10m``, ``90s``, ``1h``, ``0s`` or ``500ms``."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        raise ConfigurationError(f"for_s={seconds!r}: expected a non-negative number of seconds")
+    seconds = checked_number(seconds, 0, high_inclusive=False, name="for_s", expected="expected a non-negative number of seconds")
     millis = round(seconds * 1000)
     if millis % 1000:
         return f"{millis}ms"
@@ -261,11 +259,10 @@ def runbook_anchor(alert: str) -> str:
 
 
 def _positive(name: str, value: float, *, at_most: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{name}={value!r}: expected a positive number")
-    if at_most is not None and value > at_most:
+    number = checked_number(value, 0, low_inclusive=False, high_inclusive=False, name=name, expected="expected a positive number")
+    if at_most is not None and number > at_most:
         raise ConfigurationError(f"{name}={value!r}: expected a number in (0, {at_most:g}]")
-    return float(value)
+    return number
 
 
 @dataclass(frozen=True)

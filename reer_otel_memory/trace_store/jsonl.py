@@ -41,7 +41,8 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ..errors import InvalidArgumentError, TraceStoreError
+from ..errors import InvalidArgumentError
+from .records import checked_count
 from .scan import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_LINE_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, take
 
 #: Records handed from the worker thread to the event loop at a time by ``async for``.
@@ -69,14 +70,10 @@ class StreamingJSONLReader:
             self.file_path = os.fspath(file_path)
         except TypeError:
             raise InvalidArgumentError(f"StreamingJSONLReader(file_path={file_path!r}): expected a path (str or os.PathLike)") from None
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise TraceStoreError(f"StreamingJSONLReader(chunk_size={chunk_size!r}): expected a positive number of bytes")
-        if isinstance(max_reported_malformed, bool) or not isinstance(max_reported_malformed, int) or max_reported_malformed < 0:
-            raise TraceStoreError(
-                f"StreamingJSONLReader(max_reported_malformed={max_reported_malformed!r}): expected a non-negative integer"
-            )
-        if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
-            raise TraceStoreError(f"StreamingJSONLReader(max_line_bytes={max_line_bytes!r}): expected a positive number of bytes")
+        where = "StreamingJSONLReader"
+        checked_count(chunk_size, 1, where=where, name="chunk_size", expected="expected a positive number of bytes")
+        checked_count(max_reported_malformed, 0, where=where, name="max_reported_malformed", expected="expected a non-negative integer")
+        checked_count(max_line_bytes, 1, where=where, name="max_line_bytes", expected="expected a positive number of bytes")
         if not isinstance(skip_malformed, bool):
             raise InvalidArgumentError(f"StreamingJSONLReader(skip_malformed={skip_malformed!r}): expected True or False")
         self.chunk_size = chunk_size

@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ..errors import TraceStoreError
+from ..config import checked_number
+from ..errors import ConfigurationError, TraceStoreError
 from .scan import ScanStats
 
 _MISSING = object()
@@ -19,6 +20,14 @@ _MISSING = object()
 
 def is_finite_number(value: object) -> bool:
     return (type(value) is float and value - value == 0.0) or type(value) is int  # finite, not bool
+
+
+def checked_count(value: object, low: int, *, where: str, name: str, expected: str) -> int:
+    """:func:`~reer_otel_memory.config.checked_number` for a whole-number argument, raising TraceStoreError."""
+    try:
+        return checked_number(value, low, whole=True, where=where, name=name, expected=expected)
+    except ConfigurationError as exc:
+        raise TraceStoreError(str(exc)) from None
 
 
 def encode_trace(trace: object, where: str) -> tuple[bytes, str]:

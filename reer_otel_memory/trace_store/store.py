@@ -78,7 +78,7 @@ from ..monitoring.cleanup import register_cleanup_hook, release_memory, unregist
 from ..profiling.operations import memory_context, memory_profile
 from ..profiling.probe import process_probe
 from .index import OffsetIndex, index_key
-from .records import ScoreStats, encode_trace, is_finite_number, query_predicate, short_repr
+from .records import ScoreStats, checked_count, encode_trace, is_finite_number, query_predicate, short_repr
 from .scan import DEFAULT_CHUNK_BYTES, MAX_REPORTED_MALFORMED, AsyncPass, JSONLScan, ScanStats, decode_line, take
 
 try:
@@ -187,12 +187,10 @@ class REERTraceStore:
             raise TraceStoreError(f"REERTraceStore(path={path!r}): expected a file path (str or os.PathLike)") from None
         if not self.path:
             raise TraceStoreError("REERTraceStore(path=''): expected a file path")
-        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-            raise TraceStoreError(f"REERTraceStore(chunk_bytes={chunk_bytes!r}): expected a positive number of bytes")
-        if isinstance(max_reported_malformed, bool) or not isinstance(max_reported_malformed, int) or max_reported_malformed < 0:
-            raise TraceStoreError(
-                f"REERTraceStore(max_reported_malformed={max_reported_malformed!r}): expected a non-negative integer"
-            )
+        checked_count(chunk_bytes, 1, where="REERTraceStore", name="chunk_bytes", expected="expected a positive number of bytes")
+        checked_count(
+            max_reported_malformed, 0, where="REERTraceStore", name="max_reported_malformed", expected="expected a non-negative integer"
+        )
         self.durable = bool(durable)
         self.chunk_bytes = chunk_bytes
         self.max_reported_malformed = max_reported_malformed
@@ -415,8 +413,8 @@ class REERTraceStore:
         for name, bound in (("min_score", min_score), ("max_score", max_score)):
             if bound is not None and not is_finite_number(bound):
                 raise TraceStoreError(f"lazy_query_traces({name}={bound!r}): expected a finite number or None")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise TraceStoreError(f"lazy_query_traces(limit={limit!r}): expected a non-negative integer or None")
+        if limit is not None:
+            checked_count(limit, 0, where="lazy_query_traces", name="limit", expected="expected a non-negative integer or None")
         return self._lazy_query(query_predicate(min_score, max_score, equals), limit)
 
     @memory_profile(operation_name=names.OPERATION_TRACE_STORE_LAZY_QUERY)
@@ -454,8 +452,7 @@ class REERTraceStore:
         """
         if filter_func is not None and not callable(filter_func):
             raise TraceStoreError(f"stream_traces_filtered(filter_func={filter_func!r}): expected a callable or None")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise TraceStoreError(f"stream_traces_filtered(chunk_size={chunk_size!r}): expected a positive integer")
+        checked_count(chunk_size, 1, where="stream_traces_filtered", name="chunk_size", expected="expected a positive integer")
         return self._stream_filtered(filter_func, chunk_size)
 
     @memory_profile(operation_name=names.OPERATION_TRACE_STORE_STREAM_FILTERED)
