@@ -17,12 +17,17 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import _names as names
 from .config import MB, setup_memory_limits
 from .levels import MemoryLevel
 from .profiling.probe import process_probe
+
+if TYPE_CHECKING:
+    from .export.endpoint import PrometheusEndpoint
+    from .monitoring.monitor import MemoryMonitor
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9464
@@ -218,6 +223,95 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+def _start_endpoint(port: int | None, host: str | None) -> PrometheusEndpoint | None:
+    """Serve ``/metrics``; None (the reason printed to stderr) when it cannot be served."""
+    from .export.endpoint import start_prometheus_exporter
+
+    try:
+        return start_prometheus_exporter(port=port, host=host)
+    except OSError as exc:
+        print(
+            f"reer-otel-memory demo: {exc.strerror or exc}\n"
+            f"  another port: --port N (0 for any free port), {names.ENV_PROMETHEUS_PORT}=N, "
+            "or through make: make demo DEMO_ARGS='--port N'",
+            file=sys.stderr,
+        )
+    except Exception as exc:
+        print(f"reer-otel-memory demo: {exc}", file=sys.stderr)
+    return None
+
+
+def _show_package_logs(console: _Console) -> Callable[[], None]:
+    """Send the package's log records to the console only; returns what undoes it."""
+    package_logger = logging.getLogger("reer_otel_memory")
+    handler = _ConsoleHandler(console)
+    previous_level, previous_propagate = package_logger.level, package_logger.propagate
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
+
+    def restore() -> None:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
+        package_logger.propagate = previous_propagate
+
+    return restore
+
+
+def _print_banner(console: _Console, url: str, start_mb: float, interval_s: float, duration_s: float | None) -> None:
+    console.line(f"reer-otel-memory demo: /metrics at {url}")
+    console.line(
+        f"  starting RSS {start_mb:.1f} MB; thresholds alert {start_mb + ALERT_ABOVE_START_MB:.1f} MB, "
+        f"cleanup {start_mb + CLEANUP_ABOVE_START_MB:.1f} MB, critical {start_mb + CRITICAL_ABOVE_START_MB:.1f} MB "
+        f"(start + {ALERT_ABOVE_START_MB}/{CLEANUP_ABOVE_START_MB}/{CRITICAL_ABOVE_START_MB} MB); "
+        f"sampling every {interval_s:g} s, faster above alert"
+    )
+    console.line(
+        f"  workload: a {MODEL_LAYERS * LAYER_MB} MB model; every {BATCH_PERIOD_S:g} s a batch leaves "
+        f"{ACTIVATIONS_PER_BATCH * ACTIVATION_MB} MB in garbage cycles and keeps {PREDICTION_BYTES / MB:g} MB "
+        "of predictions until the epoch ends at critical"
+    )
+    console.line("  " + ("Ctrl-C to stop" if duration_s is None else f"running for {duration_s:g} s (Ctrl-C to stop early)"))
+
+
+def _run_batches(
+    stop: _Stop,
+    trainer: Trainer,
+    monitor: MemoryMonitor,
+    console: _Console,
+    started: float,
+    deadline: float | None,
+    safety_bytes: int,
+) -> int:
+    """Process batches and redraw the status line until stopped; returns the safety collections."""
+    from .monitoring.cleanup import trim_heap
+
+    next_batch = next_status = started
+    safety_collections = 0
+    while not stop.requested:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            break
+        if now >= next_batch:
+            trainer.process_batch()
+            if process_probe().rss_bytes() > safety_bytes:
+                # Only if the monitor fell far behind: keep the demo's memory bounded anyway.
+                safety_collections += 1
+                trainer.evaluate_epoch()
+                gc.collect()
+                trim_heap()
+            next_batch = max(next_batch + BATCH_PERIOD_S, now)
+        if now >= next_status:
+            console.status(_status_line(monitor, trainer, now - started))
+            next_status = now + console.status_period_s
+        wake = min(next_batch, next_status)
+        if deadline is not None:
+            wake = min(wake, deadline)
+        # A signal interrupts the sleep; the flag is checked at the top of the loop.
+        time.sleep(min(BATCH_PERIOD_S, max(0.0, wake - time.monotonic())))
+    return safety_collections
+
+
 def run_demo(
     host: str | None = None,
     port: int | None = None,
@@ -230,26 +324,14 @@ def run_demo(
 
     ``host`` / ``port`` default to ``OTEL_EXPORTER_PROMETHEUS_HOST`` / ``_PORT``, else 127.0.0.1:9464.
     """
-    from .export.endpoint import start_prometheus_exporter
-    from .monitoring.cleanup import register_cleanup_hook, trim_heap, unregister_cleanup_hook
+    from .monitoring.cleanup import register_cleanup_hook, unregister_cleanup_hook
     from .monitoring.monitor import MemoryMonitor
 
     console = _Console(sys.stdout if out is None else out, status)
     stop = _Stop()
     stop.install()
-    try:
-        endpoint = start_prometheus_exporter(port=port, host=host)
-    except OSError as exc:
-        print(
-            f"reer-otel-memory demo: {exc.strerror or exc}\n"
-            f"  another port: --port N (0 for any free port), {names.ENV_PROMETHEUS_PORT}=N, "
-            "or through make: make demo DEMO_ARGS='--port N'",
-            file=sys.stderr,
-        )
-        stop.restore()
-        return 1
-    except Exception as exc:
-        print(f"reer-otel-memory demo: {exc}", file=sys.stderr)
+    endpoint = _start_endpoint(port, host)
+    if endpoint is None:
         stop.restore()
         return 1
 
@@ -274,58 +356,19 @@ def run_demo(
             console.event(f"epoch {trainer.epoch - 1} ended at critical: predictions evaluated (checksum {checksum}) and released")
 
     register_cleanup_hook(_HOOK_NAME, end_epoch_at_critical)
-    package_logger = logging.getLogger("reer_otel_memory")
-    handler = _ConsoleHandler(console)
-    previous_logging = (package_logger.level, package_logger.propagate)
-    package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
-    package_logger.propagate = False
-
-    console.line(f"reer-otel-memory demo: /metrics at {endpoint.url}")
-    console.line(
-        f"  starting RSS {start_mb:.1f} MB; thresholds alert {start_mb + ALERT_ABOVE_START_MB:.1f} MB, "
-        f"cleanup {start_mb + CLEANUP_ABOVE_START_MB:.1f} MB, critical {start_mb + CRITICAL_ABOVE_START_MB:.1f} MB "
-        f"(start + {ALERT_ABOVE_START_MB}/{CLEANUP_ABOVE_START_MB}/{CRITICAL_ABOVE_START_MB} MB); "
-        f"sampling every {interval_s:g} s, faster above alert"
-    )
-    console.line(
-        f"  workload: a {MODEL_LAYERS * LAYER_MB} MB model; every {BATCH_PERIOD_S:g} s a batch leaves "
-        f"{ACTIVATIONS_PER_BATCH * ACTIVATION_MB} MB in garbage cycles and keeps {PREDICTION_BYTES / MB:g} MB "
-        "of predictions until the epoch ends at critical"
-    )
-    console.line("  " + ("Ctrl-C to stop" if duration_s is None else f"running for {duration_s:g} s (Ctrl-C to stop early)"))
+    restore_logging = _show_package_logs(console)
+    _print_banner(console, endpoint.url, start_mb, interval_s, duration_s)
 
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the cycles are for the monitor's cleanup to collect
     started = console.started = time.monotonic()
     deadline = None if duration_s is None else started + duration_s
-    next_batch = next_status = started
     safety_collections = 0
     ended_at = started
     try:
         monitor.start_monitoring()
         trainer.load_model()
-        while not stop.requested:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if now >= next_batch:
-                trainer.process_batch()
-                if process_probe().rss_bytes() > safety_bytes:
-                    # Only if the monitor fell far behind: keep the demo's memory bounded anyway.
-                    safety_collections += 1
-                    trainer.evaluate_epoch()
-                    gc.collect()
-                    trim_heap()
-                next_batch = max(next_batch + BATCH_PERIOD_S, now)
-            if now >= next_status:
-                console.status(_status_line(monitor, trainer, now - started))
-                next_status = now + console.status_period_s
-            wake = min(next_batch, next_status)
-            if deadline is not None:
-                wake = min(wake, deadline)
-            # A signal interrupts the sleep; the flag is checked at the top of the loop.
-            time.sleep(min(BATCH_PERIOD_S, max(0.0, wake - time.monotonic())))
+        safety_collections = _run_batches(stop, trainer, monitor, console, started, deadline, safety_bytes)
     finally:
         ended_at = time.monotonic()
         monitor.stop_monitoring()
@@ -335,9 +378,7 @@ def run_demo(
         endpoint.shutdown()
         stop.restore()
         console.close()
-        package_logger.removeHandler(handler)
-        package_logger.setLevel(previous_logging[0])
-        package_logger.propagate = previous_logging[1]
+        restore_logging()
     elapsed = ended_at - started
     ended_by = stop.signal_name or ("--duration" if deadline is not None else "end")
     console.line(
