@@ -56,106 +56,125 @@ def _is_float64(dtype: Any) -> bool:
     return text in ("float64", "torch.float64", "double", "<f8", "mlx.core.float64")
 
 
+class _SizeWalk:
+    """One walk's state: the queue, the objects seen, the buffers counted and the running totals."""
+
+    def __init__(self, obj: Any) -> None:
+        self.ndarray: Any = getattr(sys.modules.get("numpy"), "ndarray", None)
+        self.tensor_type: Any = getattr(sys.modules.get("torch"), "Tensor", None)
+        self.seen: set[int] = set()
+        self.counted_buffers: set[int] = set()
+        self.total = self.float64_total = self.buffers = self.visited = 0
+        self.queue: deque[Any] = deque([obj])
+        # Keep every visited object referenced until the walk ends, so ids stay unique.
+        self.keep_alive: list[Any] = []
+
+    def estimate(self, truncated: bool) -> SizeEstimate:
+        return SizeEstimate(self.total, self.float64_total, self.buffers, self.visited, truncated)
+
+    def count(self, owner: Any, nbytes: int, dtype: Any) -> None:
+        key = id(owner)
+        if key in self.counted_buffers:
+            return
+        self.counted_buffers.add(key)
+        self.keep_alive.append(owner)
+        self.total += nbytes
+        self.buffers += 1
+        if dtype is not None and _is_float64(dtype):
+            self.float64_total += nbytes
+
+    def count_tensor(self, item: Any) -> None:
+        try:
+            storage = item.untyped_storage()
+            nbytes, storage_key = int(storage.nbytes()), storage.data_ptr()
+        except Exception:
+            nbytes, storage_key = int(item.element_size() * item.nelement()), id(item)
+        if storage_key not in self.counted_buffers:
+            self.counted_buffers.add(storage_key)
+            self.total += nbytes
+            self.buffers += 1
+            if _is_float64(item.dtype):
+                self.float64_total += nbytes
+
+    def visit(self, item: Any) -> None:
+        """Count ``item`` if it is a buffer, else queue what it holds."""
+        ndarray = self.ndarray
+        if ndarray is not None and isinstance(item, ndarray):
+            owner = item
+            while isinstance(getattr(owner, "base", None), ndarray):
+                owner = owner.base
+            self.count(owner, int(owner.nbytes), owner.dtype)
+            return
+        if self.tensor_type is not None and isinstance(item, self.tensor_type):
+            self.count_tensor(item)
+            return
+        if isinstance(item, (bytes, bytearray)):
+            self.count(item, len(item), None)
+            return
+        if isinstance(item, memoryview):
+            source: object = item.obj  # None for a view made over raw memory by C code (typeshed: never)
+            if source is not None:
+                self.queue.append(source)
+            else:
+                self.count(item, item.nbytes, None)
+            return
+        if isinstance(item, _NOT_ENTERED):
+            return
+        item_type = type(item)
+        if hasattr(item_type, "nbytes") and hasattr(item_type, "dtype"):
+            self.count(item, int(item.nbytes), item.dtype)
+            return
+        if isinstance(item, dict):
+            self.queue.extend(item.values())
+            return
+        if isinstance(item, (list, tuple, set, frozenset, deque)):
+            self.queue.extend(item)
+            return
+        try:
+            with memoryview(item) as view:
+                self.count(item, view.nbytes, None)
+            return
+        except TypeError:
+            pass
+        attributes = getattr(item, "__dict__", None)
+        if isinstance(attributes, dict):
+            self.queue.extend(attributes.values())
+        _queue_slot_values(self.queue, item, item_type)
+
+
+def _queue_slot_values(queue: deque[Any], item: Any, item_type: type) -> None:
+    """Queue the values of ``item``'s ``__slots__`` that are set, through its whole MRO."""
+    for klass in item_type.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if not isinstance(slot, str) or slot in ("__dict__", "__weakref__"):
+                continue
+            attribute = slot
+            if slot.startswith("__") and not slot.endswith("__"):
+                attribute = f"_{klass.__name__.lstrip('_')}{slot}"  # name mangling
+            try:
+                queue.append(object.__getattribute__(item, attribute))
+            except AttributeError:
+                pass
+
+
 def estimate_size(obj: Any, max_objects: int = DEFAULT_MAX_OBJECTS) -> SizeEstimate:
     """Walk ``obj`` (bounded by ``max_objects``) and add up the array and buffer bytes it holds."""
     checked_number(max_objects, 1, whole=True, where="estimate_size", name="max_objects", expected="expected a positive integer")
-    numpy = sys.modules.get("numpy")
-    ndarray = getattr(numpy, "ndarray", None)
-    torch = sys.modules.get("torch")
-    tensor_type = getattr(torch, "Tensor", None)
-
-    seen: set[int] = set()
-    counted_buffers: set[int] = set()
-    total = float64_total = buffers = visited = 0
-    queue: deque[Any] = deque([obj])
-    # Keep every visited object referenced until the walk ends, so ids stay unique.
-    keep_alive: list[Any] = []
-
-    def count(owner: Any, nbytes: int, dtype: Any) -> None:
-        nonlocal total, float64_total, buffers
-        key = id(owner)
-        if key in counted_buffers:
-            return
-        counted_buffers.add(key)
-        keep_alive.append(owner)
-        total += nbytes
-        buffers += 1
-        if dtype is not None and _is_float64(dtype):
-            float64_total += nbytes
-
+    walk = _SizeWalk(obj)
+    queue, seen, keep_alive = walk.queue, walk.seen, walk.keep_alive
     while queue:
-        if visited >= max_objects:
-            return SizeEstimate(total, float64_total, buffers, visited, True)
+        if walk.visited >= max_objects:
+            return walk.estimate(True)
         item = queue.popleft()
         key = id(item)
         if key in seen or isinstance(item, _ATOMS):
             continue
         seen.add(key)
         keep_alive.append(item)
-        visited += 1
+        walk.visited += 1
         try:
-            if ndarray is not None and isinstance(item, ndarray):
-                owner = item
-                while isinstance(getattr(owner, "base", None), ndarray):
-                    owner = owner.base
-                count(owner, int(owner.nbytes), owner.dtype)
-                continue
-            if tensor_type is not None and isinstance(item, tensor_type):
-                try:
-                    storage = item.untyped_storage()
-                    nbytes, storage_key = int(storage.nbytes()), storage.data_ptr()
-                except Exception:
-                    nbytes, storage_key = int(item.element_size() * item.nelement()), id(item)
-                if storage_key not in counted_buffers:
-                    counted_buffers.add(storage_key)
-                    total += nbytes
-                    buffers += 1
-                    if _is_float64(item.dtype):
-                        float64_total += nbytes
-                continue
-            if isinstance(item, (bytes, bytearray)):
-                count(item, len(item), None)
-                continue
-            if isinstance(item, memoryview):
-                source: object = item.obj  # None for a view made over raw memory by C code (typeshed: never)
-                if source is not None:
-                    queue.append(source)
-                else:
-                    count(item, item.nbytes, None)
-                continue
-            if isinstance(item, _NOT_ENTERED):
-                continue
-            item_type = type(item)
-            if hasattr(item_type, "nbytes") and hasattr(item_type, "dtype"):
-                count(item, int(item.nbytes), item.dtype)
-                continue
-            if isinstance(item, dict):
-                queue.extend(item.values())
-                continue
-            if isinstance(item, (list, tuple, set, frozenset, deque)):
-                queue.extend(item)
-                continue
-            try:
-                with memoryview(item) as view:
-                    count(item, view.nbytes, None)
-                continue
-            except TypeError:
-                pass
-            attributes = getattr(item, "__dict__", None)
-            if isinstance(attributes, dict):
-                queue.extend(attributes.values())
-            for klass in item_type.__mro__:
-                slots = klass.__dict__.get("__slots__", ())
-                for slot in (slots,) if isinstance(slots, str) else slots:
-                    if not isinstance(slot, str) or slot in ("__dict__", "__weakref__"):
-                        continue
-                    attribute = slot
-                    if slot.startswith("__") and not slot.endswith("__"):
-                        attribute = f"_{klass.__name__.lstrip('_')}{slot}"  # name mangling
-                    try:
-                        queue.append(object.__getattribute__(item, attribute))
-                    except AttributeError:
-                        pass
+            walk.visit(item)
         except Exception:  # an exotic object that refuses inspection: skip it, keep walking
             continue
-    return SizeEstimate(total, float64_total, buffers, visited, False)
+    return walk.estimate(False)
