@@ -322,55 +322,13 @@ class MemoryProfiler:
             _check_number("budget_bytes", budget_bytes, minimum=0.0, exclusive=True)
         min_savings = int(min_savings_mb * MB)
         now = time.monotonic()
-        advice: list[dict[str, Any]] = []
-
-        def add(model: str | None, kind: str, message: str, savings: int) -> None:
-            advice.append({"model": model, "kind": kind, "message": message, "estimated_savings_bytes": int(savings), "estimated_savings_mb": savings / MB})
-
         with self._lock:
             models = list(self._models.values())
         loaded = [s for s in models if s.is_loaded()]
+        advice: list[dict[str, Any]] = []
         for stats in loaded:
-            retained = stats.retained_bytes
-            peak = stats.load_peak_growth_bytes
-            if peak is not None and peak >= peak_ratio * max(retained, 1) and peak - retained >= min_savings:
-                add(
-                    stats.name,
-                    "load_peak",
-                    f"Loading {stats.name!r} raised RSS by {peak / MB:.1f} MB at its peak but the model retains "
-                    f"{retained / MB:.1f} MB: load the weights in place (memory-mapped, e.g. safetensors, "
-                    f"torch.load(mmap=True), numpy.load(mmap_mode='r')) instead of reading then copying them.",
-                    peak - retained,
-                )
-            if stats.float64_bytes // 2 >= min_savings:
-                add(
-                    stats.name,
-                    "float64",
-                    f"{stats.name!r} holds {stats.float64_bytes / MB:.1f} MB of float64 arrays: float32 halves them "
-                    f"(MemoryOptimizer.optimize_numpy_arrays(..., float_rtol=...) or model.float()).",
-                    stats.float64_bytes // 2,
-                )
-            if stats.usage_tracked and now - stats.last_used_monotonic >= idle_after_s and retained >= min_savings:
-                add(
-                    stats.name,
-                    "idle",
-                    f"{stats.name!r} has not been used for {now - stats.last_used_monotonic:.0f} s and retains "
-                    f"{retained / MB:.1f} MB: unload it (LazyModelLoader.unload(), or an idle_timeout_s) until it is needed.",
-                    retained,
-                )
-        total = sum(s.retained_bytes for s in loaded)
-        allowed = budget_share * budget_bytes
-        if loaded and total > allowed and total - allowed >= min_savings:
-            largest = sorted(loaded, key=lambda s: s.retained_bytes, reverse=True)[:3]
-            listing = ", ".join(f"{s.name!r} {s.retained_bytes / MB:.1f} MB" for s in largest)
-            add(
-                None,
-                "models_vs_limit",
-                f"{len(loaded)} loaded models retain {total / MB:.1f} MB, {total / budget_bytes:.0%} of the "
-                f"{budget_bytes / MB:.0f} MB memory budget (largest: {listing}): load them lazily "
-                f"(LazyModelLoader) and unload the idle ones.",
-                int(total - allowed),
-            )
+            advice.extend(_model_advice(stats, now, peak_ratio, idle_after_s, min_savings))
+        advice.extend(_models_vs_limit_advice(loaded, budget_share, budget_bytes, min_savings))
         advice.sort(key=lambda a: a["estimated_savings_bytes"], reverse=True)
         return advice
 
@@ -381,6 +339,61 @@ def _check_number(name: str, value: object, minimum: float, exclusive: bool = Fa
         value, minimum, math.inf, low_inclusive=not exclusive, high_inclusive=False,
         where="get_model_memory_recommendations", name=name, expected=f"expected a finite number {bound}",
     )
+
+
+def _advice(model: str | None, kind: str, message: str, savings: int) -> dict[str, Any]:
+    return {"model": model, "kind": kind, "message": message, "estimated_savings_bytes": int(savings), "estimated_savings_mb": savings / MB}
+
+
+def _model_advice(stats: ModelStats, now: float, peak_ratio: float, idle_after_s: float, min_savings: int) -> list[dict[str, Any]]:
+    """The ``load_peak``, ``float64`` and ``idle`` advice for one loaded model."""
+    advice = []
+    retained = stats.retained_bytes
+    peak = stats.load_peak_growth_bytes
+    if peak is not None and peak >= peak_ratio * max(retained, 1) and peak - retained >= min_savings:
+        advice.append(_advice(
+            stats.name,
+            "load_peak",
+            f"Loading {stats.name!r} raised RSS by {peak / MB:.1f} MB at its peak but the model retains "
+            f"{retained / MB:.1f} MB: load the weights in place (memory-mapped, e.g. safetensors, "
+            f"torch.load(mmap=True), numpy.load(mmap_mode='r')) instead of reading then copying them.",
+            peak - retained,
+        ))
+    if stats.float64_bytes // 2 >= min_savings:
+        advice.append(_advice(
+            stats.name,
+            "float64",
+            f"{stats.name!r} holds {stats.float64_bytes / MB:.1f} MB of float64 arrays: float32 halves them "
+            f"(MemoryOptimizer.optimize_numpy_arrays(..., float_rtol=...) or model.float()).",
+            stats.float64_bytes // 2,
+        ))
+    if stats.usage_tracked and now - stats.last_used_monotonic >= idle_after_s and retained >= min_savings:
+        advice.append(_advice(
+            stats.name,
+            "idle",
+            f"{stats.name!r} has not been used for {now - stats.last_used_monotonic:.0f} s and retains "
+            f"{retained / MB:.1f} MB: unload it (LazyModelLoader.unload(), or an idle_timeout_s) until it is needed.",
+            retained,
+        ))
+    return advice
+
+
+def _models_vs_limit_advice(loaded: list[ModelStats], budget_share: float, budget_bytes: float, min_savings: int) -> list[dict[str, Any]]:
+    """The ``models_vs_limit`` advice, when the loaded models together retain too much of the budget."""
+    total = sum(s.retained_bytes for s in loaded)
+    allowed = budget_share * budget_bytes
+    if not (loaded and total > allowed and total - allowed >= min_savings):
+        return []
+    largest = sorted(loaded, key=lambda s: s.retained_bytes, reverse=True)[:3]
+    listing = ", ".join(f"{s.name!r} {s.retained_bytes / MB:.1f} MB" for s in largest)
+    return [_advice(
+        None,
+        "models_vs_limit",
+        f"{len(loaded)} loaded models retain {total / MB:.1f} MB, {total / budget_bytes:.0%} of the "
+        f"{budget_bytes / MB:.0f} MB memory budget (largest: {listing}): load them lazily "
+        f"(LazyModelLoader) and unload the idle ones.",
+        int(total - allowed),
+    )]
 
 
 # --- metrics -----------------------------------------------------------------------------------
