@@ -245,34 +245,35 @@ def _prediction_tests() -> list[dict[str, Any]]:
 # --- accelerators and containers ---------------------------------------------------------------
 
 
-def _device_and_container_tests() -> list[dict[str, Any]]:
+def _device_series(metric: str, values: str, instance: str, name: str, **labels: str) -> dict[str, str]:
+    return _series(metric, values, instance=instance, **{series.LABEL_FRAMEWORK: "torch", series.LABEL_DEVICE: name}, **labels)
+
+
+def _device_thresholds(instance: str, name: str, alert_gib: float, critical_gib: float) -> list[dict[str, str]]:
+    return [
+        _device_series(series.DEVICE_THRESHOLD, f"{int(gib * GIB)}x30", instance, name, **{series.LABEL_LEVEL: level})
+        for level, gib in (("alert", alert_gib), ("critical", critical_gib))
+    ]
+
+
+def _device_test() -> dict[str, Any]:
     framework, device = series.LABEL_FRAMEWORK, series.LABEL_DEVICE
-
-    def device_series(metric: str, values: str, instance: str, name: str, **labels: str) -> dict[str, str]:
-        return _series(metric, values, instance=instance, **{framework: "torch", device: name}, **labels)
-
-    def device_thresholds(instance: str, name: str, alert_gib: float, critical_gib: float) -> list[dict[str, str]]:
-        return [
-            device_series(series.DEVICE_THRESHOLD, f"{int(gib * GIB)}x30", instance, name, **{series.LABEL_LEVEL: level})
-            for level, gib in (("alert", alert_gib), ("critical", critical_gib))
-        ]
-
     trainer, other = "trainer:9464", "other:9464"
-    devices = {
+    return {
         "name": "each device is held to its own thresholds",
         "interval": "1m",
         "input_series": [
             # cuda:0 at 7 GiB: above its 6 GiB alert threshold; cuda:1 at 2 GiB: below.
-            device_series(series.DEVICE_USED, f"{7 * GIB}x30", trainer, "cuda:0"),
-            *device_thresholds(trainer, "cuda:0", 6, 7.5),
-            device_series(series.DEVICE_USED, f"{2 * GIB}x30", trainer, "cuda:1"),
-            *device_thresholds(trainer, "cuda:1", 6, 7.5),
+            _device_series(series.DEVICE_USED, f"{7 * GIB}x30", trainer, "cuda:0"),
+            *_device_thresholds(trainer, "cuda:0", 6, 7.5),
+            _device_series(series.DEVICE_USED, f"{2 * GIB}x30", trainer, "cuda:1"),
+            *_device_thresholds(trainer, "cuda:1", 6, 7.5),
             # Another process's cuda:0, also at 7 GiB, with thresholds of 8 and 9 GiB: nothing.
-            device_series(series.DEVICE_USED, f"{7 * GIB}x30", other, "cuda:0"),
-            *device_thresholds(other, "cuda:0", 8, 9),
+            _device_series(series.DEVICE_USED, f"{7 * GIB}x30", other, "cuda:0"),
+            *_device_thresholds(other, "cuda:0", 8, 9),
             # A third device, above its critical threshold.
-            device_series(series.DEVICE_USED, f"{int(15.5 * GIB)}x30", other, "cuda:1"),
-            *device_thresholds(other, "cuda:1", 12, 15),
+            _device_series(series.DEVICE_USED, f"{int(15.5 * GIB)}x30", other, "cuda:1"),
+            *_device_thresholds(other, "cuda:1", 12, 15),
         ],
         "alert_rule_test": [
             _check(rules.DEVICE_THRESHOLD_EXCEEDED, "5m"),
@@ -292,8 +293,11 @@ def _device_and_container_tests() -> list[dict[str, Any]]:
             ),
         ],
     }
+
+
+def _container_test() -> dict[str, Any]:
     full, roomy, unlimited = "full:9464", "roomy:9464", "unlimited:9464"
-    containers = {
+    return {
         "name": "a container's working set near its limit; no limit, no alert",
         "interval": "1m",
         "input_series": [
@@ -319,8 +323,11 @@ def _device_and_container_tests() -> list[dict[str, Any]]:
             }
         ],
     }
+
+
+def _oom_test() -> dict[str, Any]:
     killed, reset = "killed:9464", "reset:9464"
-    oom = {
+    return {
         "name": "an OOM kill fires for 15 minutes; a restart (counter reset) is no kill",
         "interval": "1m",
         "input_series": [
@@ -333,7 +340,10 @@ def _device_and_container_tests() -> list[dict[str, Any]]:
             _check(rules.OOM_KILLED, "25m"),  # the kill left the window
         ],
     }
-    return [devices, containers, oom]
+
+
+def _device_and_container_tests() -> list[dict[str, Any]]:
+    return [_device_test(), _container_test(), _oom_test()]
 
 
 _FILES = {
