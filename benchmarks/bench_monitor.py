@@ -36,6 +36,14 @@ SCRAPES = scaled(60, 10)
 WARMUP_SCRAPES = 5
 
 
+def _exporter_pipeline():
+    """The running exporter's pipeline: the process runtime's, or the endpoint module's where that keeps it."""
+    from reer_otel_memory import _runtime
+    from reer_otel_memory.export import endpoint
+
+    return getattr(_runtime.RUNTIME, "endpoint", None) or getattr(endpoint, "_pipeline", None)
+
+
 def bare_psutil_sample_cpu_s() -> float:
     import psutil
 
@@ -138,13 +146,12 @@ def formatting_child() -> None:
         "format_bare_ms": _cpu_ms(lambda: generate_latest(Translated())),
     }
     from reer_otel_memory import start_memory_monitoring, start_prometheus_exporter
-    from reer_otel_memory.export import endpoint as exporter
 
     start_prometheus_exporter(port=0)
     start_memory_monitoring()
     for _ in range(3):
         _record_operations()
-    figures["render_changed_ms"] = _render_after_changes_ms(exporter._pipeline.render)
+    figures["render_changed_ms"] = _render_after_changes_ms(_exporter_pipeline().render)
     print(json.dumps(figures), flush=True)
 
 
@@ -178,10 +185,8 @@ def scrape_child() -> None:
         _record_operations()
     # Where a scrape's CPU goes: the SDK's collection (histograms as deltas, summed by the page),
     # then the text formatting.
-    from reer_otel_memory.export import endpoint as exporter
-
-    reader = exporter._pipeline.reader
-    render = exporter._pipeline.render
+    pipeline = _exporter_pipeline()
+    reader, render = pipeline.reader, pipeline.render
     figures["collect_ms"] = _cpu_ms(reader.collect)
     figures["format_ms"] = _cpu_ms(reader._page.render)
     figures["render_ms"] = _cpu_ms(render)
