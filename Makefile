@@ -39,11 +39,11 @@ test-minimums:
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 # The same figures on smaller inputs (under a minute), for day-to-day use.
 bench-quick: $(STAMP)
-	REER_BENCH_QUICK=1 $(PY) -m benchmarks
+	REER_BENCH_QUICK=1 $(PY) -m benchmarks $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m reer_otel_memory demo $(DEMO_ARGS)

@@ -1,4 +1,6 @@
-"""Run every benchmark module (or those named on the command line) and print its figures."""
+"""Run every benchmark module (or those named on the command line), print its figures and write
+them into docs/performance.md (benchmarks/_doc.py: full runs by default, quick runs with
+``--write-docs``)."""
 
 from __future__ import annotations
 
@@ -7,17 +9,32 @@ import pkgutil
 import sys
 from pathlib import Path
 
+from benchmarks import _doc
+
 
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
+    write_docs = _doc.should_write(argv)
+    names = [a for a in argv if a not in ("--write-docs", "--no-write-docs")]
     modules = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
-    if argv:
-        modules = [m for m in modules if any(a in m for a in argv)]
+    if names:
+        modules = [m for m in modules if any(a in m for a in names)]
+    if write_docs:  # a missing table fails now, not after the run
+        text = _doc.PAGE.read_text(encoding="utf-8")
+        for name in modules:
+            _doc.region(text, _doc.key(name), _doc.PAGE)
     for name in modules:
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"== {name}: {(module.__doc__ or '').strip().splitlines()[0]}", flush=True)
-        for figure in module.run():
+        figures = module.run()
+        for figure in figures:
             print("  " + figure.line(), flush=True)
+        if write_docs:
+            bench = _doc.key(name)
+            _doc.write(_doc.PAGE, bench, figures, _doc.run_line(bench))
+            print(f"  -> {_doc.PAGE.name}, bench:{bench}", flush=True)
+    if not write_docs:
+        print(f"(figures not written to {_doc.PAGE}: --write-docs or REER_BENCH_WRITE_DOCS=1 writes them)", flush=True)
     return 0
 
 
