@@ -1,12 +1,11 @@
 """The process runtime: the one owner of the package's process-wide state.
 
-Everything that exists once per process is built here on first use (``RUNTIME.get(key,
-factory)``), so importing the package opens no file, starts no thread and writes nothing to
-``/proc``. A pre-fork server forks while other threads may hold a lock, which the child would
-inherit held forever, so one fork hook keeps the child sound: locks from :meth:`Runtime.lock` are
-replaced, ``fresh_in_child`` components are dropped and rebuilt, and every other component gets
-``_after_fork_in_child()``. The components every profiled call reads are also plain attributes
-once built, because a profiled call with no SDK costs only a few microseconds in all.
+Each thing that exists once per process is a typed field of :class:`Runtime`, None until the
+module that owns it builds it on first use (``RUNTIME.get(field, factory)``), so importing the
+package opens no file, starts no thread and writes nothing to ``/proc``. One fork rule keeps a
+forked child sound: its locks are new, the fields in :data:`FRESH_IN_CHILD` are dropped and
+rebuilt, and every other component gets ``_after_fork_in_child()``. :meth:`Runtime.reset` puts
+the process back as a fresh import left it (``reer_otel_memory.testing.reset_state``).
 """
 
 from __future__ import annotations
@@ -16,76 +15,110 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:  # annotations only: the owners import this module, never the reverse
+    from ._cgroup import MemoryCgroup
+    from ._telemetry import Registrations, Telemetry, _OperationAttributes, _OperationNets
+    from .config import ConfigListeners, MemoryConfig
+    from .export.endpoint import _Pipeline
+    from .ml.profiler import MemoryProfiler
+    from .ml.resources import MemoryResourceManager
+    from .monitoring.cleanup import CleanupRegistry
+    from .monitoring.metrics import _LatestCgroupReading, _MonitorGauges, _Totals
+    from .monitoring.monitor import _Monitors
+    from .profiling.devices import DeviceMemory
+    from .profiling.explain import AutoExplainer, _WindowState
+    from .profiling.explain_listener import ExplainListener
+    from .profiling.flight_recorder import RecorderHolder
+    from .profiling.probe import MemoryProbe
+    from .profiling.tracker import MemoryTracker
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
 _AFTER_FORK = "_after_fork_in_child"
+_ON_RESET = "_on_reset"
+
+#: Fields a forked child drops and rebuilds: sums a child must start from zero (to Prometheus a
+#: forked worker is a new process).
+FRESH_IN_CHILD = frozenset({"operation_nets", "monitor_totals"})
 
 
 class Runtime:
-    """The package's state in this process: components by key, locks by name, one fork hook."""
+    """The package's state in this process: one typed field per component, locks by name, one fork hook."""
 
-    #: The hot components, None until built (see the module docs).
-    probe: Any = None
-    tracker: Any = None
-    config: Any = None
-    telemetry: Any = None
-    device_memory: Any = None
-    flight_recorder: Any = None
-    _HOT = frozenset(("probe", "tracker", "config", "telemetry", "device_memory", "flight_recorder"))
+    # Read on every profiled call.
+    probe: MemoryProbe | None = None
+    config: MemoryConfig | None = None
+    tracker: MemoryTracker | None = None  # the leak detector is the tracker's
+    telemetry: Telemetry | None = None
+    device_memory: DeviceMemory | None = None
+    flight_recorder: RecorderHolder | None = None
+    # Built by the module that owns each, on first use.
+    operation_attributes: _OperationAttributes | None = None
+    operation_nets: _OperationNets | None = None
+    registrations: Registrations | None = None
+    config_listeners: ConfigListeners | None = None
+    monitors: _Monitors | None = None
+    monitor_gauges: _MonitorGauges | None = None
+    monitor_totals: _Totals | None = None
+    cgroup: list[MemoryCgroup | None] | None = None  # a list: "no cgroup" is an answer kept too
+    cgroup_reading: _LatestCgroupReading | None = None
+    in_container: bool | None = None
+    cleanup_registry: CleanupRegistry | None = None
+    endpoint: _Pipeline | None = None
+    explain_window: _WindowState | None = None
+    auto_explainer: AutoExplainer | None = None
+    explain_listener: ExplainListener | None = None
+    ml_profiler: MemoryProfiler | None = None
+    ml_resources: MemoryResourceManager | None = None
 
     def __init__(self) -> None:
-        self._components: dict[str, Any] = {}
-        self._fresh_in_child: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
         self._guards: set[str] = set()
         # Reentrant: a factory may ask for another component (the tracker needs the probe).
         self._build_lock = threading.RLock()
         self._instances: weakref.WeakSet[Any] = weakref.WeakSet()
         self._hooked = False
-        #: How many forked children this process's runtime has been reset in (0 in the original).
-        self.forks = 0
 
     # --- components ------------------------------------------------------------------------
 
-    def get(self, key: str, factory: Callable[[], T], *, fresh_in_child: bool = False) -> T:
-        """The component called ``key``, built by ``factory()`` on first use (thread-safe)."""
-        component = self._components.get(key)
+    def get(self, field: str, factory: Callable[[], T]) -> T:
+        """The component in ``field``, built by ``factory()`` on first use (thread-safe)."""
+        component = getattr(self, field)
         if component is None:
             with self._build_lock:
-                component = self._components.get(key)
+                component = getattr(self, field)
                 if component is None:
                     self._hook_fork()
                     component = factory()
-                    if fresh_in_child:
-                        self._fresh_in_child.add(key)
-                    self._store(key, component)
+                    setattr(self, field, component)
         return cast(T, component)
 
-    def _store(self, key: str, component: object | None) -> None:
-        if component is None:
-            self._components.pop(key, None)
-        else:
-            self._components[key] = component
-        if key in self._HOT:
-            setattr(self, key, component)
-
-    def once(self, key: str, action: Callable[[], object]) -> None:
-        """Run ``action()`` the first time it is asked for under ``key`` in this process."""
-        self.get(key, lambda: action() or True)
-
-    def peek(self, key: str) -> Any | None:
-        """The component called ``key`` if it was built, else None (builds nothing)."""
-        return self._components.get(key)
-
-    def replace(self, key: str, component: object) -> None:
-        """Put ``component`` in place of the one called ``key`` (built or not)."""
+    def replace(self, field: str, component: object) -> None:
+        """Put ``component`` in ``field``, in place of the one there (built or not)."""
+        if field not in COMPONENTS:
+            raise AttributeError(f"Runtime has no component field {field!r}")
         with self._build_lock:
             self._hook_fork()
-            self._store(key, component)
+            setattr(self, field, component)
+
+    def reset(self) -> None:
+        """Forget every component, each told first (``_on_reset()``, to stop what it runs); the
+        next use builds them afresh from the environment, as after a fresh import."""
+        with self._build_lock:
+            built = [getattr(self, field) for field in COMPONENTS]
+            for field in COMPONENTS:
+                setattr(self, field, None)
+        for component in built:
+            on_reset = getattr(component, _ON_RESET, None)
+            if on_reset is not None:
+                try:
+                    on_reset()
+                except Exception:  # one component's failure must not leave the others running
+                    logger.exception("resetting %r failed", component)
 
     # --- locks -----------------------------------------------------------------------------
 
@@ -143,14 +176,12 @@ class Runtime:
 
     def _after_fork_in_child(self) -> None:
         # Only the forking thread exists now: no lock is needed, and none may be waited on.
-        self.forks += 1
         self._build_lock = threading.RLock()
         self._locks = {}
-        for key in self._fresh_in_child:
-            self._store(key, None)
-        self._fresh_in_child = set()
+        for field in FRESH_IN_CHILD:
+            setattr(self, field, None)
         seen: set[int] = set()
-        for component in [*self._components.values(), *self._instances]:
+        for component in [*(getattr(self, field) for field in COMPONENTS), *self._instances]:
             reset = getattr(component, _AFTER_FORK, None)
             if reset is not None and id(component) not in seen:
                 seen.add(id(component))
@@ -159,6 +190,9 @@ class Runtime:
                 except Exception:  # one component's failure must not leave the others unreset
                     logger.exception("resetting %r in a forked child failed", component)
 
+
+#: The names of :class:`Runtime`'s component fields.
+COMPONENTS = tuple(Runtime.__annotations__)
 
 #: The runtime of this process.
 RUNTIME = Runtime()

@@ -2,7 +2,9 @@
 
 By default they are bound to the global OpenTelemetry providers (through the API's proxies, so
 an SDK configured later is picked up). :func:`configure` rebinds them to explicit providers:
-the instrumentor and :mod:`reer_otel_memory.testing` use it.
+the instrumentor and :mod:`reer_otel_memory.testing` use it. A part of the package with
+instruments of its own keeps them on the providers in force through
+:func:`register_on_every_telemetry`.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class _OperationAttributes:
 def operation_attributes(operation: str) -> Mapping[str, AttributeValue]:
     """The metric attributes to record ``operation``'s calls under (``reer.operation``, or past
     the cap the overflow attributes)."""
-    return RUNTIME.get("telemetry.operation_attributes", _OperationAttributes).get(operation)
+    return RUNTIME.get("operation_attributes", _OperationAttributes).get(operation)
 
 
 class OperationNet:
@@ -134,7 +136,7 @@ class _OperationNets:
 
 def _operation_net_for(meter_provider: MeterProvider | None) -> OperationNet:
     # A forked child is a new process to Prometheus: its sums start from zero.
-    return RUNTIME.get("telemetry.operation_nets", _OperationNets, fresh_in_child=True).for_provider(meter_provider)
+    return RUNTIME.get("operation_nets", _OperationNets).for_provider(meter_provider)
 
 
 class Telemetry:
@@ -156,7 +158,6 @@ class Telemetry:
             name, unit=unit, description=description, explicit_bucket_boundaries_advisory=BYTES_BUCKETS
         )
         self._net: OperationNet | None = None
-        self._net_forks = 0
         # Every Telemetry on one meter provider shares one OperationNet: the SDK hands a second
         # Telemetry on the same meter the instrument made for the first, whose callback would
         # otherwise read the first one's sums (empty once the second is in force).
@@ -168,21 +169,30 @@ class Telemetry:
         )
         self._gauge_lock = threading.Lock()
         self._registered: set[str] = set()
+        self._instrument_sets: set[str] = set()
         self._counters: dict[str, Any] = {}
         RUNTIME.after_fork_call(self)
 
     def _after_fork_in_child(self) -> None:
         # Another thread may have held one when the process forked.
         self._gauge_lock = threading.Lock()
+        self._net = None  # a forked child's sums start from zero
 
     @property
     def operation_net(self) -> OperationNet:
         """The per-operation sums this Telemetry's instrument reports."""
         net = self._net
-        if net is None or self._net_forks != RUNTIME.forks:  # a forked child starts from zero
+        if net is None:
             net = self._net = _operation_net_for(self.meter_provider)
-            self._net_forks = RUNTIME.forks
         return net
+
+    def add_instruments(self, key: str, register: Callable[[Telemetry], None]) -> None:
+        """Run ``register(self)`` unless a ``register`` under ``key`` already ran on this Telemetry."""
+        with self._gauge_lock:
+            if key in self._instrument_sets:
+                return
+            self._instrument_sets.add(key)
+        register(self)
 
     def add_operation_net(self, operation: str, delta_bytes: int) -> None:
         """Add one call's RSS delta to its operation's running sum (bounded: see :class:`OperationNet`)."""
@@ -233,20 +243,35 @@ class Telemetry:
         return counter
 
 
-_on_change: list[Callable[[Telemetry], None]] = []
+class Registrations:
+    """What :func:`register_on_every_telemetry` was given, by key."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, Callable[[Telemetry], None]] = {}
+
+
+def _registrations() -> Registrations:
+    return RUNTIME.get("registrations", Registrations)
+
+
+def _first_telemetry() -> Telemetry:
+    telemetry = Telemetry()
+    for key, register in list(_registrations().by_key.items()):
+        telemetry.add_instruments(key, register)
+    return telemetry
 
 
 def current() -> Telemetry:
     """The Telemetry in force (bound to the global providers until :func:`configure`)."""
-    return RUNTIME.get("telemetry", Telemetry)
+    return RUNTIME.telemetry or RUNTIME.get("telemetry", _first_telemetry)
 
 
 def _put(telemetry: Telemetry) -> None:
     with RUNTIME.lock("telemetry"):
         RUNTIME.replace("telemetry", telemetry)
-        listeners = list(_on_change)
-    for listener in listeners:
-        listener(telemetry)
+        registered = list(_registrations().by_key.items())
+    for key, register in registered:
+        telemetry.add_instruments(key, register)
 
 
 def configure(tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None) -> Telemetry:
@@ -261,7 +286,9 @@ def restore(telemetry: Telemetry) -> None:
     _put(telemetry)
 
 
-def on_change(listener: Callable[[Telemetry], None]) -> None:
-    """Call ``listener(telemetry)`` whenever the Telemetry in force changes (to re-register gauges)."""
+def register_on_every_telemetry(key: str, register: Callable[[Telemetry], None]) -> None:
+    """Run ``register(telemetry)`` on the Telemetry in force and on every one bound later, once on
+    each: how a part of the package keeps its instruments on the providers in force."""
     with RUNTIME.lock("telemetry"):
-        _on_change.append(listener)
+        _registrations().by_key.setdefault(key, register)
+    current().add_instruments(key, register)

@@ -579,7 +579,15 @@ def default_config(limit: MemoryLimit | None = None) -> MemoryConfig:
 
 # --- the process-wide configuration --------------------------------------------------------
 
-_listeners: list[Callable[[MemoryConfig], None]] = []
+class ConfigListeners:
+    """Who is told when the process-wide configuration changes (:func:`add_config_listener`)."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[MemoryConfig], None]] = []
+
+
+def _listeners() -> list[Callable[[MemoryConfig], None]]:
+    return RUNTIME.get("config_listeners", ConfigListeners).listeners
 
 
 def load_config_with_fallbacks(environ: Mapping[str, str] | None = None) -> tuple[MemoryConfig, str | None]:
@@ -610,7 +618,7 @@ def get_config() -> MemoryConfig:
     logs one error line naming it and falls back to the default for that value (or for all of
     them when the rest are out of order). :func:`load_config` raises instead.
     """
-    return RUNTIME.get("config", _first_config)
+    return RUNTIME.config or RUNTIME.get("config", _first_config)
 
 
 def _first_config() -> MemoryConfig:
@@ -624,7 +632,7 @@ def set_config(config: MemoryConfig) -> None:
     """Replace the process-wide configuration and tell every listener (the monitors)."""
     with RUNTIME.lock("config"):
         RUNTIME.replace("config", config)
-        listeners = list(_listeners)
+        listeners = list(_listeners())
     for listener in listeners:
         listener(config)
 
@@ -632,13 +640,14 @@ def set_config(config: MemoryConfig) -> None:
 def add_config_listener(listener: Callable[[MemoryConfig], None]) -> None:
     """Call ``listener(config)`` whenever the process-wide configuration changes."""
     with RUNTIME.lock("config"):
-        _listeners.append(listener)
+        _listeners().append(listener)
 
 
 def remove_config_listener(listener: Callable[[MemoryConfig], None]) -> None:
     with RUNTIME.lock("config"):
-        if listener in _listeners:
-            _listeners.remove(listener)
+        listeners = _listeners()
+        if listener in listeners:
+            listeners.remove(listener)
 
 
 def setup_memory_limits(

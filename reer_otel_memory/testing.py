@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from . import _telemetry
+from ._runtime import RUNTIME
 from .export.naming import label_name
 
 _MISSING = object()
@@ -114,6 +115,18 @@ class TelemetryCapture:
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+
+
+def reset_state() -> None:
+    """Put the package's process-wide state back as a fresh import left it.
+
+    Stops what the package started on its own (the default monitor, explanation windows, the
+    explain listener, the flight recorder), binds profiled operations to the global providers
+    again, and forgets the configuration, the tracker and every other component: the next use
+    builds them afresh from the ``REER_MEMORY_*`` variables. Objects a test made itself (a
+    :class:`~reer_otel_memory.MemoryMonitor`, an endpoint) stay its own to stop.
+    """
+    RUNTIME.reset()
 
 
 @contextlib.contextmanager

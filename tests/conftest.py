@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from reer_otel_memory import get_memory_tracker
-from reer_otel_memory.testing import TelemetryCapture, capture_telemetry
+from reer_otel_memory.testing import TelemetryCapture, capture_telemetry, reset_state
 
 # The `children` fixture (child processes killed after each test) lives with its helpers.
 pytest_plugins = ["_children"]
@@ -21,6 +21,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # want explanations build their own AutoExplainer (child processes inherit this; tests of the
 # variable set it themselves).
 os.environ.setdefault("REER_MEMORY_EXPLAIN", "off")
+
+
+@pytest.fixture(autouse=True)
+def fresh_package_state() -> Iterator[None]:
+    """Each test leaves the package's process-wide state as a fresh import leaves it."""
+    yield
+    reset_state()
 
 
 @pytest.fixture

@@ -233,7 +233,7 @@ def test_the_monitor_records_samples_and_level_changes_and_operations_hold_a_slo
     from reer_otel_memory.profiling.flight_recorder import RecorderHolder
 
     recorder = FlightRecorder.open(tmp_path / "service.flight")
-    previous = RUNTIME.peek("flight_recorder")
+    previous = RUNTIME.flight_recorder
     RUNTIME.replace("flight_recorder", RecorderHolder(recorder))
     try:
         cgroup = _cgroup_v2(tmp_path / "cg", usage_bytes=300 * MB, inactive_file_bytes=100 * MB)

@@ -28,7 +28,6 @@ from reer_otel_memory import (
     setup_memory_limits,
 )
 from reer_otel_memory import _names as names
-from reer_otel_memory import config as config_module
 from reer_otel_memory.config import MemoryConfig, MemoryLimit, load_config, load_config_with_fallbacks, parse_bool
 from reer_otel_memory.instrumentation import parse_profile_targets, parse_signal
 from reer_otel_memory.ml.resources import MemoryResourceManager
@@ -59,13 +58,6 @@ def assert_names(error: ReerMemoryError, argument: str, value: object) -> None:
     message = str(error)
     assert argument in message, message
     assert repr(value) in message, message
-
-
-@pytest.fixture(autouse=True)
-def restore_global_config():
-    saved = config_module.get_config()
-    yield
-    config_module.set_config(saved)
 
 
 @pytest.fixture

@@ -141,9 +141,9 @@ def test_no_automatic_cleanup_below_the_cleanup_level(proc):
 
 
 def test_manual_cleanup_ignores_the_cooldown_and_is_counted(proc, telemetry):
+    monitor = make_monitor(proc, cooldown_s=3600)  # its instruments exist from here on
     manual_before = telemetry.metric_value("reer.memory.cleanups", trigger="manual")
     freed_before = telemetry.metric_value("reer.memory.cleanup.freed")
-    monitor = make_monitor(proc, cooldown_s=3600)
     first = monitor.cleanup()
     second = monitor.cleanup()
     assert (first.trigger, second.trigger) == ("manual", "manual")

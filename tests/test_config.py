@@ -27,14 +27,6 @@ LIMIT_8_GIB = MemoryLimit(8 * GIB, "test limit")
 V1_UNLIMITED = "9223372036854771712"
 
 
-@pytest.fixture(autouse=True)
-def restore_global_config():
-    """Every test leaves the process-wide configuration as it found it."""
-    saved = config_module.get_config()
-    yield
-    config_module.set_config(saved)
-
-
 # --- environment variables -------------------------------------------------------------------
 
 

@@ -96,7 +96,7 @@ def no_window_running():
     """Each test starts with no window in the process and leaves none, nor any tracing, behind."""
 
     def settle() -> None:
-        explainer = RUNTIME.peek("auto_explainer")
+        explainer = RUNTIME.auto_explainer
         if explainer is not None:
             explainer.stop()
             assert explainer.wait_idle(30)

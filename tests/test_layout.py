@@ -1,7 +1,8 @@
 """The package's shape: importing it changes nothing in the process, and imports point one way.
 
 The import graph is read from the source (every ``import`` statement, at module level or inside a
-function), so a cycle hidden in a function-level import counts too.
+function, except those under ``if TYPE_CHECKING:``), so a cycle hidden in a function-level import
+counts too.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def imported_modules(path: Path) -> set[str]:
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if _annotations_only(node):
+            node.body = []  # never executed: an import for type checkers is no dependency
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith(PACKAGE))
         elif isinstance(node, ast.ImportFrom):
@@ -60,6 +65,10 @@ def imported_modules(path: Path) -> set[str]:
                 candidate = f"{base}.{alias.name}"
                 found.add(candidate if module_path(candidate) is not None else base)
     return {module for module in found if module_path(module) is not None} - {name}
+
+
+def _annotations_only(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
 def module_path(name: str) -> Path | None:

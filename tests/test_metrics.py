@@ -11,6 +11,7 @@ from conftest import wait_for
 from reer_otel_memory import MemoryMonitor, MemoryTracker, get_memory_monitor, get_memory_tracker
 from reer_otel_memory import _names as names
 from reer_otel_memory.monitoring import metrics as _monitor_metrics
+from reer_otel_memory.monitoring.monitor import install_instruments
 from reer_otel_memory.testing import capture_telemetry
 
 GAUGES = {
@@ -110,6 +111,7 @@ def test_an_unreadable_source_leaves_its_metric_out_and_the_rest_in(telemetry, p
 
 
 def test_counters_start_at_zero_for_every_label_and_count_what_monitors_do(telemetry, proc):
+    install_instruments()  # as the first monitor or the endpoint does
     for level in ("alert", "cleanup", "critical"):
         assert telemetry.metric_value("reer.memory.alerts", level=level) is not None
     for trigger in ("threshold", "critical", "emergency", "manual"):
@@ -126,6 +128,7 @@ def test_counters_start_at_zero_for_every_label_and_count_what_monitors_do(telem
 
 
 def test_leak_gauge_is_one_while_an_operation_is_suspected(telemetry):
+    install_instruments()
     detector = get_memory_tracker().leak_detector
     for _ in range(64):
         detector.observe("grows_cache", 256 * 1024)
@@ -135,6 +138,7 @@ def test_leak_gauge_is_one_while_an_operation_is_suspected(telemetry):
 
 
 def test_instruments_register_once_per_telemetry_and_again_after_rebinding(telemetry):
+    install_instruments()
     _monitor_metrics.register()  # again on the same Telemetry: no second instrument
     assert len(telemetry.metric_points("reer.memory.rss")) == 1
     with capture_telemetry() as other:
@@ -180,8 +184,8 @@ def container_answer():
     """Which answer the container check gives is set per test, and forgotten afterwards."""
     from reer_otel_memory._runtime import RUNTIME
 
-    yield lambda answer: RUNTIME.replace("monitor.in_container", answer)
-    RUNTIME.replace("monitor.in_container", None)  # found again on next use
+    yield lambda answer: RUNTIME.replace("in_container", answer)
+    RUNTIME.replace("in_container", None)  # found again on next use
 
 
 def test_in_a_container_the_cgroup_figures_go_out_under_the_conventions_names_too(telemetry, container_answer):

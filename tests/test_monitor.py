@@ -19,13 +19,6 @@ from reer_otel_memory.monitoring import monitor as monitor_module
 OK, ALERT, CLEANUP, CRITICAL = MemoryLevel.OK, MemoryLevel.ALERT, MemoryLevel.CLEANUP, MemoryLevel.CRITICAL
 
 
-@pytest.fixture(autouse=True)
-def restore_global_config():
-    saved = config_module.get_config()
-    yield
-    config_module.set_config(saved)
-
-
 @pytest.fixture
 def proc(tmp_path):
     proc_dir = ProcDir(tmp_path)
@@ -89,8 +82,8 @@ def test_a_level_is_left_only_below_its_margin_and_crossing_again_counts_again(p
 
 
 def test_a_jump_counts_every_threshold_it_passes(proc, telemetry):
+    monitor = make_monitor(proc)  # its instruments exist from here on
     before = {level: telemetry.metric_value("reer.memory.alerts", level=level.value) for level in (ALERT, CLEANUP, CRITICAL)}
-    monitor = make_monitor(proc)
     proc.set_rss(500 * MB)
     snapshot = monitor.sample_once()
     assert (snapshot.level, snapshot.previous_level, snapshot.crossed) == (CRITICAL, OK, True)

@@ -83,7 +83,7 @@ def sdk(request) -> Iterator[bool]:
 @pytest.fixture(params=sorted(FAULTS))
 def fault(request, sdk, tmp_path) -> Iterator[str]:
     key, component, close = FAULTS[request.param](tmp_path)
-    previous = RUNTIME.peek(key)
+    previous = getattr(RUNTIME, key)
     RUNTIME.replace(key, component)
     try:
         yield request.param
@@ -226,7 +226,7 @@ def test_an_operation_that_fails_to_start_leaves_no_peak_window_open(key):
 
     broken = _Broken(key) if key == "device_memory" else RecorderHolder(_Broken("recorder"))  # type: ignore[arg-type]
     probe = process_probe()
-    previous = RUNTIME.peek(key)
+    previous = getattr(RUNTIME, key)
     RUNTIME.replace(key, broken)
     try:
         with capture_telemetry():

@@ -1,4 +1,4 @@
-"""The process runtime: components built once on first use, one fork hook that resets them."""
+"""The process runtime: typed components built once on first use, one fork rule, one reset."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import weakref
 import pytest
 from _forks import in_forked_child, while_held
 
-from reer_otel_memory._runtime import Runtime
+from reer_otel_memory._runtime import COMPONENTS, FRESH_IN_CHILD, RUNTIME, Runtime
+from reer_otel_memory.testing import reset_state
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -47,7 +48,7 @@ def test_a_component_is_built_once_and_shared_by_threads():
 
     def use() -> None:
         barrier.wait(DEADLINE_S)
-        seen.append(runtime.get("thing", factory))
+        seen.append(runtime.get("cleanup_registry", factory))
 
     threads = [threading.Thread(target=use) for _ in range(8)]
     for thread in threads:
@@ -63,14 +64,59 @@ def test_a_factory_may_ask_for_another_component():
     probe = runtime.get("probe", object)
     tracker = runtime.get("tracker", lambda: ("tracker of", runtime.get("probe", object)))
     assert tracker == ("tracker of", probe)
-    assert runtime.probe is probe  # a hot component is also an attribute
+    assert runtime.probe is probe  # the component is the field
     assert runtime.tracker is tracker
 
 
 def test_nothing_is_built_until_asked_for():
     runtime = Runtime()
-    assert runtime.peek("probe") is None
-    assert runtime.probe is None
+    assert all(getattr(runtime, field) is None for field in COMPONENTS)
+
+
+def test_a_component_outside_the_declared_fields_is_refused():
+    with pytest.raises(AttributeError, match="no_such_component"):
+        Runtime().get("no_such_component", object)
+
+
+def test_every_field_a_fork_rebuilds_is_a_component():
+    assert FRESH_IN_CHILD <= set(COMPONENTS)
+
+
+def test_reset_tells_each_component_then_forgets_it():
+    runtime = Runtime()
+    told: list[str] = []
+
+    class Running:
+        def _on_reset(self) -> None:
+            told.append("stopped")
+
+    running = runtime.get("auto_explainer", Running)
+    runtime.get("probe", object)
+    runtime.reset()
+    assert told == ["stopped"]
+    assert all(getattr(runtime, field) is None for field in COMPONENTS)
+    assert runtime.get("auto_explainer", Running) is not running  # built afresh on next use
+
+
+def test_reset_state_puts_the_process_back_as_a_fresh_import_left_it(monkeypatch):
+    from reer_otel_memory import _telemetry, get_config, get_memory_tracker, memory_context, setup_memory_limits
+    from reer_otel_memory.testing import TelemetryCapture
+
+    monkeypatch.delenv("REER_MEMORY_ALERT_THRESHOLD_MB", raising=False)
+    setup_memory_limits(alert_mb=123)
+    capture = TelemetryCapture()
+    _telemetry.configure(capture.tracer_provider, capture.meter_provider)
+    with memory_context("before-reset"):
+        pass
+    tracker = get_memory_tracker()
+    reset_state()
+    try:
+        assert get_config().alert_bytes != 123 * 1024 * 1024  # read again from the environment
+        assert _telemetry.current().tracer_provider is None  # bound to the global providers again
+        assert get_memory_tracker() is not tracker
+        assert RUNTIME.auto_explainer is None
+    finally:
+        capture.shutdown()
 
 
 def test_a_lock_held_by_another_thread_at_fork_is_free_in_the_child():
@@ -81,27 +127,26 @@ def test_a_lock_held_by_another_thread_at_fork_is_free_in_the_child():
 
 def test_the_child_rebuilds_fresh_components_and_resets_the_others():
     runtime = Runtime()
-    counters = runtime.get("counters", Counters, fresh_in_child=True)
+    counters = runtime.get("monitor_totals", Counters)  # a field rebuilt in a child
     counters.count = 5
-    kept = runtime.get("kept", Resettable)
+    kept = runtime.get("cleanup_registry", Resettable)
     kept.lock.acquire()  # held at the fork, as by a thread that no longer exists in the child
     instance = Resettable()
     runtime.after_fork_call(instance)
 
     def report() -> dict[str, object]:
         return {
-            "fresh_count": runtime.get("counters", Counters, fresh_in_child=True).count,
-            "kept_is_same": runtime.get("kept", Resettable) is kept,
+            "fresh_count": runtime.get("monitor_totals", Counters).count,
+            "kept_is_same": runtime.get("cleanup_registry", Resettable) is kept,
             "kept_resets": kept.resets,
             "kept_lock_free": kept.lock.acquire(timeout=DEADLINE_S),
             "instance_resets": instance.resets,
-            "forks": runtime.forks,
         }
 
     child = in_forked_child(report)
     kept.lock.release()
-    assert child == {"fresh_count": 0, "kept_is_same": True, "kept_resets": 1, "kept_lock_free": True, "instance_resets": 1, "forks": 1}
-    assert counters.count == 5 and kept.resets == 0 and runtime.forks == 0  # the parent is untouched
+    assert child == {"fresh_count": 0, "kept_is_same": True, "kept_resets": 1, "kept_lock_free": True, "instance_resets": 1}
+    assert counters.count == 5 and kept.resets == 0  # the parent is untouched
 
 
 def test_an_instance_registered_for_fork_is_not_kept_alive():

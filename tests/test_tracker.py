@@ -169,9 +169,9 @@ def fresh_operation_caps():
     operations get their own series again."""
     from reer_otel_memory._runtime import RUNTIME
 
-    RUNTIME.replace("telemetry.operation_attributes", None)
+    RUNTIME.replace("operation_attributes", None)
     yield
-    RUNTIME.replace("telemetry.operation_attributes", None)
+    RUNTIME.replace("operation_attributes", None)
 
 
 def test_the_profilers_own_memory_stays_bounded(telemetry, fresh_operation_caps):

@@ -154,9 +154,6 @@ class _Pipeline:
         self.provider = self.reader = None
 
 
-_pipeline: _Pipeline | None = None
-
-
 class _NoExemplars(ExemplarReservoir):
     """The endpoint's exemplar reservoir: none kept, none collected (the text format has none)."""
 
@@ -220,16 +217,17 @@ class PrometheusEndpoint:
         return f"PrometheusEndpoint({self.url}{', stopped' if self._stopped else ''})"
 
 
-def _release_pipeline() -> None:
-    """One endpoint of the package's metrics is gone; the last one releases a private provider."""
-    global _pipeline
-    with RUNTIME.lock("endpoint"):
-        pipeline = _pipeline
-        if pipeline is not None:
+def _releaser(pipeline: _Pipeline) -> Callable[[], None]:
+    def release() -> None:
+        """One endpoint of ``pipeline`` is gone; the last one releases a private provider."""
+        with RUNTIME.lock("endpoint"):
             pipeline.endpoints -= 1
             if pipeline.endpoints == 0 and not pipeline.owns_global:
                 pipeline.disconnect()
-                _pipeline = None
+                if RUNTIME.endpoint is pipeline:
+                    RUNTIME.replace("endpoint", None)
+
+    return release
 
 
 def _resolve_address(host: str | None, port: int | None) -> tuple[str, int]:
@@ -295,11 +293,10 @@ def start_prometheus_exporter(
     byte on a kept-alive connection); ``connection_timeout_s``: how long an answer may take to be
     sent and a kept-alive connection may stay idle; ``max_connections``: connections open at once.
     """
-    global _pipeline
     host, port = _resolve_address(host, port)
     _check_bounds(request_timeout_s, connection_timeout_s, max_connections)
     with RUNTIME.lock("endpoint"):
-        pipeline = _pipeline if _pipeline is not None else _Pipeline()
+        pipeline = RUNTIME.endpoint or _Pipeline()
         # Bind first: a taken port fails before any provider is touched.
         server = _bind(host, port, pipeline.render, CONTENT_TYPE, request_timeout_s, connection_timeout_s, max_connections)
         if pipeline.provider is None:
@@ -309,8 +306,8 @@ def start_prometheus_exporter(
                 server.close()
                 raise
         pipeline.endpoints += 1
-        _pipeline = pipeline
-    endpoint = PrometheusEndpoint(host, server.server_port, server, _release_pipeline)
+        RUNTIME.replace("endpoint", pipeline)
+    endpoint = PrometheusEndpoint(host, server.server_port, server, _releaser(pipeline))
     logger.info("serving memory metrics on %s", endpoint.url)
     return endpoint
 

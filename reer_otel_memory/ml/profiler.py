@@ -414,15 +414,10 @@ def _register_gauges(telemetry: _telemetry.Telemetry) -> None:
 
 
 def _install_gauges() -> None:
-    """Register the model gauges on the Telemetry in force and every later one (once per process)."""
-    RUNTIME.once("ml.profiler.gauges", _register_gauges_from_now_on)
-
-
-def _register_gauges_from_now_on() -> None:
-    _telemetry.on_change(_register_gauges)
-    _register_gauges(_telemetry.current())
+    """Register the model gauges on the Telemetry in force and every later one."""
+    _telemetry.register_on_every_telemetry("ml.profiler", _register_gauges)
 
 
 def get_memory_profiler() -> MemoryProfiler:
     """The process-wide profiler that :class:`~reer_otel_memory.LazyModelLoader` reports to by default."""
-    return RUNTIME.get("ml.profiler", MemoryProfiler)
+    return RUNTIME.get("ml_profiler", MemoryProfiler)

@@ -111,7 +111,7 @@ class MemoryResourceManager:
         self._dead: collections.deque[_Entry] = collections.deque()
         _managers.add(self)
         RUNTIME.after_fork_call(self)
-        RUNTIME.once("ml.resources.gauges", _register_gauges_from_now_on)
+        _telemetry.register_on_every_telemetry("ml.resources", _register_gauges)
         register_cleanup_hook(CLEANUP_HOOK_NAME, release_resources_under_pressure)
 
     def _after_fork_in_child(self) -> None:
@@ -324,11 +324,6 @@ def _register_gauges(telemetry: _telemetry.Telemetry) -> None:
     telemetry.observable_gauge(names.METRIC_RESOURCE_SIZE, _observe_sizes)
 
 
-def _register_gauges_from_now_on() -> None:
-    _telemetry.on_change(_register_gauges)
-    _register_gauges(_telemetry.current())
-
-
 def get_resource_manager() -> MemoryResourceManager:
     """The process-wide resource manager."""
-    return RUNTIME.get("ml.resources", MemoryResourceManager)
+    return RUNTIME.get("ml_resources", MemoryResourceManager)

@@ -118,7 +118,7 @@ def _run_hooks_and_empty_device_caches() -> tuple[HooksRun, dict[str, int]]:
 
 def cleanup_registry() -> CleanupRegistry:
     """The process's cleanup registry: the hooks :func:`run_cleanup` runs."""
-    return RUNTIME.get("cleanup.registry", CleanupRegistry)
+    return RUNTIME.get("cleanup_registry", CleanupRegistry)
 
 
 def register_cleanup_hook(name: str, hook: Callable[[], object]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -45,7 +44,7 @@ class _Totals:
 
 def totals() -> _Totals:
     """The process's counts; a forked child is a new process to Prometheus and starts from zero."""
-    return RUNTIME.get("monitor.totals", _Totals, fresh_in_child=True)
+    return RUNTIME.get("monitor_totals", _Totals)
 
 
 def count_alert(level: MemoryLevel) -> None:
@@ -84,12 +83,21 @@ def _no_monitor() -> ReportedMonitor:
     raise LookupError("no memory monitor to report: install() was not given one")
 
 
-#: Returns the monitor the gauges describe; set by :func:`install`.
-_reported: Callable[[], ReportedMonitor] = _no_monitor
+class _MonitorGauges:
+    """Which monitor the gauges describe (set by :func:`install`), and the metrics whose source
+    failed to read (each logged once)."""
+
+    def __init__(self) -> None:
+        self.reported: Callable[[], ReportedMonitor] = _no_monitor
+        self.failed_reads: set[str] = set()
+
+
+def _gauges() -> _MonitorGauges:
+    return RUNTIME.get("monitor_gauges", _MonitorGauges)
 
 
 def _monitor() -> ReportedMonitor:
-    return _reported()
+    return _gauges().reported()
 
 
 def _rss() -> Iterator[Observation]:
@@ -164,8 +172,7 @@ def _device_thresholds() -> Iterator[Observation]:
 
 def process_cgroup() -> MemoryCgroup | None:
     """The process's memory cgroup, found once per process (None: it has none)."""
-    # A list, since "no cgroup" is an answer worth keeping too.
-    return RUNTIME.get("monitor.cgroup", lambda: [memory_cgroup()])[0]
+    return RUNTIME.get("cgroup", lambda: [memory_cgroup()])[0]
 
 
 #: One cgroup reading serves every cgroup instrument of a collection (five of them, about eight
@@ -183,7 +190,7 @@ def _cgroup_reading() -> CgroupMemory | None:
     cgroup = process_cgroup()
     if cgroup is None:
         return None
-    latest = RUNTIME.get("monitor.cgroup_reading", _LatestCgroupReading)
+    latest = RUNTIME.get("cgroup_reading", _LatestCgroupReading)
     now = time.monotonic()
     if now - latest.read_at >= CGROUP_READING_TTL_S:  # two threads at once only read twice: harmless
         latest.reading, latest.read_at = cgroup.read(), now
@@ -202,7 +209,7 @@ def _cgroup_value(field: str) -> Callable[[], Iterator[Observation]]:
 
 def _in_container() -> bool:
     """Whether the process runs in a container (:func:`reer_otel_memory._cgroup.in_container`), found once."""
-    return RUNTIME.get("monitor.in_container", in_container)
+    return RUNTIME.get("in_container", in_container)
 
 
 def _container_value(field: str) -> Callable[[], Iterator[Observation]]:
@@ -259,9 +266,6 @@ def _monitor_cpu() -> Iterator[Observation]:
     yield Observation(totals().monitor_cpu_s)
 
 
-_failed_reads: set[str] = set()
-
-
 def _guarded(metric_name: str, read: Callable[[], Iterable[Observation]]) -> Callable[[CallbackOptions], list[Observation]]:
     """A callback that returns ``read()``'s observations, or none at all when the read fails."""
 
@@ -269,8 +273,9 @@ def _guarded(metric_name: str, read: Callable[[], Iterable[Observation]]) -> Cal
         try:
             return list(read())
         except Exception as exc:  # an unreadable source drops this metric, never the scrape
-            if metric_name not in _failed_reads:
-                _failed_reads.add(metric_name)
+            failed_reads = _gauges().failed_reads
+            if metric_name not in failed_reads:
+                failed_reads.add(metric_name)
                 logger.warning("%s left out of this collection: its source could not be read: %r", metric_name, exc)
             return []
 
@@ -312,17 +317,15 @@ _UP_DOWN_COUNTERS = (
     (names.METRIC_HW_GPU_MEMORY_LIMIT, _hw_gpu("limit_bytes")),
 )
 
-_registered: weakref.WeakSet[_telemetry.Telemetry] = weakref.WeakSet()
-
-
 def register(telemetry: _telemetry.Telemetry | None = None) -> None:
     """Create the monitor's instruments on ``telemetry``'s meter (default: the one in force), once."""
-    if telemetry is None:
-        telemetry = _telemetry.current()
-    with RUNTIME.lock("monitor.instruments"):
-        if telemetry in _registered:
-            return
-        _registered.add(telemetry)
+    (telemetry or _telemetry.current()).add_instruments(_INSTRUMENTS_KEY, _create_instruments)
+
+
+_INSTRUMENTS_KEY = "monitor"
+
+
+def _create_instruments(telemetry: _telemetry.Telemetry) -> None:
     meter = telemetry.meter
     for (name, unit, description), read in _GAUGES:
         meter.create_observable_gauge(name, callbacks=[_guarded(name, read)], unit=unit, description=description)
@@ -332,20 +335,11 @@ def register(telemetry: _telemetry.Telemetry | None = None) -> None:
         meter.create_observable_up_down_counter(name, callbacks=[_guarded(name, read)], unit=unit, description=description)
 
 
-_installed = False
-
-
 def install(reported: Callable[[], ReportedMonitor]) -> None:
     """Register on the Telemetry in force and on every one bound later; the gauges describe ``reported()``.
 
     Called by the monitor module when a monitor is created and by the endpoint when it starts
     (never by an import).
     """
-    global _installed, _reported
-    _reported = reported
-    with RUNTIME.lock("monitor.instruments"):
-        if _installed:
-            return
-        _installed = True
-    _telemetry.on_change(register)
-    register()
+    _gauges().reported = reported
+    _telemetry.register_on_every_telemetry(_INSTRUMENTS_KEY, _create_instruments)

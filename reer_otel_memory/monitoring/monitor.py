@@ -655,6 +655,10 @@ class _Monitors:
     def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()  # another thread may have held it when the process forked
 
+    def _on_reset(self) -> None:
+        if self.default is not None:
+            self.default.stop_monitoring()
+
 
 def _process_monitors() -> _Monitors:
     return RUNTIME.get("monitors", _Monitors)

@@ -396,8 +396,8 @@ def memray_tracking() -> bool:
     """
     if "memray" not in sys.modules:
         return False
-    state = RUNTIME.peek("explain_window")
-    if isinstance(state, _WindowState) and state.memray_inherited:
+    state = RUNTIME.explain_window
+    if state is not None and state.memray_inherited:
         return False
     interceptor = getattr(sys.modules.get("memray._thread_name_interceptor"), "ThreadNameInterceptor", None)
     if isinstance(interceptor, type) and isinstance(vars(threading.Thread).get("_ident"), interceptor):
@@ -877,6 +877,10 @@ class AutoExplainer:
             return True
         thread.join(timeout)
         return not thread.is_alive()
+
+    def _on_reset(self) -> None:
+        self.stop()
+        self.wait_idle(30)
 
     def _log_unavailable(self, reason: str) -> None:
         if reason not in self._logged:

@@ -196,6 +196,9 @@ class ExplainListener:
         finally:
             os.close(descriptor)
 
+    def _on_reset(self) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """Close the socket, remove its file, and let the thread end (it finishes a request in progress)."""
         with RUNTIME.lock("explain_listener"):
@@ -389,7 +392,7 @@ def start_explain_listener() -> ExplainListener | None:
 
 def stop_explain_listener() -> None:
     """Stop this process's explain listener, if it serves."""
-    listener = RUNTIME.peek("explain_listener")
+    listener = RUNTIME.explain_listener
     if listener is not None:
         listener.stop()
 

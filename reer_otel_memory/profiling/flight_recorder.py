@@ -682,6 +682,10 @@ class RecorderHolder:
     def __init__(self, recorder: FlightRecorder | None) -> None:
         self.recorder = recorder
 
+    def _on_reset(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+
 
 def predecessor_attributes(record: FlightRecord) -> dict[str, AttributeValue]:
     """The span event attributes describing a predecessor's death (its last RSS, what was running)."""

@@ -72,7 +72,6 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from .. import _names as names
 from .. import _telemetry
-from .._runtime import RUNTIME
 from ..errors import TraceStoreError
 from ..monitoring.cleanup import register_cleanup_hook, release_memory, unregister_cleanup_hook
 from ..profiling.operations import memory_context, memory_profile
@@ -148,11 +147,6 @@ def _register_gauges(telemetry: _telemetry.Telemetry) -> None:
     telemetry.observable_gauge(names.METRIC_TRACE_STORE_TRACES, _observe_counts)
 
 
-def _register_gauges_from_now_on() -> None:
-    _telemetry.on_change(_register_gauges)
-    _register_gauges(_telemetry.current())
-
-
 def _release_hook(ref: weakref.ref[REERTraceStore]) -> Callable[[], object]:
     def release() -> object:
         store = ref()
@@ -205,7 +199,7 @@ class REERTraceStore:
         self._known_through = 0
 
         _live_stores.add(self)
-        RUNTIME.once("trace_store.gauges", _register_gauges_from_now_on)
+        _telemetry.register_on_every_telemetry("trace_store", _register_gauges)
         self._hook_name = f"trace_store:{self.path}:{id(self):x}"
         register_cleanup_hook(self._hook_name, _release_hook(weakref.ref(self)))
         self._finalizer = weakref.finalize(self, _forget, self._writer, self._hook_name)
