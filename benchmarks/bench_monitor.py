@@ -37,11 +37,10 @@ WARMUP_SCRAPES = 5
 
 
 def _exporter_pipeline():
-    """The running exporter's pipeline: the process runtime's, or the endpoint module's where that keeps it."""
-    from reer_otel_memory import _runtime
-    from reer_otel_memory.export import endpoint
+    """The running exporter's pipeline."""
+    from reer_otel_memory._runtime import RUNTIME
 
-    return getattr(_runtime.RUNTIME, "endpoint", None) or getattr(endpoint, "_pipeline", None)
+    return RUNTIME.endpoint
 
 
 def bare_psutil_sample_cpu_s() -> float:
