@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # annotations only: the owners import this module, never the 
     from ._telemetry import Registrations, Telemetry, _OperationAttributes, _OperationNets
     from .config import ConfigListeners, MemoryConfig
     from .export.endpoint import _Pipeline
+    from .frameworks.server_spans import _Requests
     from .ml.profiler import MemoryProfiler
     from .ml.resources import MemoryResourceManager
     from .monitoring.cleanup import CleanupRegistry
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # annotations only: the owners import this module, never the 
     from .profiling.explain import AutoExplainer, _WindowState
     from .profiling.explain_listener import ExplainListener
     from .profiling.flight_recorder import RecorderHolder
+    from .profiling.operations import _OperationTimings
     from .profiling.probe import MemoryProbe
     from .profiling.tracker import MemoryTracker
 
@@ -44,6 +46,8 @@ _ON_RESET = "_on_reset"
 #: Fields a forked child drops and rebuilds: sums a child must start from zero (to Prometheus a
 #: forked worker is a new process).
 FRESH_IN_CHILD = frozenset({"operation_nets", "monitor_totals"})
+#: Distinct messages :meth:`Runtime.first_time` keeps track of.
+MAX_LOGGED_ONCE = 100
 
 
 class Runtime:
@@ -59,6 +63,8 @@ class Runtime:
     # Built by the module that owns each, on first use.
     operation_attributes: _OperationAttributes | None = None
     operation_nets: _OperationNets | None = None
+    operation_timings: _OperationTimings | None = None
+    logged_once: set[str] | None = None
     registrations: Registrations | None = None
     config_listeners: ConfigListeners | None = None
     monitors: _Monitors | None = None
@@ -72,6 +78,7 @@ class Runtime:
     explain_window: _WindowState | None = None
     auto_explainer: AutoExplainer | None = None
     explain_listener: ExplainListener | None = None
+    server_requests: _Requests | None = None
     ml_profiler: MemoryProfiler | None = None
     ml_resources: MemoryResourceManager | None = None
 
@@ -119,6 +126,15 @@ class Runtime:
                     on_reset()
                 except Exception:  # one component's failure must not leave the others running
                     logger.exception("resetting %r failed", component)
+
+    def first_time(self, what: str) -> bool:
+        """True the first time ``what`` is asked about in this process, for a message logged once
+        (after :data:`MAX_LOGGED_ONCE` distinct ones, never: the set stays bounded)."""
+        logged = self.logged_once or self.get("logged_once", set)
+        if what in logged or len(logged) >= MAX_LOGGED_ONCE:
+            return False
+        logged.add(what)  # two threads at once may both log it: harmless
+        return True
 
     # --- locks -----------------------------------------------------------------------------
 

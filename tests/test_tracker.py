@@ -203,7 +203,7 @@ def test_the_profilers_own_memory_stays_bounded(telemetry, fresh_operation_caps)
     tracker = get_memory_tracker()
     assert len(tracker.snapshots) <= tracker.max_snapshots
     assert len(tracker.leak_detector.states()) <= tracker.leak_detector.max_operations
-    assert len(_profile._mean_duration_s) <= _profile._MAX_TRACKED_DURATIONS
+    assert len(_profile._timings().mean_duration_s) <= _profile._MAX_TRACKED_DURATIONS
     # One key per operation up to the cap, and one for every later one.
     assert len(_telemetry.current().operation_net.bytes_by_operation) <= _telemetry.MAX_OPERATIONS + 1
     # The package records at most the cap of operations' series itself, whichever SDK keeps them;

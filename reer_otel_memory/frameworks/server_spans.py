@@ -36,19 +36,17 @@ _LOG_PREFIX = "reer_otel_memory server spans"
 #: Distinct ``http.route`` values recorded; later routes are recorded as ``unknown``.
 MAX_ROUTES = 200
 
+# The hooks installed in other libraries: wrapped framework methods and import hooks, which
+# outlive any reset of the package's state (an import hook cannot be removed). install() and
+# uninstall() own them.
 _state_lock = threading.Lock()
 _active = False
 _hooks_registered = False
 _class_hooks: list[tuple[type, str, object]] = []
-_routes: set[str] = set()
-_mean_request_s = 0.0
-_failures_logged: set[str] = set()
 
 
 def _log_failure(where: str, exc: BaseException) -> None:
-    key = f"{where}: {type(exc).__qualname__}"
-    if key not in _failures_logged and len(_failures_logged) < 100:
-        _failures_logged.add(key)
+    if RUNTIME.first_time(f"server span failure: {where}: {type(exc).__qualname__}"):
         logger.error("%s: %s failed, request not measured: %r", _LOG_PREFIX, where, exc)
 
 
@@ -63,16 +61,32 @@ class _Instruments:
         self.requests = meter.create_counter(name, unit=unit, description=description)
 
 
-_instruments: weakref.WeakKeyDictionary[_telemetry.Telemetry, _Instruments] = weakref.WeakKeyDictionary()
+class _Requests:
+    """What the measured requests have taught: the routes recorded (at most :data:`MAX_ROUTES`),
+    the mean request duration, and the route instruments of each Telemetry."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.routes: set[str] = set()
+        self.mean_request_s = 0.0
+        self.instruments: weakref.WeakKeyDictionary[_telemetry.Telemetry, _Instruments] = weakref.WeakKeyDictionary()
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()  # another thread may have held it when the process forked
+
+
+def _requests() -> _Requests:
+    return RUNTIME.server_requests or RUNTIME.get("server_requests", _Requests)
 
 
 def _instruments_for(telemetry: _telemetry.Telemetry) -> _Instruments:
-    found = _instruments.get(telemetry)
+    requests = _requests()
+    found = requests.instruments.get(telemetry)
     if found is None:
-        with _state_lock:
-            found = _instruments.get(telemetry)
+        with requests.lock:
+            found = requests.instruments.get(telemetry)
             if found is None:
-                found = _instruments[telemetry] = _Instruments(telemetry)
+                found = requests.instruments[telemetry] = _Instruments(telemetry)
     return found
 
 
@@ -111,7 +125,7 @@ def _open() -> _RequestWindow | None:
             if device_window is not None:
                 window.device_window, window.device_start = device_window, device_start
             cost = probe.heap_cost_s
-            if cost <= CHEAP_HEAP_S or _mean_request_s >= HEAP_COST_FACTOR * cost:
+            if cost <= CHEAP_HEAP_S or _requests().mean_request_s >= HEAP_COST_FACTOR * cost:
                 reading = probe.heap_reading()
                 if reading is not None:
                     window.heap_start = reading[0]
@@ -131,12 +145,13 @@ def _route_of(span: trace.Span, hint: str | None) -> str:
     route = attributes.get(names.LABEL_ROUTE) if attributes is not None else None
     if not isinstance(route, str) or not route:
         route = hint if isinstance(hint, str) and hint else names.ROUTE_UNKNOWN
-    if route not in _routes:
-        with _state_lock:
-            if route not in _routes:
-                if len(_routes) >= MAX_ROUTES:
+    requests = _requests()
+    if route not in requests.routes:
+        with requests.lock:
+            if route not in requests.routes:
+                if len(requests.routes) >= MAX_ROUTES:
                     return names.ROUTE_UNKNOWN
-                _routes.add(route)
+                requests.routes.add(route)
     return route
 
 
@@ -156,10 +171,11 @@ def _close(window: _RequestWindow | None, route_hint: Callable[[], str | None]) 
     """Close the window, annotate its span, record the route's metrics. Never raises."""
     if window is None:
         return
-    global _mean_request_s
     try:
         duration = time.perf_counter() - window.started
-        _mean_request_s = duration if _mean_request_s == 0.0 else 0.7 * _mean_request_s + 0.3 * duration
+        requests = _requests()
+        mean = requests.mean_request_s
+        requests.mean_request_s = duration if mean == 0.0 else 0.7 * mean + 0.3 * duration
         probe = RUNTIME.probe or process_probe()
         heap_delta = None
         if window.heap_start is not None:

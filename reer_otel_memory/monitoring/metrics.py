@@ -84,12 +84,10 @@ def _no_monitor() -> ReportedMonitor:
 
 
 class _MonitorGauges:
-    """Which monitor the gauges describe (set by :func:`install`), and the metrics whose source
-    failed to read (each logged once)."""
+    """Which monitor the gauges describe (set by :func:`install`)."""
 
     def __init__(self) -> None:
         self.reported: Callable[[], ReportedMonitor] = _no_monitor
-        self.failed_reads: set[str] = set()
 
 
 def _gauges() -> _MonitorGauges:
@@ -273,9 +271,7 @@ def _guarded(metric_name: str, read: Callable[[], Iterable[Observation]]) -> Cal
         try:
             return list(read())
         except Exception as exc:  # an unreadable source drops this metric, never the scrape
-            failed_reads = _gauges().failed_reads
-            if metric_name not in failed_reads:
-                failed_reads.add(metric_name)
+            if RUNTIME.first_time(f"unreadable metric source: {metric_name}"):
                 logger.warning("%s left out of this collection: its source could not be read: %r", metric_name, exc)
             return []
 

@@ -56,25 +56,36 @@ CHEAP_HEAP_S = 5e-6
 HEAP_WATCH_MAX_S = 100e-6
 #: Where a heap reading costs more than that, it is still timed again on one call in this many.
 HEAP_RETIME_EVERY = 64
-_heap_retime_countdown = HEAP_RETIME_EVERY
 #: Without an SDK, an operation whose measured calls average at least this long is measured on
 #: every call: the two RSS reads then add at most a few percent.
 LIGHT_EVERY_CALL_S = 100e-6
 #: Without an SDK, a faster operation is measured on one call in this many (its first included).
 LIGHT_SAMPLE_EVERY = 16
 _MAX_TRACKED_DURATIONS = 1000
-_mean_duration_s: dict[str, float] = {}
-_failures_logged: set[str] = set()
 #: The operation in flight in the current thread or task, kept in the OpenTelemetry context that
 #: runs its code: an operation started inside it is its own work (not an overlap).
 _OPERATION_KEY = otel_context.create_key("reer.memory.operation")
+
+
+class _OperationTimings:
+    """Each operation's mean call duration (a moving average, at most :data:`_MAX_TRACKED_DURATIONS`
+    operations), and the countdown to the next timing of a dear heap reading."""
+
+    def __init__(self) -> None:
+        self.mean_duration_s: dict[str, float] = {}
+        self.heap_retime_countdown = HEAP_RETIME_EVERY
+
+
+def _timings() -> _OperationTimings:
+    return RUNTIME.operation_timings or RUNTIME.get("operation_timings", _OperationTimings)
 
 
 def _want_heap(name: str, heap: bool | None, probe: MemoryProbe) -> bool:
     if heap is not None:
         return heap
     cost = probe.heap_cost_s
-    expected = _mean_duration_s.get(name)
+    timings = _timings()
+    expected = timings.mean_duration_s.get(name)
     if expected is None:
         return cost <= CHEAP_HEAP_S
     if expected >= HEAP_COST_FACTOR * cost:
@@ -87,29 +98,27 @@ def _want_heap(name: str, heap: bool | None, probe: MemoryProbe) -> bool:
         return True
     # Too dear now; read it on one such call in HEAP_RETIME_EVERY all the same, or a cost that
     # has fallen again (the heap defragmented, the machine no longer busy) would never be seen.
-    global _heap_retime_countdown
-    _heap_retime_countdown -= 1
-    if _heap_retime_countdown > 0:
+    timings.heap_retime_countdown -= 1
+    if timings.heap_retime_countdown > 0:
         return False
-    _heap_retime_countdown = HEAP_RETIME_EVERY
+    timings.heap_retime_countdown = HEAP_RETIME_EVERY
     return True
 
 
 def _remember_duration(name: str, duration_s: float) -> None:
-    previous = _mean_duration_s.get(name)
+    mean_duration_s = _timings().mean_duration_s
+    previous = mean_duration_s.get(name)
     if previous is None:
-        if len(_mean_duration_s) >= _MAX_TRACKED_DURATIONS:
-            _mean_duration_s.clear()
-        _mean_duration_s[name] = duration_s
+        if len(mean_duration_s) >= _MAX_TRACKED_DURATIONS:
+            mean_duration_s.clear()
+        mean_duration_s[name] = duration_s
     else:
-        _mean_duration_s[name] = 0.7 * previous + 0.3 * duration_s
+        mean_duration_s[name] = 0.7 * previous + 0.3 * duration_s
 
 
 def _log_failure(where: str, exc: BaseException) -> None:
     """Log each distinct failure (where, and the kind of exception) once for the process."""
-    key = f"{where}: {type(exc).__qualname__}"
-    if key not in _failures_logged and len(_failures_logged) < 100:
-        _failures_logged.add(key)
+    if RUNTIME.first_time(f"operation failure: {where}: {type(exc).__qualname__}"):
         logger.error("reer_otel_memory: %s failed, operation not measured: %r", where, exc)
 
 
