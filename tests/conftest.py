@@ -6,8 +6,10 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from _procfs import ProcDir
 
 from reer_otel_memory import get_memory_tracker
 from reer_otel_memory.testing import TelemetryCapture, capture_telemetry, reset_state
@@ -58,6 +60,14 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 10.0, interval_
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {message or condition}")
         time.sleep(interval_s)
+
+
+@pytest.fixture
+def proc(tmp_path: Path) -> Iterator[ProcDir]:
+    """A fake /proc/<pid> under tmp_path whose figures the test sets (tests/_procfs.py)."""
+    proc_dir = ProcDir(tmp_path)
+    yield proc_dir
+    proc_dir.close()
 
 
 @pytest.fixture

@@ -46,13 +46,6 @@ def _allocate(mx, size_bytes: int = SIZE):
     return array
 
 
-@pytest.fixture
-def proc(tmp_path):
-    proc_dir = ProcDir(tmp_path)
-    yield proc_dir
-    proc_dir.close()
-
-
 def _monitor(proc: ProcDir, environ: dict[str, str], **kwargs) -> MemoryMonitor:
     config = load_config({"REER_MEMORY_ALERT_MB": "100", "REER_MEMORY_CLEANUP_MB": "200", "REER_MEMORY_CRITICAL_MB": "300", **environ}, limit=LIMIT)
     kwargs.setdefault("cgroup", None)

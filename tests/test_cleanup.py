@@ -23,13 +23,6 @@ from reer_otel_memory.monitoring.cleanup import KIND_CACHE, CleanupRegistry, cle
 
 
 @pytest.fixture
-def proc(tmp_path):
-    proc_dir = ProcDir(tmp_path)
-    yield proc_dir
-    proc_dir.close()
-
-
-@pytest.fixture
 def hooks():
     """Names registered in the test are removed afterwards."""
     names: list[str] = []

@@ -31,13 +31,6 @@ COUNTERS = {
 }
 
 
-@pytest.fixture
-def proc(tmp_path):
-    proc_dir = ProcDir(tmp_path)
-    yield proc_dir
-    proc_dir.close()
-
-
 def running_monitor(proc: ProcDir, *thresholds_mb: float) -> MemoryMonitor:
     """A started monitor over ``proc`` (so it is the one the gauges describe), sampling hourly."""
     monitor = MemoryMonitor(*thresholds_mb, 3600, probe=proc.probe, tracker=MemoryTracker(10, probe=proc.probe), cleanup_cooldown_s=3600)

@@ -19,13 +19,6 @@ from reer_otel_memory.monitoring import monitor as monitor_module
 OK, ALERT, CLEANUP, CRITICAL = MemoryLevel.OK, MemoryLevel.ALERT, MemoryLevel.CLEANUP, MemoryLevel.CRITICAL
 
 
-@pytest.fixture
-def proc(tmp_path):
-    proc_dir = ProcDir(tmp_path)
-    yield proc_dir
-    proc_dir.close()
-
-
 def make_monitor(proc: ProcDir, **kwargs) -> MemoryMonitor:
     """100 / 200 / 300 MB, a private tracker, no cooldown unless given."""
     kwargs.setdefault("cleanup_cooldown_s", 3600.0)

@@ -17,7 +17,6 @@ from _buffers import MiB, mapped, release_free_memory, touched
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from reer_otel_memory import config as config_module
 from reer_otel_memory import get_memory_tracker, memory_context, memory_profile, setup_memory_limits
 
 MEMORY_ATTRIBUTES = ("reer.memory.rss.start", "reer.memory.rss.end", "reer.memory.rss.delta", "reer.memory.level")
@@ -43,13 +42,6 @@ def assert_error_recorded(span, error: BaseException) -> None:
     assert events[0].attributes["exception.type"].endswith(type(error).__qualname__)
     assert events[0].attributes["exception.message"] == str(error)
     assert_memory_attributes(span)
-
-
-@pytest.fixture
-def restore_config():
-    saved = config_module.get_config()
-    yield
-    config_module.set_config(saved)
 
 
 # --- accuracy --------------------------------------------------------------------------------
@@ -160,7 +152,7 @@ def test_heap_false_never_measures(telemetry):
     assert "reer.memory.heap.delta" not in telemetry.span("no_heap").attributes
 
 
-def test_level_follows_the_configured_thresholds(telemetry, restore_config):
+def test_level_follows_the_configured_thresholds(telemetry):
     setup_memory_limits(alert_mb=1, cleanup_mb=2, critical_mb=3)
 
     @memory_profile(operation_name="over_critical")

@@ -29,13 +29,6 @@ from reer_otel_memory.profiling import operations as _profile
 STATS_KEYS = {"current_memory_mb", "peak_memory_mb", "baseline_memory_mb", "snapshot_count", "growth_rate_mb_per_min"}
 
 
-@pytest.fixture
-def restore_config():
-    saved = config_module.get_config()
-    yield
-    config_module.set_config(saved)
-
-
 def test_the_ring_is_bounded_and_keeps_the_newest():
     tracker = MemoryTracker(max_snapshots=5)
     for i in range(12):
@@ -74,7 +67,7 @@ def test_snapshot_fields():
     assert isinstance(snapshot, MemorySnapshot)
 
 
-def test_profiled_operations_add_snapshots_with_operation_and_level(telemetry, restore_config):
+def test_profiled_operations_add_snapshots_with_operation_and_level(telemetry):
     setup_memory_limits(alert_mb=1, cleanup_mb=2, critical_mb=100_000)
 
     @memory_profile(operation_name="tracked_step")
