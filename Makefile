@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-minimums lint bench bench-quick demo stack deploy install clean
+.PHONY: test test-fast test-minimums lint bench bench-quick demo stack deploy install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q tests
+
+# The unit loop: no e2e tests (Prometheus, promtool, Alertmanager, real servers), none over about 2 s, no lint.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e and not slow" tests
 
 # The lowest version pyproject.toml allows of every dependency (.ci/minimums.txt), in a fresh venv
 # of its own, and the tests that read what those versions provide: the minimums file against

@@ -39,6 +39,7 @@ def amtool_check(config_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([amtool, "check-config", str(config_path)], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.e2e
 def test_shipped_config_passes_amtool() -> None:
     assert DEPLOYED_CONFIG.read_text() == rules.render_alertmanager_config(), "run `make deploy`"
     result = amtool_check(DEPLOYED_CONFIG)
@@ -48,6 +49,7 @@ def test_shipped_config_passes_amtool() -> None:
     assert "1 receivers" in result.stdout
 
 
+@pytest.mark.e2e
 def test_webhook_config_with_short_intervals_passes_amtool(tmp_path: Path) -> None:
     config_path = tmp_path / rules.ALERTMANAGER_CONFIG_FILENAME
     config_path.write_text(
@@ -176,6 +178,8 @@ def prometheus(tmp_path: Path, service: MetricsProcess, alertmanager: Alertmanag
         yield prom
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_critical_alert_notifies_and_inhibits_the_lower_threshold_alerts(
     service: MetricsProcess, prometheus: PrometheusServer, alertmanager: AlertmanagerServer, webhook: WebhookReceiver
 ) -> None:

@@ -244,6 +244,8 @@ def substitute(expr: str, prom: PrometheusServer, service: MetricsProcess) -> st
     )
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_variable_queries_list_the_process(prometheus: tuple[PrometheusServer, MetricsProcess], board: dict[str, Any]) -> None:
     prom, service = prometheus
     variables = {variable["name"]: variable for variable in board["templating"]["list"]}
@@ -254,6 +256,8 @@ def test_variable_queries_list_the_process(prometheus: tuple[PrometheusServer, M
         assert prom.api(f"label/{match.group(2)}/values", **{"match[]": selector}) == [expected]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_series_names_are_the_ones_the_package_exports(prometheus: tuple[PrometheusServer, MetricsProcess]) -> None:
     # The rules and the dashboard spell series through _series; the package's real /metrics agrees.
     prom, _service = prometheus
@@ -268,6 +272,8 @@ def test_series_names_are_the_ones_the_package_exports(prometheus: tuple[Prometh
     assert expected <= exported, sorted(expected - exported)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_every_panel_query_runs_and_returns_data(prometheus: tuple[PrometheusServer, MetricsProcess], board: dict[str, Any]) -> None:
     prom, service = prometheus
     empty = []
@@ -285,6 +291,8 @@ def test_every_panel_query_runs_and_returns_data(prometheus: tuple[PrometheusSer
     assert empty == [], f"panels without data: {sorted(set(empty))}"
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_alerts_annotation_query_is_valid(prometheus: tuple[PrometheusServer, MetricsProcess], board: dict[str, Any]) -> None:
     prom, service = prometheus
     [annotation] = [a for a in board["annotations"]["list"] if "expr" in a]

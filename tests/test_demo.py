@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from _children import scrape
 from conftest import wait_for
 
@@ -66,6 +67,7 @@ def total(samples: dict[str, dict[frozenset, float]], name: str) -> float:
     return sum(samples.get(name, {}).values())
 
 
+@pytest.mark.slow
 def test_demo_climbs_through_the_levels_with_real_alerts_and_cleanups():
     demo = Demo("--duration", "120")
     try:

@@ -133,6 +133,7 @@ def read_answer(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 def test_idle_clients_take_no_thread_at_most_max_connections_slots_and_are_closed_after_the_request_timeout() -> None:
     before = server_threads()
     endpoint = start_prometheus_exporter(port=0, request_timeout_s=0.5, max_connections=3)

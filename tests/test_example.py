@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "memory_profiling_example.py"
 
 
+@pytest.mark.slow
 def test_the_example_runs_every_section():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REER_MEMORY_", "OTEL_"))}
     result = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env=env, cwd=EXAMPLE.parent)

@@ -351,6 +351,7 @@ def test_another_user_is_refused_by_the_directory_and_by_the_peer_check(children
     assert f"uid {NOBODY} may not ask" in answer["error"]
 
 
+@pytest.mark.slow
 def test_a_slow_client_holds_the_listener_no_longer_than_the_request_deadline(children, runtime_dir):
     _, started = start(children, IDLE, runtime_dir)
     path = socket_path(runtime_dir, started["pid"])

@@ -79,6 +79,7 @@ def promtool_check(text: str) -> tuple[int, list[str]]:
     return result.returncode, problems
 
 
+@pytest.mark.e2e
 def test_a_process_serves_its_metrics_and_they_pass_promtool(children):
     port = free_port()
     child = children.start(
@@ -112,6 +113,7 @@ def test_a_process_serves_its_metrics_and_they_pass_promtool(children):
         scrape(served["url"])
 
 
+@pytest.mark.e2e
 def test_system_metrics_in_the_same_process_share_the_endpoint_without_conflicts(children):
     child = children.start(SERVING_CHILD.format(port="port=0", system_metrics=True))
     served = child.message()
@@ -131,6 +133,7 @@ def test_system_metrics_in_the_same_process_share_the_endpoint_without_conflicts
         assert 'should not have "_count" suffix' in problem, problem
 
 
+@pytest.mark.e2e
 def test_an_installed_sdk_provider_gets_a_private_one_for_our_metrics(children):
     child = children.start(
         """

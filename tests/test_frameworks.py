@@ -384,6 +384,8 @@ def check_real_server(server: WebServer, operation: str, route: str, request_cou
         server.stop()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_flask_view_under_gunicorn(tmp_path: Path):
     server = WebServer(
         tmp_path, {"flsvc.py": FLASK_APP},
@@ -392,6 +394,7 @@ def test_flask_view_under_gunicorn(tmp_path: Path):
     check_real_server(server, "flsvc.predict", "/predict/<int:size>")
 
 
+@pytest.mark.e2e
 def test_fastapi_view_under_uvicorn(tmp_path: Path):
     server = WebServer(
         tmp_path, {"fasvc.py": ASGI_APP},
@@ -400,6 +403,7 @@ def test_fastapi_view_under_uvicorn(tmp_path: Path):
     check_real_server(server, "fasvc.predict", "/predict/{size}")
 
 
+@pytest.mark.e2e
 def test_django_view_under_gunicorn(tmp_path: Path):
     server = WebServer(
         tmp_path, DJANGO_FILES,

@@ -400,6 +400,7 @@ def children(tmp_path: Path):
         child.kill()
 
 
+@pytest.mark.e2e
 def test_under_opentelemetry_instrument_metrics_thresholds_targets_and_the_signal(children):
     child = children({
         names.ENV_ALERT_MB: "700",
@@ -438,6 +439,7 @@ def test_under_opentelemetry_instrument_metrics_thresholds_targets_and_the_signa
     assert "Traceback" not in stderr
 
 
+@pytest.mark.e2e
 def test_disabled_through_otel_python_disabled_instrumentations(children):
     child = children({
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": names.INSTRUMENTATION_NAME,
@@ -451,6 +453,7 @@ def test_disabled_through_otel_python_disabled_instrumentations(children):
     assert status == 0, stderr
 
 
+@pytest.mark.e2e
 def test_bad_configuration_logs_one_line_each_and_the_service_runs_on(children):
     child = children({
         names.ENV_ALERT_MB: "lots",
@@ -477,6 +480,7 @@ def test_bad_configuration_logs_one_line_each_and_the_service_runs_on(children):
     assert len([line for line in ours if "'broken'" in line]) == 1
 
 
+@pytest.mark.e2e
 def test_overflowing_and_out_of_range_values_fall_back_and_the_service_runs_on(children):
     child = children({
         names.ENV_ALERT_MB: "1e308",

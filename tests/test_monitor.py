@@ -397,6 +397,7 @@ with capture_telemetry() as telemetry:
 """
 
 
+@pytest.mark.slow
 def test_a_growing_process_climbs_through_every_level_counting_each_crossing_once(children):
     baseline = children.start(
         "import json; from reer_otel_memory import PROBE; from reer_otel_memory.monitoring import monitor; print(json.dumps({'rss': PROBE.rss_bytes()}))"

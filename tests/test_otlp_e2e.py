@@ -36,6 +36,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from reer_otel_memory import _names as names
 from reer_otel_memory.config import MB
 
+pytestmark = pytest.mark.e2e
+
 SERVICE_NAME = "reer-otlp-e2e"
 TARGET = "toy_service.allocate_and_free"
 CALLS = 10  # past the leak detector's 8-call warm-up, so its per-operation gauge is exported too

@@ -119,6 +119,7 @@ def test_console_script_help_and_version():
     assert reer_otel_memory.__version__ in completed.stdout
 
 
+@pytest.mark.slow
 def test_every_third_party_import_of_the_package_is_a_declared_dependency():
     tomllib = pytest.importorskip("tomllib")
     import ast

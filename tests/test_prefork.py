@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 from _children import scrape
 from _servers import BIN, InstrumentedServer
@@ -22,6 +23,8 @@ from conftest import require_binary, wait_for
 from reer_otel_memory import _names as names
 from reer_otel_memory.deploy import rules
 from reer_otel_memory.export import naming as series
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MB = 1024 * 1024
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from _children import scrape
 from conftest import wait_for
 from test_prefork import BIN, RSS, Server, baseline_alert_mb, every_worker_appears
@@ -71,6 +72,8 @@ def assert_helper_is_no_worker(server: Server) -> None:
         psutil.Process(helper).kill()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_gunicorn_page_live_at_the_default_interval(tmp_path: Path) -> None:
     server = Server(tmp_path, [str(BIN / "gunicorn"), "-w", "2", "-b", "127.0.0.1:{port}", "toyapp:wsgi"], baseline_alert_mb(), interval_s=None)
     try:
@@ -92,6 +95,8 @@ def test_gunicorn_page_live_at_the_default_interval(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_gunicorn_recycled_workers_keep_their_totals(tmp_path: Path) -> None:
     """With --preload the arbiter makes one call before forking: counted once, not once per worker."""
     (tmp_path / "preload.py").write_text("def when_ready(server):\n    import toyapp\n\n    toyapp.handle_work(1)\n")
@@ -126,6 +131,8 @@ def test_gunicorn_recycled_workers_keep_their_totals(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_uvicorn_page_shows_exactly_its_workers(tmp_path: Path) -> None:
     command = [str(BIN / "uvicorn"), "--workers", "2", "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning", "toyapp:asgi"]
     server = Server(tmp_path, command, baseline_alert_mb(), interval_s=None)

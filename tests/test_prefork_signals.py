@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gunicorn.arbiter
 import gunicorn.workers.base
+import pytest
 import uvicorn.server
 import uvicorn.supervisors.multiprocess
 from _children import scrape
@@ -116,6 +117,8 @@ def vm_rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS in /proc/{pid}/status")
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_recommended_signal_cleans_up_in_the_worker_it_is_sent_to_and_each_worker_reports_its_own_process_memory(tmp_path: Path) -> None:
     server = Server(tmp_path, GUNICORN, workers=2, emergency_signal=RECOMMENDED_SIGNAL.name)
     try:
@@ -147,6 +150,8 @@ def test_recommended_signal_cleans_up_in_the_worker_it_is_sent_to_and_each_worke
         server.stop()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_recommended_signal_cleans_up_in_a_spawned_uvicorn_worker(tmp_path: Path) -> None:
     server = Server(tmp_path, UVICORN, workers=2, emergency_signal=RECOMMENDED_SIGNAL.name)
     try:
@@ -162,6 +167,7 @@ def test_recommended_signal_cleans_up_in_a_spawned_uvicorn_worker(tmp_path: Path
         server.stop()
 
 
+@pytest.mark.e2e
 def test_a_signal_gunicorn_keeps_is_named_in_one_warning_line(tmp_path: Path) -> None:
     server = Server(tmp_path, GUNICORN, workers=1, emergency_signal="USR1")
     try:

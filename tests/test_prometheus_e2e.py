@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import require_binary, wait_for
 from metrics_process import MetricsProcess
 from prometheus_server import PrometheusServer
@@ -15,6 +16,8 @@ from reer_otel_memory import _names as names
 from reer_otel_memory.config import MB
 from reer_otel_memory.deploy import rules
 from reer_otel_memory.export import naming as series
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ALERT_MB = 80
 #: What the test allocates beyond the alert threshold, so RSS stays above it through cleanups.

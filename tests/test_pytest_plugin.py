@@ -328,6 +328,7 @@ def test_async_tests_are_measured(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["memory limit exceeded: *MiB > 10 MiB*"])
 
 
+@pytest.mark.slow
 def test_xdist_workers_measure_their_own_tests_and_the_controller_reports(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
     baseline = pytester.path / "memory.json"

@@ -76,7 +76,13 @@ def shell_commands(body: str) -> list[str]:
     return [line for line in body.replace("\\\n", " ").splitlines() if line.strip() and not line.lstrip().startswith("pip install")]
 
 
-@pytest.mark.parametrize(("language", "body", "line"), BLOCKS, ids=[f"README.md:{line}" for _, _, line in BLOCKS])
+def block_param(language: str, body: str, line: int) -> object:
+    """A block as a test case: e2e where it starts a service under ``opentelemetry-instrument``."""
+    marks = [pytest.mark.e2e] if "opentelemetry-instrument" in body else []
+    return pytest.param(language, body, line, id=f"README.md:{line}", marks=marks)
+
+
+@pytest.mark.parametrize(("language", "body", "line"), [block_param(*block) for block in BLOCKS])
 def test_readme_block_runs_as_written(tmp_path: Path, language: str, body: str, line: int) -> None:
     port = str(free_port())
     env = clean_environment({"OTEL_EXPORTER_PROMETHEUS_PORT": port, "TOY_METRICS_PORT": port})

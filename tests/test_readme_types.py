@@ -59,6 +59,7 @@ def test_the_readme_has_the_blocks_this_test_checks() -> None:
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+@pytest.mark.slow
 def test_the_readme_examples_type_check(block_files: list[Path], strict: bool) -> None:
     mypy_api = pytest.importorskip("mypy.api")
     folder = block_files[0].parent

@@ -30,6 +30,7 @@ def test_committed_files_are_the_generator_output() -> None:
         assert (ROOT / "deploy" / relative).read_text() == text, f"deploy/{relative} differs from the generator output: run `make deploy`"
 
 
+@pytest.mark.e2e
 def test_promtool_passes_them_from_the_repository_root() -> None:
     files = sorted(str(path.relative_to(ROOT)) for path in TESTS_DIR.glob("*.yml"))
     assert len(files) == 3
@@ -59,6 +60,7 @@ def test_every_alert_is_shown_firing_and_not_firing() -> None:
         ({"options": rules.RuleOptions(ineffective_cleanups=20)}, rules.CLEANUP_INEFFECTIVE),
     ],
 )
+@pytest.mark.e2e
 def test_a_changed_rule_fails_them(tmp_path: Path, changed: dict, alert: str) -> None:
     # The shipped tests against rules rendered with one setting changed: promtool names the alert.
     (tmp_path / rules.RULES_FILENAME).write_text(rules.render_rules(**changed))

@@ -86,6 +86,7 @@ def assert_passed(result: subprocess.CompletedProcess[str]) -> None:
 # --- shape -------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     for static in (False, True):
         path = tmp_path / f"rules-{static}.yml"
@@ -175,6 +176,7 @@ def test_bad_arguments_are_refused_with_the_value() -> None:
 # --- promtool unit tests: the dynamic rules ------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_each_process_is_held_to_its_own_thresholds(tmp_path: Path) -> None:
     # Both processes sit at 200 MiB; only the one whose alert threshold is 100 MiB is above it.
     tests = [
@@ -207,6 +209,7 @@ def test_each_process_is_held_to_its_own_thresholds(tmp_path: Path) -> None:
     assert_passed(run_promtool_tests(tmp_path, rules.render_rules(), tests))
 
 
+@pytest.mark.e2e
 def test_cleanup_and_critical_fire_above_their_thresholds(tmp_path: Path) -> None:
     # 450 MiB is above this process's alert (100), cleanup (250) and critical (400) thresholds.
     def above(level: str, env: str, threshold_mib: int) -> str:
@@ -246,6 +249,7 @@ def test_cleanup_and_critical_fire_above_their_thresholds(tmp_path: Path) -> Non
     assert_passed(run_promtool_tests(tmp_path, rules.render_rules(), tests))
 
 
+@pytest.mark.e2e
 def test_no_alert_below_the_thresholds_or_without_threshold_series(tmp_path: Path) -> None:
     tests = [
         {
@@ -262,6 +266,7 @@ def test_no_alert_below_the_thresholds_or_without_threshold_series(tmp_path: Pat
     assert_passed(run_promtool_tests(tmp_path, rules.render_rules(), tests))
 
 
+@pytest.mark.e2e
 def test_leak_alert_fires_for_the_suspected_operation_only(tmp_path: Path) -> None:
     def leak(operation: str, values: str) -> dict:
         return {
@@ -304,6 +309,7 @@ def test_leak_alert_fires_for_the_suspected_operation_only(tmp_path: Path) -> No
 # --- static rules ------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_static_rules_bake_in_the_configured_thresholds(tmp_path: Path) -> None:
     config = load_config({names.ENV_ALERT_MB: "100", names.ENV_CLEANUP_MB: "250", names.ENV_CRITICAL_MB: "400"})
     text = rules.render_rules(static=True, config=config)
@@ -352,6 +358,7 @@ def test_static_rules_default_to_the_process_configuration() -> None:
     assert f"alert {config.alert_mb:g} MB" in rules.render_rules(static=True).splitlines()[0]
 
 
+@pytest.mark.e2e
 def test_rules_command_bakes_in_the_environment(tmp_path: Path) -> None:
     env = {**os.environ, names.ENV_ALERT_MB: "512", names.ENV_CLEANUP_MB: "768", names.ENV_CRITICAL_MB: "1024"}
     output = tmp_path / "static.yml"
@@ -390,6 +397,7 @@ def test_deploy_files_are_the_generator_output() -> None:
         assert path.read_text() == text, f"{path} differs from the generator output: run `make deploy`"
 
 
+@pytest.mark.e2e
 def test_example_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     for relative, text in rules.deploy_files().items():
         (tmp_path / Path(relative).name).write_text(text)

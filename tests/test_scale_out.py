@@ -47,6 +47,7 @@ def test_committed_files_are_the_generator_output() -> None:
 # --- file_sd ---------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_file_sd_config_passes_promtool_in_place() -> None:
     result = promtool_check_config(DEPLOY / scale_out.FILE_SD_DIR / "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -68,6 +69,8 @@ def instances(prom: PrometheusServer, job: str) -> set[str]:
     return {sample["metric"]["instance"] for sample in prom.query(f'{series.RSS}{{job="{job}"}}')}
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_file_sd_scrapes_every_listed_instance_and_rereads_the_file(tmp_path: Path, services: list[MetricsProcess]) -> None:
     first, second = services
     targets = tmp_path / "targets"
@@ -117,6 +120,8 @@ def test_kubernetes_job_discovers_pods_and_reads_the_deployments_annotations() -
     assert env[names.ENV_PROMETHEUS_PORT] == annotations["prometheus.io/port"]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_kubernetes_relabeling_keeps_annotated_pods_on_their_annotated_port(tmp_path: Path, services: list[MetricsProcess]) -> None:
     annotated, _other = services
 

@@ -18,6 +18,8 @@ import pytest
 from _children import Child, free_port
 from _service_verdicts import check_verdicts, wait_until_serving
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 TESTS = Path(__file__).resolve().parent
 SERVICE = TESTS / "_flask_service.py"
 GUNICORN = Path(sys.executable).parent / "gunicorn"

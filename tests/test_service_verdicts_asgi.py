@@ -16,6 +16,8 @@ import pytest
 from _children import Child, free_port
 from _service_verdicts import check_verdicts, wait_until_serving
 
+pytestmark = pytest.mark.e2e
+
 TESTS = Path(__file__).resolve().parent
 SERVICE = TESTS / "_asgi_service.py"
 

@@ -12,8 +12,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from _children import free_port
 from conftest import require_binary, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "scripts" / "stack.py"

@@ -64,6 +64,7 @@ APPENDER = """
 """
 
 
+@pytest.mark.slow
 def test_four_processes_appending_at_once_leave_every_record_whole(tmp_path):
     path = tmp_path / "traces.jsonl"
     writers = [
@@ -552,6 +553,7 @@ MILLION = """
 """
 
 
+@pytest.mark.slow
 def test_a_million_traces_stream_in_bounded_memory_and_limit_reads_only_the_start(tmp_path):
     count = 1_000_000
     out = json.loads(run_child(MILLION, str(tmp_path / "million.jsonl"), str(count), timeout_s=240))

@@ -167,6 +167,7 @@ def fresh_operation_caps():
     RUNTIME.replace("operation_attributes", None)
 
 
+@pytest.mark.slow
 def test_the_profilers_own_memory_stays_bounded(telemetry, fresh_operation_caps):
     """Thousands of calls over as many operation names: everything the package keeps is capped.
 

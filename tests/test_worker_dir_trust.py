@@ -217,6 +217,7 @@ def test_a_missing_configured_directory_is_made_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(made.stat().st_mode) == 0o700 and workers.directory_refusal(made) is None
 
 
+@pytest.mark.e2e
 def test_gunicorn_with_a_directory_nobody_owns_falls_back_to_a_private_one(tmp_path: Path) -> None:
     """One error line; the workers' pages go to the private default; nothing is written where nobody could read it."""
     configured = Path(tempfile.mkdtemp(prefix="reer-nobodys-"))

@@ -127,6 +127,7 @@ def answers(port: int) -> bool:
         return False
 
 
+@pytest.mark.e2e
 def test_a_single_process_service_gets_the_bounded_endpoint(single_process: tuple[subprocess.Popen[str], int]) -> None:
     process, port = single_process
     wait_for(lambda: answers(port), timeout_s=30, interval_s=0.1, message="the service's /metrics")
@@ -134,6 +135,7 @@ def test_a_single_process_service_gets_the_bounded_endpoint(single_process: tupl
     assert_bounded(process.pid, port)
 
 
+@pytest.mark.e2e
 def test_a_gunicorn_parent_page_is_the_bounded_endpoint(tmp_path: Path) -> None:
     server = Server(tmp_path, [str(BIN / "gunicorn"), "-w", "1", "-b", "127.0.0.1:{port}", "toyapp:wsgi"], baseline_alert_mb())
     try:
