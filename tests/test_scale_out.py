@@ -69,26 +69,63 @@ def instances(prom: PrometheusServer, job: str) -> set[str]:
     return {sample["metric"]["instance"] for sample in prom.query(f'{series.RSS}{{job="{job}"}}')}
 
 
+def kubernetes_pod(address: str, name: str, **annotations: str) -> dict[str, Any]:
+    """A target as Kubernetes discovery gives a pod: its address, namespace, name and annotations."""
+    labels = {
+        "__meta_kubernetes_namespace": "ml",
+        "__meta_kubernetes_pod_name": name,
+        "__meta_kubernetes_pod_container_name": "trainer",
+        **{annotation_label(key): value for key, value in annotations.items()},
+    }
+    return {"targets": [address], "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory, services: list[MetricsProcess]) -> Iterator[PrometheusServer]:
+    """One Prometheus for the module's scrape tests (its start-up and first discovery take seconds),
+    running both shipped jobs, each on its own targets:
+
+    - the file_sd job, reading ``targets/*.yml``: the first service listed, with ``env="test"``;
+    - the Kubernetes job, its relabeling as shipped, on what Kubernetes discovery would find, from
+      a file instead: the first service as an annotated pod discovered on another declared port,
+      and a pod without annotations.
+    """
+    first, _second = services
+    workdir = tmp_path_factory.mktemp("scale-out")
+    targets = workdir / "targets"
+    targets.mkdir()
+    (targets / "reer-memory.yml").write_text(_yaml.dumps(scale_out.file_sd_targets([first.target], env="test")))
+    pods = [
+        # Discovered on another declared port; the annotation names the exporter's.
+        kubernetes_pod("127.0.0.1:1", "trainer-0", **{"prometheus.io/scrape": "true", "prometheus.io/port": str(first.port), "prometheus.io/path": "/metrics"}),
+        kubernetes_pod("127.0.0.1:2", "sidecar-0"),  # not annotated: not scraped
+    ]
+    (workdir / "pods.yml").write_text(_yaml.dumps(pods))
+    job = kubernetes_job()
+    job = {**{key: value for key, value in job.items() if key != "kubernetes_sd_configs"}, "file_sd_configs": [{"files": [str(workdir / "pods.yml")]}]}
+    config = fast(scale_out.file_sd_config(str(targets / "*.yml"), refresh_s=1))
+    config["scrape_configs"] = [*config["scrape_configs"], job]
+    prom = PrometheusServer(workdir / "prometheus", [first.target], binary=require_binary("prometheus"))
+    prom.config_path.write_text(_yaml.dumps(config))
+    with prom:
+        yield prom
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_file_sd_scrapes_every_listed_instance_and_rereads_the_file(tmp_path: Path, services: list[MetricsProcess]) -> None:
+def test_file_sd_scrapes_every_listed_instance_and_rereads_the_file(prometheus: PrometheusServer, services: list[MetricsProcess]) -> None:
     first, second = services
-    targets = tmp_path / "targets"
-    targets.mkdir()
-    target_file = targets / "reer-memory.yml"
-    target_file.write_text(_yaml.dumps(scale_out.file_sd_targets([first.target], env="test")))
-    prom = PrometheusServer(tmp_path / "prometheus", [first.target], binary=require_binary("prometheus"))
-    prom.config_path.write_text(_yaml.dumps(fast(scale_out.file_sd_config(str(targets / "*.yml"), refresh_s=1))))
-    with prom:
-        wait_for(lambda: instances(prom, scale_out.FILE_SD_JOB) == {first.target}, timeout_s=30, message="the listed instance scraped")
-        # Deploy tooling adds an instance: Prometheus rereads the file by itself.
-        target_file.write_text(_yaml.dumps(scale_out.file_sd_targets([first.target, second.target], env="test")))
-        wait_for(
-            lambda: instances(prom, scale_out.FILE_SD_JOB) == {first.target, second.target},
-            timeout_s=30,
-            message="the added instance scraped without a restart",
-        )
-        assert {sample["metric"]["env"] for sample in prom.query(series.RSS)} == {"test"}
+    prom = prometheus
+    target_file = prom.workdir.parent / "targets" / "reer-memory.yml"
+    wait_for(lambda: instances(prom, scale_out.FILE_SD_JOB) == {first.target}, timeout_s=30, message="the listed instance scraped")
+    # Deploy tooling adds an instance: Prometheus rereads the file by itself.
+    target_file.write_text(_yaml.dumps(scale_out.file_sd_targets([first.target, second.target], env="test")))
+    wait_for(
+        lambda: instances(prom, scale_out.FILE_SD_JOB) == {first.target, second.target},
+        timeout_s=30,
+        message="the added instance scraped without a restart",
+    )
+    assert {sample["metric"]["env"] for sample in prom.query(f'{series.RSS}{{job="{scale_out.FILE_SD_JOB}"}}')} == {"test"}
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
@@ -122,40 +159,18 @@ def test_kubernetes_job_discovers_pods_and_reads_the_deployments_annotations() -
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_kubernetes_relabeling_keeps_annotated_pods_on_their_annotated_port(tmp_path: Path, services: list[MetricsProcess]) -> None:
+def test_kubernetes_relabeling_keeps_annotated_pods_on_their_annotated_port(prometheus: PrometheusServer, services: list[MetricsProcess]) -> None:
     annotated, _other = services
-
-    def pod(address: str, name: str, **annotations: str) -> dict[str, Any]:
-        labels = {
-            "__meta_kubernetes_namespace": "ml",
-            "__meta_kubernetes_pod_name": name,
-            "__meta_kubernetes_pod_container_name": "trainer",
-            **{annotation_label(key): value for key, value in annotations.items()},
-        }
-        return {"targets": [address], "labels": labels}
-
-    pods = [
-        # Discovered on another declared port; the annotation names the exporter's.
-        pod("127.0.0.1:1", "trainer-0", **{"prometheus.io/scrape": "true", "prometheus.io/port": str(annotated.port), "prometheus.io/path": "/metrics"}),
-        pod("127.0.0.1:2", "sidecar-0"),  # not annotated: not scraped
-    ]
-    (tmp_path / "pods.yml").write_text(_yaml.dumps(pods))
-    job = kubernetes_job()
-    # What Kubernetes discovery would find, from a file instead; the relabeling is the shipped one.
-    job = {**{key: value for key, value in job.items() if key != "kubernetes_sd_configs"}, "file_sd_configs": [{"files": [str(tmp_path / "pods.yml")]}]}
-    config = fast({"scrape_configs": [job]})
-    prom = PrometheusServer(tmp_path / "prometheus", [annotated.target], binary=require_binary("prometheus"))
-    prom.config_path.write_text(_yaml.dumps(config))
+    prom = prometheus
     assert promtool_check_config(prom.config_path).returncode == 0
-    with prom:
-        wait_for(lambda: prom.query(f'{series.RSS}{{job="{scale_out.KUBERNETES_JOB}"}}'), timeout_s=30, message="the annotated pod scraped")
-        [target] = prom.api("targets")["activeTargets"]
-        assert target["scrapeUrl"] == f"http://{annotated.target}/metrics"
-        assert {key: target["labels"][key] for key in ("namespace", "pod", "container")} == {
-            "namespace": "ml",
-            "pod": "trainer-0",
-            "container": "trainer",
-        }
+    wait_for(lambda: prom.query(f'{series.RSS}{{job="{scale_out.KUBERNETES_JOB}"}}'), timeout_s=30, message="the annotated pod scraped")
+    [target] = [target for target in prom.api("targets")["activeTargets"] if target["scrapePool"] == scale_out.KUBERNETES_JOB]
+    assert target["scrapeUrl"] == f"http://{annotated.target}/metrics"
+    assert {key: target["labels"][key] for key in ("namespace", "pod", "container")} == {
+        "namespace": "ml",
+        "pod": "trainer-0",
+        "container": "trainer",
+    }
 
 
 # --- OpenTelemetry Collector -------------------------------------------------------------------
