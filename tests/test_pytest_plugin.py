@@ -1,8 +1,9 @@
 """The pytest plugin, run on real test files with pytester: budgets, leaks, the baseline, xdist, async.
 
 Inner runs are in-process (fast) except where the outer process's state would change the result
-(a global OpenTelemetry SDK set by an earlier test, the largest child ever waited for) and the
-xdist one, whose workers are processes anyway.
+(a global OpenTelemetry SDK set by an earlier test, the largest child ever waited for) or its
+size would slow it down (limit_leaks collects garbage around every call), and the xdist one,
+whose workers are processes anyway.
 ``-p no:memray``: pytest-memray, where installed (``make bench`` installs it), reads the same
 marker names on its own.
 """
@@ -193,7 +194,9 @@ def test_limit_leaks_fails_a_leaking_test_and_passes_a_steady_one(pytester: pyte
         def test_counted():
             assert len(CALLS) == 6
     ''')
-    result = pytester.runpytest(*ON)
+    # In a process of its own: each of the 26 calls collects garbage and reads the heap, which
+    # costs seconds in the outer process, its heap grown by every test before this one.
+    result = pytester.runpytest_subprocess(*ON)
     result.assert_outcomes(failed=1, passed=3)
     result.stdout.fnmatch_lines(["*test_leaking*", "memory leak: about 512.0 KiB retained per call over 8 calls*"])
 
