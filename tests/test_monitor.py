@@ -375,7 +375,7 @@ with capture_telemetry() as telemetry:
     while monitor.level.value != "critical":
         if PROBE.rss_bytes() > thresholds[2] + 32 * MB:
             raise SystemExit("RSS passed the critical threshold without the monitor seeing it")
-        hold(2 * MB)
+        hold(4 * MB)  # 5 steps or so between two thresholds, 20 MiB apart
         report("grow", after_two_samples())
     critical = thresholds[2]
     for _ in range(6):
@@ -405,8 +405,8 @@ def test_a_growing_process_climbs_through_every_level_counting_each_crossing_onc
     base_mb = baseline.message()["rss"] // MB
     env = {
         "REER_MEMORY_ALERT_MB": str(base_mb + 40),
-        "REER_MEMORY_CLEANUP_MB": str(base_mb + 70),
-        "REER_MEMORY_CRITICAL_MB": str(base_mb + 100),
+        "REER_MEMORY_CLEANUP_MB": str(base_mb + 60),
+        "REER_MEMORY_CRITICAL_MB": str(base_mb + 80),
         "REER_MEMORY_MONITORING_INTERVAL": "0.1",
     }
     child = children.start(GROWING_CHILD, env=env)
@@ -418,7 +418,7 @@ def test_a_growing_process_climbs_through_every_level_counting_each_crossing_onc
             break
         steps.append(message)
     assert child.wait() == 0, child.stderr
-    assert done["thresholds"] == [(base_mb + 40) * MB, (base_mb + 70) * MB, (base_mb + 100) * MB]
+    assert done["thresholds"] == [(base_mb + 40) * MB, (base_mb + 60) * MB, (base_mb + 80) * MB]
 
     levels = [step["level"] for step in steps]
     assert levels[0] == "ok"
