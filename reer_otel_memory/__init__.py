@@ -85,6 +85,9 @@ _LAZY = {
 }
 
 
+_PROCESS_COMPONENTS = frozenset({"_memory_monitor"})
+
+
 def __getattr__(name: str) -> object:
     module_name = _LAZY.get(name)
     if module_name is None:
@@ -92,7 +95,8 @@ def __getattr__(name: str) -> object:
     import importlib
 
     value = getattr(importlib.import_module(f".{module_name}", __name__), name)
-    globals()[name] = value
+    if name not in _PROCESS_COMPONENTS:  # those follow the runtime (testing.reset_state() replaces them)
+        globals()[name] = value
     return value
 
 

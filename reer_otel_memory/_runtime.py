@@ -46,6 +46,10 @@ _ON_RESET = "_on_reset"
 #: Fields a forked child drops and rebuilds: sums a child must start from zero (to Prometheus a
 #: forked worker is a new process).
 FRESH_IN_CHILD = frozenset({"operation_nets", "monitor_totals"})
+#: Fields a reset keeps: the probe is the process's one reader of the kernel's RSS high-water
+#: mark, which each probe resets for its peak windows; a second one, beside references to the
+#: first kept from before the reset, would clear the other's peaks.
+KEPT_ON_RESET = frozenset({"probe"})
 #: Distinct messages :meth:`Runtime.first_time` keeps track of.
 MAX_LOGGED_ONCE = 100
 
@@ -113,11 +117,13 @@ class Runtime:
             setattr(self, field, component)
 
     def reset(self) -> None:
-        """Forget every component, each told first (``_on_reset()``, to stop what it runs); the
-        next use builds them afresh from the environment, as after a fresh import."""
+        """Forget every component but :data:`KEPT_ON_RESET`, each told first (``_on_reset()``,
+        to stop what it runs); the next use builds them afresh from the environment, as after a
+        fresh import."""
+        forgotten = [field for field in COMPONENTS if field not in KEPT_ON_RESET]
         with self._build_lock:
-            built = [getattr(self, field) for field in COMPONENTS]
-            for field in COMPONENTS:
+            built = [getattr(self, field) for field in forgotten]
+            for field in forgotten:
                 setattr(self, field, None)
         for component in built:
             on_reset = getattr(component, _ON_RESET, None)

@@ -122,8 +122,9 @@ def reset_state() -> None:
 
     Stops what the package started on its own (the default monitor, explanation windows, the
     explain listener, the flight recorder), binds profiled operations to the global providers
-    again, and forgets the configuration, the tracker and every other component: the next use
-    builds them afresh from the ``REER_MEMORY_*`` variables. Objects a test made itself (a
+    again, and forgets the configuration, the tracker and every other component but the probe
+    (the one reader of the kernel's high-water mark): the next use builds them afresh from the
+    ``REER_MEMORY_*`` variables. Objects a test made itself (a
     :class:`~reer_otel_memory.MemoryMonitor`, an endpoint) stay its own to stop.
     """
     RUNTIME.reset()

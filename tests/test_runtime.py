@@ -10,7 +10,7 @@ import weakref
 import pytest
 from _forks import in_forked_child, while_held
 
-from reer_otel_memory._runtime import COMPONENTS, FRESH_IN_CHILD, RUNTIME, Runtime
+from reer_otel_memory._runtime import COMPONENTS, FRESH_IN_CHILD, KEPT_ON_RESET, RUNTIME, Runtime
 from reer_otel_memory.testing import reset_state
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -78,8 +78,8 @@ def test_a_component_outside_the_declared_fields_is_refused():
         Runtime().get("no_such_component", object)
 
 
-def test_every_field_a_fork_rebuilds_is_a_component():
-    assert FRESH_IN_CHILD <= set(COMPONENTS)
+def test_every_field_a_fork_rebuilds_or_a_reset_keeps_is_a_component():
+    assert FRESH_IN_CHILD <= set(COMPONENTS) and KEPT_ON_RESET <= set(COMPONENTS)
 
 
 def test_reset_tells_each_component_then_forgets_it():
@@ -91,10 +91,11 @@ def test_reset_tells_each_component_then_forgets_it():
             told.append("stopped")
 
     running = runtime.get("auto_explainer", Running)
-    runtime.get("probe", object)
+    probe = runtime.get("probe", object)
     runtime.reset()
     assert told == ["stopped"]
-    assert all(getattr(runtime, field) is None for field in COMPONENTS)
+    assert all(getattr(runtime, field) is None for field in COMPONENTS if field not in KEPT_ON_RESET)
+    assert runtime.probe is probe  # the one reader of the high-water mark stays
     assert runtime.get("auto_explainer", Running) is not running  # built afresh on next use
 
 
