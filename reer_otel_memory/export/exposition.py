@@ -32,6 +32,8 @@ _MAX_CACHED_NAMES = 10_000
 
 _MAX_CACHED_LABEL_SETS = 50_000
 
+# Caches of text derived from names alone (the same for every process and every reset), bounded
+# by the limits above: kept at module level beside the functions that fill them.
 _metric_names: dict[str, str] = {}
 _label_blocks: dict[tuple[tuple[str, str], ...], str] = {}
 _label_names: dict[str, str] = {}

@@ -45,6 +45,8 @@ _OWN_ATTRIBUTES = frozenset(
     }
 )
 
+# The live instances the gauges describe, held weakly: not process state a reset could forget,
+# but objects the user's code made and still holds.
 _loaders: weakref.WeakSet[LazyModelLoader] = weakref.WeakSet()
 
 

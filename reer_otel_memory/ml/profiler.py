@@ -398,6 +398,8 @@ def _models_vs_limit_advice(loaded: list[ModelStats], budget_share: float, budge
 
 # --- metrics -----------------------------------------------------------------------------------
 
+# The live instances the gauges describe, held weakly: not process state a reset could forget,
+# but objects the user's code made and still holds.
 _profilers: weakref.WeakSet[MemoryProfiler] = weakref.WeakSet()
 
 

@@ -296,6 +296,8 @@ class MemoryResourceManager:
             return [entry for entry in self._entries.values() if entry.get() is not None]
 
 
+# The live instances the gauges describe, held weakly: not process state a reset could forget,
+# but objects the user's code made and still holds.
 _managers: weakref.WeakSet[MemoryResourceManager] = weakref.WeakSet()
 
 

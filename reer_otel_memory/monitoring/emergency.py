@@ -34,6 +34,8 @@ class _Installed:
     active: bool = True
 
 
+# The handlers installed, by signal: a mirror of the process's signal dispositions, which only
+# remove_emergency_memory_handler() undoes (a reset of the package's state cannot).
 _installed: dict[int, _Installed] = {}
 
 

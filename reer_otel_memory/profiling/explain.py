@@ -194,6 +194,8 @@ class MemoryExplanation:
 
 
 # --- code ranges of profiled operations ------------------------------------------------------
+# Facts about the code loaded in the process (where each operation's code lies), true across a
+# reset of the package's state: module level, beside the functions that learn them.
 
 #: (filename, first line, last line) -> the operation named there most recently, oldest first:
 #: one entry per site of code, however many names a site gives its operations.
@@ -302,7 +304,7 @@ class _SourceIndex:
         self.with_ends = with_ends
 
 
-_source_index: collections.OrderedDict[str, _SourceIndex | None] = collections.OrderedDict()
+_source_index: collections.OrderedDict[str, _SourceIndex | None] = collections.OrderedDict()  # parsed sources, by file name
 
 
 def _index_source(filename: str) -> _SourceIndex | None:

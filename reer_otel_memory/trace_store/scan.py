@@ -41,7 +41,7 @@ _SKIP = object()  # a blank or malformed line, counted
 _REFUSED = object()  # a line msgspec refused: json.loads decides
 _FAST_ERRORS = (msgspec.MsgspecError, RecursionError, UnicodeDecodeError)  # msgspec before 0.23 raises UnicodeDecodeError on invalid UTF-8
 _decode_any = msgspec.json.Decoder().decode
-_projections: dict[str, Callable[[Any], Any]] = {}
+_projections: dict[str, Callable[[Any], Any]] = {}  # one decoder per projected field name: derived from the name alone
 
 
 def snippet(line: bytes | str) -> str:
