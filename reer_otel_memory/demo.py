@@ -115,10 +115,6 @@ class Trainer:
         self.epochs_ended += 1
         return checksum
 
-    def kept_bytes(self) -> int:
-        with self._predictions_lock:
-            return len(self._predictions) * PREDICTION_BYTES
-
 
 def _alert_total(monitor: Any) -> int:
     counts = monitor.alert_counts

@@ -140,10 +140,6 @@ class ViewTables:
             for registered in self._live_registered():
                 self._patch(registered)
 
-    def view_unwrapped(self, original: Callable[..., Any]) -> None:
-        with self._lock:
-            self._views = [view for view in self._views if view.original is not original]
-
     # --- registrations -------------------------------------------------------------------------
 
     def _remember(self, registered: object) -> None:
