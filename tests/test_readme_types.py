@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,15 +61,16 @@ def test_the_readme_has_the_blocks_this_test_checks() -> None:
 
 
 @pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
-@pytest.mark.slow
 def test_the_readme_examples_type_check(block_files: list[Path], strict: bool) -> None:
-    mypy_api = pytest.importorskip("mypy.api")
+    pytest.importorskip("mypy")
     folder = block_files[0].parent
     arguments = ["--config-file", str(folder / "mypy.ini"), "--cache-dir", str(folder / ("cache-strict" if strict else "cache-default"))]
     arguments += ["--strict"] if strict else []
-    stdout, stderr, status = mypy_api.run([*arguments, *map(str, block_files)])
-    assert status == 0, f"mypy {' '.join(arguments)} on the README's blocks:\n{stdout}{stderr}"
-    assert f"no issues found in {len(block_files)} source files" in stdout
+    # In a process of its own: run in this one, mypy leaves half a million objects alive, and every
+    # later garbage collection of the test run walks them.
+    completed = subprocess.run([sys.executable, "-m", "mypy", *arguments, *map(str, block_files)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, f"mypy {' '.join(arguments)} on the README's blocks:\n{completed.stdout}{completed.stderr}"
+    assert f"no issues found in {len(block_files)} source files" in completed.stdout
 
 
 def test_every_lazily_loaded_name_is_declared_for_type_checkers() -> None:
