@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 
 import pytest
 from _buffers import MiB, mapped, release_free_memory, touched
@@ -619,6 +620,36 @@ def test_async_generator_asend_athrow_aclose(telemetry):
     span = telemetry.span("async_accumulator")
     assert span.status.status_code is StatusCode.UNSET
     assert_memory_attributes(span)
+
+
+class _Chunk:
+    """An item a stream yields (weakly referenceable, so a test can see when it is freed)."""
+
+
+def test_the_wrappers_hold_no_yielded_item_while_the_consumer_has_it(telemetry):
+    @memory_profile(operation_name="chunks")
+    def chunks():
+        while True:
+            yield _Chunk()
+
+    @memory_profile(operation_name="async_chunks")
+    async def async_chunks():
+        while True:
+            yield _Chunk()
+
+    stream = chunks()
+    dropped = weakref.ref(next(stream))  # the consumer lets the chunk go while the stream waits
+    assert dropped() is None, "the generator wrapper kept a chunk its consumer had dropped"
+    stream.close()
+
+    async def consume() -> bool:
+        stream = async_chunks()
+        dropped = weakref.ref(await stream.__anext__())
+        freed = dropped() is None
+        await stream.aclose()
+        return freed
+
+    assert asyncio.run(consume()), "the async generator wrapper kept a chunk its consumer had dropped"
 
 
 def test_async_generator_exception_is_recorded(telemetry):

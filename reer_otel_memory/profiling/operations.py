@@ -611,21 +611,24 @@ def _wrap_async_generator(func: Callable[..., Any], spec: _Spec) -> Callable[...
         to_send: Any = None
         to_throw: BaseException | None = None
         failure: BaseException | None = None
+        # The item goes out through a list, never a local: while the consumer has it, the
+        # wrapper holds no reference to it (a stream's last chunk would otherwise stay alive).
+        items: list[Any] = []
         try:
             while True:
                 token = _attach_context(ctx)
                 try:
                     if to_throw is not None:
                         thrown, to_throw = to_throw, None
-                        item = await agen.athrow(thrown)
+                        items.append(await agen.athrow(thrown))
                     else:
-                        item = await agen.asend(to_send)
+                        items.append(await agen.asend(to_send))
                 except StopAsyncIteration:
                     return
                 finally:
                     _detach(token)
                 try:
-                    to_send = yield item
+                    to_send = yield items.pop()
                 except GeneratorExit:
                     await agen.aclose()
                     raise
@@ -653,21 +656,24 @@ def _wrap_generator(func: Callable[..., Any], spec: _Spec) -> Callable[..., Any]
         to_send: Any = None
         to_throw: BaseException | None = None
         failure: BaseException | None = None
+        # The item goes out through a list, never a local: while the consumer has it, the
+        # wrapper holds no reference to it (a stream's last chunk would otherwise stay alive).
+        items: list[Any] = []
         try:
             while True:
                 token = _attach_context(ctx)
                 try:
                     if to_throw is not None:
                         thrown, to_throw = to_throw, None
-                        item = gen.throw(thrown)
+                        items.append(gen.throw(thrown))
                     else:
-                        item = gen.send(to_send)
+                        items.append(gen.send(to_send))
                 except StopIteration as stop:
                     return stop.value
                 finally:
                     _detach(token)
                 try:
-                    to_send = yield item
+                    to_send = yield items.pop()
                 except GeneratorExit:
                     gen.close()
                     raise
