@@ -122,6 +122,8 @@ class _Writer:
         self.fd = -1
 
 
+# The live instances the gauges describe, held weakly: not process state a reset could forget,
+# but objects the user's code made and still holds.
 _live_stores: weakref.WeakSet[REERTraceStore] = weakref.WeakSet()
 
 
