@@ -468,11 +468,10 @@ class REERTraceStore:
             exhausted = False
             while not exhausted:
                 chunks, exhausted = await run.hop(filler.fill, scan, QUERY_HOP_BYTES, HOP_BYTES)
-                for chunk in chunks:
-                    returned += len(chunk)
-                    yield chunk
-                    del chunk
-                del chunks
+                chunks.reverse()
+                while chunks:  # each chunk yielded off the list: none stays held while the consumer has it
+                    returned += len(chunks[-1])
+                    yield chunks.pop()
         finally:
             run.close()
             self._set_read_attributes(span, scan.stats, returned)
