@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, MeterProvider, Observation
 from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.trace import TracerProvider
 from opentelemetry.util.types import AttributeValue
@@ -31,6 +31,7 @@ MAX_OPERATIONS = 1000
 #: The attributes of every call of an operation past :data:`MAX_OPERATIONS`.
 OVERFLOW_ATTRIBUTES: Mapping[str, AttributeValue] = {names.LABEL_METRIC_OVERFLOW: True}
 _MISSING = object()
+R = TypeVar("R")
 #: Histogram buckets for operation durations, seconds.
 DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -167,15 +168,14 @@ class Telemetry:
         self.operation_duration = self.meter.create_histogram(
             name, unit=unit, description=description, explicit_bucket_boundaries_advisory=DURATION_BUCKETS
         )
-        self._gauge_lock = threading.Lock()
-        self._registered: set[str] = set()
-        self._instrument_sets: set[str] = set()
-        self._counters: dict[str, Any] = {}
+        # Reentrant: what instruments() makes may ask for instruments of its own.
+        self._instruments_lock = threading.RLock()
+        self._instruments: dict[str, Any] = {}
         RUNTIME.after_fork_call(self)
 
     def _after_fork_in_child(self) -> None:
-        # Another thread may have held one when the process forked.
-        self._gauge_lock = threading.Lock()
+        # Another thread may have held it when the process forked.
+        self._instruments_lock = threading.RLock()
         self._net = None  # a forked child's sums start from zero
 
     @property
@@ -186,13 +186,15 @@ class Telemetry:
             net = self._net = _operation_net_for(self.meter_provider)
         return net
 
-    def add_instruments(self, key: str, register: Callable[[Telemetry], None]) -> None:
-        """Run ``register(self)`` unless a ``register`` under ``key`` already ran on this Telemetry."""
-        with self._gauge_lock:
-            if key in self._instrument_sets:
-                return
-            self._instrument_sets.add(key)
-        register(self)
+    def instruments(self, key: str, make: Callable[[Telemetry], R]) -> R:
+        """What ``make(self)`` returned, made on this Telemetry's meter the first time ``key`` is asked for."""
+        found = self._instruments.get(key, _MISSING)
+        if found is _MISSING:
+            with self._instruments_lock:
+                found = self._instruments.get(key, _MISSING)
+                if found is _MISSING:
+                    found = self._instruments[key] = make(self)
+        return cast(R, found)
 
     def add_operation_net(self, operation: str, delta_bytes: int) -> None:
         """Add one call's RSS delta to its operation's running sum (bounded: see :class:`OperationNet`)."""
@@ -225,22 +227,12 @@ class Telemetry:
     ) -> None:
         """Register an observable gauge once per Telemetry (later calls with the same name are ignored)."""
         name, unit, description = metric
-        with self._gauge_lock:
-            if name in self._registered:
-                return
-            self._registered.add(name)
-        self.meter.create_observable_gauge(name, callbacks=[callback], unit=unit, description=description)
+        self.instruments(name, lambda telemetry: telemetry.meter.create_observable_gauge(name, callbacks=[callback], unit=unit, description=description))
 
-    def counter(self, metric: tuple[str, str, str]) -> Any:
+    def counter(self, metric: tuple[str, str, str]) -> Counter:
         """The counter for ``metric`` on this Telemetry's meter, created on first use."""
         name, unit, description = metric
-        counter = self._counters.get(name)
-        if counter is None:
-            with self._gauge_lock:
-                counter = self._counters.get(name)
-                if counter is None:
-                    counter = self._counters[name] = self.meter.create_counter(name, unit=unit, description=description)
-        return counter
+        return self.instruments(name, lambda telemetry: telemetry.meter.create_counter(name, unit=unit, description=description))
 
 
 class Registrations:
@@ -257,7 +249,7 @@ def _registrations() -> Registrations:
 def _first_telemetry() -> Telemetry:
     telemetry = Telemetry()
     for key, register in list(_registrations().by_key.items()):
-        telemetry.add_instruments(key, register)
+        telemetry.instruments(key, register)
     return telemetry
 
 
@@ -271,7 +263,7 @@ def _put(telemetry: Telemetry) -> None:
         RUNTIME.replace("telemetry", telemetry)
         registered = list(_registrations().by_key.items())
     for key, register in registered:
-        telemetry.add_instruments(key, register)
+        telemetry.instruments(key, register)
 
 
 def configure(tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None) -> Telemetry:
@@ -291,4 +283,4 @@ def register_on_every_telemetry(key: str, register: Callable[[Telemetry], None])
     each: how a part of the package keeps its instruments on the providers in force."""
     with RUNTIME.lock("telemetry"):
         _registrations().by_key.setdefault(key, register)
-    current().add_instruments(key, register)
+    current().instruments(key, register)

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 import types
-import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -62,14 +61,13 @@ class _Instruments:
 
 
 class _Requests:
-    """What the measured requests have taught: the routes recorded (at most :data:`MAX_ROUTES`),
-    the mean request duration, and the route instruments of each Telemetry."""
+    """What the measured requests have taught: the routes recorded (at most :data:`MAX_ROUTES`)
+    and the mean request duration."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.routes: set[str] = set()
         self.mean_request_s = 0.0
-        self.instruments: weakref.WeakKeyDictionary[_telemetry.Telemetry, _Instruments] = weakref.WeakKeyDictionary()
 
     def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()  # another thread may have held it when the process forked
@@ -80,14 +78,7 @@ def _requests() -> _Requests:
 
 
 def _instruments_for(telemetry: _telemetry.Telemetry) -> _Instruments:
-    requests = _requests()
-    found = requests.instruments.get(telemetry)
-    if found is None:
-        with requests.lock:
-            found = requests.instruments.get(telemetry)
-            if found is None:
-                found = requests.instruments[telemetry] = _Instruments(telemetry)
-    return found
+    return telemetry.instruments("server_spans", _Instruments)
 
 
 class _RequestWindow(PeakWindow):

@@ -315,7 +315,7 @@ _UP_DOWN_COUNTERS = (
 
 def register(telemetry: _telemetry.Telemetry | None = None) -> None:
     """Create the monitor's instruments on ``telemetry``'s meter (default: the one in force), once."""
-    (telemetry or _telemetry.current()).add_instruments(_INSTRUMENTS_KEY, _create_instruments)
+    (telemetry or _telemetry.current()).instruments(_INSTRUMENTS_KEY, _create_instruments)
 
 
 _INSTRUMENTS_KEY = "monitor"
