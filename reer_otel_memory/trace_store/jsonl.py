@@ -1,38 +1,10 @@
 """Constant-memory JSONL reading: one record at a time, whatever the file size.
 
-    from reer_otel_memory import StreamingJSONLReader
-
-    reader = StreamingJSONLReader(file_path, chunk_size=8192)
-    for record in reader:          # a malformed line raises MalformedLineError (path, line, start)
-        process_record(record)
-
-    reader = StreamingJSONLReader(file_path, skip_malformed=True)
-    for record in reader:          # malformed lines skipped, counted and logged (one warning a pass)
-        process_record(record)
-    print(reader.stats.records, reader.stats.malformed_lines, reader.stats.malformed_line_numbers)
-
-    async for record in StreamingJSONLReader(file_path):   # reads in a worker thread
-        await process(record)
-
-Each pass reads the file line by line through a read buffer of ``chunk_size`` bytes (default
-1 MiB; any size works) and parses every line with msgspec, handing the lines it refuses to
-``json.loads``: results equal ``json.loads`` per line (NaN, Infinity and integers beyond 64 bits
-included). Blank lines are skipped. A malformed line raises
-:class:`~reer_otel_memory.errors.MalformedLineError` naming the file, the 1-based line number,
-its byte offset and the line's start; ``skip_malformed=True`` skips such lines instead, counts
-them with their line numbers in :attr:`~StreamingJSONLReader.stats` and logs one warning per
-pass with the count and the first line numbers. A line longer than ``max_line_bytes`` (default
-64 MiB) is malformed: it raises, or is skipped without ever being held whole. A UTF-8 byte
-order mark at the start is skipped.
-
-A last line without a trailing newline is returned if it is valid JSON (hand-written files often
-end that way); otherwise it is taken for a record still being written, or cut short by a killed
-writer, and reported as ``stats.torn_tail_offset`` / ``torn_tail_bytes`` rather than as
-malformed. ``parse_unterminated_tail=False`` never returns it, as
-:class:`~reer_otel_memory.trace_store.REERTraceStore` does.
-
-Every ``for`` or ``async for`` is a new pass from the start of the file; :attr:`stats`
-describes the latest one.
+:class:`StreamingJSONLReader` is the public face of the per-line pass in :mod:`.scan` that the
+trace store reads with too: ``for`` reads in the calling thread, ``async for`` in a worker thread
+in bounded hops, so neither holds more than a line (or a batch) at once. Records equal
+``json.loads`` per line; malformed lines raise or are skipped and counted. The users' manual is
+docs/trace-store.md.
 """
 
 from __future__ import annotations

@@ -1,60 +1,11 @@
-"""A memory-efficient, crash-safe JSONL store of reasoning traces, with async streaming queries.
+"""A crash-safe, append-only JSONL store of reasoning traces, with async streaming queries.
 
-    from reer_otel_memory.trace_store import REERTraceStore
-
-    store = REERTraceStore("traces.jsonl")
-    trace_id = await store.add_trace({"query": "...", "score": 0.82, "steps": [...]})
-    async for trace in store.lazy_query_traces(min_score=0.5, limit=1000):
-        process_trace(trace)
-    async for chunk in store.stream_traces_filtered(lambda t: t.get("score", 0) > 0.7, chunk_size=1000):
-        process_chunk(chunk)
-    trace = await store.get_trace(trace_id)
-    stats = await store.get_memory_efficient_stats()   # total_traces, malformed_lines, score_*, ...
-    store.optimize_memory_usage()                      # {"memory_freed_mb": ..., ...}
-
-**File.** One JSON object per line, with a string ``trace_id``, a numeric ``score`` and any
-other fields; created (with its directory) on the first write. A trace keeps its fields and
-their order; a missing ``trace_id`` is generated (``uuid4().hex``) and put first.
-
-**Writes.** Each ``add_trace`` / ``add_traces`` batch is appended under an advisory lock
-(``flock``) with one ``write`` of whole lines to an ``O_APPEND`` descriptor, so any number of
-processes and threads can write one file. When the call returns the lines are in the file and
-survive the process being killed; ``durable=True`` also ``fsync``\\ s them (power loss).
-``add_traces`` validates every trace before writing any, and is all or nothing: if a write fails
-(disk full, file size limit) the file is truncated back under the lock, so readers never see part
-of a batch, and the ``OSError`` names the store and says what was kept. A trace that is not a JSON object
-with string keys, whose score is not a finite number, or that does not serialise to strict
-JSON raises :class:`~reer_otel_memory.errors.TraceStoreError` naming it and its value.
-
-**Crash safety.** A writer killed mid-record leaves a last line without its newline (a *torn
-tail*). Reads never return it and report it (``torn_tail`` in the stats); the next append first
-writes a newline, so the torn bytes become one malformed line and no complete record is ever
-lost or corrupted. Reads go on past damage: malformed lines are skipped, counted with their line
-numbers, and each read that skipped any logs one warning naming them.
-
-**Reads** stream through the package's per-line JSONL pass (:mod:`reer_otel_memory.trace_store.scan`,
-shared with :class:`~reer_otel_memory.trace_store.jsonl.StreamingJSONLReader`) in a worker thread, in hops
-of a few MiB each (queries 2 MiB, filtered streams 2 to 8, stats 8), so the event loop never blocks and
-memory does not grow with the file (about 7 MiB of peak RSS growth for stats and 24 MiB for a
-filtered stream over 1 GiB of traces: ``python -m benchmarks trace_store``). Stats decode only
-each record's score and the index only its id, the rest of each line being validated, not built
-(5.5x a ``json.loads`` loop). A filtered stream must build every trace for its filter, so
-parsing bounds it: 1.5x the same loop, where msgspec per line alone reaches 2-2.8x.
-``lazy_query_traces`` stops reading once it has ``limit`` traces. ``get_trace`` looks ids up in
-an index of byte offsets built on first use: an open-addressing table of two ``int64`` arrays
-(16 bytes a slot, about 32 MiB for a million traces, where a dict would take about five
-times as much), kept current with this store's own appends and extended with other processes'
-appends (noticed by the file size) on the next lookup. When an id appears more than once, the
-latest record wins. ``optimize_memory_usage()`` and the package's memory cleanups (a cleanup
-hook; see :mod:`reer_otel_memory.monitoring.cleanup`) drop the index; it is rebuilt when next needed.
-
-**Telemetry.** Every operation is a profiled operation (``trace_store_*``, see
-:mod:`reer_otel_memory._names`) whose span also carries ``reer.trace_store.path``,
-``.records_scanned``, ``.bytes_read`` and, where they apply, ``.records_returned``,
-``.malformed_lines``, ``.records_written`` and ``.bytes_written``. Gauges:
-``reer.trace_store.size`` (bytes of the file) and ``reer.trace_store.traces`` (records, as of
-the store's latest full read plus its own appends; absent until known), by
-``reer.trace_store.path``.
+Any number of processes append whole lines under ``flock`` to an ``O_APPEND`` descriptor, so a
+killed writer can leave at most one unterminated last line, which reads skip and the next append
+closes off. Reads run the per-line pass of :mod:`.scan` in a worker thread, a bounded hop at a
+time, so the event loop never blocks and memory does not grow with the file; ``get_trace`` looks
+ids up in an offset index (:mod:`.index`) built on first use and dropped by memory cleanups.
+The users' manual (file format, guarantees, errors, telemetry) is docs/trace-store.md.
 """
 
 from __future__ import annotations
