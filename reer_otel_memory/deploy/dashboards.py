@@ -1,31 +1,10 @@
-"""A Grafana dashboard for processes that export the ``reer_memory_*`` series.
+"""The Grafana dashboard for processes that export the ``reer_memory_*`` series.
 
-Variables: ``datasource`` (any Prometheus data source), ``job`` and ``instance`` (from the
-label values of ``reer_memory_rss_bytes``); every query is filtered by both. Every panel has a
-unit. RSS and utilization panels draw each process's own thresholds as dashed lines from
-``reer_memory_threshold_bytes`` (yellow alert, orange cleanup, red critical).
-
-Rows:
-
-- **Memory**: RSS with thresholds, utilization of the limit with thresholds, level over time,
-  allocator heap, peak RSS against the limit.
-- **Alerts and cleanups**: level crossings and cleanups per second, bytes freed by cleanups,
-  CPU the monitor spends.
-- **Operations**: p95 duration and p95 peak growth of each profiled operation (from the
-  histograms), net bytes per operation, leak suspects (operations suspected on their own
-  evidence) and the process-level leak verdict.
-- **Models and resources**: bytes held per model and per managed resource, model loads,
-  resource count and resource cleanups.
-- **Trace stores**: file size and trace records of each ``REERTraceStore``.
-
-Firing ``ReerMemory*`` alerts show as annotations. Render it with
-``reer-otel-memory dashboards [--output FILE]`` or::
-
-    from reer_otel_memory.deploy.dashboards import render_dashboard
-    open("reer-memory-dashboard.json", "w").write(render_dashboard())
-
-``deploy/grafana/`` holds the rendered dashboard and provisioning examples; ``make deploy``
-regenerates them (``scripts/deploy_files.py``).
+Each ``_*_row`` builder returns one row's panels as data; :func:`dashboard` lays the rows out
+under the ``datasource``, ``job`` and ``instance`` variables, and :func:`deploy_files` gives the
+JSON and provisioning examples ``make deploy`` writes under ``deploy/grafana/``. The recording
+rules its panels share with the alerts come from :mod:`.rules`. Users' manual: README.md,
+"Prometheus and Grafana".
 """
 
 from __future__ import annotations

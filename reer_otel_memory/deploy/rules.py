@@ -1,53 +1,12 @@
-"""Prometheus alerting and recording rules for processes that export the ``reer_memory_*`` series.
+"""Prometheus alerting and recording rules, and example Prometheus and Alertmanager
+configurations, for processes that export the ``reer_memory_*`` series.
 
-Alerts in the style of the monitoring mixins (CamelCase names, a ``severity`` label, a
-``summary``, a ``description`` that says what to look at next, and a ``runbook_url`` to the
-alert's section of ``docs/runbooks.md``; :class:`RuleOptions` sets the page's base URL):
-
-==============================================  ==========  =====================================
-alert                                           severity    fires while
-==============================================  ==========  =====================================
-``ReerMemoryAlertThresholdExceeded``            warning     RSS >= the process's alert threshold
-``ReerMemoryCleanupThresholdExceeded``          warning     RSS >= its cleanup threshold
-``ReerMemoryCriticalThresholdExceeded``         critical    RSS >= its critical threshold
-``ReerMemoryLeakSuspected``                     warning     an operation is suspected of leaking
-``ReerMemoryCriticalPredicted``                 warning     the RSS trend reaches critical soon
-``ReerMemoryNearLimit``                         warning     RSS >= 90% of the effective limit
-``ReerMemoryCleanupIneffective``                warning     cleanups run, RSS stays above cleanup
-``ReerMemoryDeviceThresholdExceeded``           warning     device memory >= its alert threshold
-``ReerMemoryDeviceCriticalThresholdExceeded``   critical    device memory >= its critical threshold
-``ReerMemoryContainerNearOOM``                  critical    working set >= 95% of the cgroup limit
-``ReerMemoryOOMKilled``                         warning     the OOM killer killed in the container
-==============================================  ==========  =====================================
-
-Two recording rules (:data:`PREDICTED_RSS`, :data:`CONTAINER_WORKING_SET_RATIO`) hold the
-expressions the alerts and the dashboard share. ``scripts/rule_tests.py`` generates promtool unit
-tests of all of it into ``deploy/prometheus/tests/``.
-
-By default each rule compares ``reer_memory_rss_bytes`` with the
-``reer_memory_threshold_bytes{level=...}`` the same process exports (matched on ``job`` and
-``instance``), so every process is held to its own ``REER_MEMORY_*_MB`` settings and the
-rules never need editing when a threshold changes. ``static=True`` instead bakes in the
-thresholds of a configuration (by default the one the environment describes, with ``NN%``
-values resolved against this machine's memory limit), for processes that do not export the
-threshold series.
-
-The thresholds are cumulative: a process above its critical threshold fires all three
-threshold alerts. :func:`render_alertmanager_config` renders an example Alertmanager
-configuration whose inhibit rules keep only the highest one notifying: for the same ``job``
-and ``instance``, the critical alert inhibits the cleanup and alert-threshold alerts, and the
-cleanup alert inhibits the alert-threshold one::
-
-    from reer_otel_memory.deploy.rules import render_alertmanager_config
-    open("alertmanager.yml", "w").write(render_alertmanager_config("http://127.0.0.1:5001/"))
-
-Render them with ``reer-otel-memory rules [--static] [--output FILE]`` or::
-
-    from reer_otel_memory.deploy.rules import render_rules
-    open("reer-memory-rules.yml", "w").write(render_rules())
-
-``deploy/prometheus/`` holds the rendered rules and an example ``prometheus.yml``,
-``deploy/alertmanager/`` an example ``alertmanager.yml``; ``make deploy`` regenerates them (``scripts/deploy_files.py``).
+By default every rule compares a process's series with the thresholds that same process exports
+(``job`` and ``instance``), so the rules never need editing when a threshold changes. Each
+``_*_rule`` builder returns one rule as data; :func:`rule_groups` assembles them, the ``render_*``
+functions write YAML through :mod:`._yaml`, and :func:`deploy_files` is what ``make deploy``
+(``scripts/deploy_files.py``) writes under ``deploy/``; ``scripts/rule_tests.py`` generates the
+promtool tests. Users' manual: README.md, "Prometheus and Grafana", and docs/runbooks.md.
 """
 
 from __future__ import annotations
