@@ -116,7 +116,7 @@ def _forget(writer: _Writer, hook_name: str) -> None:
 
 
 class REERTraceStore:
-    """Reasoning traces in an append-only JSONL file; see the module docs.
+    """Reasoning traces in an append-only JSONL file; see docs/trace-store.md.
 
     ``path``: the file. ``durable``: fsync each append. ``chunk_bytes``: read size of scans.
     ``max_reported_malformed``: malformed line numbers kept in the stats.
