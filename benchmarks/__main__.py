@@ -1,11 +1,13 @@
 """Run every benchmark module (or those named on the command line), print its figures and write
 them into docs/performance.md (benchmarks/_doc.py: full runs by default, quick runs with
-``--write-docs``)."""
+``--write-docs``). Several modules run one process each: a figure never depends on what an
+earlier benchmark left in the process (a fragmented heap makes heap readings dearer)."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +25,12 @@ def main(argv: list[str]) -> int:
         text = _doc.PAGE.read_text(encoding="utf-8")
         for name in modules:
             _doc.region(text, _doc.key(name), _doc.PAGE)
+    if len(modules) > 1:
+        flags = [a for a in argv if a in ("--write-docs", "--no-write-docs")]
+        failed = [name for name in modules if subprocess.run([sys.executable, "-m", "benchmarks", name, *flags]).returncode]
+        if failed:
+            print(f"failed: {', '.join(failed)}", flush=True)
+        return 1 if failed else 0
     for name in modules:
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"== {name}: {(module.__doc__ or '').strip().splitlines()[0]}", flush=True)
