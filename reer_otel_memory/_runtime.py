@@ -1,4 +1,5 @@
-"""The process runtime: the one owner of the package's process-wide state.
+"""The process runtime: the owner of the package's process-wide state (what stays at module
+level elsewhere says beside it why).
 
 Each thing that exists once per process is a typed field of :class:`Runtime`, None until the
 module that owns it builds it on first use (``RUNTIME.get(field, factory)``), so importing the
