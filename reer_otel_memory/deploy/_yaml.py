@@ -55,8 +55,12 @@ class _Dumper(yaml.SafeDumper):
         raise InvalidArgumentError(f"value={data!r}: expected a mapping, list, string, number, bool or None")
 
 
+#: Line breaks other than ``\n``: a literal block would read them back as ``\n``.
+_OTHER_BREAKS = re.compile("[\r\x85\u2028\u2029]")
+
+
 def _style(text: str) -> str | None:
-    if "\n" in text.rstrip("\n"):
+    if "\n" in text.rstrip("\n") and not _OTHER_BREAKS.search(text):
         return "|"  # the emitter quotes instead where a literal block cannot hold the text
     if _DURATION.fullmatch(text):
         return None
