@@ -85,9 +85,6 @@ _LAZY = {
 }
 
 
-_PROCESS_COMPONENTS = frozenset({"_memory_monitor"})
-
-
 def __getattr__(name: str) -> object:
     module_name = _LAZY.get(name)
     if module_name is None:
@@ -95,7 +92,7 @@ def __getattr__(name: str) -> object:
     import importlib
 
     value = getattr(importlib.import_module(f".{module_name}", __name__), name)
-    if name not in _PROCESS_COMPONENTS:  # those follow the runtime (testing.reset_state() replaces them)
+    if name != "_memory_monitor":  # it follows the runtime: testing.reset_state() replaces the default monitor
         globals()[name] = value
     return value
 

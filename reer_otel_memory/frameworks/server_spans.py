@@ -26,7 +26,7 @@ from .. import _telemetry
 from .._runtime import RUNTIME
 from ..config import get_config
 from ..profiling.devices import DeviceWindow, device_memory
-from ..profiling.operations import _OPERATION_KEY, CHEAP_HEAP_S, HEAP_COST_FACTOR, memory_attributes
+from ..profiling.operations import _OPERATION_KEY, CHEAP_HEAP_S, HEAP_COST_FACTOR, memory_attributes, moving_mean
 from ..profiling.probe import PeakWindow, process_probe
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class _Requests:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.routes: set[str] = set()
-        self.mean_request_s = 0.0
+        self.mean_request_s: float | None = None  # None until a request is measured
 
     def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()  # another thread may have held it when the process forked
@@ -116,7 +116,8 @@ def _open() -> _RequestWindow | None:
             if device_window is not None:
                 window.device_window, window.device_start = device_window, device_start
             cost = probe.heap_cost_s
-            if cost <= CHEAP_HEAP_S or _requests().mean_request_s >= HEAP_COST_FACTOR * cost:
+            mean = _requests().mean_request_s
+            if cost <= CHEAP_HEAP_S or (mean is not None and mean >= HEAP_COST_FACTOR * cost):
                 reading = probe.heap_reading()
                 if reading is not None:
                     window.heap_start = reading[0]
@@ -165,8 +166,7 @@ def _close(window: _RequestWindow | None, route_hint: Callable[[], str | None]) 
     try:
         duration = time.perf_counter() - window.started
         requests = _requests()
-        mean = requests.mean_request_s
-        requests.mean_request_s = duration if mean == 0.0 else 0.7 * mean + 0.3 * duration
+        requests.mean_request_s = moving_mean(requests.mean_request_s, duration)
         probe = RUNTIME.probe or process_probe()
         heap_delta = None
         if window.heap_start is not None:

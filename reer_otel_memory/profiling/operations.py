@@ -105,15 +105,17 @@ def _want_heap(name: str, heap: bool | None, probe: MemoryProbe) -> bool:
     return True
 
 
+def moving_mean(previous: float | None, value: float) -> float:
+    """The mean duration after one more call (an operation's, a request's): recent calls weigh most."""
+    return value if previous is None else 0.7 * previous + 0.3 * value
+
+
 def _remember_duration(name: str, duration_s: float) -> None:
     mean_duration_s = _timings().mean_duration_s
     previous = mean_duration_s.get(name)
-    if previous is None:
-        if len(mean_duration_s) >= _MAX_TRACKED_DURATIONS:
-            mean_duration_s.clear()
-        mean_duration_s[name] = duration_s
-    else:
-        mean_duration_s[name] = 0.7 * previous + 0.3 * duration_s
+    if previous is None and len(mean_duration_s) >= _MAX_TRACKED_DURATIONS:
+        mean_duration_s.clear()
+    mean_duration_s[name] = moving_mean(previous, duration_s)
 
 
 def _log_failure(where: str, exc: BaseException) -> None:
